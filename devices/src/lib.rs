@@ -1,0 +1,10 @@
+//! Device models for kiln.
+//!
+//! This crate knows nothing about KVM: every model takes guest memory and an interrupt
+//! abstraction, so unit tests drive it with mock guest memory and mock queues.
+
+pub mod bus;
+pub mod virtio;
+
+/// Guest memory type shared by all device models.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -1,0 +1,11 @@
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Placeholder until this subcommand lands.
+    Todo,
+}
+
+pub fn exec(_command: Command) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`kiln host` is not implemented yet")
+}
