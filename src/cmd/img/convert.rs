@@ -1,0 +1,8 @@
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn exec(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`kiln img convert` is not implemented yet")
+}

@@ -1,0 +1,25 @@
+//! `kiln img`: disk image commands, named like qemu-img's.
+
+use std::process::ExitCode;
+
+mod convert;
+mod create;
+mod info;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Create a qcow2 or raw image.
+    Create(create::Args),
+    /// Show an image's format, sizes and backing chain.
+    Info(info::Args),
+    /// Convert between formats, optionally compressed.
+    Convert(convert::Args),
+}
+
+pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Create(args) => create::exec(args),
+        Command::Info(args) => info::exec(args),
+        Command::Convert(args) => convert::exec(args),
+    }
+}
