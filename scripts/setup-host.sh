@@ -22,9 +22,12 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
+if [ ${#missing[@]} -eq 0 ] && command -v qemu-img >/dev/null; then
   exit 0
 fi
+# Installing qemu-system-x86 alone would remove a newer qemu-utils: always ask for both.
+missing+=(qemu-system-x86 qemu-utils)
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 
 echo "setup-host: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# kiln's whole test suite, as CI runs it (.ci/run calls exactly this).
+# 1. installs the Debian/PyPI packages the tests check against (scripts/setup-host.sh);
+# 2. builds, or reuses from the cache outside the repo, the minimal test kernel and
+#    the busybox initramfs (keyed by the hash of their inputs);
+# 3. runs every crate's unit tests and the integration tests, which boot real guests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start=$(date +%s)
+stamp() { echo "test.sh: [$(( $(date +%s) - start ))s] $*" >&2; }
+
+stamp "host packages"
+scripts/setup-host.sh
+
+stamp "test kernel"
+KILN_TEST_KERNEL_DIR=$(scripts/build-kernel.sh)
+stamp "test initramfs"
+KILN_TEST_INITRAMFS=$(scripts/build-initramfs.sh)
+export KILN_TEST_KERNEL_DIR KILN_TEST_INITRAMFS
+
+stamp "cargo test"
+cargo test --workspace --locked 2>&1
+stamp "done"
