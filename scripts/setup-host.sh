@@ -18,6 +18,9 @@ packages=(
   qemu-utils            # qemu-img / qemu-io checks of qcow2
 )
 
+# ksvalidator (PyPI pykickstart) checks kiln's kickstart answer files.
+command -v ksvalidator >/dev/null || python3 -m pip install -q pykickstart
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

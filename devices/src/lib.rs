@@ -4,6 +4,10 @@
 //! abstraction, so unit tests drive it with mock guest memory and mock queues.
 
 pub mod bus;
+pub mod legacy;
+pub mod block;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod virtio;
 
 /// Guest memory type shared by all device models.

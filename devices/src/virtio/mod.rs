@@ -8,6 +8,15 @@
 //! - Device work runs in event-manager subscribers: the device is also an
 //!   `event_manager::MutEventSubscriber` and watches its queue events after activation.
 
+pub mod activation;
+pub mod block;
+pub mod console;
+pub mod mmio;
+pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_utils;
+pub mod net;
+
 use std::sync::Arc;
 
 use virtio_queue::Queue;

@@ -1,8 +1,147 @@
-use std::process::ExitCode;
+//! `kiln bench start`: time from process start to the guest's first I/O exit,
+//! kiln against QEMU's microvm, on the same tiny PVH guest.
+//!
+//! The guest (`debug_exit.elf`) writes to the debug-exit port as its very first
+//! instruction, and that write ends both VMMs (exit status 67). So one run is
+//! timed from just before spawning the VMM to its exit: process start, VM set-up,
+//! the first KVM_RUN, the first I/O exit, and teardown, measured the same way
+//! for both. kiln's memory is its peak RSS (VmHWM) minus the resident guest RAM,
+//! as kiln reports it with `-v` at the end of a run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Runs per VMM.
+    #[arg(long, default_value_t = 9)]
+    pub runs: usize,
+    /// QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: String,
+}
 
-pub fn exec(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`kiln bench start` is not implemented yet")
+/// The guest's debug-exit value 0x21 gives exit status (0x21 << 1) | 1.
+const EXPECTED_STATUS: i32 = 67;
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn time_run(command: &mut Command, what: &str) -> anyhow::Result<(Duration, String)> {
+    let start = Instant::now();
+    let out = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot start {what}"))?;
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.code() != Some(EXPECTED_STATUS) {
+        bail!(
+            "{what} ended with {} instead of the guest's debug-exit status {EXPECTED_STATUS}: {stderr}",
+            out.status
+        );
+    }
+    Ok((took, stderr))
+}
+
+fn kiln_command(guest: &Path) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find the kiln executable")?;
+    let mut command = Command::new(exe);
+    command
+        .args(["-v", "run", "--debug-exit", "0xf4", "--serial", "none", "--memory", "128M"])
+        .arg("--kernel")
+        .arg(guest)
+        .env("RUST_LOG", "info");
+    Ok(command)
+}
+
+fn qemu_command(qemu: &str, guest: &Path) -> Command {
+    let mut command = Command::new(qemu);
+    command
+        .args(["-accel", "kvm", "-M", "microvm", "-nodefaults", "-no-user-config"])
+        .args(["-display", "none", "-m", "128M"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4"])
+        .arg("-kernel")
+        .arg(guest);
+    command
+}
+
+/// "kiln itself at most N KiB" from kiln's `-v` log.
+fn non_guest_kib(stderr: &str) -> Option<u64> {
+    let rest = stderr.split("kiln itself at most ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-bench-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let guest: PathBuf = dir.join("debug_exit.elf");
+    std::fs::write(&guest, kiln_vmm::guests::DEBUG_EXIT)
+        .with_context(|| format!("cannot write {}", guest.display()))?;
+    let result = bench(&args, &guest);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn bench(args: &Args, guest: &Path) -> anyhow::Result<ExitCode> {
+    let mut kiln_times = Vec::with_capacity(args.runs);
+    let mut qemu_times = Vec::with_capacity(args.runs);
+    let mut rss = Vec::with_capacity(args.runs);
+    // Interleave, so both see the same machine load.
+    for _ in 0..args.runs {
+        let (t, stderr) = time_run(&mut kiln_command(guest)?, "kiln")?;
+        kiln_times.push(t);
+        rss.push(non_guest_kib(&stderr).context("kiln did not report its memory use")?);
+        let (t, _) = time_run(&mut qemu_command(&args.qemu, guest), &args.qemu)?;
+        qemu_times.push(t);
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let kiln = median(&mut kiln_times);
+    let qemu = median(&mut qemu_times);
+    rss.sort();
+    println!("start to first I/O exit (process start to exit), {} runs each:", args.runs);
+    println!(
+        "  kiln: median {:.2} ms (min {:.2}, max {:.2})",
+        ms(kiln),
+        ms(kiln_times[0]),
+        ms(kiln_times[kiln_times.len() - 1])
+    );
+    println!(
+        "  qemu microvm: median {:.2} ms (min {:.2}, max {:.2})",
+        ms(qemu),
+        ms(qemu_times[0]),
+        ms(qemu_times[qemu_times.len() - 1])
+    );
+    println!("  ratio qemu/kiln: {:.1}x", ms(qemu) / ms(kiln));
+    println!(
+        "kiln peak RSS without guest RAM (VmHWM - resident guest RAM): median {} KiB ({:.2} MiB), max {} KiB",
+        rss[rss.len() / 2],
+        rss[rss.len() / 2] as f64 / 1024.0,
+        rss[rss.len() - 1]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kilns_memory_line_and_takes_medians() {
+        let log = "[INFO  kiln_vmm::vm] memory: peak RSS 4144 KiB, guest RAM resident 44 KiB, kiln itself at most 4100 KiB\n";
+        assert_eq!(non_guest_kib(log), Some(4100));
+        assert_eq!(non_guest_kib("nothing"), None);
+        let mut t = [3, 1, 2].map(Duration::from_millis);
+        assert_eq!(median(&mut t), Duration::from_millis(2));
+    }
 }

@@ -1,8 +1,129 @@
+//! `kiln img info FILE [--json]`: like `qemu-img info`, with its JSON field names.
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use kiln_devices::block::info::{image_info, ImageInfo};
+use serde_json::{json, Map, Value};
 
-pub fn exec(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`kiln img info` is not implemented yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image file.
+    file: PathBuf,
+    /// Print JSON (field names as `qemu-img info --output=json`).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let info = image_info(&args.file)
+        .with_context(|| format!("cannot inspect {}", args.file.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&info))?);
+    } else {
+        print!("{}", to_text(&info));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn to_json(i: &ImageInfo) -> Value {
+    let mut m = Map::new();
+    m.insert("filename".into(), json!(i.filename.to_string_lossy()));
+    m.insert("format".into(), json!(i.format.name()));
+    m.insert("virtual-size".into(), json!(i.virtual_size));
+    m.insert("actual-size".into(), json!(i.actual_size));
+    m.insert("dirty-flag".into(), json!(i.dirty));
+    if let Some(cs) = i.cluster_size {
+        m.insert("cluster-size".into(), json!(cs));
+    }
+    if let Some(b) = &i.backing_filename {
+        m.insert("backing-filename".into(), json!(b));
+    }
+    if let Some(b) = &i.full_backing_filename {
+        m.insert("full-backing-filename".into(), json!(b.to_string_lossy()));
+    }
+    if let Some(f) = &i.backing_format {
+        m.insert("backing-filename-format".into(), json!(f));
+    }
+    if let Some(q) = &i.qcow2 {
+        let mut data = json!({
+            "compat": q.compat,
+            "refcount-bits": q.refcount_bits,
+            "compression-type": q.compression_type,
+        });
+        // Version 2 has no feature bits; qemu-img leaves these out for it too.
+        if q.compat != "0.10" {
+            data["corrupt"] = json!(q.corrupt);
+            data["extended-l2"] = json!(q.extended_l2);
+            data["lazy-refcounts"] = json!(q.lazy_refcounts);
+        }
+        if let Some(d) = &q.data_file {
+            data["data-file"] = json!(d);
+        }
+        m.insert(
+            "format-specific".into(),
+            json!({"type": "qcow2", "data": data}),
+        );
+        m.insert("snapshots".into(), json!(i.snapshots));
+    }
+    Value::Object(m)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.3} {}", UNITS[u]).replace(".000 ", " ")
+    }
+}
+
+fn to_text(i: &ImageInfo) -> String {
+    let mut s = format!(
+        "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
+        i.filename.display(),
+        i.format,
+        human(i.virtual_size),
+        i.virtual_size,
+        human(i.actual_size)
+    );
+    if let Some(cs) = i.cluster_size {
+        s += &format!("cluster_size: {cs}\n");
+    }
+    if let Some(b) = &i.backing_filename {
+        let full = i
+            .full_backing_filename
+            .as_ref()
+            .map(|p| p.display().to_string());
+        s += &format!(
+            "backing file: {b} (actual path: {})\n",
+            full.unwrap_or_default()
+        );
+    }
+    if let Some(f) = &i.backing_format {
+        s += &format!("backing file format: {f}\n");
+    }
+    if let Some(q) = &i.qcow2 {
+        s += &format!(
+            "Format specific information:\n    compat: {}\n    compression type: {}\n    \
+             lazy refcounts: {}\n    refcount bits: {}\n    corrupt: {}\n    extended l2: {}\n",
+            q.compat,
+            q.compression_type,
+            q.lazy_refcounts,
+            q.refcount_bits,
+            q.corrupt,
+            q.extended_l2
+        );
+        if i.dirty {
+            s += "    dirty: true (repair with `qemu-img check -r all`)\n";
+        }
+    }
+    s
 }

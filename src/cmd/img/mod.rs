@@ -6,6 +6,8 @@ mod convert;
 mod create;
 mod info;
 
+pub(crate) use create::parse_size;
+
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Create a qcow2 or raw image.

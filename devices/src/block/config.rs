@@ -1,0 +1,167 @@
+//! The typed description of one disk, parsed once from the command line.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Disk image formats kiln reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The name `qemu-img` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ImageFormat {
+    type Err = DiskConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "raw" => Ok(ImageFormat::Raw),
+            "qcow2" => Ok(ImageFormat::Qcow2),
+            other => Err(DiskConfigError::Format(other.to_owned())),
+        }
+    }
+}
+
+/// Longest serial virtio-blk can report (VIRTIO_BLK_ID_BYTES).
+pub const MAX_SERIAL_LEN: usize = 20;
+
+/// One disk: `path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// `None`: detect from the file's contents.
+    pub format: Option<ImageFormat>,
+    pub readonly: bool,
+    /// Reported to the guest through VIRTIO_BLK_T_GET_ID (at most 20 bytes).
+    pub serial: Option<String>,
+}
+
+/// What is wrong with a `--disk` option string.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DiskConfigError {
+    #[error("disk option is missing `path=FILE`")]
+    MissingPath,
+    #[error("disk option `{0}` is not KEY=VALUE")]
+    NotKeyValue(String),
+    #[error("unknown disk option key `{0}` (expected path, format, readonly or serial)")]
+    UnknownKey(String),
+    #[error("disk option `{0}` given twice")]
+    Duplicate(String),
+    #[error("unknown disk format `{0}` (expected qcow2 or raw)")]
+    Format(String),
+    #[error("readonly must be on or off, not `{0}`")]
+    ReadOnly(String),
+    #[error("serial `{0}` is longer than {MAX_SERIAL_LEN} bytes")]
+    SerialTooLong(String),
+    #[error("disk path is empty")]
+    EmptyPath,
+}
+
+impl FromStr for DiskConfig {
+    type Err = DiskConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut path = None;
+        let mut format = None;
+        let mut readonly = None;
+        let mut serial = None;
+        for item in s.split(',') {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| DiskConfigError::NotKeyValue(item.to_owned()))?;
+            let duplicate = || DiskConfigError::Duplicate(key.to_owned());
+            match key {
+                "path" => {
+                    if value.is_empty() {
+                        return Err(DiskConfigError::EmptyPath);
+                    }
+                    path.replace(PathBuf::from(value))
+                        .map_or(Ok(()), |_| Err(duplicate()))?
+                }
+                "format" => format
+                    .replace(value.parse::<ImageFormat>()?)
+                    .map_or(Ok(()), |_| Err(duplicate()))?,
+                "readonly" => {
+                    let v = match value {
+                        "on" | "true" | "yes" => true,
+                        "off" | "false" | "no" => false,
+                        other => return Err(DiskConfigError::ReadOnly(other.to_owned())),
+                    };
+                    readonly.replace(v).map_or(Ok(()), |_| Err(duplicate()))?
+                }
+                "serial" => {
+                    if value.len() > MAX_SERIAL_LEN {
+                        return Err(DiskConfigError::SerialTooLong(value.to_owned()));
+                    }
+                    serial
+                        .replace(value.to_owned())
+                        .map_or(Ok(()), |_| Err(duplicate()))?
+                }
+                other => return Err(DiskConfigError::UnknownKey(other.to_owned())),
+            }
+        }
+        Ok(DiskConfig {
+            path: path.ok_or(DiskConfigError::MissingPath)?,
+            format,
+            readonly: readonly.unwrap_or(false),
+            serial,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_keys() {
+        let c: DiskConfig = "path=/tmp/a.qcow2,format=qcow2,readonly=on,serial=disk-1"
+            .parse()
+            .unwrap();
+        assert_eq!(c.path, PathBuf::from("/tmp/a.qcow2"));
+        assert_eq!(c.format, Some(ImageFormat::Qcow2));
+        assert!(c.readonly);
+        assert_eq!(c.serial.as_deref(), Some("disk-1"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c: DiskConfig = "path=disk.img".parse().unwrap();
+        assert_eq!(c.format, None);
+        assert!(!c.readonly);
+        assert_eq!(c.serial, None);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        use DiskConfigError::*;
+        let e = |s: &str| s.parse::<DiskConfig>().unwrap_err();
+        assert_eq!(e("format=raw"), MissingPath);
+        assert_eq!(e("path=a,format=vmdk"), Format("vmdk".into()));
+        assert_eq!(e("path=a,readonly=maybe"), ReadOnly("maybe".into()));
+        assert_eq!(e("path=a,cache=none"), UnknownKey("cache".into()));
+        assert_eq!(e("path=a,path=b"), Duplicate("path".into()));
+        assert_eq!(e("path=a,readonly"), NotKeyValue("readonly".into()));
+        assert_eq!(e("path="), EmptyPath);
+        assert_eq!(
+            e("path=a,serial=123456789012345678901"),
+            SerialTooLong("123456789012345678901".into())
+        );
+    }
+}

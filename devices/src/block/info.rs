@@ -1,0 +1,90 @@
+//! What `kiln img info` reports about an image, without opening it for I/O (so it also
+//! works on images kiln refuses to run, such as dirty ones).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::qcow2::read_header;
+use super::{probe_format, DiskError, ImageFormat};
+
+/// qcow2-specific facts (qemu-img's "format-specific" data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2Info {
+    pub compat: &'static str,
+    pub refcount_bits: u32,
+    pub corrupt: bool,
+    pub extended_l2: bool,
+    pub lazy_refcounts: bool,
+    pub compression_type: &'static str,
+    pub data_file: Option<String>,
+}
+
+/// One image's facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub filename: PathBuf,
+    pub format: ImageFormat,
+    pub virtual_size: u64,
+    /// Bytes allocated on the host.
+    pub actual_size: u64,
+    pub cluster_size: Option<u64>,
+    /// As stored in the image.
+    pub backing_filename: Option<String>,
+    /// Resolved relative to the image's directory.
+    pub full_backing_filename: Option<PathBuf>,
+    pub backing_format: Option<String>,
+    pub dirty: bool,
+    pub snapshots: u32,
+    pub qcow2: Option<Qcow2Info>,
+}
+
+/// Inspect the image at `path`.
+pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
+    let meta = std::fs::metadata(path).map_err(|source| DiskError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let format = probe_format(path)?;
+    let mut info = ImageInfo {
+        filename: path.to_owned(),
+        format,
+        virtual_size: meta.len(),
+        actual_size: meta.blocks() * 512,
+        cluster_size: None,
+        backing_filename: None,
+        full_backing_filename: None,
+        backing_format: None,
+        dirty: false,
+        snapshots: 0,
+        qcow2: None,
+    };
+    if format == ImageFormat::Raw {
+        return Ok(info);
+    }
+    let (h, _) = read_header(path)?;
+    use super::qcow2::header::incompat;
+    info.virtual_size = h.size;
+    info.cluster_size = Some(h.cluster_size());
+    info.full_backing_filename = h
+        .backing_file
+        .as_ref()
+        .map(|b| path.parent().unwrap_or(Path::new(".")).join(b));
+    info.backing_filename = h.backing_file.clone();
+    info.backing_format = h.backing_format.clone();
+    info.dirty = h.incompatible_features & incompat::DIRTY != 0;
+    info.snapshots = h.nb_snapshots;
+    info.qcow2 = Some(Qcow2Info {
+        compat: h.compat(),
+        refcount_bits: h.refcount_bits(),
+        corrupt: h.incompatible_features & incompat::CORRUPT != 0,
+        extended_l2: h.incompatible_features & incompat::EXTENDED_L2 != 0,
+        lazy_refcounts: h.compatible_features & 1 != 0,
+        compression_type: match h.compression_type {
+            0 => "zlib",
+            1 => "zstd",
+            _ => "unknown",
+        },
+        data_file: h.data_file.clone(),
+    });
+    Ok(info)
+}

@@ -1,0 +1,255 @@
+//! Raw images: the disk is the file, byte for byte.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use vm_memory::bitmap::Bitmap;
+use vm_memory::VolatileSlice;
+
+use super::{check_range, DiskBackend, DiskError, ImageFormat};
+
+/// A raw image file.
+pub struct RawDisk {
+    file: File,
+    size: u64,
+    read_only: bool,
+}
+
+impl RawDisk {
+    /// Open `path`; the disk size is the file size at open time.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
+        let open_err = |source| DiskError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let size = file.metadata().map_err(open_err)?.len();
+        Ok(RawDisk {
+            file,
+            size,
+            read_only,
+        })
+    }
+
+    fn writable(&self) -> Result<(), DiskError> {
+        if self.read_only {
+            Err(DiskError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// fallocate(2) that retries on EINTR.
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        loop {
+            // SAFETY: fallocate only reads its integer arguments; the fd is owned by self.file.
+            let ret = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) };
+            if ret == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    fn write_zero_buffer(&self, mut offset: u64, len: u64) -> Result<(), DiskError> {
+        let zeroes = vec![0u8; len.min(1 << 20) as usize];
+        let end = offset + len;
+        while offset < end {
+            let n = (end - offset).min(zeroes.len() as u64) as usize;
+            self.file.write_all_at(&zeroes[..n], offset)?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an fallocate error means "this mode is not supported here".
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)
+    )
+}
+
+impl DiskBackend for RawDisk {
+    fn format(&self) -> ImageFormat {
+        ImageFormat::Raw
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        Ok(self.file.read_exact_at(buf, offset)?)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
+        self.writable()?;
+        check_range(offset, buf.len() as u64, self.size)?;
+        Ok(self.file.write_all_at(buf, offset)?)
+    }
+
+    fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
+        let total = bufs.iter().map(|b| b.len() as u64).sum();
+        check_range(offset, total, self.size)?;
+        let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard_mut()).collect();
+        let iovs = bufs
+            .iter()
+            .zip(&guards)
+            .map(|(b, g)| libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: the guards keep every guest buffer mapped for its full length until
+        // they drop after the call; the kernel writes through raw pointers, so no Rust
+        // reference into guest memory is created.
+        unsafe { transfer_all(self.file.as_raw_fd(), iovs, offset, false)? };
+        for b in bufs {
+            b.bitmap().mark_dirty(0, b.len());
+        }
+        Ok(())
+    }
+
+    fn write_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
+        self.writable()?;
+        let total = bufs.iter().map(|b| b.len() as u64).sum();
+        check_range(offset, total, self.size)?;
+        let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard()).collect();
+        let iovs = bufs
+            .iter()
+            .zip(&guards)
+            .map(|(b, g)| libc::iovec {
+                iov_base: g.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: as in read_vectored; pwritev only reads the buffers.
+        unsafe { transfer_all(self.file.as_raw_fd(), iovs, offset, true)? };
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), DiskError> {
+        if self.read_only {
+            return Ok(());
+        }
+        Ok(self.file.sync_data()?)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.writable()?;
+        check_range(offset, len, self.size)?;
+        match self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            // Discard is a hint: a filesystem without hole punching keeps the data.
+            Err(e) if unsupported(&e) => Ok(()),
+            r => Ok(r?),
+        }
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), DiskError> {
+        self.writable()?;
+        check_range(offset, len, self.size)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let modes = if unmap {
+            vec![
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            ]
+        } else {
+            vec![libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE]
+        };
+        for mode in modes {
+            match self.fallocate(mode, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if unsupported(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.write_zero_buffer(offset, len)
+    }
+}
+
+/// preadv/pwritev the whole of `iovs` at `offset`, continuing after short transfers.
+///
+/// # Safety
+/// Every iovec must point to memory valid for its length (writable for reads) for the
+/// duration of the call.
+unsafe fn transfer_all(
+    fd: libc::c_int,
+    mut iovs: Vec<libc::iovec>,
+    mut offset: u64,
+    write: bool,
+) -> io::Result<()> {
+    let mut first = 0;
+    loop {
+        while first < iovs.len() && iovs[first].iov_len == 0 {
+            first += 1;
+        }
+        if first == iovs.len() {
+            break;
+        }
+        let count = (iovs.len() - first).min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        let off =
+            i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let iov = iovs[first..].as_ptr();
+        // SAFETY: the caller guarantees the iovecs; `count` does not exceed the slice.
+        let ret = unsafe {
+            if write {
+                libc::pwritev(fd, iov, count, off)
+            } else {
+                libc::preadv(fd, iov, count, off)
+            }
+        };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if ret == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("end of file at offset {offset}"),
+            ));
+        }
+        let mut done = ret as usize;
+        offset += done as u64;
+        while first < iovs.len() && done >= iovs[first].iov_len {
+            done -= iovs[first].iov_len;
+            first += 1;
+        }
+        if done > 0 {
+            let iov = &mut iovs[first];
+            // SAFETY: done < iov_len, so the advanced pointer stays inside the buffer.
+            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(done) }.cast();
+            iov.iov_len -= done;
+        }
+    }
+    Ok(())
+}

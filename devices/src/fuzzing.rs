@@ -1,0 +1,188 @@
+//! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the plain `#[test]`
+//! that runs them over a seed corpus plus pseudo-random inputs on a stable toolchain.
+//!
+//! Each takes arbitrary bytes and must never panic.
+
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::block::qcow2::header::Qcow2Header;
+use crate::block::qcow2::refcheck::check_refcounts;
+use crate::block::{check_range, DiskBackend, DiskError, ImageFormat};
+use crate::virtio::block::Block;
+use crate::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use crate::GuestMemory;
+
+const MEM: usize = 0x2_0000;
+const QUEUE_SIZE: u16 = 16;
+
+/// An in-memory disk for fuzzing.
+struct MemDisk(Mutex<Vec<u8>>);
+
+impl DiskBackend for MemDisk {
+    fn format(&self) -> ImageFormat {
+        ImageFormat::Raw
+    }
+    fn size(&self) -> u64 {
+        self.0.lock().unwrap().len() as u64
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        check_range(offset, buf.len() as u64, self.size())?;
+        let d = self.0.lock().unwrap();
+        buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
+        check_range(offset, buf.len() as u64, self.size())?;
+        let mut d = self.0.lock().unwrap();
+        d[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn read_vectored(&self, bufs: &[vm_memory::VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
+        let mut pos = offset;
+        for b in bufs {
+            let mut tmp = vec![0u8; b.len()];
+            self.read_at(&mut tmp, pos)?;
+            b.copy_from(&tmp);
+            pos += b.len() as u64;
+        }
+        Ok(())
+    }
+    fn write_vectored(&self, bufs: &[vm_memory::VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
+        let mut pos = offset;
+        for b in bufs {
+            let mut tmp = vec![0u8; b.len()];
+            b.copy_to(&mut tmp[..]);
+            self.write_at(&tmp, pos)?;
+            pos += b.len() as u64;
+        }
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), DiskError> {
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.write_zeroes(offset, len, true)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> Result<(), DiskError> {
+        check_range(offset, len, self.size())?;
+        let mut d = self.0.lock().unwrap();
+        d[offset as usize..(offset + len) as usize].fill(0);
+        Ok(())
+    }
+}
+
+struct NoInterrupt;
+
+impl VirtioInterrupt for NoInterrupt {
+    fn signal_used_queue(&self, _: u16) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn signal_config_change(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Fuzz virtio-blk request parsing and execution. The input is split into up to 16
+/// descriptors (16 bytes each: addr, len, flags, next) and guest memory contents.
+pub fn blk_descriptor_chain(data: &[u8]) {
+    let Ok(mem) = GuestMemory::from_ranges(&[(GuestAddress(0), MEM)]) else {
+        return;
+    };
+    let n = (data.first().copied().unwrap_or(0) as usize % QUEUE_SIZE as usize) + 1;
+    let (descs, rest) = data.get(1..).unwrap_or(&[]).split_at(((n * 16).min(data.len().saturating_sub(1))) & !15);
+    // Fill guest memory above the queue with the rest of the input.
+    let _ = mem.write_slice(&rest[..rest.len().min(MEM - 0x1000)], GuestAddress(0x1000));
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_SIZE);
+    let raw: Vec<RawDescriptor> = descs
+        .chunks_exact(16)
+        .map(|c| {
+            let addr = u64::from_le_bytes(c[0..8].try_into().unwrap_or_default());
+            // Keep most addresses inside memory so parsing goes deep, but not all.
+            let addr = if c[15] & 0x80 == 0 { addr % MEM as u64 } else { addr };
+            let len = u32::from_le_bytes(c[8..12].try_into().unwrap_or_default()) % 0x4000;
+            let flags = u16::from_le_bytes([c[12], c[13]]) & 0x7;
+            let next = u16::from(c[14]) % QUEUE_SIZE;
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+        })
+        .collect();
+    if raw.is_empty() || vq.add_desc_chains(&raw, 0).is_err() {
+        return;
+    }
+    let Ok(queue) = vq.create_queue() else { return };
+    let disk = Arc::new(MemDisk(Mutex::new(vec![0x5a; 64 * 512])));
+    let Ok(mut dev) = Block::new(disk, Some("fuzz")) else {
+        return;
+    };
+    let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(0) else {
+        return;
+    };
+    let ctx = ActivateContext {
+        mem: mem.clone(),
+        queues: vec![queue],
+        queue_events: vec![evt],
+        interrupt: Arc::new(NoInterrupt),
+    };
+    if dev.activate(ctx).is_ok() {
+        dev.process_queue();
+    }
+}
+
+/// Fuzz kiln's qcow2 header, L1 and refcount/L2 parsing on an image given as bytes.
+pub fn qcow2_metadata(data: &[u8]) {
+    let Ok(h) = Qcow2Header::parse(data) else {
+        return;
+    };
+    let len = data.len() as u64;
+    let _ = h.cluster_size();
+    if h.check_layout(len).is_err() {
+        return;
+    }
+    let l1_end = (h.l1_table_offset + u64::from(h.l1_size) * 8) as usize;
+    if let Some(l1) = data.get(h.l1_table_offset as usize..l1_end) {
+        let _ = h.check_l1_table(l1, len);
+    }
+    let _ = check_refcounts(data, &h, len);
+}
+
+/// Fuzz the whole qcow2 open path including imago (header, L1/L2, refcounts, reads)
+/// on an image written to a temporary file.
+pub fn qcow2_open_and_read(data: &[u8]) {
+    use std::io::Write;
+    let Ok(mut f) = tempfile_in_shm() else { return };
+    if f.1.write_all(data).is_err() {
+        return;
+    }
+    if let Ok(disk) = crate::block::qcow2::Qcow2Disk::open(&f.0, true) {
+        let size = disk.size().min(1 << 20);
+        let mut buf = vec![0u8; 4096];
+        let mut off = 0;
+        while off + 4096 <= size {
+            let _ = disk.read_at(&mut buf, off);
+            off += 4096 * 7;
+        }
+    }
+    let _ = std::fs::remove_file(&f.0);
+}
+
+fn tempfile_in_shm() -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let path = std::path::PathBuf::from(dir).join(format!(
+        "kiln-fuzz-{}-{}.qcow2",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = std::fs::File::create(&path)?;
+    Ok((path, f))
+}
+
+#[cfg(test)]
+mod tests;

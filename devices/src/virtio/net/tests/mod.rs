@@ -1,0 +1,6 @@
+//! Device-level tests: mock split queues in fake guest memory and a mock backend.
+
+mod events;
+mod harness;
+mod rx;
+mod tx;

@@ -1,0 +1,171 @@
+//! virtio-rng / entropy device (virtio 1.2 §5.4), fed from the host's getrandom(2).
+
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use log::warn;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::Bytes;
+
+use super::activation::{Activation, DeviceEvent};
+use super::{device_type, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::GuestMemory;
+
+/// Descriptors in the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Bytes served per request at most, so a huge buffer cannot stall the event loop.
+pub const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
+
+/// Source of random bytes (getrandom in production; tests can count calls).
+pub trait EntropySource: Send {
+    fn fill(&mut self, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+/// The host kernel's CSPRNG via getrandom(2).
+pub struct GetRandom;
+
+impl EntropySource for GetRandom {
+    fn fill(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = &mut buf[done..];
+            // SAFETY: getrandom writes at most rest.len() bytes into the valid buffer `rest`.
+            let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+}
+
+struct Active {
+    mem: GuestMemory,
+    queue: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// A virtio-rng device.
+pub struct Rng {
+    source: Box<dyn EntropySource>,
+    activation: Activation,
+    active: Option<Active>,
+}
+
+impl Rng {
+    /// A device fed from getrandom(2).
+    pub fn new() -> std::io::Result<Self> {
+        Self::with_source(Box::new(GetRandom))
+    }
+
+    pub fn with_source(source: Box<dyn EntropySource>) -> std::io::Result<Self> {
+        Ok(Rng {
+            source,
+            activation: Activation::new()?,
+            active: None,
+        })
+    }
+
+    /// Fill every available buffer with random bytes.
+    pub fn process_queue(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let mut used = false;
+        let mut buf = vec![0u8; 4096];
+        while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
+            let head = chain.head_index();
+            let mut written = 0usize;
+            for d in chain.filter(|d| d.is_write_only()) {
+                let n = (d.len() as usize).min(MAX_BYTES_PER_REQUEST - written);
+                if n == 0 {
+                    break;
+                }
+                buf.resize(n, 0);
+                if let Err(e) = self.source.fill(&mut buf) {
+                    warn!("virtio-rng: getrandom failed: {e}");
+                    break;
+                }
+                if a.mem.write_slice(&buf, d.addr()).is_err() {
+                    warn!(
+                        "virtio-rng: buffer {:#x}+{n} outside guest memory",
+                        d.addr().0
+                    );
+                    break;
+                }
+                written += n;
+            }
+            if a.queue.add_used(&a.mem, head, written as u32).is_err() {
+                break;
+            }
+            used = true;
+        }
+        if used {
+            let _ = a.interrupt.signal_used_queue(0);
+        }
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        device_type::RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn device_features(&self) -> u64 {
+        super::VIRTIO_F_VERSION_1
+    }
+
+    fn ack_features(&mut self, _features: u64) {}
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0); // no config space
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let mut queues = ctx.queues;
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                got: queues.len(),
+                want: 1,
+            });
+        }
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queue: queues.remove(0),
+            interrupt: ctx.interrupt,
+        });
+        self.activation.activate(ctx.queue_events);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.active = None;
+        true
+    }
+}
+
+impl MutEventSubscriber for Rng {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.activation.init(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if let DeviceEvent::Queue(0) = self.activation.handle(&events, ops) {
+            self.process_queue();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

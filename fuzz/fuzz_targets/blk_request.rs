@@ -1,0 +1,6 @@
+//! virtio-blk: descriptor chains and guest memory from the fuzzer's bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kiln_devices::fuzzing::blk_descriptor_chain(data);
+});

@@ -1,0 +1,217 @@
+//! `kiln img create` and `kiln img info` through the binary, checked with `qemu-img info`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn kiln_ok(args: &[&str]) -> String {
+    let out = kiln(args);
+    assert!(
+        out.status.success(),
+        "kiln {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn kiln_err(args: &[&str]) -> String {
+    let out = kiln(args);
+    assert!(!out.status.success(), "kiln {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn qemu_info(path: &Path) -> Value {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", path.to_str().unwrap()])
+        .output()
+        .expect("qemu-img not found: run scripts/setup-host.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn kiln_info(path: &Path) -> Value {
+    serde_json::from_str(&kiln_ok(&["img", "info", "--json", path.to_str().unwrap()])).unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn create_qcow2_and_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("a.qcow2");
+    kiln_ok(&["img", "create", p(&q), "10M"]);
+    let info = qemu_info(&q);
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 10 << 20);
+    assert_eq!(info["cluster-size"], 65536);
+    let check = Command::new("qemu-img")
+        .args(["check", p(&q)])
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+
+    let q4 = dir.path().join("small.qcow2");
+    kiln_ok(&["img", "create", p(&q4), "1G", "--cluster-size", "4k"]);
+    let info = qemu_info(&q4);
+    assert_eq!(info["virtual-size"], 1u64 << 30);
+    assert_eq!(info["cluster-size"], 4096);
+
+    let r = dir.path().join("a.raw");
+    kiln_ok(&["img", "create", p(&r), "3M", "--format", "raw"]);
+    let info = qemu_info(&r);
+    assert_eq!(info["format"], "raw");
+    assert_eq!(info["virtual-size"], 3 << 20);
+}
+
+#[test]
+fn create_with_backing_takes_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    kiln_ok(&["img", "create", p(&base), "20M"]);
+    let top = dir.path().join("top.qcow2");
+    kiln_ok(&["img", "create", p(&top), "--backing", "base.qcow2"]);
+    let info = qemu_info(&top);
+    assert_eq!(info["virtual-size"], 20 << 20);
+    assert_eq!(info["backing-filename"], "base.qcow2");
+    assert_eq!(info["backing-filename-format"], "qcow2");
+    assert_eq!(info["full-backing-filename"], p(&base));
+}
+
+#[test]
+fn create_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("exists.img");
+    std::fs::write(&f, b"data").unwrap();
+    let e = kiln_err(&["img", "create", p(&f), "1M"]);
+    assert!(e.contains("exists"), "{e}");
+    assert_eq!(std::fs::read(&f).unwrap(), b"data");
+
+    let n = dir.path().join("new.img");
+    let e = kiln_err(&["img", "create", p(&n), "12Q"]);
+    assert!(e.contains("suffix"), "{e}");
+    let e = kiln_err(&["img", "create", p(&n), "1M", "--format", "vmdk"]);
+    assert!(e.contains("vmdk"), "{e}");
+    let e = kiln_err(&[
+        "img",
+        "create",
+        p(&n),
+        "1M",
+        "--format",
+        "raw",
+        "--backing",
+        "x",
+    ]);
+    assert!(e.contains("backing"), "{e}");
+    let e = kiln_err(&["img", "create", p(&n), "--backing", "missing.qcow2"]);
+    assert!(e.contains("missing.qcow2"), "{e}");
+    let e = kiln_err(&["img", "create", p(&n)]);
+    assert!(e.contains("size"), "{e}");
+    assert!(!n.exists(), "failed create left {} behind", n.display());
+}
+
+#[test]
+fn info_json_matches_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let top = dir.path().join("top.qcow2");
+    let st = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10,cluster_size=4096",
+            p(&base),
+            "5M",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            p(&top),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let raw = dir.path().join("r.img");
+    std::fs::write(&raw, vec![1u8; 8192]).unwrap();
+    for img in [&base, &top, &raw] {
+        let k = kiln_info(img);
+        let q = qemu_info(img);
+        for field in [
+            "virtual-size",
+            "format",
+            "cluster-size",
+            "backing-filename",
+            "backing-filename-format",
+            "full-backing-filename",
+            "actual-size",
+            "dirty-flag",
+        ] {
+            assert_eq!(k[field], q[field], "{}: {field}", img.display());
+        }
+        for field in [
+            "compat",
+            "refcount-bits",
+            "corrupt",
+            "lazy-refcounts",
+            "compression-type",
+        ] {
+            assert_eq!(
+                k["format-specific"]["data"][field],
+                q["format-specific"]["data"][field],
+                "{}: format-specific {field}",
+                img.display()
+            );
+        }
+    }
+    assert_eq!(
+        kiln_info(&base)["format-specific"]["data"]["compat"],
+        "0.10"
+    );
+
+    let text = kiln_ok(&["img", "info", p(&top)]);
+    assert!(
+        text.contains("file format: qcow2") && text.contains("backing file: base.qcow2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn info_reports_dirty_image_and_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.qcow2");
+    kiln_ok(&["img", "create", p(&img), "1M"]);
+    let mut b = std::fs::read(&img).unwrap();
+    b[79] |= 1;
+    std::fs::write(&img, &b).unwrap();
+    assert_eq!(kiln_info(&img)["dirty-flag"], true);
+    let e = kiln_err(&["img", "info", p(&dir.path().join("nope.qcow2"))]);
+    assert!(e.contains("nope.qcow2"), "{e}");
+}

@@ -1,0 +1,119 @@
+//! Helpers for the qcow2 tests that check kiln's backend against QEMU's tools.
+#![allow(dead_code)] // each test binary uses a subset
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, ImageFormat};
+
+/// Run a QEMU tool; panics (test failure) with its output when it fails or is missing.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}); install qemu-utils with scripts/setup-host.sh")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\n{text}",
+        out.status
+    );
+    text
+}
+
+pub fn qemu_img(args: &[&str]) -> String {
+    tool("qemu-img", args)
+}
+
+pub fn qemu_io(image: &Path, commands: &[&str]) -> String {
+    let mut args = vec!["-f", "qcow2"];
+    for c in commands {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(image.to_str().unwrap());
+    let out = tool("qemu-io", &args);
+    assert!(
+        !out.contains("failed") && !out.contains("error"),
+        "qemu-io reported a failure: {out}"
+    );
+    out
+}
+
+pub fn open(path: &Path, format: Option<ImageFormat>, readonly: bool) -> Arc<dyn DiskBackend> {
+    open_disk(&DiskConfig {
+        path: path.to_owned(),
+        format,
+        readonly,
+        serial: None,
+    })
+    .unwrap_or_else(|e| panic!("kiln cannot open {}: {e}", path.display()))
+}
+
+/// The whole disk as kiln reads it.
+pub fn read_all(disk: &dyn DiskBackend) -> Vec<u8> {
+    let mut buf = vec![0u8; disk.size() as usize];
+    // Uneven chunks so reads straddle cluster boundaries.
+    let mut pos = 0;
+    let mut step = 512 * 7;
+    while pos < buf.len() {
+        let n = step.min(buf.len() - pos);
+        disk.read_at(&mut buf[pos..pos + n], pos as u64).unwrap();
+        pos += n;
+        step = (step * 3) % (300 * 1024) + 512;
+    }
+    buf
+}
+
+/// What qemu-img says the image contains.
+pub fn qemu_contents(image: &Path, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!(
+        "{}.qemu-raw",
+        image.file_name().unwrap().to_string_lossy()
+    ));
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        image.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    let data = std::fs::read(&out).unwrap();
+    std::fs::remove_file(out).unwrap();
+    data
+}
+
+/// `qemu-img check` must find nothing wrong.
+pub fn assert_check_clean(image: &Path) {
+    let out = qemu_img(&["check", "-f", "qcow2", image.to_str().unwrap()]);
+    assert!(
+        out.contains("No errors were found"),
+        "qemu-img check: {out}"
+    );
+    assert!(!out.contains("leaked"), "qemu-img check found leaks: {out}");
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

@@ -1,0 +1,138 @@
+//! `kiln run` on kiln's tiny test guests (resources/guests/): exit codes, serial
+//! routing, the boot timer and resets. Each run takes milliseconds.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn guest(name: &str) -> PathBuf {
+    let (_, bytes) = kiln_vmm::guests::ALL
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no guest {name}"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vmm-guests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln")
+}
+
+fn run_guest(name: &str, extra: &[&str]) -> Output {
+    let path = guest(name);
+    let mut args = vec!["run", "--kernel", path.to_str().unwrap(), "--serial", "none"];
+    args.extend_from_slice(extra);
+    kiln(&args)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn debug_exit_value_becomes_the_exit_code() {
+    let out = run_guest("debug_exit.elf", &["--debug-exit", "0xf4", "--timeout", "10s"]);
+    assert_eq!(out.status.code(), Some(67), "{}", stderr(&out));
+    // Without the device the write goes nowhere and the guest halts: timeout.
+    let out = run_guest("debug_exit.elf", &["--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+}
+
+#[test]
+fn timeout_exits_124_with_a_message() {
+    let started = std::time::Instant::now();
+    let out = run_guest("hang.elf", &["--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timeout"), "{}", stderr(&out));
+    let took = started.elapsed();
+    assert!(took.as_millis() >= 1000 && took.as_secs() < 5, "took {took:?}");
+}
+
+#[test]
+fn triple_fault_is_a_reset_exit_2() {
+    let out = run_guest("triple_fault.elf", &["--timeout", "10s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("triple fault"), "{}", stderr(&out));
+}
+
+#[test]
+fn i8042_reset_exits_2_or_reboots() {
+    let out = run_guest("i8042_reset.elf", &["--timeout", "10s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("i8042"), "{}", stderr(&out));
+    // With --on-reset reboot the guest resets again after every boot, until the
+    // timeout.
+    let out = run_guest("i8042_reset.elf", &["--on-reset", "reboot", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    let reboots = stderr(&out).matches("rebooting").count();
+    assert!(reboots >= 2, "{reboots} reboots: {}", stderr(&out));
+}
+
+#[test]
+fn acpi_sleep_register_powers_off_with_0() {
+    let out = run_guest("acpi_poweroff.elf", &["--timeout", "10s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn serial_output_goes_where_asked() {
+    let path = guest("serial_hello.elf");
+    let kernel = path.to_str().unwrap();
+    let common = ["--debug-exit", "0xf4", "--timeout", "10s"];
+    let out = kiln(&[&["run", "--kernel", kernel, "--serial", "stdio"][..], &common].concat());
+    assert_eq!(out.status.code(), Some(67));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from kiln guest\n");
+
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serial-hello.log");
+    let arg = format!("file={}", file.display());
+    let out = kiln(&[&["run", "--kernel", kernel, "--serial", &arg][..], &common].concat());
+    assert_eq!(out.status.code(), Some(67));
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello from kiln guest\n");
+
+    let out = kiln(&[&["run", "--kernel", kernel, "--serial", "none"][..], &common].concat());
+    assert_eq!(out.status.code(), Some(67));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn boot_timer_reports_milliseconds_on_stderr() {
+    let out = run_guest("boot_timer.elf", &["--debug-exit", "0xf4", "--boot-timer"]);
+    assert_eq!(out.status.code(), Some(67));
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("kiln: boot-timer: "))
+        .unwrap_or_else(|| panic!("no boot-timer line in {err}"));
+    let ms: u64 = line["kiln: boot-timer: ".len()..]
+        .trim_end_matches(" ms")
+        .parse()
+        .unwrap();
+    assert!(ms < 5000, "{line}");
+    // Without --boot-timer the port is not there.
+    let out = run_guest("boot_timer.elf", &["--debug-exit", "0xf4"]);
+    assert!(!stderr(&out).contains("boot-timer"));
+}
+
+#[test]
+fn several_vcpus_start_and_the_bsp_runs() {
+    // APs wait for INIT/SIPI; the BSP alone reports.
+    let out = run_guest("debug_exit.elf", &["--debug-exit", "0xf4", "--cpus", "4", "--timeout", "10s"]);
+    assert_eq!(out.status.code(), Some(67), "{}", stderr(&out));
+}
+
+#[test]
+fn pvm_profile_follows_the_host_and_the_flag() {
+    let pvm_host = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let out = run_guest("debug_exit.elf", &["-v", "--debug-exit", "0xf4"]);
+    assert_eq!(out.status.code(), Some(67));
+    assert_eq!(stderr(&out).contains("PVM profile: kernel parameters"), pvm_host, "{}", stderr(&out));
+    let out = run_guest("debug_exit.elf", &["-v", "--debug-exit", "0xf4", "--no-host-quirks"]);
+    assert_eq!(out.status.code(), Some(67));
+    assert!(!stderr(&out).contains("PVM"), "{}", stderr(&out));
+}

@@ -1,0 +1,186 @@
+//! virtio-mmio plumbing: each device gets an MMIO window and an IRQ, an
+//! ioeventfd per queue on QueueNotify, an irqfd, a DSDT entry, a
+//! `virtio_mmio.device=` kernel parameter, and its event subscriber in the event
+//! manager. Devices come in through [`VirtioDeviceConfig`] in `VmConfig`, so new
+//! device kinds attach without touching this file.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
+use kiln_devices::virtio::VirtioDevice;
+use kvm_ioctls::{IoEventAddress, VmFd};
+
+use crate::acpi::VirtioMmioAcpi;
+use crate::bus::Bus;
+use crate::layout::{IOAPIC_LAST_PIN, VIRTIO_IRQ_START, VIRTIO_MMIO_END, VIRTIO_MMIO_START};
+use crate::memory::GuestMemory;
+
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// One device instance, seen both as a virtio device (for the transport) and as
+/// an event subscriber (for its queue work).
+pub struct VirtioHandles {
+    pub device: Arc<Mutex<dyn VirtioDevice>>,
+    pub subscriber: Subscriber,
+}
+
+type Factory = dyn Fn() -> Result<VirtioHandles, String> + Send + Sync;
+
+/// A virtio device to attach. Holds a factory, so a guest reboot gets a fresh
+/// device.
+#[derive(Clone)]
+pub struct VirtioDeviceConfig {
+    /// For messages, e.g. "virtio-blk disk.qcow2".
+    pub name: String,
+    factory: Arc<Factory>,
+}
+
+impl std::fmt::Debug for VirtioDeviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioDeviceConfig")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl VirtioDeviceConfig {
+    /// `make` builds the device model (open its backend, ...).
+    pub fn new<T, F>(name: impl Into<String>, make: F) -> Self
+    where
+        T: VirtioDevice + MutEventSubscriber + Send + 'static,
+        F: Fn() -> Result<T, String> + Send + Sync + 'static,
+    {
+        let factory = move || {
+            let dev = Arc::new(Mutex::new(make()?));
+            Ok(VirtioHandles {
+                device: dev.clone(),
+                subscriber: dev,
+            })
+        };
+        Self {
+            name: name.into(),
+            factory: Arc::new(factory),
+        }
+    }
+
+    pub fn build(&self) -> Result<VirtioHandles, String> {
+        (self.factory)()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceManagerError {
+    #[error("{0}: cannot create device: {1}")]
+    Build(String, String),
+    #[error("{0}: {1}")]
+    Transport(String, kiln_devices::virtio::mmio::MmioError),
+    #[error("no virtio-mmio window or IRQ left for {0}")]
+    Exhausted(String),
+    #[error("{0}: cannot register {1} with KVM: {2}")]
+    Kvm(String, &'static str, kvm_ioctls::Error),
+    #[error("{0}: {1}")]
+    Bus(String, crate::bus::BusError),
+    #[error("{0}: cannot add its event handler: {1}")]
+    EventManager(String, event_manager::Error),
+}
+
+/// Window and IRQ allocation, plus what the guest is told.
+pub struct VirtioMmioAllocator {
+    next_base: u64,
+    next_irq: u32,
+    /// DSDT entries for the attached devices.
+    pub acpi: Vec<VirtioMmioAcpi>,
+}
+
+impl Default for VirtioMmioAllocator {
+    fn default() -> Self {
+        Self {
+            next_base: VIRTIO_MMIO_START,
+            next_irq: VIRTIO_IRQ_START,
+            acpi: Vec::new(),
+        }
+    }
+}
+
+impl VirtioMmioAllocator {
+    /// The next window and IRQ, in attachment order.
+    pub fn allocate(&mut self) -> Option<VirtioMmioAcpi> {
+        if self.next_base + MMIO_REGION_SIZE > VIRTIO_MMIO_END || self.next_irq > IOAPIC_LAST_PIN {
+            return None;
+        }
+        let slot = VirtioMmioAcpi {
+            base: self.next_base,
+            size: MMIO_REGION_SIZE,
+            irq: self.next_irq,
+        };
+        self.next_base += MMIO_REGION_SIZE;
+        self.next_irq += 1;
+        self.acpi.push(slot);
+        Some(slot)
+    }
+
+    /// Kernel parameters announcing the devices (for kernels without ACPI).
+    pub fn cmdline_params(&self) -> Vec<String> {
+        self.acpi
+            .iter()
+            .map(|d| format!("virtio_mmio.device={}@{:#x}:{}", d.size, d.base, d.irq))
+            .collect()
+    }
+}
+
+/// Attach one device: transport on the MMIO bus, ioeventfds, irqfd, subscriber.
+pub fn attach(
+    config: &VirtioDeviceConfig,
+    alloc: &mut VirtioMmioAllocator,
+    vm: &VmFd,
+    mem: &GuestMemory,
+    mmio_bus: &mut Bus,
+    events: &mut EventManager<Subscriber>,
+) -> Result<VirtioMmioAcpi, DeviceManagerError> {
+    let name = &config.name;
+    let handles = config
+        .build()
+        .map_err(|e| DeviceManagerError::Build(name.clone(), e))?;
+    let transport = MmioTransport::new(mem.clone(), handles.device)
+        .map_err(|e| DeviceManagerError::Transport(name.clone(), e))?;
+    let slot = alloc
+        .allocate()
+        .ok_or_else(|| DeviceManagerError::Exhausted(name.clone()))?;
+    let notify = IoEventAddress::Mmio(slot.base + NOTIFY_REG_OFFSET);
+    for (index, event) in transport.queue_events().iter().enumerate() {
+        vm.register_ioevent(event, &notify, index as u32)
+            .map_err(|e| DeviceManagerError::Kvm(name.clone(), "queue notify ioeventfd", e))?;
+    }
+    vm.register_irqfd(transport.irq_event(), slot.irq)
+        .map_err(|e| DeviceManagerError::Kvm(name.clone(), "irqfd", e))?;
+    mmio_bus
+        .insert(slot.base, slot.size, Arc::new(Mutex::new(transport)))
+        .map_err(|e| DeviceManagerError::Bus(name.clone(), e))?;
+    events.add_subscriber(handles.subscriber);
+    log::debug!("{name}: virtio-mmio at {:#x}, IRQ {}", slot.base, slot.irq);
+    Ok(slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_and_irqs_are_allocated_in_order_skipping_com1() {
+        let mut alloc = VirtioMmioAllocator::default();
+        let a = alloc.allocate().unwrap();
+        let b = alloc.allocate().unwrap();
+        assert_eq!((a.base, a.irq), (VIRTIO_MMIO_START, 5));
+        assert_eq!((b.base, b.irq), (VIRTIO_MMIO_START + MMIO_REGION_SIZE, 6));
+        assert_eq!(
+            alloc.cmdline_params()[1],
+            format!("virtio_mmio.device={}@{:#x}:6", MMIO_REGION_SIZE, b.base)
+        );
+        // IRQs 5..=23 give 19 devices at most.
+        for _ in 2..19 {
+            assert!(alloc.allocate().is_some());
+        }
+        assert!(alloc.allocate().is_none());
+    }
+}

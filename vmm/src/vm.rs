@@ -1,0 +1,346 @@
+//! Building a VM from a [`VmConfig`] and running it to its outcome.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kiln_devices::legacy::{AcpiPm, BootTimer, DebugExit, GuestExit, ResetSource, I8042};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_superio::Serial;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::acpi::{build_tables, AcpiConfig};
+use crate::boot;
+use crate::bus::Bus;
+use crate::config::{OnReset, SerialOutput, VmConfig};
+use crate::control::{Outcome, VmControl};
+use crate::device_manager::{self, Subscriber, VirtioMmioAllocator};
+use crate::layout::*;
+use crate::memory::{create_guest_memory, GuestMemory};
+use crate::serial::{IrqTrigger, RawTerminal, SerialDevice, SerialOut, StdinInput};
+use crate::vcpu::create_vcpu;
+use crate::vcpu_exit::{install_kick_handler, kick_signal, run_vcpu, VcpuContext, VcpuSnapshot};
+use crate::VmmError;
+
+/// How the VM ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExitStatus {
+    PowerOff,
+    Reset(ResetSource),
+    DebugExit(u8),
+    Timeout(Duration),
+}
+
+impl VmExitStatus {
+    /// kiln's process exit code for this outcome.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VmExitStatus::PowerOff => 0,
+            VmExitStatus::Reset(_) => 2,
+            // Like QEMU's isa-debug-exit; the OS keeps the low 8 bits.
+            VmExitStatus::DebugExit(v) => ((u32::from(*v) << 1) | 1) as u8,
+            VmExitStatus::Timeout(_) => 124,
+        }
+    }
+}
+
+/// Boot `config` and run until the guest powers off, resets (per `on_reset`),
+/// reports on the debug-exit port, or the timeout expires.
+pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, VmmError> {
+    let deadline = config.timeout.map(|t| Instant::now() + t);
+    let output = SerialWriter::open(&config.serial)?;
+    let pvm = config.host_quirks && crate::pvm::is_pvm_host(&config.sysfs_root);
+    let profile_params = if pvm {
+        log::info!("PVM host detected (kvm_pvm loaded): applying its compatibility profile");
+        let facts = File::open(&config.kernel)
+            .and_then(|mut f| crate::pvm::scan_image(&mut f))
+            .map_err(|source| {
+                VmmError::Boot(boot::BootError::Open {
+                    what: "kernel",
+                    path: config.kernel.clone(),
+                    source,
+                })
+            })?;
+        crate::pvm::cmdline_additions(facts)
+    } else {
+        Vec::new()
+    };
+    let stdin_tty = config.serial == SerialOutput::Stdio;
+    let _raw = if stdin_tty { RawTerminal::enable() } else { None };
+    let input = _raw.is_some();
+    loop {
+        let outcome = boot_once(config, process_start, deadline, &output, &profile_params, pvm, input)?;
+        match outcome {
+            VmExitStatus::Reset(source) if config.on_reset == OnReset::Reboot => {
+                eprintln!("kiln: guest reset ({source}); rebooting");
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Where serial output goes; opened once so a reboot keeps appending.
+enum SerialWriter {
+    Stdout,
+    File(File),
+    Sink,
+}
+
+impl SerialWriter {
+    fn open(serial: &SerialOutput) -> Result<Self, VmmError> {
+        Ok(match serial {
+            SerialOutput::Stdio => SerialWriter::Stdout,
+            SerialOutput::None => SerialWriter::Sink,
+            SerialOutput::File(path) => SerialWriter::File(File::create(path).map_err(|e| {
+                VmmError::Device(format!("cannot create serial output file {}: {e}", path.display()))
+            })?),
+        })
+    }
+
+    fn writer(&self) -> Result<SerialOut, VmmError> {
+        Ok(match self {
+            SerialWriter::Stdout => Box::new(std::io::stdout()),
+            SerialWriter::Sink => Box::new(std::io::sink()),
+            SerialWriter::File(f) => Box::new(
+                f.try_clone()
+                    .map_err(|e| VmmError::Device(format!("serial output file: {e}")))?,
+            ),
+        })
+    }
+}
+
+/// Wakes the main loop when a vCPU or device ends the VM.
+struct WakeWatcher(Arc<VmControl>);
+
+impl MutEventSubscriber for WakeWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0.wake, EventSet::IN)) {
+            log::error!("cannot watch the VM control eventfd: {e}");
+        }
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.wake.read();
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by
+        // `mem`, which outlives the VM (both are dropped together at the end of
+        // boot_once, the VM first).
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(kvm_err("register guest memory"))?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot_once(
+    config: &VmConfig,
+    process_start: Instant,
+    deadline: Option<Instant>,
+    output: &SerialWriter,
+    profile_params: &[String],
+    pvm: bool,
+    stdin_input: bool,
+) -> Result<VmExitStatus, VmmError> {
+    let kvm = Kvm::new().map_err(|source| VmmError::OpenKvm { source })?;
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    let mem = create_guest_memory(config.memory_bytes)?;
+    register_memory(&vm, &mem)?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_START)
+        .map_err(kvm_err("set identity map address"))?;
+    vm.set_tss_address(KVM_TSS_START as usize)
+        .map_err(kvm_err("set TSS address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create in-kernel irqchip"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("create in-kernel PIT"))?;
+
+    let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
+        None => None,
+    };
+
+    let control = Arc::new(VmControl::new(process_start).map_err(|e| VmmError::Device(format!("eventfd: {e}")))?);
+    let mut events: EventManager<Subscriber> =
+        EventManager::new().map_err(|e| VmmError::Device(format!("event manager: {e}")))?;
+    events.add_subscriber(Arc::new(Mutex::new(WakeWatcher(control.clone()))));
+
+    let mut io_bus = Bus::new();
+    let mut mmio_bus = Bus::new();
+    let serial_irq = EventFd::new(0).map_err(|e| VmmError::Device(format!("eventfd: {e}")))?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice(Serial::new(
+        IrqTrigger(serial_irq),
+        output.writer()?,
+    ))));
+    io_bus.insert(u64::from(COM1_PORT), 8, serial.clone())?;
+    if stdin_input {
+        events.add_subscriber(Arc::new(Mutex::new(StdinInput { serial })));
+    }
+    io_bus.insert(u64::from(I8042_COMMAND_PORT), 1, Arc::new(Mutex::new(I8042::new(control.clone()))))?;
+    io_bus.insert(u64::from(ACPI_PM_PORT), ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new(control.clone()))))?;
+    if config.boot_timer {
+        io_bus.insert(u64::from(BOOT_TIMER_PORT), 1, Arc::new(Mutex::new(BootTimer::new(control.clone()))))?;
+    }
+    if let Some(port) = config.debug_exit_port {
+        io_bus.insert(u64::from(port), 1, Arc::new(Mutex::new(DebugExit::new(control.clone()))))?;
+    }
+
+    let mut alloc = VirtioMmioAllocator::default();
+    for dev in &config.virtio_devices {
+        device_manager::attach(dev, &mut alloc, &vm, &mem, &mut mmio_bus, &mut events)?;
+    }
+
+    let acpi = build_tables(&AcpiConfig {
+        vcpus: config.vcpus,
+        virtio_mmio: alloc.acpi.clone(),
+    });
+    acpi.write_to(&mem)
+        .map_err(|e| VmmError::Boot(boot::BootError::GuestMemory(e.to_string())))?;
+    boot::regs::write_boot_tables(&mem)
+        .map_err(|e| VmmError::Boot(boot::BootError::GuestMemory(e.to_string())))?;
+    let cmdline = compose_cmdline(profile_params, &alloc.cmdline_params(), &config.append);
+    log::debug!("kernel command line: {cmdline}");
+    boot::write_boot_info(&mem, &kernel, initrd, &cmdline, acpi.rsdp_address())?;
+
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported CPUID"))?;
+    let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+    for id in 0..config.vcpus {
+        vcpus.push(create_vcpu(&vm, id, config.vcpus, &supported, kernel.entry)?);
+    }
+    install_kick_handler().map_err(|e| VmmError::Device(format!("vCPU kick signal: {e}")))?;
+    let ctx = Arc::new(VcpuContext {
+        io_bus: Arc::new(io_bus),
+        mmio_bus: Arc::new(mmio_bus),
+        control: control.clone(),
+        mem: mem.clone(),
+        pvm_recovery: pvm,
+        process_start,
+    });
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let ctx = ctx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || run_vcpu(vcpu, id as u8, ctx))
+            .map_err(|e| VmmError::Device(format!("cannot start vCPU thread: {e}")))?;
+        threads.push(thread);
+    }
+
+    let status = loop {
+        if let Some(outcome) = control.take() {
+            break match outcome {
+                Outcome::Guest(GuestExit::PowerOff) => Ok(VmExitStatus::PowerOff),
+                Outcome::Guest(GuestExit::Reset(source)) => Ok(VmExitStatus::Reset(source)),
+                Outcome::Guest(GuestExit::DebugExit(v)) => Ok(VmExitStatus::DebugExit(v)),
+                Outcome::Error(message) => Err(VmmError::Guest(message)),
+            };
+        }
+        let wait_ms = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    break Ok(VmExitStatus::Timeout(config.timeout.unwrap_or_default()));
+                }
+                (d - now).as_millis().min(i32::MAX as u128) as i32 + 1
+            }
+            None => -1,
+        };
+        events
+            .run_with_timeout(wait_ms)
+            .map_err(|e| VmmError::Device(format!("event loop: {e}")))?;
+    };
+    control.finish(Outcome::Error("VM stopped".into()));
+    if let Some(rss) = crate::memory::rss_report(&mem) {
+        log::info!(
+            "memory: peak RSS {} KiB, guest RAM resident {} KiB, kiln itself at most {} KiB",
+            rss.peak_kib,
+            rss.guest_kib,
+            rss.non_guest_kib()
+        );
+    }
+    let snapshots = stop_vcpus(threads);
+    if let Ok(VmExitStatus::Timeout(_)) = status {
+        for s in snapshots {
+            log::info!("at timeout: {s}");
+        }
+    }
+    status
+}
+
+/// Kick every vCPU thread out of KVM_RUN until it notices the VM has stopped.
+/// A thread stuck for more than a second is left behind (the process is ending).
+fn stop_vcpus(threads: Vec<JoinHandle<Option<VcpuSnapshot>>>) -> Vec<VcpuSnapshot> {
+    let give_up = Instant::now() + Duration::from_secs(1);
+    let mut snapshots = Vec::new();
+    for thread in threads {
+        while !thread.is_finished() && Instant::now() < give_up {
+            let _ = thread.kill(kick_signal());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if thread.is_finished() {
+            if let Ok(Some(s)) = thread.join() {
+                snapshots.push(s);
+            }
+        } else {
+            log::warn!("a vCPU thread did not stop in time");
+        }
+    }
+    snapshots
+}
+
+/// kiln's own parameters first, then the host profile's, the devices', and the
+/// user's last so they can override.
+pub fn compose_cmdline(profile: &[String], devices: &[String], user: &str) -> String {
+    let mut parts: Vec<&str> = vec!["console=ttyS0"];
+    parts.extend(profile.iter().map(String::as_str));
+    parts.extend(devices.iter().map(String::as_str));
+    if !user.trim().is_empty() {
+        parts.push(user.trim());
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(VmExitStatus::PowerOff.exit_code(), 0);
+        assert_eq!(VmExitStatus::Reset(ResetSource::TripleFault).exit_code(), 2);
+        assert_eq!(VmExitStatus::DebugExit(0x21).exit_code(), 67);
+        assert_eq!(VmExitStatus::Timeout(Duration::from_secs(1)).exit_code(), 124);
+    }
+
+    #[test]
+    fn user_parameters_come_last() {
+        let line = compose_cmdline(&["noxsave".into()], &["virtio_mmio.device=4K@0xd0000000:5".into()], " quiet ");
+        assert_eq!(line, "console=ttyS0 noxsave virtio_mmio.device=4K@0xd0000000:5 quiet");
+    }
+}
