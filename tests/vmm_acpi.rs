@@ -13,8 +13,16 @@ fn iasl_disassembles_every_table_without_errors() {
     let tables = build_tables(&AcpiConfig {
         vcpus: 2,
         virtio_mmio: vec![
-            VirtioMmioAcpi { base: 0xd000_0000, size: 0x1000, irq: 5 },
-            VirtioMmioAcpi { base: 0xd000_1000, size: 0x1000, irq: 6 },
+            VirtioMmioAcpi {
+                base: 0xd000_0000,
+                size: 0x1000,
+                irq: 5,
+            },
+            VirtioMmioAcpi {
+                base: 0xd000_1000,
+                size: 0x1000,
+                irq: 6,
+            },
         ],
     });
     let names: Vec<&str> = tables.tables.iter().map(|(n, _, _)| *n).collect();
@@ -48,7 +56,10 @@ fn iasl_disassembles_every_table_without_errors() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(out.status.success(), "iasl -d {name}: {text}");
-        assert!(!text.contains("Error") && !text.contains("error"), "iasl -d {name}: {text}");
+        assert!(
+            !text.contains("Error") && !text.contains("error"),
+            "iasl -d {name}: {text}"
+        );
         let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl")))
             .unwrap_or_else(|e| panic!("iasl wrote no {name}.dsl: {e}\n{text}"));
         match *name {
@@ -75,7 +86,10 @@ fn iasl_disassembles_every_table_without_errors() {
         .expect("acpiexec must be installed (Debian package acpica-tools)");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 ACPI AML tables successfully acquired and loaded"), "{text}");
+    assert!(
+        text.contains("1 ACPI AML tables successfully acquired and loaded"),
+        "{text}"
+    );
     assert!(text.contains("[Package] Contains 4 Elements"), "{text}");
     assert!(text.contains("[Integer] = 0000000000000005"), "{text}");
 }

@@ -38,7 +38,10 @@ fn missing_kernel() {
 fn non_kernel_file() {
     let path = tmp("notes.txt");
     std::fs::write(&path, "just some text, not a kernel\n".repeat(100)).unwrap();
-    assert_clean_failure(&run(&path, &[]), &["notes.txt", "neither an ELF vmlinux nor a bzImage"]);
+    assert_clean_failure(
+        &run(&path, &[]),
+        &["notes.txt", "neither an ELF vmlinux nor a bzImage"],
+    );
     let empty = tmp("empty");
     std::fs::write(&empty, b"").unwrap();
     assert_clean_failure(&run(&empty, &[]), &["empty"]);

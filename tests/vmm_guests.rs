@@ -25,7 +25,13 @@ fn kiln(args: &[&str]) -> Output {
 
 fn run_guest(name: &str, extra: &[&str]) -> Output {
     let path = guest(name);
-    let mut args = vec!["run", "--kernel", path.to_str().unwrap(), "--serial", "none"];
+    let mut args = vec![
+        "run",
+        "--kernel",
+        path.to_str().unwrap(),
+        "--serial",
+        "none",
+    ];
     args.extend_from_slice(extra);
     kiln(&args)
 }
@@ -36,7 +42,10 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn debug_exit_value_becomes_the_exit_code() {
-    let out = run_guest("debug_exit.elf", &["--debug-exit", "0xf4", "--timeout", "10s"]);
+    let out = run_guest(
+        "debug_exit.elf",
+        &["--debug-exit", "0xf4", "--timeout", "10s"],
+    );
     assert_eq!(out.status.code(), Some(67), "{}", stderr(&out));
     // Without the device the write goes nowhere and the guest halts: timeout.
     let out = run_guest("debug_exit.elf", &["--timeout", "300ms"]);
@@ -50,7 +59,10 @@ fn timeout_exits_124_with_a_message() {
     assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
     assert!(stderr(&out).contains("timeout"), "{}", stderr(&out));
     let took = started.elapsed();
-    assert!(took.as_millis() >= 1000 && took.as_secs() < 5, "took {took:?}");
+    assert!(
+        took.as_millis() >= 1000 && took.as_secs() < 5,
+        "took {took:?}"
+    );
 }
 
 #[test]
@@ -67,7 +79,10 @@ fn i8042_reset_exits_2_or_reboots() {
     assert!(stderr(&out).contains("i8042"), "{}", stderr(&out));
     // With --on-reset reboot the guest resets again after every boot, until the
     // timeout.
-    let out = run_guest("i8042_reset.elf", &["--on-reset", "reboot", "--timeout", "1s"]);
+    let out = run_guest(
+        "i8042_reset.elf",
+        &["--on-reset", "reboot", "--timeout", "1s"],
+    );
     assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
     let reboots = stderr(&out).matches("rebooting").count();
     assert!(reboots >= 2, "{reboots} reboots: {}", stderr(&out));
@@ -84,18 +99,36 @@ fn serial_output_goes_where_asked() {
     let path = guest("serial_hello.elf");
     let kernel = path.to_str().unwrap();
     let common = ["--debug-exit", "0xf4", "--timeout", "10s"];
-    let out = kiln(&[&["run", "--kernel", kernel, "--serial", "stdio"][..], &common].concat());
+    let out = kiln(
+        &[
+            &["run", "--kernel", kernel, "--serial", "stdio"][..],
+            &common,
+        ]
+        .concat(),
+    );
     assert_eq!(out.status.code(), Some(67));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from kiln guest\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from kiln guest\n"
+    );
 
     let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serial-hello.log");
     let arg = format!("file={}", file.display());
     let out = kiln(&[&["run", "--kernel", kernel, "--serial", &arg][..], &common].concat());
     assert_eq!(out.status.code(), Some(67));
     assert!(out.stdout.is_empty());
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello from kiln guest\n");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "hello from kiln guest\n"
+    );
 
-    let out = kiln(&[&["run", "--kernel", kernel, "--serial", "none"][..], &common].concat());
+    let out = kiln(
+        &[
+            &["run", "--kernel", kernel, "--serial", "none"][..],
+            &common,
+        ]
+        .concat(),
+    );
     assert_eq!(out.status.code(), Some(67));
     assert!(out.stdout.is_empty());
 }
@@ -122,7 +155,10 @@ fn boot_timer_reports_milliseconds_on_stderr() {
 #[test]
 fn several_vcpus_start_and_the_bsp_runs() {
     // APs wait for INIT/SIPI; the BSP alone reports.
-    let out = run_guest("debug_exit.elf", &["--debug-exit", "0xf4", "--cpus", "4", "--timeout", "10s"]);
+    let out = run_guest(
+        "debug_exit.elf",
+        &["--debug-exit", "0xf4", "--cpus", "4", "--timeout", "10s"],
+    );
     assert_eq!(out.status.code(), Some(67), "{}", stderr(&out));
 }
 
@@ -131,8 +167,16 @@ fn pvm_profile_follows_the_host_and_the_flag() {
     let pvm_host = std::path::Path::new("/sys/module/kvm_pvm").exists();
     let out = run_guest("debug_exit.elf", &["-v", "--debug-exit", "0xf4"]);
     assert_eq!(out.status.code(), Some(67));
-    assert_eq!(stderr(&out).contains("PVM profile: kernel parameters"), pvm_host, "{}", stderr(&out));
-    let out = run_guest("debug_exit.elf", &["-v", "--debug-exit", "0xf4", "--no-host-quirks"]);
+    assert_eq!(
+        stderr(&out).contains("PVM profile: kernel parameters"),
+        pvm_host,
+        "{}",
+        stderr(&out)
+    );
+    let out = run_guest(
+        "debug_exit.elf",
+        &["-v", "--debug-exit", "0xf4", "--no-host-quirks"],
+    );
     assert_eq!(out.status.code(), Some(67));
     assert!(!stderr(&out).contains("PVM"), "{}", stderr(&out));
 }

@@ -45,7 +45,11 @@ fn recv_until<T>(
 
 /// Send a frame, adding a zero virtio-net header for a TAP.
 fn send(b: &mut dyn NetBackend, frame: &[u8]) {
-    let mut packet = if b.has_vnet_hdr() { vec![0u8; VNET_HDR_LEN] } else { Vec::new() };
+    let mut packet = if b.has_vnet_hdr() {
+        vec![0u8; VNET_HDR_LEN]
+    } else {
+        Vec::new()
+    };
     packet.extend_from_slice(frame);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -63,7 +67,10 @@ fn process_gone(pid: u32) -> bool {
     // Gone, or a zombie waiting for a reaper (it has exited either way).
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
     }
 }
 
@@ -89,23 +96,39 @@ fn passt_answers_dhcp_through_the_stream_and_dies_with_the_backend() {
         assert!(!addr.is_unspecified(), "xid {xid:#x}: no address offered");
     }
     drop(b);
-    assert!(process_gone(pid), "passt (pid {pid}) still running after drop");
+    assert!(
+        process_gone(pid),
+        "passt (pid {pid}) still running after drop"
+    );
 }
 
 #[test]
 fn passt_forwards_a_host_port_to_the_guest() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let fwd = HostFwd { host_addr: None, host_port: port, guest_port: 8080 };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fwd = HostFwd {
+        host_addr: None,
+        host_port: port,
+        guest_port: 8080,
+    };
     let mut b = PasstBackend::start(&[fwd]).expect("start passt");
     send(&mut b, &dhcp_discover(GUEST_MAC, 7));
-    recv_until(&mut b, Duration::from_secs(5), |_, f| parse_dhcp_reply(f, 7))
-        .expect("no DHCP reply");
+    recv_until(&mut b, Duration::from_secs(5), |_, f| {
+        parse_dhcp_reply(f, 7)
+    })
+    .expect("no DHCP reply");
     let connector = std::thread::spawn(move || TcpStream::connect(("127.0.0.1", port)));
     // passt turns the host connection into a SYN towards the guest's port 8080.
     let syn = recv_until(&mut b, Duration::from_secs(5), |_, f| {
         parse_tcp(f).filter(|&(_, dport, flags)| dport == 8080 && flags & 0x02 != 0)
     });
-    assert!(syn.is_some(), "no SYN to guest port 8080 after connecting to host port {port}");
+    assert!(
+        syn.is_some(),
+        "no SYN to guest port 8080 after connecting to host port {port}"
+    );
     drop(connector);
 }
 
@@ -119,8 +142,14 @@ fn passt_errors_name_the_fault() {
 
     let busy = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = busy.local_addr().unwrap().port();
-    let fwd = HostFwd { host_addr: None, host_port: port, guest_port: 22 };
-    let err = PasstBackend::start(&[fwd]).err().expect("busy port must fail");
+    let fwd = HostFwd {
+        host_addr: None,
+        host_port: port,
+        guest_port: 22,
+    };
+    let err = PasstBackend::start(&[fwd])
+        .err()
+        .expect("busy port must fail");
     assert!(err.to_string().contains(&port.to_string()), "{err}");
 }
 
@@ -139,19 +168,33 @@ fn helper_start_passt_then_sigint() {
 #[test]
 fn passt_exits_when_kiln_is_interrupted() {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_start_passt_then_sigint", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "helper_start_passt_then_sigint",
+            "--ignored",
+            "--nocapture",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let pid: u32 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("PASST_PID="))
-        .unwrap_or_else(|| panic!("helper printed no pid: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+        .unwrap_or_else(|| {
+            panic!(
+                "helper printed no pid: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
         .trim()
         .parse()
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(libc::SIGINT), "helper did not die of SIGINT");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGINT),
+        "helper did not die of SIGINT"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !process_gone(pid) {
         assert!(Instant::now() < deadline, "passt (pid {pid}) outlived kiln");

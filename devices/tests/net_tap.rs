@@ -11,7 +11,9 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use kiln_devices::virtio::net::backend::{BackendError, NetBackend, TapBackend, MAX_FRAME_LEN, VNET_HDR_LEN};
+use kiln_devices::virtio::net::backend::{
+    BackendError, NetBackend, TapBackend, MAX_FRAME_LEN, VNET_HDR_LEN,
+};
 use net_frames::*;
 
 const GUEST_MAC: [u8; 6] = [0x02, 0x6b, 0x69, 0x6c, 0x6e, 0x02];
@@ -24,7 +26,11 @@ struct Netns(String);
 impl Netns {
     fn new() -> Netns {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("kiln-t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "kiln-t{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         run(&["ip", "netns", "add", &name]);
         Netns(name)
     }
@@ -79,7 +85,11 @@ fn send(b: &mut TapBackend, frame: &[u8]) {
 }
 
 /// Frames from the TAP (virtio-net header stripped) until `f` picks one.
-fn recv_until<T>(b: &mut TapBackend, secs: u64, mut f: impl FnMut(&mut TapBackend, &[u8]) -> Option<T>) -> Option<T> {
+fn recv_until<T>(
+    b: &mut TapBackend,
+    secs: u64,
+    mut f: impl FnMut(&mut TapBackend, &[u8]) -> Option<T>,
+) -> Option<T> {
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN];
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
@@ -90,7 +100,9 @@ fn recv_until<T>(b: &mut TapBackend, secs: u64, mut f: impl FnMut(&mut TapBacken
                     return Some(t);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
             Err(e) => panic!("TAP receive failed: {e}"),
         }
     }
@@ -107,10 +119,23 @@ fn answer_as_guest(b: &mut TapBackend, f: &[u8]) -> bool {
     }
     if let Some(icmp) = ipv4_payload(f, 1) {
         if icmp[0] == 8 {
-            let reply = icmp_echo(0, u16::from_be_bytes([icmp[4], icmp[5]]), u16::from_be_bytes([icmp[6], icmp[7]]), &icmp[8..]);
+            let reply = icmp_echo(
+                0,
+                u16::from_be_bytes([icmp[4], icmp[5]]),
+                u16::from_be_bytes([icmp[6], icmp[7]]),
+                &icmp[8..],
+            );
             let src_mac: [u8; 6] = f[6..12].try_into().unwrap();
             let dst = ipv4_src(f).unwrap();
-            send(b, &eth(src_mac, GUEST_MAC, ETH_IPV4, &ipv4(GUEST_IP, dst, 1, &reply)));
+            send(
+                b,
+                &eth(
+                    src_mac,
+                    GUEST_MAC,
+                    ETH_IPV4,
+                    &ipv4(GUEST_IP, dst, 1, &reply),
+                ),
+            );
             return true;
         }
     }
@@ -123,7 +148,9 @@ fn tap_exchanges_frames_with_the_namespace_kernel_both_ways() {
     ns.ip(&["tuntap", "add", "dev", "ktap0", "mode", "tap"]);
     ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "ktap0"]);
     ns.ip(&["link", "set", "ktap0", "up"]);
-    let mut tap = ns.enter(|| TapBackend::open("ktap0", false)).expect("open TAP");
+    let mut tap = ns
+        .enter(|| TapBackend::open("ktap0", false))
+        .expect("open TAP");
     assert!(tap.has_vnet_hdr());
 
     // Guest → host: ARP for the host address; the namespace's kernel answers.
@@ -137,7 +164,15 @@ fn tap_exchanges_frames_with_the_namespace_kernel_both_ways() {
     // Guest → host: ping; the reply must carry our id, sequence and payload.
     let payload = b"kiln tap test payload".to_vec();
     let echo = icmp_echo(8, 0x4b4c, 1, &payload);
-    send(&mut tap, &eth(host_mac, GUEST_MAC, ETH_IPV4, &ipv4(GUEST_IP, HOST_IP, 1, &echo)));
+    send(
+        &mut tap,
+        &eth(
+            host_mac,
+            GUEST_MAC,
+            ETH_IPV4,
+            &ipv4(GUEST_IP, HOST_IP, 1, &echo),
+        ),
+    );
     let got = recv_until(&mut tap, 5, |b, f| {
         if answer_as_guest(b, f) {
             return None;
@@ -145,7 +180,11 @@ fn tap_exchanges_frames_with_the_namespace_kernel_both_ways() {
         let icmp = ipv4_payload(f, 1)?;
         (icmp[0] == 0 && icmp[4..8] == [0x4b, 0x4c, 0, 1]).then(|| icmp[8..].to_vec())
     });
-    assert_eq!(got.as_deref(), Some(&payload[..]), "no echo reply from the namespace");
+    assert_eq!(
+        got.as_deref(),
+        Some(&payload[..]),
+        "no echo reply from the namespace"
+    );
 
     // Host → guest → host: a UDP socket in the namespace sends to the guest address; the
     // test answers as the guest (ARP, then a UDP reply) and the socket must get it.
@@ -176,7 +215,12 @@ fn tap_exchanges_frames_with_the_namespace_kernel_both_ways() {
         let mut reply = b"pong: ".to_vec();
         reply.extend_from_slice(&ip[8..]);
         let src_mac: [u8; 6] = f[6..12].try_into().unwrap();
-        let frame = eth(src_mac, GUEST_MAC, ETH_IPV4, &ipv4(GUEST_IP, HOST_IP, 17, &udp(9999, sport, &reply)));
+        let frame = eth(
+            src_mac,
+            GUEST_MAC,
+            ETH_IPV4,
+            &ipv4(GUEST_IP, HOST_IP, 17, &udp(9999, sport, &reply)),
+        );
         send(b, &frame);
         Some(())
     });
@@ -188,25 +232,41 @@ fn tap_exchanges_frames_with_the_namespace_kernel_both_ways() {
 #[test]
 fn tap_create_on_makes_a_transient_device_and_errors_name_the_fault() {
     let ns = Netns::new();
-    let created = ns.enter(|| TapBackend::open("kcreate0", true)).expect("create TAP");
+    let created = ns
+        .enter(|| TapBackend::open("kcreate0", true))
+        .expect("create TAP");
     let show = ns.ip(&["-o", "link", "show", "kcreate0"]);
     let line = String::from_utf8_lossy(&show.stdout).to_string();
     assert!(line.contains("UP"), "created TAP is not up: {line}");
     drop(created);
-    let gone = Command::new("ip").args(["-n", &ns.0, "link", "show", "kcreate0"]).output().unwrap();
+    let gone = Command::new("ip")
+        .args(["-n", &ns.0, "link", "show", "kcreate0"])
+        .output()
+        .unwrap();
     assert!(!gone.status.success(), "created TAP outlived the backend");
 
-    let err = ns.enter(|| TapBackend::open("kmissing0", false)).err().expect("missing TAP must fail");
+    let err = ns
+        .enter(|| TapBackend::open("kmissing0", false))
+        .err()
+        .expect("missing TAP must fail");
     assert!(matches!(err, BackendError::TapMissing(_)), "{err}");
     assert!(err.to_string().contains("create=on"), "{err}");
 
     ns.ip(&["tuntap", "add", "dev", "ktun0", "mode", "tun"]);
-    let err = ns.enter(|| TapBackend::open("ktun0", false)).err().expect("TUN must be refused");
+    let err = ns
+        .enter(|| TapBackend::open("ktun0", false))
+        .err()
+        .expect("TUN must be refused");
     assert!(matches!(err, BackendError::NotTap(_)), "{err}");
 
     ns.ip(&["tuntap", "add", "dev", "kbusy0", "mode", "tap"]);
-    let _first = ns.enter(|| TapBackend::open("kbusy0", false)).expect("first open");
-    let err = ns.enter(|| TapBackend::open("kbusy0", false)).err().expect("second open must fail");
+    let _first = ns
+        .enter(|| TapBackend::open("kbusy0", false))
+        .expect("first open");
+    let err = ns
+        .enter(|| TapBackend::open("kbusy0", false))
+        .err()
+        .expect("second open must fail");
     assert!(matches!(err, BackendError::TapBusy(_)), "{err}");
 }
 
@@ -215,7 +275,9 @@ fn tap_create_on_makes_a_transient_device_and_errors_name_the_fault() {
 #[ignore = "helper run by tap_permission_errors_say_what_is_missing"]
 fn helper_open_tap_unprivileged() {
     let name = std::env::var("KILN_TEST_TAP").unwrap();
-    let err = TapBackend::open(&name, false).err().expect("unprivileged open must fail");
+    let err = TapBackend::open(&name, false)
+        .err()
+        .expect("unprivileged open must fail");
     println!("ERROR={err}");
 }
 
@@ -225,16 +287,36 @@ fn tap_permission_errors_say_what_is_missing() {
     ns.ip(&["tuntap", "add", "dev", "kroot0", "mode", "tap", "user", "0"]);
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(&exe)
-        .args(["--exact", "helper_open_tap_unprivileged", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "helper_open_tap_unprivileged",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("KILN_TEST_TAP", "kroot0")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let msg = stdout.lines().find_map(|l| l.strip_prefix("ERROR=")).unwrap_or_else(|| {
-        panic!("helper gave no error: {stdout} {}", String::from_utf8_lossy(&out.stderr))
-    });
+    let msg = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ERROR="))
+        .unwrap_or_else(|| {
+            panic!(
+                "helper gave no error: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     // /dev/net/tun is root-only here, so that is what the error must point at; with a
     // world-accessible /dev/net/tun it must name the device owner or CAP_NET_ADMIN.
     let tun_mode = std::fs::metadata("/dev/net/tun").map(|m| {
@@ -242,8 +324,14 @@ fn tap_permission_errors_say_what_is_missing() {
         m.permissions().mode()
     });
     if tun_mode.map(|m| m & 0o006 == 0o006).unwrap_or(false) {
-        assert!(msg.contains("CAP_NET_ADMIN") && msg.contains("uid"), "{msg}");
+        assert!(
+            msg.contains("CAP_NET_ADMIN") && msg.contains("uid"),
+            "{msg}"
+        );
     } else {
-        assert!(msg.contains("/dev/net/tun") && msg.contains("access"), "{msg}");
+        assert!(
+            msg.contains("/dev/net/tun") && msg.contains("access"),
+            "{msg}"
+        );
     }
 }

@@ -65,7 +65,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         }
     };
     let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    n.checked_mul(1 << shift).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn parse_serial(s: &str) -> Result<SerialOutput, String> {
@@ -81,14 +82,22 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let value: f64 = s[..split].parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let value: f64 = s[..split]
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
     let seconds = match &s[split..] {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit {other:?} (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -157,7 +166,10 @@ mod tests {
         assert_eq!(parse_port("0xf4"), Ok(0xf4));
         assert_eq!(parse_port("244"), Ok(244));
         assert!(parse_port("0x10000").is_err());
-        assert_eq!(parse_serial("file=/tmp/x"), Ok(SerialOutput::File("/tmp/x".into())));
+        assert_eq!(
+            parse_serial("file=/tmp/x"),
+            Ok(SerialOutput::File("/tmp/x".into()))
+        );
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("pty").is_err());
     }

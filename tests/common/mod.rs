@@ -49,8 +49,11 @@ pub fn initramfs_with_test(dir: &Path, script: &str) -> PathBuf {
     std::fs::create_dir_all(&staging).unwrap();
     let script_path = staging.join("test.sh");
     std::fs::write(&script_path, format!("#!/bin/sh\n{script}\n")).unwrap();
-    std::fs::set_permissions(&script_path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        &script_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let mut child = Command::new("cpio")
         .args(["-o", "-H", "newc", "--quiet"])
         .current_dir(&staging)
@@ -92,6 +95,10 @@ pub fn run_kiln(label: &str, args: &[&str]) -> Run {
     let start = Instant::now();
     let output = kiln().args(args).output().expect("run kiln");
     let elapsed = start.elapsed();
-    eprintln!("[{label}] kiln exited {:?} after {:.1} s", output.status.code(), elapsed.as_secs_f64());
+    eprintln!(
+        "[{label}] kiln exited {:?} after {:.1} s",
+        output.status.code(),
+        elapsed.as_secs_f64()
+    );
     Run { output, elapsed }
 }

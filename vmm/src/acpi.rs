@@ -2,14 +2,18 @@
 //! MADT and DSDT. They live in the BIOS area at 0xE0000, where an OS also scans
 //! for the RSDP when the boot protocol does not hand it over.
 
-use acpi_tables::{aml, Aml};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
-use kiln_devices::legacy::{S5_SLP_TYP, RESET_OFFSET, RESET_VALUE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET};
+use acpi_tables::{aml, Aml};
+use kiln_devices::legacy::{
+    RESET_OFFSET, RESET_VALUE, S5_SLP_TYP, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
+};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::*;
@@ -59,7 +63,13 @@ impl AcpiTables {
 }
 
 fn io_gas(port: u16, offset: u64) -> GAS {
-    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port) + offset)
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port) + offset,
+    )
 }
 
 /// The DSDT body: COM1, the \_S5 sleep package and the virtio-mmio devices.
@@ -174,7 +184,9 @@ pub fn build_tables(config: &AcpiConfig) -> AcpiTables {
         ("apic", GuestAddress(madt_addr), madt),
         ("dsdt", GuestAddress(dsdt_addr), dsdt),
     ];
-    debug_assert!(tables.iter().all(|(_, a, b)| a.0 + b.len() as u64 <= ACPI_END));
+    debug_assert!(tables
+        .iter()
+        .all(|(_, a, b)| a.0 + b.len() as u64 <= ACPI_END));
     AcpiTables { tables }
 }
 
@@ -198,7 +210,11 @@ mod tests {
     fn tables_checksum_and_fit_in_the_bios_area() {
         let tables = build_tables(&AcpiConfig {
             vcpus: 4,
-            virtio_mmio: vec![VirtioMmioAcpi { base: VIRTIO_MMIO_START, size: 0x1000, irq: 5 }],
+            virtio_mmio: vec![VirtioMmioAcpi {
+                base: VIRTIO_MMIO_START,
+                size: 0x1000,
+                irq: 5,
+            }],
         });
         for (name, addr, bytes) in &tables.tables {
             assert!(addr.0 + bytes.len() as u64 <= ACPI_END, "{name}");

@@ -31,10 +31,10 @@ impl Bus {
         if len == 0 {
             return Err(BusError::Empty(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
-        if self.find(base).is_some()
-            || self.devices.range(base..end).next().is_some()
-        {
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
+        if self.find(base).is_some() || self.devices.range(base..end).next().is_some() {
             return Err(BusError::Overlap { base, len });
         }
         self.devices.insert(base, (len, device));

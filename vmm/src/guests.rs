@@ -9,13 +9,16 @@ pub const DEBUG_EXIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/d
 pub const HANG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/hang.elf"));
 
 /// Loads an empty IDT and executes `ud2`: a triple fault.
-pub const TRIPLE_FAULT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/triple_fault.elf"));
+pub const TRIPLE_FAULT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/guests/triple_fault.elf"));
 
 /// Writes "hello from kiln guest\n" to COM1, then 0x21 to the debug-exit port 0xf4.
-pub const SERIAL_HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/serial_hello.elf"));
+pub const SERIAL_HELLO: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/guests/serial_hello.elf"));
 
 /// ACPI S5 through the FADT sleep control register: power-off.
-pub const ACPI_POWEROFF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/acpi_poweroff.elf"));
+pub const ACPI_POWEROFF: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/guests/acpi_poweroff.elf"));
 
 /// i8042 reset command (0xFE to port 0x64).
 pub const I8042_RESET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/i8042_reset.elf"));

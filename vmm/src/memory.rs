@@ -24,7 +24,10 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
     } else {
         vec![
             (GuestAddress(0), MMIO_HOLE_START as usize),
-            (GuestAddress(MMIO_HOLE_END), (size - MMIO_HOLE_START) as usize),
+            (
+                GuestAddress(MMIO_HOLE_END),
+                (size - MMIO_HOLE_START) as usize,
+            ),
         ]
     }
 }
@@ -35,7 +38,8 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
     if size < (16 << 20) {
         return Err(MemoryError::TooSmall(size));
     }
-    GuestMemoryMmap::from_ranges(&ram_ranges(size)).map_err(|source| MemoryError::Map { size, source })
+    GuestMemoryMmap::from_ranges(&ram_ranges(size))
+        .map_err(|source| MemoryError::Map { size, source })
 }
 
 #[cfg(test)]
@@ -52,7 +56,10 @@ mod tests {
 
     #[test]
     fn tiny_memory_is_refused() {
-        assert!(matches!(create_guest_memory(1 << 20), Err(MemoryError::TooSmall(_))));
+        assert!(matches!(
+            create_guest_memory(1 << 20),
+            Err(MemoryError::TooSmall(_))
+        ));
     }
 }
 
@@ -64,6 +71,10 @@ mod tests {
 pub struct RssReport {
     pub peak_kib: u64,
     pub guest_kib: u64,
+    /// Current anonymous (private) and file-backed (shared text and libraries)
+    /// resident memory; guest RAM is anonymous.
+    pub anon_kib: u64,
+    pub file_kib: u64,
 }
 
 impl RssReport {
@@ -77,19 +88,23 @@ impl RssReport {
 pub fn rss_report(mem: &GuestMemory) -> Option<RssReport> {
     use vm_memory::GuestMemoryBackend;
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let peak_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
     let guest_starts: Vec<u64> = mem.iter().map(|r| r.as_ptr() as u64).collect();
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
     Some(RssReport {
-        peak_kib,
+        peak_kib: field("VmHWM:")?,
         guest_kib: guest_rss_kib(&smaps, &guest_starts),
+        anon_kib: field("RssAnon:")?,
+        file_kib: field("RssFile:")?,
     })
 }
 
@@ -107,7 +122,12 @@ fn guest_rss_kib(smaps: &str, starts: &[u64]) -> u64 {
         }
         if in_guest {
             if let Some(kib) = line.strip_prefix("Rss:") {
-                total += kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+                total += kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
             }
         }
     }
@@ -140,6 +160,9 @@ Rss:                  4 kB
             mem.write_obj(1u8, GuestAddress(page * 4096)).unwrap();
         }
         let after = rss_report(&mem).unwrap();
-        assert!(after.guest_kib >= before.guest_kib + 1000, "{before:?} {after:?}");
+        assert!(
+            after.guest_kib >= before.guest_kib + 1000,
+            "{before:?} {after:?}"
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! LINT pins, and the multiprocessor state (APs wait for INIT/SIPI from the guest).
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_mp_state, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
-    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
+    kvm_cpuid_entry2, kvm_mp_state, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 
@@ -179,6 +179,9 @@ mod tests {
 
     #[test]
     fn lvt_delivery_mode_is_replaced() {
-        assert_eq!(set_apic_delivery_mode(0x0001_0400, APIC_MODE_EXTINT), 0x0001_0700);
+        assert_eq!(
+            set_apic_delivery_mode(0x0001_0400, APIC_MODE_EXTINT),
+            0x0001_0700
+        );
     }
 }

@@ -79,6 +79,7 @@ fn snapshot(vcpu: &VcpuFd, id: u8) -> Option<VcpuSnapshot> {
 /// Run vCPU `id` until the VM stops; returns its final state.
 pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: Arc<VcpuContext>) -> Option<VcpuSnapshot> {
     let mut first = true;
+    let mut first_io = id == 0;
     while !ctx.control.is_stopping() {
         if first {
             first = false;
@@ -90,7 +91,15 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: Arc<VcpuContext>) -> Option<VcpuS
             }
         }
         let mut emulation_failure = false;
-        match vcpu.run() {
+        let exit = vcpu.run();
+        if first_io && matches!(exit, Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..))) {
+            first_io = false;
+            log::info!(
+                "vCPU 0: first I/O exit {:.3} ms after start",
+                ctx.process_start.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !ctx.io_bus.read(u64::from(port), data) {
                     data.fill(0xff);
@@ -157,14 +166,18 @@ fn handle_internal_error(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext) -> Result
     // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
     // union member KVM filled.
     let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-    let mut regs = vcpu.get_regs().map_err(|e| format!("vCPU {id}: get registers: {e}"))?;
+    let mut regs = vcpu
+        .get_regs()
+        .map_err(|e| format!("vCPU {id}: get registers: {e}"))?;
     if suberror != KVM_INTERNAL_ERROR_EMULATION {
         return Err(format!(
             "vCPU {id}: KVM internal error (suberror {suberror}) at RIP {:#x}",
             regs.rip
         ));
     }
-    let sregs = vcpu.get_sregs().map_err(|e| format!("vCPU {id}: get sregs: {e}"))?;
+    let sregs = vcpu
+        .get_sregs()
+        .map_err(|e| format!("vCPU {id}: get sregs: {e}"))?;
     let paging = PagingState {
         cr0: sregs.cr0,
         cr3: sregs.cr3,
@@ -200,14 +213,24 @@ fn handle_internal_error(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext) -> Result
     match insn.recovery {
         Recovery::Fatal => Err(fatal()),
         Recovery::Skip => {
-            log::info!("PVM profile: skipped `{}` at RIP {:#x}", insn.text, regs.rip);
+            log::info!(
+                "PVM profile: skipped `{}` at RIP {:#x}",
+                insn.text,
+                regs.rip
+            );
             regs.rip += insn.len as u64;
-            vcpu.set_regs(&regs).map_err(|e| format!("vCPU {id}: set registers: {e}"))
+            vcpu.set_regs(&regs)
+                .map_err(|e| format!("vCPU {id}: set registers: {e}"))
         }
         Recovery::InjectBreakpoint => {
-            log::info!("PVM profile: `{}` at RIP {:#x}: injecting #BP", insn.text, regs.rip);
+            log::info!(
+                "PVM profile: `{}` at RIP {:#x}: injecting #BP",
+                insn.text,
+                regs.rip
+            );
             regs.rip += insn.len as u64;
-            vcpu.set_regs(&regs).map_err(|e| format!("vCPU {id}: set registers: {e}"))?;
+            vcpu.set_regs(&regs)
+                .map_err(|e| format!("vCPU {id}: set registers: {e}"))?;
             let mut events = vcpu
                 .get_vcpu_events()
                 .map_err(|e| format!("vCPU {id}: get events: {e}"))?;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kiln_devices::legacy::{AcpiPm, BootTimer, DebugExit, GuestExit, ResetSource, I8042};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vm_superio::Serial;
@@ -72,10 +74,22 @@ pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, Vm
         Vec::new()
     };
     let stdin_tty = config.serial == SerialOutput::Stdio;
-    let _raw = if stdin_tty { RawTerminal::enable() } else { None };
+    let _raw = if stdin_tty {
+        RawTerminal::enable()
+    } else {
+        None
+    };
     let input = _raw.is_some();
     loop {
-        let outcome = boot_once(config, process_start, deadline, &output, &profile_params, pvm, input)?;
+        let outcome = boot_once(
+            config,
+            process_start,
+            deadline,
+            &output,
+            &profile_params,
+            pvm,
+            input,
+        )?;
         match outcome {
             VmExitStatus::Reset(source) if config.on_reset == OnReset::Reboot => {
                 eprintln!("kiln: guest reset ({source}); rebooting");
@@ -98,7 +112,10 @@ impl SerialWriter {
             SerialOutput::Stdio => SerialWriter::Stdout,
             SerialOutput::None => SerialWriter::Sink,
             SerialOutput::File(path) => SerialWriter::File(File::create(path).map_err(|e| {
-                VmmError::Device(format!("cannot create serial output file {}: {e}", path.display()))
+                VmmError::Device(format!(
+                    "cannot create serial output file {}: {e}",
+                    path.display()
+                ))
             })?),
         })
     }
@@ -169,7 +186,8 @@ fn boot_once(
         .map_err(kvm_err("set identity map address"))?;
     vm.set_tss_address(KVM_TSS_START as usize)
         .map_err(kvm_err("set TSS address"))?;
-    vm.create_irq_chip().map_err(kvm_err("create in-kernel irqchip"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create in-kernel irqchip"))?;
     vm.create_pit2(kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
@@ -182,7 +200,9 @@ fn boot_once(
         None => None,
     };
 
-    let control = Arc::new(VmControl::new(process_start).map_err(|e| VmmError::Device(format!("eventfd: {e}")))?);
+    let control = Arc::new(
+        VmControl::new(process_start).map_err(|e| VmmError::Device(format!("eventfd: {e}")))?,
+    );
     let mut events: EventManager<Subscriber> =
         EventManager::new().map_err(|e| VmmError::Device(format!("event manager: {e}")))?;
     events.add_subscriber(Arc::new(Mutex::new(WakeWatcher(control.clone()))));
@@ -200,13 +220,29 @@ fn boot_once(
     if stdin_input {
         events.add_subscriber(Arc::new(Mutex::new(StdinInput { serial })));
     }
-    io_bus.insert(u64::from(I8042_COMMAND_PORT), 1, Arc::new(Mutex::new(I8042::new(control.clone()))))?;
-    io_bus.insert(u64::from(ACPI_PM_PORT), ACPI_PM_LEN, Arc::new(Mutex::new(AcpiPm::new(control.clone()))))?;
+    io_bus.insert(
+        u64::from(I8042_COMMAND_PORT),
+        1,
+        Arc::new(Mutex::new(I8042::new(control.clone()))),
+    )?;
+    io_bus.insert(
+        u64::from(ACPI_PM_PORT),
+        ACPI_PM_LEN,
+        Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
+    )?;
     if config.boot_timer {
-        io_bus.insert(u64::from(BOOT_TIMER_PORT), 1, Arc::new(Mutex::new(BootTimer::new(control.clone()))))?;
+        io_bus.insert(
+            u64::from(BOOT_TIMER_PORT),
+            1,
+            Arc::new(Mutex::new(BootTimer::new(control.clone()))),
+        )?;
     }
     if let Some(port) = config.debug_exit_port {
-        io_bus.insert(u64::from(port), 1, Arc::new(Mutex::new(DebugExit::new(control.clone()))))?;
+        io_bus.insert(
+            u64::from(port),
+            1,
+            Arc::new(Mutex::new(DebugExit::new(control.clone()))),
+        )?;
     }
 
     let mut alloc = VirtioMmioAllocator::default();
@@ -231,7 +267,13 @@ fn boot_once(
         .map_err(kvm_err("get supported CPUID"))?;
     let mut vcpus = Vec::with_capacity(config.vcpus as usize);
     for id in 0..config.vcpus {
-        vcpus.push(create_vcpu(&vm, id, config.vcpus, &supported, kernel.entry)?);
+        vcpus.push(create_vcpu(
+            &vm,
+            id,
+            config.vcpus,
+            &supported,
+            kernel.entry,
+        )?);
     }
     install_kick_handler().map_err(|e| VmmError::Device(format!("vCPU kick signal: {e}")))?;
     let ctx = Arc::new(VcpuContext {
@@ -278,10 +320,14 @@ fn boot_once(
     control.finish(Outcome::Error("VM stopped".into()));
     if let Some(rss) = crate::memory::rss_report(&mem) {
         log::info!(
-            "memory: peak RSS {} KiB, guest RAM resident {} KiB, kiln itself at most {} KiB",
+            "memory: peak RSS {} KiB, guest RAM resident {} KiB, kiln itself at most {} KiB \
+             (now: anonymous {} KiB of which guest {} KiB, file-backed {} KiB)",
             rss.peak_kib,
             rss.guest_kib,
-            rss.non_guest_kib()
+            rss.non_guest_kib(),
+            rss.anon_kib,
+            rss.guest_kib,
+            rss.file_kib
         );
     }
     let snapshots = stop_vcpus(threads);
@@ -335,12 +381,22 @@ mod tests {
         assert_eq!(VmExitStatus::PowerOff.exit_code(), 0);
         assert_eq!(VmExitStatus::Reset(ResetSource::TripleFault).exit_code(), 2);
         assert_eq!(VmExitStatus::DebugExit(0x21).exit_code(), 67);
-        assert_eq!(VmExitStatus::Timeout(Duration::from_secs(1)).exit_code(), 124);
+        assert_eq!(
+            VmExitStatus::Timeout(Duration::from_secs(1)).exit_code(),
+            124
+        );
     }
 
     #[test]
     fn user_parameters_come_last() {
-        let line = compose_cmdline(&["noxsave".into()], &["virtio_mmio.device=4K@0xd0000000:5".into()], " quiet ");
-        assert_eq!(line, "console=ttyS0 noxsave virtio_mmio.device=4K@0xd0000000:5 quiet");
+        let line = compose_cmdline(
+            &["noxsave".into()],
+            &["virtio_mmio.device=4K@0xd0000000:5".into()],
+            " quiet ",
+        );
+        assert_eq!(
+            line,
+            "console=ttyS0 noxsave virtio_mmio.device=4K@0xd0000000:5 quiet"
+        );
     }
 }

@@ -117,7 +117,9 @@ pub fn ipv4_payload(frame: &[u8], proto: u8) -> Option<&[u8]> {
 }
 
 pub fn ipv4_src(frame: &[u8]) -> Option<Ipv4Addr> {
-    Some(Ipv4Addr::from(<[u8; 4]>::try_from(frame.get(26..30)?).ok()?))
+    Some(Ipv4Addr::from(
+        <[u8; 4]>::try_from(frame.get(26..30)?).ok()?,
+    ))
 }
 
 pub fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {

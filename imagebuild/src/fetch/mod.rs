@@ -85,49 +85,126 @@ pub fn fetch_installer(installer: &Installer, opts: &FetchOptions) -> Result<Fet
         &opts.keyring,
     )?;
 
+    // Keep the last verified InRelease, for inspection and offline mirrors.
+    let keep = opts.cache_dir.join("dists").join(suite).join("InRelease");
+    let _ = std::fs::create_dir_all(keep.parent().unwrap_or(&opts.cache_dir))
+        .and_then(|_| write_atomically(&keep, |f| f.write_all(&raw)).map_err(std::io::Error::other));
+
     let index_path = format!("main/binary-{arch}/Packages.xz");
     let listed = index::release_sha256(&release, &index_path).ok_or_else(|| FetchError::NotInRelease {
         url: inrelease_url.clone(),
         path: index_path.clone(),
     })?;
     let index_url = opts.mirror.join(&format!("dists/{suite}/{index_path}"));
-    let index_file = cache.get(&index_url, &listed.sha256, listed.size)?;
-    log::info!("reading {}", index_file.display());
-    let packages = decompress_xz(&index_file)?;
-    let entry = index::find_package(&packages, package).ok_or_else(|| FetchError::NoPackage {
-        url: index_url.clone(),
-        package: package.to_string(),
-    })?;
+    let entry = package_entry(&cache, &index_url, &listed, package)?;
 
     let deb_url = opts.mirror.join(&entry.filename);
     let deb = cache.get(&deb_url, &entry.sha256, entry.size)?;
-    log::info!("extracting from {}", deb.display());
-    let kernel_name = format!("{dir}/linux");
-    let initrd_name = format!("{dir}/initrd.gz");
-    let files = deb::extract_files(&deb, &[kernel_name.clone(), initrd_name.clone()], MAX_FILE)?;
-
     let out_dir = opts
         .cache_dir
         .join("installers")
         .join(installer.name)
         .join(sanitize(&entry.version));
-    std::fs::create_dir_all(&out_dir).map_err(|source| FetchError::Write {
-        path: out_dir.clone(),
-        source,
-    })?;
-    let write = |name: &str, data: &[u8]| -> Result<PathBuf, FetchError> {
-        let path = out_dir.join(name);
-        write_atomically(&path, |f| f.write_all(data)).map_err(|e| FetchError::Write {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
+    let kernel = out_dir.join("linux");
+    let initrd = out_dir.join("initrd.gz");
+    let sums = out_dir.join("SHA256SUMS");
+    let expected_sums = std::fs::read_to_string(&sums).unwrap_or_default();
+    if !extracted_intact(&expected_sums, &entry.sha256, &[&kernel, &initrd]) {
+        log::info!("extracting from {}", deb.display());
+        let kernel_name = format!("{dir}/linux");
+        let initrd_name = format!("{dir}/initrd.gz");
+        let files = deb::extract_files(&deb, &[kernel_name.clone(), initrd_name.clone()], MAX_FILE)?;
+        let write = |path: &Path, data: &[u8]| -> Result<(), FetchError> {
+            write_atomically(path, |f| f.write_all(data)).map_err(|e| FetchError::Write {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        };
+        std::fs::create_dir_all(&out_dir).map_err(|source| FetchError::Write {
+            path: out_dir.clone(),
+            source,
         })?;
-        Ok(path)
-    };
+        let (k, i) = (&files[&kernel_name], &files[&initrd_name]);
+        write(&kernel, k)?;
+        write(&initrd, i)?;
+        let text = format!(
+            "{}  deb\n{}  linux\n{}  initrd.gz\n",
+            entry.sha256,
+            cache::sha256_hex(&mut &k[..]).map_err(|source| FetchError::Write { path: kernel.clone(), source })?,
+            cache::sha256_hex(&mut &i[..]).map_err(|source| FetchError::Write { path: initrd.clone(), source })?,
+        );
+        write(&sums, text.as_bytes())?;
+    } else {
+        log::info!("using verified extracted files in {}", out_dir.display());
+    }
     Ok(Fetched {
         version: entry.version,
         deb_sha256: entry.sha256,
-        kernel: write("linux", &files[&kernel_name])?,
-        initrd: write("initrd.gz", &files[&initrd_name])?,
+        kernel,
+        initrd,
+    })
+}
+
+/// The package's entry in the index with the given (signed) hash: from a small cache
+/// keyed by that hash, else by decompressing and reading the index.
+fn package_entry(
+    cache: &Cache,
+    index_url: &str,
+    listed: &index::IndexFile,
+    package: &str,
+) -> Result<index::PackageEntry, FetchError> {
+    let memo = cache.root().join("packages").join(&listed.sha256).join(package);
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        let f: Vec<&str> = text.lines().collect();
+        if let [version, filename, sha256, size] = f[..] {
+            if let Ok(size) = size.parse() {
+                log::info!("index entry for {package} from {}", memo.display());
+                return Ok(index::PackageEntry {
+                    version: version.into(),
+                    filename: filename.into(),
+                    sha256: sha256.into(),
+                    size,
+                });
+            }
+        }
+    }
+    let index_file = cache.get(index_url, &listed.sha256, listed.size)?;
+    log::info!("reading {}", index_file.display());
+    let packages = decompress_xz(&index_file)?;
+    let entry = index::find_package(&packages, package).ok_or_else(|| FetchError::NoPackage {
+        url: index_url.to_string(),
+        package: package.to_string(),
+    })?;
+    let text = format!("{}\n{}\n{}\n{}\n", entry.version, entry.filename, entry.sha256, entry.size);
+    if let Some(dir) = memo.parent() {
+        // Only a speed-up: failing to record it is not an error.
+        let _ = std::fs::create_dir_all(dir)
+            .and_then(|_| write_atomically(&memo, |f| f.write_all(text.as_bytes())).map_err(std::io::Error::other));
+    }
+    Ok(entry)
+}
+
+/// Whether `sums` (our SHA256SUMS) records `deb_sha256` and every file still matches.
+fn extracted_intact(sums: &str, deb_sha256: &str, files: &[&Path]) -> bool {
+    let mut lines = sums.lines();
+    if lines.next() != Some(&format!("{deb_sha256}  deb")) {
+        return false;
+    }
+    let listed: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once("  ")).collect();
+    files.iter().all(|path| {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some((want, _)) = listed.iter().find(|(_, n)| *n == name) else {
+            return false;
+        };
+        let got = std::fs::File::open(path).and_then(|mut f| cache::sha256_hex(&mut f));
+        match got {
+            Ok(got) if got == *want => true,
+            Ok(_) => {
+                eprintln!("kiln: {} is damaged; extracting it again", path.display());
+                false
+            }
+            Err(_) => false,
+        }
     })
 }
 

@@ -55,7 +55,16 @@ fn kiln_command(guest: &Path) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find the kiln executable")?;
     let mut command = Command::new(exe);
     command
-        .args(["-v", "run", "--debug-exit", "0xf4", "--serial", "none", "--memory", "128M"])
+        .args([
+            "-v",
+            "run",
+            "--debug-exit",
+            "0xf4",
+            "--serial",
+            "none",
+            "--memory",
+            "128M",
+        ])
         .arg("--kernel")
         .arg(guest)
         .env("RUST_LOG", "info");
@@ -65,7 +74,14 @@ fn kiln_command(guest: &Path) -> anyhow::Result<Command> {
 fn qemu_command(qemu: &str, guest: &Path) -> Command {
     let mut command = Command::new(qemu);
     command
-        .args(["-accel", "kvm", "-M", "microvm", "-nodefaults", "-no-user-config"])
+        .args([
+            "-accel",
+            "kvm",
+            "-M",
+            "microvm",
+            "-nodefaults",
+            "-no-user-config",
+        ])
         .args(["-display", "none", "-m", "128M"])
         .args(["-device", "isa-debug-exit,iobase=0xf4"])
         .arg("-kernel")
@@ -73,10 +89,18 @@ fn qemu_command(qemu: &str, guest: &Path) -> Command {
     command
 }
 
-/// "kiln itself at most N KiB" from kiln's `-v` log.
-fn non_guest_kib(stderr: &str) -> Option<u64> {
-    let rest = stderr.split("kiln itself at most ").nth(1)?;
+/// The number after `label` in kiln's `-v` memory log line.
+fn kib_after(stderr: &str, label: &str) -> Option<u64> {
+    let rest = stderr.split(label).nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// kiln's memory in one run: (peak RSS without guest RAM, private non-guest).
+fn memory_of(stderr: &str) -> Option<(u64, u64)> {
+    let non_guest = kib_after(stderr, "kiln itself at most ")?;
+    let anon = kib_after(stderr, "anonymous ")?;
+    let guest = kib_after(stderr, "of which guest ")?;
+    Some((non_guest, anon.saturating_sub(guest)))
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
@@ -97,11 +121,14 @@ fn bench(args: &Args, guest: &Path) -> anyhow::Result<ExitCode> {
     let mut kiln_times = Vec::with_capacity(args.runs);
     let mut qemu_times = Vec::with_capacity(args.runs);
     let mut rss = Vec::with_capacity(args.runs);
+    let mut private = Vec::with_capacity(args.runs);
     // Interleave, so both see the same machine load.
     for _ in 0..args.runs {
         let (t, stderr) = time_run(&mut kiln_command(guest)?, "kiln")?;
         kiln_times.push(t);
-        rss.push(non_guest_kib(&stderr).context("kiln did not report its memory use")?);
+        let (total, anon) = memory_of(&stderr).context("kiln did not report its memory use")?;
+        rss.push(total);
+        private.push(anon);
         let (t, _) = time_run(&mut qemu_command(&args.qemu, guest), &args.qemu)?;
         qemu_times.push(t);
     }
@@ -109,7 +136,11 @@ fn bench(args: &Args, guest: &Path) -> anyhow::Result<ExitCode> {
     let kiln = median(&mut kiln_times);
     let qemu = median(&mut qemu_times);
     rss.sort();
-    println!("start to first I/O exit (process start to exit), {} runs each:", args.runs);
+    private.sort();
+    println!(
+        "start to first I/O exit (process start to exit), {} runs each:",
+        args.runs
+    );
     println!(
         "  kiln: median {:.2} ms (min {:.2}, max {:.2})",
         ms(kiln),
@@ -129,6 +160,10 @@ fn bench(args: &Args, guest: &Path) -> anyhow::Result<ExitCode> {
         rss[rss.len() / 2] as f64 / 1024.0,
         rss[rss.len() - 1]
     );
+    println!(
+        "  of which private (anonymous, not guest RAM): median {} KiB; the rest is shared file-backed text of kiln and libc",
+        private[private.len() / 2]
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,9 +173,11 @@ mod tests {
 
     #[test]
     fn parses_kilns_memory_line_and_takes_medians() {
-        let log = "[INFO  kiln_vmm::vm] memory: peak RSS 4144 KiB, guest RAM resident 44 KiB, kiln itself at most 4100 KiB\n";
-        assert_eq!(non_guest_kib(log), Some(4100));
-        assert_eq!(non_guest_kib("nothing"), None);
+        let log = "[INFO  kiln_vmm::vm] memory: peak RSS 4144 KiB, guest RAM resident 44 KiB, \
+                   kiln itself at most 4100 KiB (now: anonymous 500 KiB of which guest 44 KiB, \
+                   file-backed 3600 KiB)\n";
+        assert_eq!(memory_of(log), Some((4100, 456)));
+        assert_eq!(memory_of("nothing"), None);
         let mut t = [3, 1, 2].map(Duration::from_millis);
         assert_eq!(median(&mut t), Duration::from_millis(2));
     }

@@ -64,7 +64,11 @@ pub enum BootError {
     #[error("kernel {path} is a 32-bit or old bzImage (boot protocol {version:#x}); kiln needs protocol 2.06 or later with a 64-bit entry")]
     OldBzImage { path: PathBuf, version: u16 },
     #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} above the kernel")]
-    InitrdTooBig { path: PathBuf, size: u64, limit: u64 },
+    InitrdTooBig {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("kernel command line is {len} bytes; the kernel accepts at most {max}")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("cannot write boot data to guest memory: {0}")]
@@ -158,7 +162,9 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, BootE
                 .len();
             let result = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
                 .map_err(load_err)?;
-            let hdr = result.setup_header.expect("bzImage loader returns its header");
+            let hdr = result
+                .setup_header
+                .expect("bzImage loader returns its header");
             // The 64-bit entry and cmdline_size exist from protocol 2.06 on.
             if hdr.version < 0x0206 || hdr.xloadflags & 1 == 0 {
                 return Err(BootError::OldBzImage {
@@ -166,7 +172,11 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, BootE
                     version: hdr.version,
                 });
             }
-            let setup_sects = if hdr.setup_sects == 0 { 4 } else { hdr.setup_sects };
+            let setup_sects = if hdr.setup_sects == 0 {
+                4
+            } else {
+                hdr.setup_sects
+            };
             let expected = (u64::from(setup_sects) + 1) * 512 + u64::from(hdr.syssize) * 16;
             if file_len < expected {
                 return Err(BootError::TruncatedBzImage {

@@ -150,7 +150,10 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_segments() {
         let cs = segment_from_gdt(GDT[CODE64_INDEX as usize], CODE64_INDEX);
-        assert_eq!((cs.base, cs.limit, cs.l, cs.db, cs.type_), (0, 0xffff_ffff, 1, 0, 0xb));
+        assert_eq!(
+            (cs.base, cs.limit, cs.l, cs.db, cs.type_),
+            (0, 0xffff_ffff, 1, 0, 0xb)
+        );
         assert_eq!(cs.selector, 0x10);
         let cs32 = segment_from_gdt(GDT[CODE32_INDEX as usize], CODE32_INDEX);
         assert_eq!((cs32.l, cs32.db, cs32.present, cs32.s), (0, 1, 1, 1));
@@ -165,7 +168,9 @@ mod tests {
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
         assert_eq!(pml4 & !0xfff, PDPTE_START);
         let pdpte3: u64 = mem.read_obj(GuestAddress(PDPTE_START + 3 * 8)).unwrap();
-        let pde: u64 = mem.read_obj(GuestAddress((pdpte3 & !0xfff) + 511 * 8)).unwrap();
+        let pde: u64 = mem
+            .read_obj(GuestAddress((pdpte3 & !0xfff) + 511 * 8))
+            .unwrap();
         assert_eq!(pde, (3 << 30) | (511 << 21) | 0x83);
     }
 

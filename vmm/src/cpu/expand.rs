@@ -112,12 +112,50 @@ pub fn expand(host: &CpuidTable, config: &CpuConfig, nested: bool) -> Expanded {
             missing.push(*f);
         }
     }
+    // After the named features, as QEMU orders its feature words. host/max take the
+    // host's features, which KVM reports together with their components.
+    if model.passthrough.is_none() {
+        missing.extend(missing_xsave_components(host, &requested));
+    }
     Expanded {
         table,
         requested,
         missing,
         model_id: model.model_id.clone(),
     }
+}
+
+/// XSAVE state components that requested features need and the host lacks, as
+/// unnamed bits of CPUID.0DH:EAX/EDX (QEMU's FEAT_XSAVE_XCR0_LO/HI words). The
+/// components themselves are set during normalization, from the features.
+fn missing_xsave_components(host: &CpuidTable, requested: &BTreeSet<Feature>) -> Vec<Feature> {
+    if !requested.iter().any(|f| f.name == "xsave") {
+        return Vec::new();
+    }
+    let mut out: Vec<Feature> = Vec::new();
+    for &(component, feature) in super::xsave::COMPONENTS {
+        if !requested.iter().any(|f| f.name == feature) {
+            continue;
+        }
+        let (reg, bit) = if component < 32 {
+            (Reg::Eax, component as u8)
+        } else {
+            (Reg::Edx, (component - 32) as u8)
+        };
+        let f = Feature {
+            word: super::features::FeatureWord {
+                leaf: 0xd,
+                subleaf: 0,
+                reg,
+            },
+            bit,
+            name: "",
+        };
+        if !host.bit(0xd, 0, reg, bit) && !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// Bits of a register that carry named features.

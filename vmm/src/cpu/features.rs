@@ -41,9 +41,14 @@ impl Feature {
 }
 
 impl fmt::Display for Feature {
-    /// `CPUID.01H:ECX.pni [bit 0]`, as in QEMU's "host doesn't support" warning.
+    /// `CPUID.01H:ECX.pni [bit 0]`, as in QEMU's "host doesn't support" warning; an
+    /// unnamed bit (an XSAVE state component) is `CPUID.0DH:EAX [bit 9]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{} [bit {}]", self.word, self.name, self.bit)
+        if self.name.is_empty() {
+            write!(f, "{} [bit {}]", self.word, self.bit)
+        } else {
+            write!(f, "{}.{} [bit {}]", self.word, self.name, self.bit)
+        }
     }
 }
 

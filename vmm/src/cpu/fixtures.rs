@@ -39,7 +39,7 @@ pub fn full_host() -> CpuidTable {
     }
     t.insert(CpuidEntry::new(0x4000_0000, 0, [0x4000_0001, 0, 0, 0]));
     t.insert(CpuidEntry::new(0x4000_0001, 0, [0x0100_7afb, 0, 0, 0]));
-    t.insert(CpuidEntry::new(0x8000_0000, 0, [0x8000_000a, 0, 0, 0]));
+    t.insert(CpuidEntry::new(0x8000_0000, 0, [0x8000_001e, 0, 0, 0]));
     t.insert(CpuidEntry::new(0x8000_0001, 0, [0, 0, 0, 0]));
     let brand = b"Fixture(R) CPU @ 2.00GHz\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
     for i in 0..3u32 {
@@ -57,6 +57,7 @@ pub fn full_host() -> CpuidTable {
     t.insert(CpuidEntry::new(0x8000_0007, 0, [0, 0, 0, 0]));
     t.insert(CpuidEntry::new(0x8000_0008, 0, [0x302e, 0, 0, 0]));
     t.insert(CpuidEntry::new(0x8000_000a, 0, [1, 0x10, 0, 0]));
+    t.insert(CpuidEntry::new(0x8000_001e, 0, [7, 0x103, 0x300, 0]));
     for f in FeatureTable::get().features() {
         t.set_bit(f.word.leaf, f.word.subleaf, f.word.reg, f.bit, true);
     }

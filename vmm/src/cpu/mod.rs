@@ -28,6 +28,8 @@ pub mod xsave;
 mod tests;
 #[cfg(test)]
 mod tests_models;
+#[cfg(test)]
+mod tests_template;
 
 use thiserror::Error;
 

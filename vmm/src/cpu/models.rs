@@ -49,7 +49,8 @@ impl Model {
         let table = FeatureTable::get();
         self.features
             .iter()
-            // Unknown names are rejected by the `models_resolve` unit test.
+            // Unknown names are rejected by the unit test
+            // `all_models_present_with_citation_and_known_features`.
             .filter_map(|n| table.lookup(n))
             .collect()
     }

@@ -89,6 +89,21 @@ pub fn vmx_capability_msrs(kvm: &Kvm) -> Result<Vec<(u32, u64)>, CpuError> {
         .collect())
 }
 
+/// `kiln run --nested` preflight: refuses with the reason on a host that cannot nest,
+/// else returns the VMX capability MSRs to write with KVM_SET_MSRS on every vCPU
+/// (empty on AMD, where SVM needs only CPUID). The CPUID side is
+/// `GuestCpu { nested: true, .. }`.
+pub fn prepare_nested(kvm: &Kvm) -> Result<Vec<(u32, u64)>, CpuError> {
+    use crate::host_check::{nesting_facts, HostEnv, KvmFacts};
+    let env = HostEnv::real();
+    let facts = NestingFacts {
+        nested_state_size: nested_state_size(kvm),
+        ..nesting_facts(&env, &KvmFacts::default())
+    };
+    check_nesting(&facts)?;
+    vmx_capability_msrs(kvm)
+}
+
 /// KVM_CAP_NESTED_STATE on /dev/kvm.
 pub fn nested_state_size(kvm: &Kvm) -> i32 {
     kvm.check_extension_int(Cap::NestedState)
@@ -129,6 +144,19 @@ mod tests {
 
     /// Needs /dev/kvm. On VT-x hosts KVM lists IA32_VMX_BASIC (0x480) among the feature
     /// MSRs; elsewhere (AMD, PVM) it lists none of 0x480..0x491.
+    #[test]
+    fn prepare_nested_refuses_on_pvm() {
+        let kvm = Kvm::new().expect("this test needs /dev/kvm");
+        let result = prepare_nested(&kvm);
+        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+            let e = result.unwrap_err().to_string();
+            assert!(
+                e.starts_with("nested virtualization: this host's KVM is PVM"),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn reads_vmx_msrs_from_dev_kvm() {
         let kvm = Kvm::new().expect("this test needs /dev/kvm");

@@ -98,6 +98,14 @@ fn topology(table: &mut CpuidTable, topo: &Topology, index: u32) {
         }
         table.insert(CpuidEntry::new(leaf, 2, [0, 0, 2, apic_id]));
     }
+    // AMD extended APIC ID / compute-unit topology (AMD APM vol. 3, CPUID Fn8000_001E):
+    // one node per socket.
+    if let Some(e) = table.get_mut(0x8000_001e, 0) {
+        let core = (index / topo.threads) % topo.cores;
+        e.eax = apic_id;
+        e.ebx = (((topo.threads - 1) & 0xff) << 8) | (core & 0xff);
+        e.ecx = (index / (topo.threads * topo.cores)) & 0xff;
+    }
     for sub in table.subleaves(4) {
         if let Some(e) = table.get_mut(4, sub) {
             if e.eax & 0x1f == 0 {

@@ -121,6 +121,24 @@ fn warnings_cover_other_leaves() {
 }
 
 #[test]
+fn missing_xsave_components_warn_like_qemu() {
+    let mut host = full_host();
+    host.set_bit(7, 0, Reg::Ecx, 3, false); // pku
+    host.entry_mut(0xd, 0).eax &= !(1 << 9); // and its PKRU state component
+    let out = vcpu_cpuid(&host, &guest("Skylake-Server", "1"), 0).unwrap();
+    assert_eq!(
+        out.warnings,
+        [
+            "host doesn't support requested feature: CPUID.07H:ECX.pku [bit 3]",
+            "host doesn't support requested feature: CPUID.0DH:EAX [bit 9]",
+        ]
+    );
+    assert_eq!(out.table.reg(0xd, 0, Reg::Eax) & (1 << 9), 0);
+    let out = vcpu_cpuid(&host, &guest("Skylake-Server,-pku", "1"), 0).unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+}
+
+#[test]
 fn enforce_refuses_and_lists_all() {
     let mut host = pvm_like_host();
     host.set_bit(1, 0, Reg::Ecx, 23, false); // popcnt
@@ -336,6 +354,16 @@ fn topology_four_vcpus() {
         [0, 1, 2, 4, 5, 6]
     );
     assert!("4,sockets=3,cores=2".parse::<Topology>().is_err());
+    // AMD: 0x8000001E carries the APIC ID, threads per core and core ID; ECX the AMD core count.
+    let t = vcpu_cpuid(
+        &full_host(),
+        &guest("EPYC", "8,sockets=2,cores=2,threads=2"),
+        7,
+    )
+    .unwrap()
+    .table;
+    assert_eq!(t.get(0x8000_001e, 0).unwrap().regs()[..3], [7, 0x101, 1]);
+    assert_eq!(t.reg(0x8000_0008, 0, Reg::Ecx) & 0xff, 3);
 }
 
 #[test]
@@ -364,89 +392,4 @@ fn kvm_conversion_round_trips() {
         .unwrap();
     assert_eq!(e.flags, kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
     assert_eq!(CpuidTable::from_kvm(&kvm), t);
-}
-
-/// A bitmap string forcing `bits` (bit, value) and keeping the rest.
-fn bitmap(width: usize, bits: &[(usize, char)]) -> String {
-    let mut s = vec!['x'; width];
-    for &(bit, c) in bits {
-        s[width - 1 - bit] = c;
-    }
-    format!("0b{}", s.into_iter().collect::<String>())
-}
-
-/// T2-like: a Haswell-era signature, no AVX-512, no XSAVEC/XGETBV1/XSAVES, no 1G pages.
-fn t2_like_template() -> String {
-    format!(
-        r#"{{
-  "cpuid_modifiers": [
-    {{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": [
-      {{"register": "eax", "bitmap": "0bxxxx000000000011000001101111_0010"}}]}},
-    {{"leaf": "0x7", "subleaf": "0x0", "flags": 1, "modifiers": [
-      {{"register": "ebx", "bitmap": "{}"}}]}},
-    {{"leaf": "0xd", "subleaf": 1, "flags": 1, "modifiers": [
-      {{"register": "eax", "bitmap": "{}"}}]}},
-    {{"leaf": 2147483649, "subleaf": "0x0", "modifiers": [
-      {{"register": "EDX", "bitmap": "{}"}}]}}
-  ],
-  "msr_modifiers": [{{"addr": "0x10a", "bitmap": "{}"}}]
-}}"#,
-        bitmap(32, &[(16, '0')]),
-        bitmap(32, &[(1, '0'), (2, '0'), (3, '0')]),
-        bitmap(32, &[(26, '0')]),
-        bitmap(64, &[(0, '1'), (1, '0')]),
-    )
-}
-
-#[test]
-fn firecracker_template_applied_before_normalization() {
-    let template = CustomTemplate::from_json(&t2_like_template()).unwrap();
-    let host = full_host();
-    let g = GuestCpu {
-        template: Some(template.clone()),
-        ..guest("host", "1")
-    };
-    let t = vcpu_cpuid(&host, &g, 0).unwrap().table;
-    assert_eq!(t.reg(1, 0, Reg::Eax), 0x0003_06f2);
-    assert!(!has(&t, "avx512f") && has(&t, "avx2") && has(&t, "bmi2"));
-    // Normalization after the template: AVX-512 dependants and state components go too.
-    assert!(!has(&t, "avx512bw"));
-    assert!(t.get(0xd, 5).is_none() && t.reg(0xd, 0, Reg::Eax) & 0xe0 == 0);
-    assert!(has(&t, "xsaveopt") && !has(&t, "xsavec") && !has(&t, "xsaves"));
-    assert!(!has(&t, "pdpe1gb") && has(&t, "lm"));
-    // Untouched bits keep the host's value: 0x80000001 ECX is all ones in the fixture.
-    assert!(has(&t, "lahf-lm") && has(&t, "abm"));
-
-    let msrs = template.msr_bitmaps(&[0x10, 0x10a]).unwrap();
-    assert_eq!(msrs.len(), 1);
-    assert_eq!(msrs[0].0, 0x10a);
-    assert_eq!(msrs[0].1.apply(0xfff0), 0xfff1);
-    let e = template.msr_bitmaps(&[0x10]).unwrap_err().to_string();
-    assert!(e.contains("MSR 0x10a is not supported by the host"), "{e}");
-}
-
-#[test]
-fn template_errors() {
-    let mut host = full_host();
-    host.remove(0xd, 1);
-    let g = GuestCpu {
-        template: Some(CustomTemplate::from_json(&t2_like_template()).unwrap()),
-        ..guest("host", "1")
-    };
-    let e = vcpu_cpuid(&host, &g, 0).unwrap_err().to_string();
-    assert!(
-        e.contains("CPUID leaf 0xd subleaf 0x1 is not supported by the host"),
-        "{e}"
-    );
-    let bad = r#"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
-        "modifiers": [{"register": "eax", "bitmap": "0b0101"}]}]}"#;
-    let e = CustomTemplate::from_json(bad).unwrap_err().to_string();
-    assert!(e.contains("expected 32"), "{e}");
-    let bad = r#"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
-        "modifiers": [{"register": "esi", "bitmap": "0b0"}]}]}"#;
-    assert!(CustomTemplate::from_json(bad)
-        .unwrap_err()
-        .to_string()
-        .contains("esi"));
-    assert!(CustomTemplate::from_json("{\"cpuid\": []}").is_err());
 }

@@ -50,7 +50,7 @@ const DEPENDENCIES: &[(&str, &[&str])] = &[
 ];
 
 /// XSAVE state components (Intel SDM vol. 1, 13.1) and the feature that uses them.
-const COMPONENTS: &[(u32, &str)] = &[
+pub const COMPONENTS: &[(u32, &str)] = &[
     (2, "avx"),
     (3, "mpx"),
     (4, "mpx"),

@@ -113,8 +113,16 @@ mod tests {
         let stock = b"\x7fELF....Linux version 6.1....".to_vec();
         let mut ours = stock.clone();
         ours.extend_from_slice(b"\0kiln_pvm_syscall_fixup=\0");
-        assert_eq!(facts(&stock), ImageFacts { syscall_fixup: false, linux: true });
-        assert!(!cmdline_additions(facts(&stock)).iter().any(|p| p.contains(SYSCALL_FIXUP_PARAM)));
+        assert_eq!(
+            facts(&stock),
+            ImageFacts {
+                syscall_fixup: false,
+                linux: true
+            }
+        );
+        assert!(!cmdline_additions(facts(&stock))
+            .iter()
+            .any(|p| p.contains(SYSCALL_FIXUP_PARAM)));
         let params = cmdline_additions(facts(&ours));
         assert!(params.contains(&"kiln_pvm_syscall_fixup=1".to_string()));
         assert!(params.contains(&"noxsave".to_string()));

@@ -43,7 +43,11 @@ fn read_entry<M: GuestMemory>(mem: &M, addr: u64, wide: bool) -> Result<u64, Wal
 pub fn translate<M: GuestMemory>(mem: &M, state: PagingState, addr: u64) -> Result<u64, WalkError> {
     if state.cr0 & CR0_PG == 0 {
         // No paging: linear is physical (32-bit outside long mode).
-        return Ok(if state.efer & EFER_LMA != 0 { addr } else { addr & 0xffff_ffff });
+        return Ok(if state.efer & EFER_LMA != 0 {
+            addr
+        } else {
+            addr & 0xffff_ffff
+        });
     }
     if state.efer & EFER_LMA != 0 {
         let levels: u8 = if state.cr4 & CR4_LA57 != 0 { 5 } else { 4 };
@@ -145,7 +149,10 @@ mod tests {
         let m = mem();
         assert_eq!(
             translate(&m, LONG, 0x1234),
-            Err(WalkError::NotPresent { addr: 0x1234, level: 4 })
+            Err(WalkError::NotPresent {
+                addr: 0x1234,
+                level: 4
+            })
         );
         // An entry pointing outside guest memory.
         put(&m, 0x1000, 0x40_0000_0000 | 3);
@@ -161,11 +168,22 @@ mod tests {
         let real = PagingState::default();
         assert_eq!(translate(&m, real, 0x1_0000_7c00), Ok(0x7c00));
         // 32-bit paging, 4 MiB page at directory index 1.
-        let legacy = PagingState { cr0: CR0_PG | 1, cr3: 0x1000, cr4: CR4_PSE, efer: 0 };
-        m.write_obj(0x0080_0000u32 | 0x83, GuestAddress(0x1000 + 4)).unwrap();
+        let legacy = PagingState {
+            cr0: CR0_PG | 1,
+            cr3: 0x1000,
+            cr4: CR4_PSE,
+            efer: 0,
+        };
+        m.write_obj(0x0080_0000u32 | 0x83, GuestAddress(0x1000 + 4))
+            .unwrap();
         assert_eq!(translate(&m, legacy, 0x0040_1234), Ok(0x0080_1234));
         // PAE, 4 KiB page.
-        let pae = PagingState { cr0: CR0_PG | 1, cr3: 0x1000, cr4: CR4_PAE, efer: 0 };
+        let pae = PagingState {
+            cr0: CR0_PG | 1,
+            cr3: 0x1000,
+            cr4: CR4_PAE,
+            efer: 0,
+        };
         put(&m, 0x1000, 0x2000 | 1);
         put(&m, 0x2000, 0x3000 | 3);
         put(&m, 0x3000 + 5 * 8, 0x9000 | 3);

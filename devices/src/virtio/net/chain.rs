@@ -67,7 +67,11 @@ fn check_chain(chain: &Chain<'_>, device_writable: bool) -> Result<(), BadChain>
 }
 
 /// Copy a tx chain into `buf` (at least [`MAX_PACKET`] bytes); returns the packet length.
-pub fn read_tx_chain(mem: &GuestMemory, chain: Chain<'_>, buf: &mut [u8]) -> Result<usize, BadChain> {
+pub fn read_tx_chain(
+    mem: &GuestMemory,
+    chain: Chain<'_>,
+    buf: &mut [u8],
+) -> Result<usize, BadChain> {
     check_chain(&chain, false)?;
     let mut reader = Reader::new(mem, chain).map_err(|_| BadChain::OutsideMemory)?;
     let len = reader.available_bytes();
@@ -116,6 +120,14 @@ pub fn write_rx_packet(
             return Ok(RxOutcome::NoBuffers);
         };
         let head = chain.head_index();
+        if head >= queue.size() {
+            // Not a descriptor index at all: nothing to return to the driver.
+            on_bad(head, BadChain::Empty);
+            if writers.is_empty() {
+                rewind_to = queue.next_avail();
+            }
+            continue;
+        }
         let checked = check_chain(&chain, true).and_then(|()| {
             let w = Writer::new(mem, chain).map_err(|_| BadChain::OutsideMemory)?;
             let room = w.available_bytes();

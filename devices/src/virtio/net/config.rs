@@ -86,9 +86,9 @@ impl FromStr for HostFwd {
     /// with its colon). The guest address must be empty: passt forwards to the guest's address.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| NetConfigError::BadHostFwd(s.to_string(), why.to_string());
-        let rest = s
-            .strip_prefix("tcp:")
-            .ok_or_else(|| bad("only tcp forwarding is supported; write tcp:HOSTPORT-:GUESTPORT"))?;
+        let rest = s.strip_prefix("tcp:").ok_or_else(|| {
+            bad("only tcp forwarding is supported; write tcp:HOSTPORT-:GUESTPORT")
+        })?;
         let (host, guest) = rest
             .split_once('-')
             .ok_or_else(|| bad("missing '-' between host and guest part"))?;
@@ -107,7 +107,9 @@ impl FromStr for HostFwd {
             .strip_prefix(':')
             .ok_or_else(|| bad("guest part must be :GUESTPORT (no guest address)"))?;
         let port = |p: &str, what: &str| match p.parse::<u16>() {
-            Ok(0) | Err(_) => Err(bad(&format!("{what} port {p:?} is not a port number 1-65535"))),
+            Ok(0) | Err(_) => Err(bad(&format!(
+                "{what} port {p:?} is not a port number 1-65535"
+            ))),
             Ok(n) => Ok(n),
         };
         Ok(HostFwd {
@@ -167,11 +169,22 @@ impl FromStr for NetConfig {
             };
         }
         let (mut backend, kind_name) = if kind == "user" {
-            (NetBackendConfig::User { hostfwd: Vec::new() }, "user")
+            (
+                NetBackendConfig::User {
+                    hostfwd: Vec::new(),
+                },
+                "user",
+            )
         } else if let Some(name) = kind.strip_prefix("tap=") {
             check_ifname(name)?;
             let name = name.to_string();
-            (NetBackendConfig::Tap { name, create: false }, "tap")
+            (
+                NetBackendConfig::Tap {
+                    name,
+                    create: false,
+                },
+                "tap",
+            )
         } else {
             return Err(NetConfigError::UnknownKind(kind.to_string()));
         };
@@ -252,9 +265,10 @@ mod tests {
 
     #[test]
     fn parses_user_with_repeated_hostfwd_and_mac() {
-        let cfg: NetConfig = "user,hostfwd=tcp:8080-:80,hostfwd=tcp::2222-:22,mac=52:54:00:12:34:56"
-            .parse()
-            .unwrap();
+        let cfg: NetConfig =
+            "user,hostfwd=tcp:8080-:80,hostfwd=tcp::2222-:22,mac=52:54:00:12:34:56"
+                .parse()
+                .unwrap();
         assert_eq!(
             cfg,
             NetConfig::Nic {
@@ -298,13 +312,22 @@ mod tests {
         assert!(matches!(err("slirp"), UnknownKind(k) if k == "slirp"));
         assert!(matches!(err("user,create=on"), UnknownOption(..)));
         assert!(matches!(err("tap=t0,hostfwd=tcp:1-:2"), UnknownOption(..)));
-        assert!(matches!(err("none,mac=02:00:00:00:00:01"), UnknownOption(..)));
+        assert!(matches!(
+            err("none,mac=02:00:00:00:00:01"),
+            UnknownOption(..)
+        ));
         assert!(matches!(err("user,hostfwd=udp:53-:53"), BadHostFwd(..)));
         assert!(matches!(err("user,hostfwd=tcp:8080:80"), BadHostFwd(..)));
         assert!(matches!(err("user,hostfwd=tcp:0-:80"), BadHostFwd(..)));
         assert!(matches!(err("user,hostfwd=tcp:70000-:80"), BadHostFwd(..)));
-        assert!(matches!(err("user,hostfwd=tcp:8080-10.0.2.15:80"), BadHostFwd(..)));
-        assert!(matches!(err("user,hostfwd=tcp:1-:2,hostfwd=tcp:1-:3"), DuplicateHostPort(1)));
+        assert!(matches!(
+            err("user,hostfwd=tcp:8080-10.0.2.15:80"),
+            BadHostFwd(..)
+        ));
+        assert!(matches!(
+            err("user,hostfwd=tcp:1-:2,hostfwd=tcp:1-:3"),
+            DuplicateHostPort(1)
+        ));
         assert!(matches!(err("user,mac=52:54:00:12:34"), BadMac(_)));
         assert!(matches!(err("user,mac=52:54:00:12:34:5g"), BadMac(_)));
         assert!(matches!(err("user,mac=01:00:5e:00:00:01"), MulticastMac(_)));

@@ -13,8 +13,7 @@ use super::chain::{read_tx_chain, write_rx_packet, BadChain, RxOutcome, MAX_PACK
 use super::config::MacAddr;
 use crate::virtio::activation::Activation;
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
+    device_type, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
 use crate::GuestMemory;
 
@@ -132,7 +131,7 @@ impl Net {
 
     fn queue_failed(active: &mut Active, which: &str, e: virtio_queue::Error) {
         if !active.broken {
-            error!("virtio-net: {which} queue unusable, waiting for a device reset: {e}");eprintln!("QF {which} {e:?}");
+            error!("virtio-net: {which} queue unusable, waiting for a device reset: {e}");
         }
         active.broken = true;
     }
@@ -145,7 +144,9 @@ impl Net {
         } else {
             // No offloads were offered, so a header asking for one breaks the negotiation.
             let (flags, gso) = (packet[0], packet[1]);
-            if flags as u32 & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 || gso as u32 != VIRTIO_NET_HDR_GSO_NONE {
+            if flags as u32 & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0
+                || gso as u32 != VIRTIO_NET_HDR_GSO_NONE
+            {
                 self.stats.tx_dropped += 1;
                 Self::count_drop(&mut self.stats, format_args!("tx header asks for an offload that was not negotiated (flags {flags:#x}, gso {gso}); frame dropped"));
                 return true;
@@ -173,7 +174,10 @@ impl Net {
             }
             Err(e) => {
                 self.stats.tx_dropped += 1;
-                Self::count_drop(&mut self.stats, format_args!("backend refused a {}-byte tx frame: {e}", frame.len()));
+                Self::count_drop(
+                    &mut self.stats,
+                    format_args!("backend refused a {}-byte tx frame: {e}", frame.len()),
+                );
                 true
             }
         }
@@ -196,7 +200,9 @@ impl Net {
                 return Self::queue_failed(active, "tx", e);
             }
             loop {
-                let Some(active) = self.active.as_mut() else { return };
+                let Some(active) = self.active.as_mut() else {
+                    return;
+                };
                 let chain = match active.tx.iter(&active.mem) {
                     Ok(mut it) => it.next(),
                     Err(e) => {
@@ -206,6 +212,11 @@ impl Net {
                 };
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
+                if head >= active.tx.size() {
+                    // Not a descriptor index at all: nothing to return to the driver.
+                    self.bad_chain("tx", head, BadChain::Empty);
+                    continue;
+                }
                 let read = read_tx_chain(&active.mem, chain, &mut self.tx_buf);
                 if let Err(e) = active.tx.add_used(&active.mem, head, 0) {
                     Self::queue_failed(active, "tx", e);
@@ -221,7 +232,9 @@ impl Net {
                     Err(why) => self.bad_chain("tx", head, why),
                 }
             }
-            let Some(active) = self.active.as_mut() else { return };
+            let Some(active) = self.active.as_mut() else {
+                return;
+            };
             if active.broken || self.tx_pending.is_some() {
                 break;
             }
@@ -241,12 +254,21 @@ impl Net {
 
     fn bad_chain(&mut self, queue: &str, head: u16, why: BadChain) {
         self.stats.bad_chains += 1;
-        Self::count_drop(&mut self.stats, format_args!("{queue} chain at descriptor {head} dropped: {why}"));
+        Self::count_drop(
+            &mut self.stats,
+            format_args!("{queue} chain at descriptor {head} dropped: {why}"),
+        );
     }
 
     fn notify(&mut self, index: usize) {
-        let Some(active) = self.active.as_mut() else { return };
-        let queue = if index == RX_QUEUE { &mut active.rx } else { &mut active.tx };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let queue = if index == RX_QUEUE {
+            &mut active.rx
+        } else {
+            &mut active.tx
+        };
         match queue.needs_notification(&active.mem) {
             Ok(false) => {}
             Ok(true) => {
@@ -269,7 +291,10 @@ impl Net {
             match self.backend.recv(&mut self.rx_buf[start..]) {
                 Ok(n) if vnet && n < VNET_HDR_LEN => {
                     self.stats.rx_dropped += 1;
-                    Self::count_drop(&mut self.stats, format_args!("backend gave a {n}-byte packet"));
+                    Self::count_drop(
+                        &mut self.stats,
+                        format_args!("backend gave a {n}-byte packet"),
+                    );
                 }
                 Ok(n) => {
                     if !vnet {
@@ -296,7 +321,9 @@ impl Net {
             let Some(len) = self.rx_pending.take().or_else(|| self.recv_packet()) else {
                 break;
             };
-            let Some(active) = self.active.as_mut() else { break };
+            let Some(active) = self.active.as_mut() else {
+                break;
+            };
             let mut bad = Vec::new();
             let outcome = write_rx_packet(
                 &active.mem,
@@ -321,7 +348,12 @@ impl Net {
                 }
                 Ok(RxOutcome::TooBig) => {
                     self.stats.rx_dropped += 1;
-                    Self::count_drop(&mut self.stats, format_args!("{len}-byte rx packet does not fit the driver's buffer; dropped"));
+                    Self::count_drop(
+                        &mut self.stats,
+                        format_args!(
+                            "{len}-byte rx packet does not fit the driver's buffer; dropped"
+                        ),
+                    );
                 }
                 Err(e) => {
                     if let Some(active) = self.active.as_mut() {
@@ -380,7 +412,11 @@ impl VirtioDevice for Net {
         // struct virtio_net_config: mac[6], status (le16); later fields are not offered.
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&self.mac.0);
-        let status = if self.backend_alive { VIRTIO_NET_S_LINK_UP as u16 } else { 0 };
+        let status = if self.backend_alive {
+            VIRTIO_NET_S_LINK_UP as u16
+        } else {
+            0
+        };
         config[6..8].copy_from_slice(&status.to_le_bytes());
         for (i, byte) in data.iter_mut().enumerate() {
             *byte = usize::try_from(offset)
@@ -392,13 +428,24 @@ impl VirtioDevice for Net {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!("virtio-net: ignoring {}-byte config write at {offset}", data.len());
+        debug!(
+            "virtio-net: ignoring {}-byte config write at {offset}",
+            data.len()
+        );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let ActivateContext { mem, queues, queue_events, interrupt } = ctx;
+        let ActivateContext {
+            mem,
+            queues,
+            queue_events,
+            interrupt,
+        } = ctx;
         if queues.len() != 2 {
-            return Err(ActivateError::QueueCount { got: queues.len(), want: 2 });
+            return Err(ActivateError::QueueCount {
+                got: queues.len(),
+                want: 2,
+            });
         }
         if let Some(i) = queues.iter().position(|q| !q.is_valid(&mem)) {
             return Err(ActivateError::InvalidQueue(i));
@@ -408,7 +455,13 @@ impl VirtioDevice for Net {
             .map_err(|e| ActivateError::Backend(format!("cannot set offloads: {e}")))?;
         let mut queues = queues.into_iter();
         let (rx, tx) = (queues.next().unwrap(), queues.next().unwrap());
-        self.active = Some(Active { mem, rx, tx, interrupt, broken: false });
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+            broken: false,
+        });
         self.activation.activate(queue_events);
         Ok(())
     }

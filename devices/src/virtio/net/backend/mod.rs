@@ -64,7 +64,9 @@ pub trait NetBackend: Send {
 /// Why a backend could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("passt is not installed (needed for --net user); install it with: apt-get install passt")]
+    #[error(
+        "passt is not installed (needed for --net user); install it with: apt-get install passt"
+    )]
     PasstMissing,
     #[error("cannot start passt: {0}")]
     PasstSpawn(#[source] io::Error),

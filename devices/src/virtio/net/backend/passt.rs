@@ -130,7 +130,10 @@ fn spawn(
                 return Err(BackendError::PasstSpawn(e));
             }
         }
-        if fs::metadata(&pid_file).map(|m| m.len() > 0).unwrap_or(false) {
+        if fs::metadata(&pid_file)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+        {
             break;
         }
         if Instant::now() > deadline {

@@ -207,12 +207,18 @@ mod tests {
         peer.write_all(&((MAX_FRAME_LEN as u32 + 1).to_be_bytes()))
             .unwrap();
         let mut buf = vec![0; MAX_FRAME_LEN];
-        assert_eq!(s.recv(&mut buf).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            s.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
 
         let (a, peer) = UnixStream::pair().unwrap();
         let mut s = FrameStream::new(a).unwrap();
         drop(peer);
-        assert_eq!(s.recv(&mut buf).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            s.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 
     #[test]

@@ -115,7 +115,8 @@ impl TapBackend {
         ioctl_with_ptr(fd, libc::TUNSETVNETHDRSZ, &mut hdr_len)
             .map_err(|e| tap_err(name, "TUNSETVNETHDRSZ", e))?;
         // No offloads until the driver accepts some: the kernel then sends plain frames.
-        ioctl_with_val(fd, libc::TUNSETOFFLOAD, 0).map_err(|e| tap_err(name, "TUNSETOFFLOAD", e))?;
+        ioctl_with_val(fd, libc::TUNSETOFFLOAD, 0)
+            .map_err(|e| tap_err(name, "TUNSETOFFLOAD", e))?;
         if !exists {
             // Created by TUNSETIFF: make sure it is not persistent, so it goes with kiln.
             ioctl_with_val(fd, libc::TUNSETPERSIST, 0)
@@ -180,11 +181,19 @@ fn set_link_up(name: &str) -> io::Result<()> {
     // SAFETY: `sock` is a fresh fd we own; OwnedFd closes it.
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock) };
     let mut req = ifreq_for(name, 0);
-    ioctl_with_ptr(sock.as_raw_fd(), libc::SIOCGIFFLAGS as libc::Ioctl, &mut req)?;
+    ioctl_with_ptr(
+        sock.as_raw_fd(),
+        libc::SIOCGIFFLAGS as libc::Ioctl,
+        &mut req,
+    )?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    ioctl_with_ptr(sock.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &mut req)
+    ioctl_with_ptr(
+        sock.as_raw_fd(),
+        libc::SIOCSIFFLAGS as libc::Ioctl,
+        &mut req,
+    )
 }
 
 impl NetBackend for TapBackend {
@@ -208,7 +217,11 @@ impl NetBackend for TapBackend {
                 tun |= libc::TUN_F_TSO6;
             }
         }
-        ioctl_with_val(self.file.as_raw_fd(), libc::TUNSETOFFLOAD, tun as libc::c_ulong)
+        ioctl_with_val(
+            self.file.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            tun as libc::c_ulong,
+        )
     }
 
     fn send(&mut self, packet: &[u8]) -> io::Result<()> {

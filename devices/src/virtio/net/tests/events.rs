@@ -26,8 +26,15 @@ fn event_loop_moves_frames_both_ways_and_waits_for_rx_buffers() {
         n.ack_features(VIRTIO_F_VERSION_1 | (1 << 15));
         let ctx = ActivateContext {
             mem: mem.clone(),
-            queues: vec![s.rx.q.create_queue().unwrap(), s.tx.q.create_queue().unwrap()],
-            queue_events: s.queue_events.iter().map(|e| e.try_clone().unwrap()).collect(),
+            queues: vec![
+                s.rx.q.create_queue().unwrap(),
+                s.tx.q.create_queue().unwrap(),
+            ],
+            queue_events: s
+                .queue_events
+                .iter()
+                .map(|e| e.try_clone().unwrap())
+                .collect(),
             interrupt: s.irq.clone(),
         };
         n.activate(ctx).unwrap();

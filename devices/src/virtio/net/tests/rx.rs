@@ -19,7 +19,11 @@ fn rx_frame_lands_in_one_buffer_with_header() {
     s.net.process_rx();
     assert_eq!(s.rx.take_used(), vec![(head as u32, 110)]);
     let got = s.read(addr, 110);
-    assert_eq!(got[..10], [0u8; 10], "flags/gso/etc. are zero for a plain backend");
+    assert_eq!(
+        got[..10],
+        [0u8; 10],
+        "flags/gso/etc. are zero for a plain backend"
+    );
     assert_eq!(num_buffers(&s, addr), 1);
     assert_eq!(got[12..], f[..]);
     assert_eq!(s.irqs(RX_QUEUE), 1);
@@ -130,7 +134,8 @@ fn hostile_rx_chains_are_returned_empty_and_never_split_a_packet() {
         .store(looped, raw(scratch, 64, F_WRITE | F_NEXT, looped))
         .unwrap();
     let (g1, a1) = s.add_rx_buffer(1000);
-    let bad_mixed = s.rx.add_chain(&[(scratch, 100, F_WRITE), (scratch, 100, 0)]);
+    let bad_mixed =
+        s.rx.add_chain(&[(scratch, 100, F_WRITE), (scratch, 100, 0)]);
     let (g2, a2) = s.add_rx_buffer(1000);
     let f = frame(1500, 5);
     s.push_incoming(f.clone());
@@ -139,14 +144,19 @@ fn hostile_rx_chains_are_returned_empty_and_never_split_a_packet() {
     let ids: Vec<u32> = used.iter().map(|&(id, _)| id).collect();
     // Bad chains before the packet come first; the one between its buffers goes after,
     // so the packet's buffers are consecutive as num_buffers requires.
-    let expect: Vec<u32> = [bad_read, bad_mem, bad_zero, bad_tiny, looped, g1, g2, bad_mixed]
-        .iter()
-        .map(|&h| h as u32)
-        .collect();
+    let expect: Vec<u32> = [
+        bad_read, bad_mem, bad_zero, bad_tiny, looped, g1, g2, bad_mixed,
+    ]
+    .iter()
+    .map(|&h| h as u32)
+    .collect();
     assert_eq!(ids, expect);
     assert_eq!(used[5].1, 1000);
     assert_eq!(used[6].1, 512);
-    assert!(used.iter().enumerate().all(|(i, &(_, l))| l == 0 || i == 5 || i == 6));
+    assert!(used
+        .iter()
+        .enumerate()
+        .all(|(i, &(_, l))| l == 0 || i == 5 || i == 6));
     assert_eq!(num_buffers(&s, a1), 2);
     let mut data = s.read(a1, 1000);
     data.extend(s.read(a2, 512));
@@ -161,18 +171,29 @@ fn config_space_and_features() {
     let mem = new_mem();
     let plain = Setup::unactivated(&mem, false);
     let f = plain.net.device_features();
-    for bit in [VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MRG_RXBUF] {
+    for bit in [
+        VIRTIO_NET_F_MAC,
+        VIRTIO_NET_F_STATUS,
+        VIRTIO_NET_F_MRG_RXBUF,
+    ] {
         assert_ne!(f & (1 << bit), 0, "feature {bit} missing");
     }
     assert_ne!(f & crate::virtio::VIRTIO_F_VERSION_1, 0);
-    assert_eq!(f & (1 << VIRTIO_NET_F_CSUM), 0, "plain-frame backend offers no offload");
+    assert_eq!(
+        f & (1 << VIRTIO_NET_F_CSUM),
+        0,
+        "plain-frame backend offers no offload"
+    );
     let vnet = Setup::unactivated(&mem, true);
     assert_ne!(vnet.net.device_features() & (1 << VIRTIO_NET_F_CSUM), 0);
 
     let mut cfg = [0xffu8; 10];
     plain.net.read_config(0, &mut cfg);
     assert_eq!(cfg[..6], MAC.0);
-    assert_eq!(u16::from_le_bytes([cfg[6], cfg[7]]), VIRTIO_NET_S_LINK_UP as u16);
+    assert_eq!(
+        u16::from_le_bytes([cfg[6], cfg[7]]),
+        VIRTIO_NET_S_LINK_UP as u16
+    );
     assert_eq!(cfg[8..], [0, 0]);
     let mut b = [0u8; 2];
     plain.net.read_config(4, &mut b);
