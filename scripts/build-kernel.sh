@@ -116,6 +116,7 @@ readelf -n "$staging/vmlinux" | grep -q "Xen.*0x00000012" ||
   fail "vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)"
 grep -qa "$fixup_param" "$staging/vmlinux" || fail "vmlinux lacks the $fixup_param parameter"
 cp "$src/arch/x86/boot/bzImage" "$staging/bzImage"
+grep -qa "$fixup_param" "$staging/bzImage" || fail "bzImage lacks the $fixup_param marker"
 cp "$src/.config" "$staging/config"
 cp "$src/System.map" "$staging/System.map"
 elapsed=$(($(date +%s) - start))

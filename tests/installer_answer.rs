@@ -8,14 +8,23 @@ use std::process::Command;
 use imagebuild_support::*;
 
 fn render(kind: &str, mirror: &str, extra: &[&str], out: &std::path::Path) -> String {
-    run_ok(kiln()
-        .args(["installer", "answer", "--kind", kind, "--mirror", mirror])
-        .args(["--hostname", "builder", "--timezone", "Europe/Paris"])
-        .args(["--root-password", "s3cret", "--user", "alice", "--user-password", "pw"])
-        .args(["--package", "acpid", "--package", "cloud-init"])
-        .args(extra)
-        .arg("--output")
-        .arg(out));
+    run_ok(
+        kiln()
+            .args(["installer", "answer", "--kind", kind, "--mirror", mirror])
+            .args(["--hostname", "builder", "--timezone", "Europe/Paris"])
+            .args([
+                "--root-password",
+                "s3cret",
+                "--user",
+                "alice",
+                "--user-password",
+                "pw",
+            ])
+            .args(["--package", "acpid", "--package", "cloud-init"])
+            .args(extra)
+            .arg("--output")
+            .arg(out),
+    );
     std::fs::read_to_string(out).unwrap()
 }
 
@@ -39,7 +48,10 @@ fn preseed_is_valid_debconf_input_with_recipe_values() {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
-    let hash_line = text.lines().find(|l| l.contains("root-password-crypted")).unwrap();
+    let hash_line = text
+        .lines()
+        .find(|l| l.contains("root-password-crypted"))
+        .unwrap();
     let hash = hash_line.rsplit(' ').next().unwrap();
     assert!(hash.starts_with("$6$") && hash.len() > 90, "{hash}");
     assert!(!text.contains("s3cret"), "clear-text password leaked");
@@ -59,7 +71,12 @@ fn kickstart_passes_ksvalidator() {
     require_ksvalidator();
     let dir = tempdir();
     let out = dir.path().join("ks.cfg");
-    let text = render("kickstart", "http://mirror.invalid/fedora/releases/40/Everything/x86_64/os", &[], &out);
+    let text = render(
+        "kickstart",
+        "http://mirror.invalid/fedora/releases/40/Everything/x86_64/os",
+        &[],
+        &out,
+    );
     run_ok(Command::new("ksvalidator").arg(&out));
     for want in [
         "url --url=http://mirror.invalid/fedora/releases/40/Everything/x86_64/os",
@@ -82,9 +99,19 @@ fn kickstart_passes_ksvalidator() {
 fn value_with_newline_is_refused() {
     let dir = tempdir();
     let out = dir.path().join("p.cfg");
-    let err = run_fail(kiln()
-        .args(["installer", "answer", "--kind", "preseed", "--mirror", "http://m.invalid/d"])
-        .args(["--hostname", "a\nd-i evil string x", "--output"]).arg(&out));
+    let err = run_fail(
+        kiln()
+            .args([
+                "installer",
+                "answer",
+                "--kind",
+                "preseed",
+                "--mirror",
+                "http://m.invalid/d",
+            ])
+            .args(["--hostname", "a\nd-i evil string x", "--output"])
+            .arg(&out),
+    );
     assert!(err.contains("hostname"), "{err}");
     assert!(!out.exists());
 }

@@ -39,7 +39,11 @@ fn real_fetch() -> &'static Fetch {
     F.get_or_init(|| {
         let cache = tempdir().keep();
         let out = fetch(&cache, &[]);
-        assert!(out.status.success(), "fetch failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "fetch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Fetch {
             cache,
             stdout: String::from_utf8(out.stdout).unwrap(),
@@ -49,20 +53,41 @@ fn real_fetch() -> &'static Fetch {
 
 fn sha256(path: &Path) -> String {
     let out = run_ok(Command::new("sha256sum").arg(path)).stdout;
-    String::from_utf8(out).unwrap().split_whitespace().next().unwrap().to_string()
+    String::from_utf8(out)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// The package's files as apt gets them: installed, if the same version, else
 /// `apt-get download`.
 fn apt_files(version: &str) -> PathBuf {
-    let installed = Command::new("dpkg-query").args(["-W", "-f=${Version}", DI_PACKAGE]).output().unwrap();
+    let installed = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", DI_PACKAGE])
+        .output()
+        .unwrap();
     if installed.status.success() && String::from_utf8_lossy(&installed.stdout) == version {
         return debian_installer_dir();
     }
     let dir = tempdir().keep();
-    run_ok(Command::new("apt-get").args(["download", &format!("{DI_PACKAGE}={version}")]).current_dir(&dir));
-    let deb = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "deb")).unwrap();
-    run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir.join("root")));
+    run_ok(
+        Command::new("apt-get")
+            .args(["download", &format!("{DI_PACKAGE}={version}")])
+            .current_dir(&dir),
+    );
+    let deb = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .unwrap();
+    run_ok(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("root")),
+    );
     dir.join("root").join(DI_DIR)
 }
 
@@ -74,23 +99,39 @@ fn real_fetch_matches_what_apt_installs() {
     let initrd = PathBuf::from(field(&f.stdout, "initrd"));
     assert!(kernel.starts_with(&f.cache) && initrd.starts_with(&f.cache));
     let apt = apt_files(version);
-    assert!(std::fs::read(&kernel).unwrap() == std::fs::read(apt.join("linux")).unwrap(), "kernel differs from apt's");
-    assert!(std::fs::read(&initrd).unwrap() == std::fs::read(apt.join("initrd.gz")).unwrap(), "initrd differs from apt's");
+    assert!(
+        std::fs::read(&kernel).unwrap() == std::fs::read(apt.join("linux")).unwrap(),
+        "kernel differs from apt's"
+    );
+    assert!(
+        std::fs::read(&initrd).unwrap() == std::fs::read(apt.join("initrd.gz")).unwrap(),
+        "initrd differs from apt's"
+    );
     // The .deb is cached under its SHA256, which the index listed.
     let deb_sha = field(&f.stdout, "sha256");
     let blob = f.cache.join("blobs/sha256").join(deb_sha);
     assert_eq!(sha256(&blob), deb_sha);
-    assert!(f.stdout.contains("cmdline: auto=true priority=critical console=ttyS0,115200"));
+    assert!(f
+        .stdout
+        .contains("cmdline: auto=true priority=critical console=ttyS0,115200"));
 }
 
 #[test]
 fn damaged_cache_entries_are_detected_and_fetched_again() {
     let f = real_fetch();
     let cache = tempdir();
-    run_ok(Command::new("cp").arg("-a").arg(format!("{}/.", f.cache.display())).arg(cache.path()));
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", f.cache.display()))
+            .arg(cache.path()),
+    );
     let deb_sha = field(&f.stdout, "sha256");
     let blob = cache.path().join("blobs/sha256").join(deb_sha);
-    let kernel = PathBuf::from(field(&f.stdout, "kernel").replace(f.cache.to_str().unwrap(), cache.path().to_str().unwrap()));
+    let kernel = PathBuf::from(
+        field(&f.stdout, "kernel")
+            .replace(f.cache.to_str().unwrap(), cache.path().to_str().unwrap()),
+    );
     let good_kernel = std::fs::read(&kernel).unwrap();
 
     // Flip one byte of the cached .deb and of the extracted kernel.
@@ -113,7 +154,10 @@ fn damaged_cache_entries_are_detected_and_fetched_again() {
     std::fs::write(&kernel, data).unwrap();
     let out = fetch(cache.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.contains("damaged; extracting it again"), "{stderr}");
+    assert!(
+        out.status.success() && stderr.contains("damaged; extracting it again"),
+        "{stderr}"
+    );
     assert!(std::fs::read(&kernel).unwrap() == good_kernel);
 }
 
@@ -142,10 +186,17 @@ fn serve(root: PathBuf) -> String {
                 let ok = !path.contains("..") && file.is_file();
                 let _ = if ok {
                     let body = std::fs::read(&file).unwrap();
-                    write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
-                        .and_then(|_| stream.write_all(&body))
+                    write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .and_then(|_| stream.write_all(&body))
                 } else {
-                    write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    write!(
+                        stream,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
                 };
             });
         }
@@ -169,8 +220,18 @@ fn local_mirror(f: &Fetch) -> (tempfile::TempDir, PathBuf) {
         .unwrap()
         .to_string();
     let blobs = f.cache.join("blobs/sha256");
-    std::fs::copy(blobs.join(&packages_sha), dists.join("main/binary-amd64/Packages.xz")).unwrap();
-    let memo = std::fs::read_to_string(f.cache.join("packages").join(&packages_sha).join(DI_PACKAGE)).unwrap();
+    std::fs::copy(
+        blobs.join(&packages_sha),
+        dists.join("main/binary-amd64/Packages.xz"),
+    )
+    .unwrap();
+    let memo = std::fs::read_to_string(
+        f.cache
+            .join("packages")
+            .join(&packages_sha)
+            .join(DI_PACKAGE),
+    )
+    .unwrap();
     let pool = root.join(memo.lines().nth(1).unwrap());
     std::fs::create_dir_all(pool.parent().unwrap()).unwrap();
     std::fs::hard_link(blobs.join(field(&f.stdout, "sha256")), &pool).unwrap();
@@ -181,13 +242,20 @@ fn local_mirror(f: &Fetch) -> (tempfile::TempDir, PathBuf) {
 fn tampered_indexes_are_refused() {
     let f = real_fetch();
     let (_dir, root) = local_mirror(f);
-    let url = serve(root.clone());
+    let url = serve(root.parent().unwrap().to_path_buf());
 
     // Control: the untouched local mirror works, so failures below are the tampering.
     let cache = tempdir();
     let out = fetch(cache.path(), &["--mirror", &url]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(field(&String::from_utf8(out.stdout).unwrap(), "sha256"), field(&f.stdout, "sha256"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        field(&String::from_utf8(out.stdout).unwrap(), "sha256"),
+        field(&f.stdout, "sha256")
+    );
 
     // A Packages.xz that differs from what the signed InRelease lists.
     let packages = root.join("dists/bookworm/main/binary-amd64/Packages.xz");
@@ -200,14 +268,20 @@ fn tampered_indexes_are_refused() {
     let out = fetch(cache.path(), &["--mirror", &url]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "tampered Packages.xz accepted");
-    assert!(stderr.contains("Packages.xz: SHA256") && stderr.contains("refusing it"), "{stderr}");
+    assert!(
+        stderr.contains("Packages.xz: SHA256") && stderr.contains("refusing it"),
+        "{stderr}"
+    );
     assert!(!cache.path().join("installers").exists());
     std::fs::write(&packages, &good).unwrap();
 
     // An InRelease edited to list other hashes no longer verifies.
     let inrelease_path = root.join("dists/bookworm/InRelease");
     let inrelease = std::fs::read_to_string(&inrelease_path).unwrap();
-    let line = inrelease.lines().find(|l| l.ends_with(" main/binary-amd64/Packages.xz")).unwrap();
+    let line = inrelease
+        .lines()
+        .find(|l| l.ends_with(" main/binary-amd64/Packages.xz"))
+        .unwrap();
     let first = line.trim_start().chars().next().unwrap();
     let forged = line.replacen(first, if first == '0' { "1" } else { "0" }, 1);
     std::fs::write(&inrelease_path, inrelease.replace(line, &forged)).unwrap();
@@ -229,5 +303,8 @@ fn no_mirror_anywhere_says_how_to_set_one() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("--mirror") && stderr.contains("bookworm"), "{stderr}");
+    assert!(
+        stderr.contains("--mirror") && stderr.contains("bookworm"),
+        "{stderr}"
+    );
 }

@@ -24,8 +24,16 @@ fn cpio_list(stream: &[u8]) -> Vec<String> {
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    assert!(out.status.success(), "cpio -t: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+    assert!(
+        out.status.success(),
+        "cpio -t: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn zcat(path: &std::path::Path) -> Vec<u8> {
@@ -50,17 +58,31 @@ fn preseed_lands_in_real_debian_initrd_and_original_is_a_prefix() {
     let preseed = dir.path().join("my-answers.cfg");
     std::fs::write(&preseed, "d-i debian-installer/locale string en_US.UTF-8\n").unwrap();
     let out = dir.path().join("initrd-preseed.gz");
-    run_ok(kiln().args(["installer", "inject", "--initrd"]).arg(&initrd)
-        .arg("--file").arg(&preseed).args(["--as", "/preseed.cfg", "--output"]).arg(&out));
+    run_ok(
+        kiln()
+            .args(["installer", "inject", "--initrd"])
+            .arg(&initrd)
+            .arg("--file")
+            .arg(&preseed)
+            .args(["--as", "/preseed.cfg", "--output"])
+            .arg(&out),
+    );
 
     let original = std::fs::read(&initrd).unwrap();
     let injected = std::fs::read(&out).unwrap();
     assert!(injected.len() > original.len());
-    assert!(injected.starts_with(&original), "original bytes are not a prefix");
+    assert!(
+        injected.starts_with(&original),
+        "original bytes are not a prefix"
+    );
 
     let orig_stream = zcat(&initrd);
     let orig_members = cpio_list(&orig_stream);
-    assert!(orig_members.len() > 100, "suspiciously few members: {}", orig_members.len());
+    assert!(
+        orig_members.len() > 100,
+        "suspiciously few members: {}",
+        orig_members.len()
+    );
     let all = zcat(&out);
     assert!(all.starts_with(&orig_stream));
     let (first, appended) = list_all(&all, orig_stream.len());
@@ -73,7 +95,11 @@ fn preseed_lands_in_real_debian_initrd_and_original_is_a_prefix() {
     let tail = &all[orig_stream.len()..];
     let tail = &tail[tail.iter().position(|&b| b != 0).unwrap()..];
     std::fs::write(dir.path().join("tail.cpio"), tail).unwrap();
-    run_ok(Command::new("sh").current_dir(&extract).args(["-c", "cpio -i --quiet < ../tail.cpio"]));
+    run_ok(
+        Command::new("sh")
+            .current_dir(&extract)
+            .args(["-c", "cpio -i --quiet < ../tail.cpio"]),
+    );
     assert_eq!(
         std::fs::read(extract.join("preseed.cfg")).unwrap(),
         std::fs::read(&preseed).unwrap()
@@ -87,15 +113,29 @@ fn name_defaults_to_file_name_and_nested_paths_get_directories() {
     let ks = dir.path().join("ks.cfg");
     std::fs::write(&ks, "text\n").unwrap();
     let out = dir.path().join("a.gz");
-    run_ok(kiln().args(["installer", "inject", "--initrd"]).arg(&initrd)
-        .arg("--file").arg(&ks).arg("--output").arg(&out));
+    run_ok(
+        kiln()
+            .args(["installer", "inject", "--initrd"])
+            .arg(&initrd)
+            .arg("--file")
+            .arg(&ks)
+            .arg("--output")
+            .arg(&out),
+    );
     let orig_len = zcat(&initrd).len();
     let (_, appended) = list_all(&zcat(&out), orig_len);
     assert_eq!(appended, vec!["ks.cfg".to_string()]);
 
     let out2 = dir.path().join("b.gz");
-    run_ok(kiln().args(["installer", "inject", "--initrd"]).arg(&initrd)
-        .arg("--file").arg(&ks).args(["--as", "etc/kiln/ks.cfg", "--output"]).arg(&out2));
+    run_ok(
+        kiln()
+            .args(["installer", "inject", "--initrd"])
+            .arg(&initrd)
+            .arg("--file")
+            .arg(&ks)
+            .args(["--as", "etc/kiln/ks.cfg", "--output"])
+            .arg(&out2),
+    );
     let (_, appended) = list_all(&zcat(&out2), orig_len);
     assert_eq!(appended, vec!["etc", "etc/kiln", "etc/kiln/ks.cfg"]);
 }
@@ -106,18 +146,35 @@ fn bad_input_fails_cleanly_without_output() {
     let file = dir.path().join("f.cfg");
     std::fs::write(&file, "x").unwrap();
     let out = dir.path().join("out.gz");
-    let err = run_fail(kiln().args(["installer", "inject", "--initrd"])
-        .arg(dir.path().join("missing.gz")).arg("--file").arg(&file).arg("--output").arg(&out));
+    let err = run_fail(
+        kiln()
+            .args(["installer", "inject", "--initrd"])
+            .arg(dir.path().join("missing.gz"))
+            .arg("--file")
+            .arg(&file)
+            .arg("--output")
+            .arg(&out),
+    );
     assert!(err.contains("missing.gz"), "{err}");
     assert!(!out.exists());
 
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, b"\x1f\x8b").unwrap();
-    let err = run_fail(kiln().args(["installer", "inject", "--initrd"]).arg(&initrd)
-        .arg("--file").arg(&file).args(["--as", "../evil", "--output"]).arg(&out));
+    let err = run_fail(
+        kiln()
+            .args(["installer", "inject", "--initrd"])
+            .arg(&initrd)
+            .arg("--file")
+            .arg(&file)
+            .args(["--as", "../evil", "--output"])
+            .arg(&out),
+    );
     assert!(err.contains("../evil"), "{err}");
     assert!(!out.exists());
     // No temporary file is left behind either.
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left.len(), 2, "{left:?}");
 }

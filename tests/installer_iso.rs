@@ -37,7 +37,9 @@ fn build_iso(dir: &Path, kernel_at: &str, initrd_at: &str, names: Names) -> Path
     let mut cmd = Command::new("xorriso");
     match names {
         Names::RockRidgeAndJoliet => {
-            cmd.args(["-as", "mkisofs", "-R", "-J", "-quiet", "-o"]).arg(&iso).arg(&tree);
+            cmd.args(["-as", "mkisofs", "-R", "-J", "-quiet", "-o"])
+                .arg(&iso)
+                .arg(&tree);
         }
         Names::Plain | Names::RockRidgeOnly | Names::JolietOnly => {
             let (rr, joliet) = match names {
@@ -45,8 +47,11 @@ fn build_iso(dir: &Path, kernel_at: &str, initrd_at: &str, names: Names) -> Path
                 Names::RockRidgeOnly => ("on", "off"),
                 _ => ("off", "on"),
             };
-            cmd.args(["-report_about", "SORRY", "-outdev"]).arg(&iso)
-                .args(["-rockridge", rr, "-joliet", joliet, "-map"]).arg(&tree).arg("/");
+            cmd.args(["-report_about", "SORRY", "-outdev"])
+                .arg(&iso)
+                .args(["-rockridge", rr, "-joliet", joliet, "-map"])
+                .arg(&tree)
+                .arg("/");
         }
     }
     run_ok(&mut cmd);
@@ -55,14 +60,28 @@ fn build_iso(dir: &Path, kernel_at: &str, initrd_at: &str, names: Names) -> Path
 }
 
 fn extract_and_compare(iso: &Path, out: &Path, layout: &str, kernel_name: &str, initrd_name: &str) {
-    let o = run_ok(kiln().args(["installer", "extract", "--location"]).arg(iso).arg("--output").arg(out));
+    let o = run_ok(
+        kiln()
+            .args(["installer", "extract", "--location"])
+            .arg(iso)
+            .arg("--output")
+            .arg(out),
+    );
     let stdout = String::from_utf8(o.stdout).unwrap();
     assert!(stdout.contains(&format!("layout: {layout}\n")), "{stdout}");
     let di = debian_installer_dir();
     let k = std::fs::read(out.join(kernel_name)).unwrap();
     let i = std::fs::read(out.join(initrd_name)).unwrap();
-    assert!(k == std::fs::read(di.join("linux")).unwrap(), "kernel bytes differ ({})", iso.display());
-    assert!(i == std::fs::read(di.join("initrd.gz")).unwrap(), "initrd bytes differ ({})", iso.display());
+    assert!(
+        k == std::fs::read(di.join("linux")).unwrap(),
+        "kernel bytes differ ({})",
+        iso.display()
+    );
+    assert!(
+        i == std::fs::read(di.join("initrd.gz")).unwrap(),
+        "initrd bytes differ ({})",
+        iso.display()
+    );
 }
 
 fn layout_case(kernel_at: &str, initrd_at: &str, layout: &str, names: &[Names]) {
@@ -77,12 +96,22 @@ fn layout_case(kernel_at: &str, initrd_at: &str, layout: &str, names: &[Names]) 
 
 #[test]
 fn debian_mini_iso_layout() {
-    layout_case("/linux", "/initrd.gz", "debian-mini", &[Names::Plain, Names::RockRidgeAndJoliet]);
+    layout_case(
+        "/linux",
+        "/initrd.gz",
+        "debian-mini",
+        &[Names::Plain, Names::RockRidgeAndJoliet],
+    );
 }
 
 #[test]
 fn debian_netinst_layout() {
-    layout_case("/install.amd/vmlinuz", "/install.amd/initrd.gz", "debian", &[Names::Plain, Names::RockRidgeAndJoliet]);
+    layout_case(
+        "/install.amd/vmlinuz",
+        "/install.amd/initrd.gz",
+        "debian",
+        &[Names::Plain, Names::RockRidgeAndJoliet],
+    );
 }
 
 #[test]
@@ -91,43 +120,100 @@ fn fedora_layout_in_every_naming() {
         "/images/pxeboot/vmlinuz",
         "/images/pxeboot/initrd.img",
         "fedora",
-        &[Names::Plain, Names::RockRidgeAndJoliet, Names::RockRidgeOnly, Names::JolietOnly],
+        &[
+            Names::Plain,
+            Names::RockRidgeAndJoliet,
+            Names::RockRidgeOnly,
+            Names::JolietOnly,
+        ],
     );
 }
 
 #[test]
 fn ubuntu_layout() {
-    layout_case("/casper/vmlinuz", "/casper/initrd", "ubuntu", &[Names::Plain, Names::RockRidgeAndJoliet]);
+    layout_case(
+        "/casper/vmlinuz",
+        "/casper/initrd",
+        "ubuntu",
+        &[Names::Plain, Names::RockRidgeAndJoliet],
+    );
 }
 
 #[test]
 fn missing_garbage_truncated_and_unknown_isos_fail_clearly() {
     let dir = tempdir();
     let out = dir.path().join("out");
-    let err = run_fail(kiln().args(["installer", "extract", "--location"]).arg(dir.path().join("nope.iso")).arg("--output").arg(&out));
+    let err = run_fail(
+        kiln()
+            .args(["installer", "extract", "--location"])
+            .arg(dir.path().join("nope.iso"))
+            .arg("--output")
+            .arg(&out),
+    );
     assert!(err.contains("nope.iso"), "{err}");
 
     let garbage = dir.path().join("garbage.iso");
     std::fs::write(&garbage, vec![0x5a; 64 * 2048]).unwrap();
-    let err = run_fail(kiln().args(["installer", "extract", "--location"]).arg(&garbage).arg("--output").arg(&out));
+    let err = run_fail(
+        kiln()
+            .args(["installer", "extract", "--location"])
+            .arg(&garbage)
+            .arg("--output")
+            .arg(&out),
+    );
     assert!(err.contains("not an ISO 9660 image"), "{err}");
 
     // An ISO cut short: descriptors and directories are there, the files' data is not.
-    let iso = build_iso(dir.path(), "/images/pxeboot/vmlinuz", "/images/pxeboot/initrd.img", Names::RockRidgeAndJoliet);
+    let iso = build_iso(
+        dir.path(),
+        "/images/pxeboot/vmlinuz",
+        "/images/pxeboot/initrd.img",
+        Names::RockRidgeAndJoliet,
+    );
     let bytes = std::fs::read(&iso).unwrap();
     let cut = dir.path().join("cut.iso");
     std::fs::write(&cut, &bytes[..bytes.len() / 8]).unwrap();
-    let err = run_fail(kiln().args(["installer", "extract", "--location"]).arg(&cut).arg("--output").arg(&out));
-    assert!(err.contains("corrupt ISO 9660 image") && err.contains("past the end"), "{err}");
-    let left: Vec<_> = std::fs::read_dir(&out).map(|d| d.count()).into_iter().collect();
-    assert!(left.is_empty() || left == [0], "partial output left in {}", out.display());
+    let err = run_fail(
+        kiln()
+            .args(["installer", "extract", "--location"])
+            .arg(&cut)
+            .arg("--output")
+            .arg(&out),
+    );
+    assert!(
+        err.contains("corrupt ISO 9660 image") && err.contains("past the end"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.count())
+        .into_iter()
+        .collect();
+    assert!(
+        left.is_empty() || left == [0],
+        "partial output left in {}",
+        out.display()
+    );
 
     // A valid ISO without any installer layout.
     let tree = dir.path().join("plain-tree");
     std::fs::create_dir_all(tree.join("boot")).unwrap();
     std::fs::write(tree.join("boot/vmlinuz"), "k").unwrap();
     let other = dir.path().join("other.iso");
-    run_ok(Command::new("xorriso").args(["-as", "mkisofs", "-R", "-quiet", "-o"]).arg(&other).arg(&tree));
-    let err = run_fail(kiln().args(["installer", "extract", "--location"]).arg(&other).arg("--output").arg(&out));
-    assert!(err.contains("no installer kernel and initrd found") && err.contains("/casper/vmlinuz"), "{err}");
+    run_ok(
+        Command::new("xorriso")
+            .args(["-as", "mkisofs", "-R", "-quiet", "-o"])
+            .arg(&other)
+            .arg(&tree),
+    );
+    let err = run_fail(
+        kiln()
+            .args(["installer", "extract", "--location"])
+            .arg(&other)
+            .arg("--output")
+            .arg(&out),
+    );
+    assert!(
+        err.contains("no installer kernel and initrd found") && err.contains("/casper/vmlinuz"),
+        "{err}"
+    );
 }

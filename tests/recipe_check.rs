@@ -29,7 +29,16 @@ fn every_shipped_example_passes_check_and_prints_a_plan() {
 fn seed_flow_example_has_the_centos_flow_pieces() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/recipes/debian-12-cloud.toml");
     let plan = String::from_utf8(run_ok(kiln().args(["recipe", "check"]).arg(&p)).stdout).unwrap();
-    for want in ["openssh-server", "cloud-init", "acpid", "virtio_mmio", "console=ttyS0", "nftables", "net-hwaddr", "udev-persistent-net"] {
+    for want in [
+        "openssh-server",
+        "cloud-init",
+        "acpid",
+        "virtio_mmio",
+        "console=ttyS0",
+        "nftables",
+        "net-hwaddr",
+        "udev-persistent-net",
+    ] {
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(plan.contains(want) || text.contains(want), "{want} missing");
     }
@@ -54,8 +63,14 @@ fn several_problems_are_all_reported() {
     std::fs::write(&f, "[base]\ninstaller = \"debain-12\"\n[sysprep]\ndisable = [\"machine-idd\"]\n[output]\npath = \"x.qcow2\"\n").unwrap();
     let err = run_fail(kiln().args(["recipe", "check"]).arg(&f));
     assert!(err.contains("2 problems"), "{err}");
-    assert!(err.contains(":2:13: unknown installer `debain-12`"), "{err}");
-    assert!(err.contains(":4:12: unknown sysprep operation `machine-idd`"), "{err}");
+    assert!(
+        err.contains(":2:13: unknown installer `debain-12`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":4:12: unknown sysprep operation `machine-idd`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -63,13 +78,27 @@ fn recipe_answer_renders_valid_preseed_with_recipe_values() {
     let dir = tempdir();
     let out = dir.path().join("preseed.cfg");
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/recipes/debian-12-cloud.toml");
-    run_ok(kiln().args(["recipe", "answer"]).arg(&p)
-        .args(["--mirror", "http://mirror.invalid/debian", "--output"]).arg(&out));
+    run_ok(
+        kiln()
+            .args(["recipe", "answer"])
+            .arg(&p)
+            .args(["--mirror", "http://mirror.invalid/debian", "--output"])
+            .arg(&out),
+    );
     run_ok(Command::new("debconf-set-selections").arg("-c").arg(&out));
     let text = std::fs::read_to_string(&out).unwrap();
-    assert!(text.contains("d-i netcfg/get_hostname string debian12"), "{text}");
-    assert!(text.contains("d-i pkgsel/include string openssh-server cloud-init"), "{text}");
-    assert!(text.contains("d-i mirror/http/hostname string mirror.invalid"), "{text}");
+    assert!(
+        text.contains("d-i netcfg/get_hostname string debian12"),
+        "{text}"
+    );
+    assert!(
+        text.contains("d-i pkgsel/include string openssh-server cloud-init"),
+        "{text}"
+    );
+    assert!(
+        text.contains("d-i mirror/http/hostname string mirror.invalid"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -77,10 +106,20 @@ fn recipe_kickstart_passes_ksvalidator() {
     require_ksvalidator();
     let dir = tempdir();
     let out = dir.path().join("ks.cfg");
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/recipes/fedora-40-kickstart.toml");
-    run_ok(kiln().args(["recipe", "answer"]).arg(&p).arg("--output").arg(&out));
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/recipes/fedora-40-kickstart.toml");
+    run_ok(
+        kiln()
+            .args(["recipe", "answer"])
+            .arg(&p)
+            .arg("--output")
+            .arg(&out),
+    );
     run_ok(Command::new("ksvalidator").arg(&out));
     let text = std::fs::read_to_string(&out).unwrap();
-    assert!(text.contains("user --name=builder --gecos=\"Image Builder\""), "{text}");
+    assert!(
+        text.contains("user --name=builder --gecos=\"Image Builder\""),
+        "{text}"
+    );
     assert!(text.contains("rootpw --iscrypted $6$kilnsalt$"), "{text}");
 }

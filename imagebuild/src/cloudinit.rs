@@ -40,7 +40,10 @@ pub fn user_data(seed: &Seed, password_hash: Option<&str>) -> String {
             }
             if let Some(h) = password_hash {
                 out.push_str("chpasswd:\n  expire: false\n  users:\n");
-                out.push_str(&format!("    - name: root\n      password: {}\n      type: hash\n", q(h)));
+                out.push_str(&format!(
+                    "    - name: root\n      password: {}\n      type: hash\n",
+                    q(h)
+                ));
             }
         }
     }

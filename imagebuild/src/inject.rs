@@ -21,8 +21,6 @@ pub enum InjectError {
     BadName { name: String, reason: &'static str },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
-    #[error("{0}")]
-    Output(String),
 }
 
 /// One file to place in the initrd's root file system.
@@ -102,7 +100,12 @@ pub fn inject(initrd: &Path, files: &[Injected<'_>], output: &Path) -> Result<()
     })
     .map_err(|e| match e {
         AtomicError::Write(e) => e,
-        other => InjectError::Output(other.to_string()),
+        AtomicError::Create { source, .. } | AtomicError::Persist { source, .. } => {
+            InjectError::Write {
+                path: output.to_path_buf(),
+                source,
+            }
+        }
     })
 }
 

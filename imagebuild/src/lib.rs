@@ -10,14 +10,15 @@
 
 pub mod answer;
 pub mod atomic;
+pub mod cloudinit;
+pub mod convert;
 pub mod cpio;
+pub mod fetch;
 pub mod inject;
+pub mod installer;
+pub mod iso9660;
 pub mod mirror;
 pub mod password;
-pub mod installer;
 pub mod recipe;
-pub mod units;
-pub mod fetch;
-pub mod cloudinit;
 pub mod seed;
-pub mod iso9660;
+pub mod units;

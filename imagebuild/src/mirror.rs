@@ -56,7 +56,11 @@ impl Mirror {
     /// URL of `rel` (a path relative to the mirror root, e.g. `dists/bookworm/InRelease`).
     pub fn join(&self, rel: &str) -> String {
         let base = self.to_string();
-        format!("{}/{}", base.trim_end_matches('/'), rel.trim_start_matches('/'))
+        format!(
+            "{}/{}",
+            base.trim_end_matches('/'),
+            rel.trim_start_matches('/')
+        )
     }
 }
 

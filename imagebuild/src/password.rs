@@ -23,15 +23,14 @@ pub enum PasswordError {
 /// Hashes `password` with `salt` at the default 5000 rounds; the same result as
 /// `openssl passwd -6 -salt SALT PASSWORD`.
 pub fn sha512_crypt_with_salt(password: &str, salt: &str) -> Result<String, PasswordError> {
-    if salt.is_empty() || salt.len() > SALT_LEN || !salt.bytes().all(|b| SALT_CHARS.contains(&b))
-    {
+    if salt.is_empty() || salt.len() > SALT_LEN || !salt.bytes().all(|b| SALT_CHARS.contains(&b)) {
         return Err(PasswordError::BadSalt {
             salt: salt.to_string(),
         });
     }
     let params = Sha512Params::new(ROUNDS_DEFAULT).map_err(PasswordError::Crypt)?;
-    let hash =
-        sha512_crypt_b64(password.as_bytes(), salt.as_bytes(), &params).map_err(PasswordError::Crypt)?;
+    let hash = sha512_crypt_b64(password.as_bytes(), salt.as_bytes(), &params)
+        .map_err(PasswordError::Crypt)?;
     Ok(format!("$6${salt}${hash}"))
 }
 

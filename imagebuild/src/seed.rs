@@ -71,15 +71,19 @@ pub struct SeedFiles<'a> {
 
 /// Builds the seed's FAT image in memory.
 pub fn build_image(files: &SeedFiles<'_>) -> Result<Vec<u8>, SeedError> {
-    let mut entries: Vec<(&str, &[u8])> =
-        vec![("user-data", files.user_data), ("meta-data", files.meta_data)];
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        ("user-data", files.user_data),
+        ("meta-data", files.meta_data),
+    ];
     if let Some(n) = files.network_config {
         entries.push(("network-config", n));
     }
     let payload: u64 = entries.iter().map(|(_, d)| d.len() as u64).sum();
     // Room for the data rounded to clusters plus FAT and directory overhead; at least
     // 1 MiB, which makes a FAT12 file system like cloud-localds's.
-    let size = (payload * 2 + (512 << 10)).max(1 << 20).next_multiple_of(512);
+    let size = (payload * 2 + (512 << 10))
+        .max(1 << 20)
+        .next_multiple_of(512);
     if size > u64::from(u32::MAX) * 512 {
         return Err(SeedError::TooLarge(payload));
     }
@@ -94,7 +98,11 @@ pub fn build_image(files: &SeedFiles<'_>) -> Result<Vec<u8>, SeedError> {
     )
     .map_err(SeedError::Fat)?;
     {
-        let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new().time_provider(&FIXED_TIME)).map_err(SeedError::Fat)?;
+        let fs = fatfs::FileSystem::new(
+            &mut disk,
+            fatfs::FsOptions::new().time_provider(&FIXED_TIME),
+        )
+        .map_err(SeedError::Fat)?;
         for (name, data) in entries {
             let root = fs.root_dir();
             let add = || -> io::Result<()> {
@@ -140,7 +148,11 @@ mod tests {
         .unwrap();
         let fs = fatfs::FileSystem::new(Cursor::new(img), fatfs::FsOptions::new()).unwrap();
         assert_eq!(fs.volume_label().trim_end(), "cidata");
-        let names: Vec<String> = fs.root_dir().iter().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<String> = fs
+            .root_dir()
+            .iter()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["user-data", "meta-data"]);
     }
 }

@@ -15,7 +15,11 @@ fn xorriso(iso: &Path, tree: &Path, rr: &str, joliet: &str) {
         .arg("/")
         .output()
         .expect("xorriso is needed (Debian package xorriso)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -27,7 +31,11 @@ fn naming_is_detected_and_files_read_back() {
     std::fs::write(tree.join("Some.Dir/deeper/Mixed-Case.File.bin"), &big).unwrap();
     // Many entries so the directory spans more than one sector.
     for i in 0..120 {
-        std::fs::write(tree.join(format!("Some.Dir/file-number-{i:03}.txt")), format!("{i}")).unwrap();
+        std::fs::write(
+            tree.join(format!("Some.Dir/file-number-{i:03}.txt")),
+            format!("{i}"),
+        )
+        .unwrap();
     }
     for (rr, joliet, want) in [
         ("on", "on", Naming::RockRidge),
@@ -40,11 +48,19 @@ fn naming_is_detected_and_files_read_back() {
         let iso = IsoImage::open(&iso_path).unwrap();
         assert_eq!(iso.naming(), want);
         let dirent = iso.lookup("/Some.Dir").unwrap();
-        let names: Vec<String> = iso.list(&dirent).unwrap().into_iter().map(|e| e.name).collect();
+        let names: Vec<String> = iso
+            .list(&dirent)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert_eq!(names.len(), 121, "{names:?}");
         if want != Naming::Plain {
             // Exact names only survive with Rock Ridge or Joliet.
-            assert!(names.contains(&"file-number-119.txt".to_string()), "{names:?}");
+            assert!(
+                names.contains(&"file-number-119.txt".to_string()),
+                "{names:?}"
+            );
         }
         let e = iso.lookup("Some.Dir/deeper/Mixed-Case.File.bin").unwrap();
         let mut out = Vec::new();

@@ -17,7 +17,11 @@ fn openssl(password: &str, salt: &str) -> String {
         .expect("openssl is needed (Debian package openssl)");
     writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -29,7 +33,11 @@ fn same_salt_same_hash_as_openssl() {
         ("a much longer pass phrase with spaces", "0123456789abcdef"),
         ("ünïcode", "./AZaz09"),
     ] {
-        assert_eq!(sha512_crypt_with_salt(pw, salt).unwrap(), openssl(pw, salt), "{pw:?} {salt:?}");
+        assert_eq!(
+            sha512_crypt_with_salt(pw, salt).unwrap(),
+            openssl(pw, salt),
+            "{pw:?} {salt:?}"
+        );
     }
 }
 

@@ -20,7 +20,11 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
 fn every_example_recipe_is_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/recipes");
     let files = toml_files(&dir);
-    assert!(files.len() >= 3, "expected example recipes in {}", dir.display());
+    assert!(
+        files.len() >= 3,
+        "expected example recipes in {}",
+        dir.display()
+    );
     for f in files {
         let loaded = recipe::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let plan = recipe::plan(&loaded);

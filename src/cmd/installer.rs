@@ -132,7 +132,12 @@ fn exec_list() -> anyhow::Result<ExitCode> {
     for i in CATALOG {
         println!("{}: {}", i.name, i.description);
         match i.source {
-            Source::DebianPackage { suite, arch, package, .. } => println!(
+            Source::DebianPackage {
+                suite,
+                arch,
+                package,
+                ..
+            } => println!(
                 "  source: package {package} from dists/{suite}/main/binary-{arch} of the mirror"
             ),
             Source::Tree { kernel, initrd } => {
@@ -146,11 +151,17 @@ fn exec_list() -> anyhow::Result<ExitCode> {
 }
 
 fn exec_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
-    use kiln_imagebuild::fetch::{cache::default_cache_dir, fetch_installer, sources, FetchOptions};
+    use kiln_imagebuild::fetch::{
+        cache::default_cache_dir, fetch_installer, sources, FetchOptions,
+    };
     use kiln_imagebuild::installer::catalog;
     let installer = catalog::find(&args.name).with_context(|| {
         let names: Vec<_> = catalog::names().collect();
-        format!("unknown installer `{}` (known: {})", args.name, names.join(", "))
+        format!(
+            "unknown installer `{}` (known: {})",
+            args.name,
+            names.join(", ")
+        )
     })?;
     let recipe_mirror = match &args.recipe {
         Some(r) => super::recipe::load(r)?
@@ -172,7 +183,9 @@ fn exec_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
     };
     let cache_dir = match args.cache_dir.or_else(default_cache_dir) {
         Some(d) => d,
-        None => anyhow::bail!("no cache directory: set KILN_CACHE_DIR or HOME, or pass --cache-dir"),
+        None => {
+            anyhow::bail!("no cache directory: set KILN_CACHE_DIR or HOME, or pass --cache-dir")
+        }
     };
     eprintln!("kiln: fetching {} from {mirror}", installer.name);
     let fetched = fetch_installer(
@@ -213,6 +226,12 @@ fn exec_inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
         args.output.display(),
         data.len()
     );
+    // The installer only looks for the file when told to on the kernel command line.
+    for kind in [AnswerKind::Preseed, AnswerKind::Kickstart] {
+        if name == kind.initrd_name() {
+            eprintln!("kiln: boot it with: {}", kind.kernel_cmdline());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -226,7 +245,10 @@ fn file_name(path: &Path) -> anyhow::Result<String> {
 /// A `$6$` hash is used as given; anything else is a clear-text password to hash.
 pub fn password_hash(value: &str) -> anyhow::Result<String> {
     if value.starts_with("$6$") {
-        anyhow::ensure!(is_sha512_crypt(value), "malformed SHA-512 crypt hash {value:?}");
+        anyhow::ensure!(
+            is_sha512_crypt(value),
+            "malformed SHA-512 crypt hash {value:?}"
+        );
         return Ok(value.to_string());
     }
     Ok(sha512_crypt(value)?)
@@ -238,7 +260,11 @@ fn exec_answer(args: AnswerArgs) -> anyhow::Result<ExitCode> {
     vars.timezone = args.timezone;
     vars.suite = args.suite;
     vars.packages = args.packages;
-    vars.root_password_hash = args.root_password.as_deref().map(password_hash).transpose()?;
+    vars.root_password_hash = args
+        .root_password
+        .as_deref()
+        .map(password_hash)
+        .transpose()?;
     if let Some(name) = args.user {
         let pw = args
             .user_password

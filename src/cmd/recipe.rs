@@ -36,7 +36,11 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", recipe::plan(&loaded));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Answer { file, mirror, output } => {
+        Command::Answer {
+            file,
+            mirror,
+            output,
+        } => {
             let loaded = load(&file)?;
             let mirror = recipe_mirror(&loaded, mirror.as_deref())?;
             let (kind, vars, template) = answer_inputs(&loaded, mirror)?;
@@ -57,7 +61,11 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
 pub fn load(file: &std::path::Path) -> anyhow::Result<LoadedRecipe> {
     recipe::load(file).map_err(|e| match e {
         RecipeLoadError::Invalid(errors) if errors.len() > 1 => {
-            anyhow::anyhow!("{} problems in the recipe:\n{}", errors.len(), RecipeLoadError::Invalid(errors))
+            anyhow::anyhow!(
+                "{} problems in the recipe:\n{}",
+                errors.len(),
+                RecipeLoadError::Invalid(errors)
+            )
         }
         e => anyhow::Error::new(e),
     })
@@ -77,6 +85,8 @@ pub fn recipe_mirror(loaded: &LoadedRecipe, flag: Option<&str>) -> anyhow::Resul
         .as_ref()
         .and_then(|n| kiln_imagebuild::installer::catalog::find(n.get_ref()))
         .and_then(|e| e.suite)
-        .context("this recipe's installer has no Debian suite: set `mirror` in [base] or pass --mirror")?;
+        .context(
+            "this recipe's installer has no Debian suite: set `mirror` in [base] or pass --mirror",
+        )?;
     Ok(mirror_for_suite(std::path::Path::new("/etc/apt"), suite)?)
 }

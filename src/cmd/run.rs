@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kiln_vmm::{OnReset, SerialOutput, VmConfig, VmExitStatus};
+use kiln_vmm::{EntryChoice, OnReset, SerialOutput, VmConfig, VmExitStatus};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,6 +15,9 @@ pub struct Args {
     /// Initial ramdisk, loaded high in guest memory.
     #[arg(long)]
     pub initrd: Option<PathBuf>,
+    /// ELF vmlinux entry: auto (PVH if the image has the note), linux64 or pvh.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub entry: EntryArg,
     /// Extra kernel command line, after kiln's own parameters.
     #[arg(long, default_value = "")]
     pub append: String,
@@ -42,6 +45,13 @@ pub struct Args {
     /// Do not apply host compatibility profiles (PVM).
     #[arg(long)]
     pub no_host_quirks: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum EntryArg {
+    Auto,
+    Linux64,
+    Pvh,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -114,6 +124,11 @@ impl Args {
     fn into_config(self) -> VmConfig {
         let mut config = VmConfig::new(self.kernel);
         config.initrd = self.initrd;
+        config.entry = match self.entry {
+            EntryArg::Auto => EntryChoice::Auto,
+            EntryArg::Linux64 => EntryChoice::Linux64,
+            EntryArg::Pvh => EntryChoice::Pvh,
+        };
         config.append = self.append;
         config.memory_bytes = self.memory;
         config.vcpus = self.cpus;

@@ -41,11 +41,9 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
     let (user_data, meta_data) = match &args.recipe {
         Some(recipe) => {
             let loaded = super::recipe::load(recipe)?;
-            let seed = loaded
-                .recipe
-                .seed
-                .as_ref()
-                .with_context(|| format!("{}: the recipe has no [seed] section", recipe.display()))?;
+            let seed = loaded.recipe.seed.as_ref().with_context(|| {
+                format!("{}: the recipe has no [seed] section", recipe.display())
+            })?;
             let hash = seed
                 .password
                 .as_deref()
@@ -57,8 +55,16 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
             (user.into_bytes(), meta.into_bytes())
         }
         None => (
-            read(args.user_data.as_deref().context("--user-data is required")?)?,
-            read(args.meta_data.as_deref().context("--meta-data is required")?)?,
+            read(
+                args.user_data
+                    .as_deref()
+                    .context("--user-data is required")?,
+            )?,
+            read(
+                args.meta_data
+                    .as_deref()
+                    .context("--meta-data is required")?,
+            )?,
         ),
     };
     create(

@@ -69,21 +69,33 @@ pub fn debian_installer_dir() -> PathBuf {
         }
         let dir = std::env::temp_dir().join(format!("kiln-di-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        run_ok(Command::new("apt-get").args(["download", DI_PACKAGE]).current_dir(&dir));
+        run_ok(
+            Command::new("apt-get")
+                .args(["download", DI_PACKAGE])
+                .current_dir(&dir),
+        );
         let deb = std::fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
             .expect("apt-get download left no .deb");
-        run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir.join("root")));
+        run_ok(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(dir.join("root")),
+        );
         dir.join("root").join(DI_DIR)
     })
     .clone()
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("kiln-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// Makes sure `ksvalidator` (PyPI pykickstart) is there, installing it with pip if not.

@@ -24,11 +24,25 @@ pub enum OnReset {
     Reboot,
 }
 
+/// Which entry point of an ELF vmlinux to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EntryChoice {
+    /// PVH when the image has the PVH note, else the 64-bit entry.
+    #[default]
+    Auto,
+    /// The 64-bit boot protocol entry, even if a PVH note is present.
+    Linux64,
+    /// PVH; an image without the note is an error.
+    Pvh,
+}
+
 /// A whole VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
+    /// ELF vmlinux entry point (a bzImage always uses the 64-bit entry).
+    pub entry: EntryChoice,
     /// Extra kernel command line, appended after kiln's own parameters.
     pub append: String,
     pub memory_bytes: u64,
@@ -54,6 +68,7 @@ impl VmConfig {
         Self {
             kernel,
             initrd: None,
+            entry: EntryChoice::Auto,
             append: String::new(),
             memory_bytes: 512 << 20,
             vcpus: 1,

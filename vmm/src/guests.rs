@@ -30,6 +30,11 @@ pub const BOOT_TIMER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/b
 /// then 0x10 to port 0xf4. See resources/guests/cpuid.S for the layout.
 pub const CPUID_VERIFY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/cpuid.elf"));
 
+/// Reads virtio-mmio window 0 and reports its DeviceID on port 0xf4 (0x7f if
+/// the magic value is wrong).
+pub const VIRTIO_PROBE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/guests/virtio_probe.elf"));
+
 /// Every guest by file name, for tools and tests that write them out.
 pub const ALL: &[(&str, &[u8])] = &[
     ("debug_exit.elf", DEBUG_EXIT),

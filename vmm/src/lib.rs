@@ -23,7 +23,7 @@ pub mod vcpu;
 pub mod vcpu_exit;
 pub mod vm;
 
-pub use config::{OnReset, SerialOutput, VmConfig};
+pub use config::{EntryChoice, OnReset, SerialOutput, VmConfig};
 pub use vm::{run, VmExitStatus};
 
 /// Everything that can stop kiln from running a VM.

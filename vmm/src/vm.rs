@@ -194,7 +194,7 @@ fn boot_once(
     })
     .map_err(kvm_err("create in-kernel PIT"))?;
 
-    let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    let kernel = boot::load_kernel(&mem, &config.kernel, config.entry)?;
     let initrd = match &config.initrd {
         Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
         None => None,

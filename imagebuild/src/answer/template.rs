@@ -82,15 +82,15 @@ mod tests {
     #[test]
     fn substitutes_and_filters_lines() {
         let t = "x={{a}} {{ a }}\n{{?a}}kept\n{{?empty}}dropped\n{{!empty}}also kept\n";
-        assert_eq!(
-            render("t", t, &vars()).unwrap(),
-            "x=1 1\nkept\nalso kept\n"
-        );
+        assert_eq!(render("t", t, &vars()).unwrap(), "x=1 1\nkept\nalso kept\n");
     }
 
     #[test]
     fn unknown_variable_names_line() {
         let e = render("t", "ok\n{{nope}}\n", &vars()).unwrap_err();
-        assert!(matches!(e, TemplateError::UnknownVariable { line: 2, .. }), "{e}");
+        assert!(
+            matches!(e, TemplateError::UnknownVariable { line: 2, .. }),
+            "{e}"
+        );
     }
 }

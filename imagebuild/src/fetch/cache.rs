@@ -17,14 +17,22 @@ pub enum CacheError {
     #[error(transparent)]
     Http(#[from] HttpError),
     #[error("{url}: SHA256 {got} does not match {want} from the signed index; refusing it")]
-    HashMismatch { url: String, want: String, got: String },
+    HashMismatch {
+        url: String,
+        want: String,
+        got: String,
+    },
     #[error("{url}: {got} bytes, but the signed index says {want}; refusing it")]
     SizeMismatch { url: String, want: u64, got: u64 },
 }
 
 /// `${KILN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}`.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let nonempty = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let nonempty = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     nonempty("KILN_CACHE_DIR")
         .or_else(|| nonempty("XDG_CACHE_HOME").map(|d| d.join("kiln")))
         .or_else(|| nonempty("HOME").map(|h| h.join(".cache/kiln")))
@@ -82,7 +90,10 @@ impl Cache {
                 "cached copy of {url} at {} is damaged (SHA256 {got}); fetching it again",
                 path.display()
             );
-            eprintln!("kiln: cached {} is damaged; fetching it again", path.display());
+            eprintln!(
+                "kiln: cached {} is damaged; fetching it again",
+                path.display()
+            );
             std::fs::remove_file(&path).map_err(self.io(&path))?;
         }
         std::fs::create_dir_all(&dir).map_err(self.io(&dir))?;

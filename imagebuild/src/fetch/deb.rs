@@ -15,7 +15,11 @@ pub enum DebError {
 
 /// Reads the files at `wanted` (paths inside data.tar, without `./`) from the .deb at
 /// `path`, each at most `limit` bytes.
-pub fn extract_files(path: &Path, wanted: &[String], limit: u64) -> Result<BTreeMap<String, Vec<u8>>, DebError> {
+pub fn extract_files(
+    path: &Path,
+    wanted: &[String],
+    limit: u64,
+) -> Result<BTreeMap<String, Vec<u8>>, DebError> {
     let fmt = |message: String| DebError::Format {
         path: path.to_path_buf(),
         message,
@@ -30,7 +34,9 @@ pub fn extract_files(path: &Path, wanted: &[String], limit: u64) -> Result<BTree
                 // lzma-rs decodes from a BufRead into a Write, so the tar is decoded in
                 // memory: tens of MB for an installer package.
                 let mut compressed = Vec::new();
-                entry.read_to_end(&mut compressed).map_err(|e| fmt(e.to_string()))?;
+                entry
+                    .read_to_end(&mut compressed)
+                    .map_err(|e| fmt(e.to_string()))?;
                 let mut decoded = Vec::new();
                 lzma_rs::xz_decompress(&mut &compressed[..], &mut decoded)
                     .map_err(|e| fmt(format!("bad data.tar.xz: {e:?}")))?;
@@ -60,7 +66,10 @@ fn read_tar(
     };
     let mut found = BTreeMap::new();
     let mut tar = tar::Archive::new(data);
-    for entry in tar.entries().map_err(|e| fmt(format!("bad data.tar: {e}")))? {
+    for entry in tar
+        .entries()
+        .map_err(|e| fmt(format!("bad data.tar: {e}")))?
+    {
         let mut entry = entry.map_err(|e| fmt(format!("bad data.tar: {e}")))?;
         let name = entry
             .path()
@@ -75,7 +84,9 @@ fn read_tar(
             return Err(fmt(format!("{name} is larger than {limit} bytes")));
         }
         let mut buf = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut buf).map_err(|e| fmt(format!("reading {name}: {e}")))?;
+        entry
+            .read_to_end(&mut buf)
+            .map_err(|e| fmt(format!("reading {name}: {e}")))?;
         found.insert(name, buf);
     }
     for w in wanted {

@@ -70,21 +70,26 @@ pub struct PackageEntry {
 
 /// The stanza for `package` (the last one if the index lists several versions).
 pub fn find_package(packages: &str, package: &str) -> Option<PackageEntry> {
-    stanzas(packages)
-        .iter()
+    // Only the matching paragraphs are parsed: a Packages index has tens of thousands.
+    let head = format!("Package: {package}\n");
+    packages
+        .split("\n\n")
+        .map(|p| p.trim_start_matches('\n'))
+        .filter(|p| p.starts_with(&head))
+        .flat_map(stanzas)
         .filter(|s| field(s, "Package") == Some(package))
         .filter_map(|s| {
-            let sha = field(s, "SHA256")?;
-            let filename = field(s, "Filename")?;
+            let sha = field(&s, "SHA256")?;
+            let filename = field(&s, "Filename")?;
             // The pool path is joined to the mirror URL: refuse anything that climbs out.
             if filename.split('/').any(|p| p == ".." || p.is_empty()) || filename.starts_with('/') {
                 return None;
             }
             Some(PackageEntry {
-                version: field(s, "Version")?.to_string(),
+                version: field(&s, "Version")?.to_string(),
                 filename: filename.to_string(),
                 sha256: sha.to_ascii_lowercase(),
-                size: field(s, "Size")?.parse().ok()?,
+                size: field(&s, "Size")?.parse().ok()?,
             })
         })
         .filter(|p| p.sha256.len() == 64 && p.sha256.bytes().all(|b| b.is_ascii_hexdigit()))

@@ -43,7 +43,10 @@ pub enum FetchError {
     #[error("{path}: bad xz data: {message}")]
     Xz { path: PathBuf, message: String },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct FetchOptions {
@@ -78,7 +81,10 @@ pub fn fetch_installer(installer: &Installer, opts: &FetchOptions) -> Result<Fet
     let inrelease_url = opts.mirror.join(&format!("dists/{suite}/InRelease"));
     let mut raw = Vec::new();
     http::download(&inrelease_url, &mut raw, MAX_INRELEASE)?;
-    log::info!("verifying {inrelease_url} against {}", opts.keyring.display());
+    log::info!(
+        "verifying {inrelease_url} against {}",
+        opts.keyring.display()
+    );
     let release = signature::verify_clearsigned(
         &inrelease_url,
         &String::from_utf8_lossy(&raw),
@@ -87,14 +93,16 @@ pub fn fetch_installer(installer: &Installer, opts: &FetchOptions) -> Result<Fet
 
     // Keep the last verified InRelease, for inspection and offline mirrors.
     let keep = opts.cache_dir.join("dists").join(suite).join("InRelease");
-    let _ = std::fs::create_dir_all(keep.parent().unwrap_or(&opts.cache_dir))
-        .and_then(|_| write_atomically(&keep, |f| f.write_all(&raw)).map_err(std::io::Error::other));
+    let _ = std::fs::create_dir_all(keep.parent().unwrap_or(&opts.cache_dir)).and_then(|_| {
+        write_atomically(&keep, |f| f.write_all(&raw)).map_err(std::io::Error::other)
+    });
 
     let index_path = format!("main/binary-{arch}/Packages.xz");
-    let listed = index::release_sha256(&release, &index_path).ok_or_else(|| FetchError::NotInRelease {
-        url: inrelease_url.clone(),
-        path: index_path.clone(),
-    })?;
+    let listed =
+        index::release_sha256(&release, &index_path).ok_or_else(|| FetchError::NotInRelease {
+            url: inrelease_url.clone(),
+            path: index_path.clone(),
+        })?;
     let index_url = opts.mirror.join(&format!("dists/{suite}/{index_path}"));
     let entry = package_entry(&cache, &index_url, &listed, package)?;
 
@@ -113,7 +121,8 @@ pub fn fetch_installer(installer: &Installer, opts: &FetchOptions) -> Result<Fet
         log::info!("extracting from {}", deb.display());
         let kernel_name = format!("{dir}/linux");
         let initrd_name = format!("{dir}/initrd.gz");
-        let files = deb::extract_files(&deb, &[kernel_name.clone(), initrd_name.clone()], MAX_FILE)?;
+        let files =
+            deb::extract_files(&deb, &[kernel_name.clone(), initrd_name.clone()], MAX_FILE)?;
         let write = |path: &Path, data: &[u8]| -> Result<(), FetchError> {
             write_atomically(path, |f| f.write_all(data)).map_err(|e| FetchError::Write {
                 path: path.to_path_buf(),
@@ -130,8 +139,14 @@ pub fn fetch_installer(installer: &Installer, opts: &FetchOptions) -> Result<Fet
         let text = format!(
             "{}  deb\n{}  linux\n{}  initrd.gz\n",
             entry.sha256,
-            cache::sha256_hex(&mut &k[..]).map_err(|source| FetchError::Write { path: kernel.clone(), source })?,
-            cache::sha256_hex(&mut &i[..]).map_err(|source| FetchError::Write { path: initrd.clone(), source })?,
+            cache::sha256_hex(&mut &k[..]).map_err(|source| FetchError::Write {
+                path: kernel.clone(),
+                source
+            })?,
+            cache::sha256_hex(&mut &i[..]).map_err(|source| FetchError::Write {
+                path: initrd.clone(),
+                source
+            })?,
         );
         write(&sums, text.as_bytes())?;
     } else {
@@ -153,7 +168,11 @@ fn package_entry(
     listed: &index::IndexFile,
     package: &str,
 ) -> Result<index::PackageEntry, FetchError> {
-    let memo = cache.root().join("packages").join(&listed.sha256).join(package);
+    let memo = cache
+        .root()
+        .join("packages")
+        .join(&listed.sha256)
+        .join(package);
     if let Ok(text) = std::fs::read_to_string(&memo) {
         let f: Vec<&str> = text.lines().collect();
         if let [version, filename, sha256, size] = f[..] {
@@ -175,11 +194,15 @@ fn package_entry(
         url: index_url.to_string(),
         package: package.to_string(),
     })?;
-    let text = format!("{}\n{}\n{}\n{}\n", entry.version, entry.filename, entry.sha256, entry.size);
+    let text = format!(
+        "{}\n{}\n{}\n{}\n",
+        entry.version, entry.filename, entry.sha256, entry.size
+    );
     if let Some(dir) = memo.parent() {
         // Only a speed-up: failing to record it is not an error.
-        let _ = std::fs::create_dir_all(dir)
-            .and_then(|_| write_atomically(&memo, |f| f.write_all(text.as_bytes())).map_err(std::io::Error::other));
+        let _ = std::fs::create_dir_all(dir).and_then(|_| {
+            write_atomically(&memo, |f| f.write_all(text.as_bytes())).map_err(std::io::Error::other)
+        });
     }
     Ok(entry)
 }
@@ -223,6 +246,12 @@ fn decompress_xz(path: &Path) -> Result<String, FetchError> {
 fn sanitize(version: &str) -> String {
     version
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "+.~-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+.~-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

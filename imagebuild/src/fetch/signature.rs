@@ -9,7 +9,10 @@ use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey};
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
     #[error("cannot read keyring {path}: {source}")]
-    Keyring { path: PathBuf, source: std::io::Error },
+    Keyring {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("keyring {path} holds no usable OpenPGP public keys")]
     NoKeys { path: PathBuf },
     #[error("{what} is not a clearsigned OpenPGP message: {message}")]
@@ -20,7 +23,11 @@ pub enum SignatureError {
 
 /// Verifies `text` (named `what` in errors) and returns the signed content with `\n`
 /// line endings. Only this returned text may be trusted, not `text` itself.
-pub fn verify_clearsigned(what: &str, text: &str, keyring: &Path) -> Result<String, SignatureError> {
+pub fn verify_clearsigned(
+    what: &str,
+    text: &str,
+    keyring: &Path,
+) -> Result<String, SignatureError> {
     let data = std::fs::read(keyring).map_err(|source| SignatureError::Keyring {
         path: keyring.to_path_buf(),
         source,
@@ -41,9 +48,9 @@ pub fn verify_clearsigned(what: &str, text: &str, keyring: &Path) -> Result<Stri
             what: what.to_string(),
             message: e.to_string(),
         })?;
-    let valid = keys.iter().any(|k| {
-        msg.verify(k).is_ok() || k.public_subkeys.iter().any(|sk| msg.verify(sk).is_ok())
-    });
+    let valid = keys
+        .iter()
+        .any(|k| msg.verify(k).is_ok() || k.public_subkeys.iter().any(|sk| msg.verify(sk).is_ok()));
     if !valid {
         return Err(SignatureError::BadSignature {
             what: what.to_string(),

@@ -85,7 +85,10 @@ pub fn parse_deb822(text: &str, file: &Path) -> Vec<AptSource> {
         if !get("types").iter().any(|t| t == "deb") {
             continue;
         }
-        if get("enabled").first().is_some_and(|e| e.eq_ignore_ascii_case("no")) {
+        if get("enabled")
+            .first()
+            .is_some_and(|e| e.eq_ignore_ascii_case("no"))
+        {
             continue;
         }
         for uri in get("uris") {
@@ -173,10 +176,16 @@ mod tests {
             "Types: deb\nURIs: http://sec.invalid/debian-security\nSuites: bookworm-security\nComponents: main\n\nTypes: deb\nURIs: http://m.invalid/debian\nSuites: bookworm\nComponents: main\n",
         )
         .unwrap();
-        std::fs::write(dir.path().join("sources.list.d/y.list.disabled"), "deb http://z.invalid/ bookworm main\n").unwrap();
+        std::fs::write(
+            dir.path().join("sources.list.d/y.list.disabled"),
+            "deb http://z.invalid/ bookworm main\n",
+        )
+        .unwrap();
         let m = mirror_for_suite(dir.path(), "bookworm").unwrap();
         assert_eq!(m.to_string(), "http://m.invalid/debian");
-        let e = mirror_for_suite(dir.path(), "trixie").unwrap_err().to_string();
+        let e = mirror_for_suite(dir.path(), "trixie")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--mirror") && e.contains("trixie"), "{e}");
     }
 }

@@ -10,7 +10,11 @@ use crate::iso9660::{Entry, IsoError, IsoImage};
 pub const LAYOUTS: &[(&str, &str, &str)] = &[
     ("debian-mini", "/linux", "/initrd.gz"),
     ("debian", "/install.amd/vmlinuz", "/install.amd/initrd.gz"),
-    ("fedora", "/images/pxeboot/vmlinuz", "/images/pxeboot/initrd.img"),
+    (
+        "fedora",
+        "/images/pxeboot/vmlinuz",
+        "/images/pxeboot/initrd.img",
+    ),
     ("ubuntu", "/casper/vmlinuz", "/casper/initrd"),
 ];
 
@@ -21,7 +25,10 @@ pub enum LocateError {
     #[error("{path}: no installer kernel and initrd found (looked for {looked})")]
     NoLayout { path: PathBuf, looked: String },
     #[error("cannot create {path}: {source}")]
-    Output { path: PathBuf, source: std::io::Error },
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct BootFiles {
@@ -81,7 +88,9 @@ pub fn extract(iso_path: &Path, dir: &Path) -> Result<Extracted, LocateError> {
         write_atomically(&dest, |f| iso.copy_to(entry, f)).map_err(|e| match e {
             crate::atomic::AtomicError::Write(e) => LocateError::Iso(e),
             crate::atomic::AtomicError::Create { path, source }
-            | crate::atomic::AtomicError::Persist { path, source } => LocateError::Output { path, source },
+            | crate::atomic::AtomicError::Persist { path, source } => {
+                LocateError::Output { path, source }
+            }
         })?;
         Ok(dest)
     };

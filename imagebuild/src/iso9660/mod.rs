@@ -83,7 +83,9 @@ impl IsoImage {
         let mut joliet = None;
         for n in FIRST_DESCRIPTOR..FIRST_DESCRIPTOR + MAX_DESCRIPTORS {
             if (n + 1) * SECTOR > len {
-                return Err(not_iso("truncated before the volume descriptor set terminator"));
+                return Err(not_iso(
+                    "truncated before the volume descriptor set terminator",
+                ));
             }
             let d = iso.read_at(n * SECTOR, SECTOR)?;
             if &d[1..6] != b"CD001" {
@@ -99,7 +101,8 @@ impl IsoImage {
         }
         let primary = primary.ok_or_else(|| not_iso("no primary volume descriptor"))?;
         let root_of = |d: &[u8]| -> Result<Entry, IsoError> {
-            let r = record::parse(&d[156..190])?.ok_or(IsoError::Corrupt("empty root record".into()))?;
+            let r = record::parse(&d[156..190])?
+                .ok_or(IsoError::Corrupt("empty root record".into()))?;
             Ok(Entry {
                 name: String::new(),
                 extent: r.extent,
@@ -133,10 +136,12 @@ impl IsoImage {
             )));
         }
         let mut buf = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut buf, offset).map_err(|source| IsoError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|source| IsoError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         Ok(buf)
     }
 
@@ -173,7 +178,9 @@ impl IsoImage {
             Naming::Plain => plain_name(r.ident),
         };
         if r.flags & FLAG_MULTI_EXTENT != 0 {
-            return Err(IsoError::Corrupt(format!("multi-extent file `{name}` is not supported")));
+            return Err(IsoError::Corrupt(format!(
+                "multi-extent file `{name}` is not supported"
+            )));
         }
         Ok(Entry {
             name,
@@ -223,6 +230,12 @@ impl IsoImage {
 /// tools replace (`.` in directory names, `-`) compared as `_`.
 fn fold(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

@@ -40,7 +40,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<Record<'_>>, IsoError> {
     }
     let len = usize::from(len);
     if len < 34 || len > buf.len() {
-        return Err(IsoError::Corrupt(format!("directory record of length {len}")));
+        return Err(IsoError::Corrupt(format!(
+            "directory record of length {len}"
+        )));
     }
     let rec = &buf[..len];
     let ident_len = usize::from(rec[32]);

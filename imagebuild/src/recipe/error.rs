@@ -108,7 +108,15 @@ impl RecipeError {
             if let Some(rest) = message.strip_prefix("unexpected keys in table: ") {
                 let (keys, avail) = rest.split_once(", available keys: ").unwrap_or((rest, ""));
                 let key = keys.split(", ").next().unwrap_or(keys).to_string();
-                ("key", key, avail.split(", ").filter(|s| !s.is_empty()).map(str::to_string).collect())
+                (
+                    "key",
+                    key,
+                    avail
+                        .split(", ")
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                )
             } else {
                 let words = backquoted(&message);
                 let Some(first) = words.first() else {
@@ -130,7 +138,8 @@ impl RecipeError {
             };
         e.message = format!("unknown {kind} `{key}`");
         if !expected.is_empty() {
-            e.message.push_str(&format!(" (expected one of {})", expected.join(", ")));
+            e.message
+                .push_str(&format!(" (expected one of {})", expected.join(", ")));
         }
         e.suggestion = suggest(&key, expected.iter().map(String::as_str));
         e.with_key(key)
@@ -152,7 +161,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("hostnme", ["hostname", "timezone"]).as_deref(), Some("hostname"));
+        assert_eq!(
+            suggest("hostnme", ["hostname", "timezone"]).as_deref(),
+            Some("hostname")
+        );
         assert_eq!(suggest("xyzzy", ["hostname", "timezone"]), None);
     }
 }

@@ -38,7 +38,10 @@ impl LoadedRecipe {
 /// Everything wrong with a recipe (syntax errors stop at the first one).
 #[derive(Debug)]
 pub enum RecipeLoadError {
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     Invalid(Vec<RecipeError>),
 }
 

@@ -27,7 +27,12 @@ pub fn plan(loaded: &LoadedRecipe) -> String {
     if let Some(name) = &b.installer {
         let i = catalog::find(name.get_ref());
         let desc = i.map_or("", |i| i.description);
-        let _ = writeln!(out, "{}. base: installer {} ({desc}); mirror {mirror}", next(), name.get_ref());
+        let _ = writeln!(
+            out,
+            "{}. base: installer {} ({desc}); mirror {mirror}",
+            next(),
+            name.get_ref()
+        );
     } else if let (Some(k), Some(i)) = (&b.kernel, &b.initrd) {
         let _ = writeln!(
             out,
@@ -37,22 +42,40 @@ pub fn plan(loaded: &LoadedRecipe) -> String {
             loaded.resolve(i.get_ref()).display()
         );
     } else if let Some(iso) = &b.iso {
-        let _ = writeln!(out, "{}. base: installer ISO {}", next(), loaded.resolve(iso.get_ref()).display());
+        let _ = writeln!(
+            out,
+            "{}. base: installer ISO {}",
+            next(),
+            loaded.resolve(iso.get_ref()).display()
+        );
     } else if let Some(img) = &b.image {
-        let _ = writeln!(out, "{}. base: backing image {}", next(), loaded.resolve(img.get_ref()).display());
+        let _ = writeln!(
+            out,
+            "{}. base: backing image {}",
+            next(),
+            loaded.resolve(img.get_ref()).display()
+        );
     }
     if let Some(i) = &r.install {
-        let answer = i.answer.as_ref().map(|a| a.get_ref().as_str()).unwrap_or_else(|| {
-            b.installer
-                .as_ref()
-                .and_then(|n| catalog::find(n.get_ref()))
-                .map_or("preseed", |c| match c.answer {
-                    crate::answer::AnswerKind::Preseed => "preseed",
-                    crate::answer::AnswerKind::Kickstart => "kickstart",
-                })
-        });
+        let answer = i
+            .answer
+            .as_ref()
+            .map(|a| a.get_ref().as_str())
+            .unwrap_or_else(|| {
+                b.installer
+                    .as_ref()
+                    .and_then(|n| catalog::find(n.get_ref()))
+                    .map_or("preseed", |c| match c.answer {
+                        crate::answer::AnswerKind::Preseed => "preseed",
+                        crate::answer::AnswerKind::Kickstart => "kickstart",
+                    })
+            });
         let size = |v: &Option<toml::Spanned<String>>, d: u64| {
-            format_size(v.as_ref().and_then(|v| parse_size(v.get_ref()).ok()).unwrap_or(d))
+            format_size(
+                v.as_ref()
+                    .and_then(|v| parse_size(v.get_ref()).ok())
+                    .unwrap_or(d),
+            )
         };
         let timeout = i
             .timeout
@@ -77,8 +100,14 @@ pub fn plan(loaded: &LoadedRecipe) -> String {
             "   hostname {}, timezone {}, root password {}, user {}",
             i.hostname.as_deref().unwrap_or("kiln"),
             i.timezone.as_deref().unwrap_or("UTC"),
-            if i.root_password.is_some() || i.root_password_hash.is_some() { "set" } else { "locked" },
-            i.user.as_ref().map_or("none", |u| u.name.get_ref().as_str()),
+            if i.root_password.is_some() || i.root_password_hash.is_some() {
+                "set"
+            } else {
+                "locked"
+            },
+            i.user
+                .as_ref()
+                .map_or("none", |u| u.name.get_ref().as_str()),
         );
         if !i.packages.is_empty() {
             let _ = writeln!(out, "   packages: {}", i.packages.join(" "));
@@ -94,7 +123,13 @@ pub fn plan(loaded: &LoadedRecipe) -> String {
         let enable: Vec<&str> = s.enable.iter().map(|e| e.get_ref().as_str()).collect();
         let disable: Vec<&str> = s.disable.iter().map(|e| e.get_ref().as_str()).collect();
         let ops = sysprep::resolve(&enable, &disable);
-        let _ = writeln!(out, "{}. sysprep ({} operations): {}", next(), ops.len(), ops.join(", "));
+        let _ = writeln!(
+            out,
+            "{}. sysprep ({} operations): {}",
+            next(),
+            ops.len(),
+            ops.join(", ")
+        );
     }
     if let Some(seed) = &r.seed {
         let _ = writeln!(
@@ -116,7 +151,11 @@ pub fn plan(loaded: &LoadedRecipe) -> String {
             Format::Qcow2 => "qcow2",
             Format::Raw => "raw",
         },
-        if o.compression == Compression::Deflate { ", deflate-compressed" } else { "" }
+        if o.compression == Compression::Deflate {
+            ", deflate-compressed"
+        } else {
+            ""
+        }
     );
     out
 }

@@ -56,7 +56,12 @@ pub fn validate(loaded: &LoadedRecipe, text: &str) -> Vec<RecipeError> {
     }
     if r.output.compression == Compression::Deflate && r.output.format != Format::Qcow2 {
         let span = r.output.path.span();
-        c.err(span, "compression", "compression = \"deflate\" needs format = \"qcow2\"".into(), None);
+        c.err(
+            span,
+            "compression",
+            "compression = \"deflate\" needs format = \"qcow2\"".into(),
+            None,
+        );
     }
     c.errors
 }
@@ -90,14 +95,28 @@ fn check_base(c: &mut Checker<'_>, base: &Spanned<Base>) {
             c.err(
                 name.span(),
                 "installer",
-                format!("unknown installer `{}` (known: {})", name.get_ref(), names.join(", ")),
+                format!(
+                    "unknown installer `{}` (known: {})",
+                    name.get_ref(),
+                    names.join(", ")
+                ),
                 suggest(name.get_ref(), names),
             );
         }
     }
     match (&b.kernel, &b.initrd) {
-        (Some(k), None) => c.err(k.span(), "kernel", "`kernel` needs `initrd` too".into(), None),
-        (None, Some(i)) => c.err(i.span(), "initrd", "`initrd` needs `kernel` too".into(), None),
+        (Some(k), None) => c.err(
+            k.span(),
+            "kernel",
+            "`kernel` needs `initrd` too".into(),
+            None,
+        ),
+        (None, Some(i)) => c.err(
+            i.span(),
+            "initrd",
+            "`initrd` needs `kernel` too".into(),
+            None,
+        ),
         _ => {}
     }
     // Base files are not required to exist yet: a build may fetch or produce them first.
@@ -114,7 +133,10 @@ fn check_install(c: &mut Checker<'_>, i: &Install) {
             c.err(
                 a.span(),
                 "answer",
-                format!("unknown answer kind `{}` (use preseed or kickstart)", a.get_ref()),
+                format!(
+                    "unknown answer kind `{}` (use preseed or kickstart)",
+                    a.get_ref()
+                ),
                 suggest(a.get_ref(), ["preseed", "kickstart"]),
             );
         }
@@ -122,7 +144,12 @@ fn check_install(c: &mut Checker<'_>, i: &Install) {
     if let Some(t) = &i.template {
         let full = c.loaded.resolve(t.get_ref());
         if !full.is_file() {
-            c.err(t.span(), "template", format!("`template`: no file at {}", full.display()), None);
+            c.err(
+                t.span(),
+                "template",
+                format!("`template`: no file at {}", full.display()),
+                None,
+            );
         }
     }
     for (key, v) in [("disk_size", &i.disk_size), ("memory", &i.memory)] {
@@ -141,13 +168,30 @@ fn check_install(c: &mut Checker<'_>, i: &Install) {
     }
     if let Some(n) = &i.cpus {
         if !(1..=255).contains(n.get_ref()) {
-            c.err(n.span(), "cpus", "`cpus` must be between 1 and 255".into(), None);
+            c.err(
+                n.span(),
+                "cpus",
+                "`cpus` must be between 1 and 255".into(),
+                None,
+            );
         }
     }
-    check_password(c, "root_password_hash", i.root_password.is_some(), &i.root_password_hash, None);
+    check_password(
+        c,
+        "root_password_hash",
+        i.root_password.is_some(),
+        &i.root_password_hash,
+        None,
+    );
     if let Some(u) = &i.user {
         let span = u.name.span();
-        check_password(c, "password_hash", u.password.is_some(), &u.password_hash, Some(span));
+        check_password(
+            c,
+            "password_hash",
+            u.password.is_some(),
+            &u.password_hash,
+            Some(span),
+        );
     }
 }
 
@@ -161,12 +205,27 @@ fn check_password(
 ) {
     if let Some(h) = hash {
         if clear {
-            c.err(h.span(), key, format!("give a clear-text password or `{key}`, not both"), None);
+            c.err(
+                h.span(),
+                key,
+                format!("give a clear-text password or `{key}`, not both"),
+                None,
+            );
         } else if !is_sha512_crypt(h.get_ref()) {
-            c.err(h.span(), key, format!("`{key}` is not a SHA-512 crypt hash ($6$...)"), None);
+            c.err(
+                h.span(),
+                key,
+                format!("`{key}` is not a SHA-512 crypt hash ($6$...)"),
+                None,
+            );
         }
     } else if let (Some(span), false) = (required_at, clear) {
-        c.err(span, key, "[install.user] needs `password` or `password_hash`".into(), None);
+        c.err(
+            span,
+            key,
+            "[install.user] needs `password` or `password_hash`".into(),
+            None,
+        );
     }
 }
 
@@ -181,16 +240,28 @@ fn check_op(c: &mut Checker<'_>, op: &Spanned<CustomizeOp>) {
             guest_paths.push(to);
             let full = c.loaded.resolve(from);
             if !full.is_file() {
-                c.err(op.span(), name, format!("upload: no file at {}", full.display()), None);
+                c.err(
+                    op.span(),
+                    name,
+                    format!("upload: no file at {}", full.display()),
+                    None,
+                );
             }
         }
         CustomizeOp::Chmod { mode, path } => {
             guest_paths.push(path);
             if mode.is_empty() || mode.len() > 4 || u32::from_str_radix(mode, 8).is_err() {
-                c.err(op.span(), name, format!("chmod: mode {mode:?} is not octal (e.g. \"0644\")"), None);
+                c.err(
+                    op.span(),
+                    name,
+                    format!("chmod: mode {mode:?} is not octal (e.g. \"0644\")"),
+                    None,
+                );
             }
         }
-        CustomizeOp::RunCommand(cmd) | CustomizeOp::FirstbootCommand(cmd) if cmd.trim().is_empty() => {
+        CustomizeOp::RunCommand(cmd) | CustomizeOp::FirstbootCommand(cmd)
+            if cmd.trim().is_empty() =>
+        {
             c.err(op.span(), name, format!("{name}: empty command"), None)
         }
         CustomizeOp::Install(pkgs) if pkgs.is_empty() => {
@@ -199,22 +270,40 @@ fn check_op(c: &mut Checker<'_>, op: &Spanned<CustomizeOp>) {
         CustomizeOp::RootPassword(rp) => {
             let given = [rp.password.is_some(), rp.hash.is_some(), rp.disabled];
             if given.iter().filter(|g| **g).count() != 1 {
-                c.err(op.span(), name, "root-password: give one of password, hash, disabled = true".into(), None);
+                c.err(
+                    op.span(),
+                    name,
+                    "root-password: give one of password, hash, disabled = true".into(),
+                    None,
+                );
             }
             if let Some(h) = &rp.hash {
                 if !is_sha512_crypt(h.get_ref()) {
-                    c.err(h.span(), "hash", "root-password: hash is not SHA-512 crypt ($6$...)".into(), None);
+                    c.err(
+                        h.span(),
+                        "hash",
+                        "root-password: hash is not SHA-512 crypt ($6$...)".into(),
+                        None,
+                    );
                 }
             }
         }
-        CustomizeOp::SshInject { user, key } if user.is_empty() || key.trim().is_empty() => {
-            c.err(op.span(), name, "ssh-inject: `user` and `key` must not be empty".into(), None)
-        }
+        CustomizeOp::SshInject { user, key } if user.is_empty() || key.trim().is_empty() => c.err(
+            op.span(),
+            name,
+            "ssh-inject: `user` and `key` must not be empty".into(),
+            None,
+        ),
         _ => {}
     }
     for p in guest_paths {
         if !p.starts_with('/') {
-            c.err(op.span(), name, format!("{name}: guest path {p:?} must be absolute"), None);
+            c.err(
+                op.span(),
+                name,
+                format!("{name}: guest path {p:?} must be absolute"),
+                None,
+            );
         }
     }
 }
@@ -236,7 +325,12 @@ fn check_sysprep(c: &mut Checker<'_>, s: &Sysprep) {
             for op in list {
                 if other.iter().any(|o| o.get_ref() == op.get_ref()) {
                     let n = op.get_ref();
-                    c.err(op.span(), n, format!("sysprep operation `{n}` is both enabled and disabled"), None);
+                    c.err(
+                        op.span(),
+                        n,
+                        format!("sysprep operation `{n}` is both enabled and disabled"),
+                        None,
+                    );
                 }
             }
         }

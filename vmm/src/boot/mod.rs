@@ -13,6 +13,7 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::config::EntryChoice;
 use crate::layout::HIMEM_START;
 use crate::memory::GuestMemory;
 
@@ -69,6 +70,8 @@ pub enum BootError {
         size: u64,
         limit: u64,
     },
+    #[error("kernel {0} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); boot it through its 64-bit entry")]
+    NoPvhNote(PathBuf),
     #[error("kernel command line is {len} bytes; the kernel accepts at most {max}")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("cannot write boot data to guest memory: {0}")]
@@ -127,7 +130,11 @@ pub fn probe_format(path: &Path, file: &mut File) -> Result<KernelFormat, BootEr
 }
 
 /// Load the kernel at `path` into `mem`.
-pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(
+    mem: &GuestMemory,
+    path: &Path,
+    choice: EntryChoice,
+) -> Result<LoadedKernel, BootError> {
     let mut file = open("kernel", path)?;
     let format = probe_format(path, &mut file)?;
     let load_err = |source| BootError::Load {
@@ -138,11 +145,14 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, BootE
         KernelFormat::Elf => {
             let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
                 .map_err(load_err)?;
-            let entry = match result.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(entry) => BootEntry::Pvh { entry },
-                _ => BootEntry::Linux64 {
-                    entry: result.kernel_load,
-                },
+            let linux64 = BootEntry::Linux64 {
+                entry: result.kernel_load,
+            };
+            let entry = match (result.pvh_boot_cap, choice) {
+                (PvhBootCapability::PvhEntryPresent(_), EntryChoice::Linux64) => linux64,
+                (PvhBootCapability::PvhEntryPresent(entry), _) => BootEntry::Pvh { entry },
+                (_, EntryChoice::Pvh) => return Err(BootError::NoPvhNote(path.to_owned())),
+                _ => linux64,
             };
             Ok(LoadedKernel {
                 format,

@@ -153,6 +153,20 @@ impl Default for NetConfig {
     }
 }
 
+impl NetConfig {
+    /// Pick the random MAC now if none was given, so every device built from this
+    /// config (a VMM rebuilding devices on guest reboot) keeps one address.
+    pub fn with_fixed_mac(self) -> std::io::Result<Self> {
+        Ok(match self {
+            NetConfig::Nic { backend, mac: None } => NetConfig::Nic {
+                backend,
+                mac: Some(MacAddr::random()?),
+            },
+            other => other,
+        })
+    }
+}
+
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
 
@@ -335,6 +349,17 @@ mod tests {
         assert!(matches!(err("tap=a/b"), BadTapName(_)));
         assert!(matches!(err("tap=sixteen-chars-xx"), BadTapName(_)));
         assert!(matches!(err("tap=t0,create=yes"), BadCreate(_)));
+    }
+
+    #[test]
+    fn with_fixed_mac_keeps_a_given_mac_and_fills_a_missing_one() {
+        let given: NetConfig = "user,mac=52:54:00:00:00:01".parse().unwrap();
+        assert_eq!(given.clone().with_fixed_mac().unwrap(), given);
+        let NetConfig::Nic { mac, .. } = NetConfig::default().with_fixed_mac().unwrap() else {
+            panic!("default is a NIC");
+        };
+        assert!(mac.is_some_and(|m| m.is_local()));
+        assert_eq!(NetConfig::None.with_fixed_mac().unwrap(), NetConfig::None);
     }
 
     #[test]

@@ -12,30 +12,35 @@
 //! plain Ethernet frames, so with `--net user` no offload is offered, and a tx header
 //! asking for one anyway is dropped.
 //!
-//! Building a NIC from the CLI option:
+//! Building a NIC from the CLI option (`--net` absent means `NetConfig::default()`):
 //! ```no_run
-//! use kiln_devices::virtio::net::{backend, NetConfig, Net, MacAddr};
+//! use kiln_devices::virtio::net::{Net, NetConfig};
 //! let config: NetConfig = "user,hostfwd=tcp:8080-:80".parse().unwrap();
-//! if let NetConfig::Nic { backend: backend_config, mac } = &config {
-//!     let backend = backend::open(backend_config).unwrap();   // starts passt / opens the TAP
-//!     let mac = match mac { Some(m) => *m, None => MacAddr::random().unwrap() };
-//!     let net = Net::new(backend, mac).unwrap();
-//!     // Arc<Mutex<Net>>: give it to MmioTransport::new and EventManager::add_subscriber.
+//! // Fix the random MAC once, so a device rebuilt after a guest reboot keeps it.
+//! let config = config.with_fixed_mac().unwrap();
+//! // In the VMM's device factory: starts passt / opens the TAP. None for `--net none`.
+//! if let Some(net) = Net::from_config(&config).unwrap() {
+//!     // Arc<Mutex<Net>>: it is both the VirtioDevice for MmioTransport and the
+//!     // MutEventSubscriber for the event manager.
 //! }
 //! ```
-//! [`Net::from_config`] does the same in one call.
+//! Dropping the `Net` stops passt. On SIGINT the VMM must let the device drop (or simply
+//! die: passt then exits by itself); see `backend/passt.rs`.
 //!
-//! Files: `device.rs` (features, config space, rx/tx work), `chain.rs` (descriptor
-//! chains, hostile-input checks), `event_handler.rs` (event-manager subscriber),
-//! `config.rs` (`--net` parsing), `backend/` (passt, TAP, the stream framing).
+//! Files: `device.rs` (features, config space, activation), `tx.rs` and `rx.rs` (queue
+//! work), `chain.rs` (descriptor chains, hostile-input checks), `event_handler.rs`
+//! (event-manager subscriber), `config.rs` (`--net` parsing), `backend/` (passt, TAP,
+//! the stream framing).
 
 pub mod backend;
 mod chain;
 pub mod config;
 mod device;
 mod event_handler;
+mod rx;
 #[cfg(test)]
 mod tests;
+mod tx;
 
 pub use backend::{BackendError, NetBackend};
 pub use config::{HostFwd, MacAddr, NetBackendConfig, NetConfig, NetConfigError};

@@ -165,6 +165,27 @@ fn hostile_rx_chains_are_returned_empty_and_never_split_a_packet() {
 }
 
 #[test]
+fn vnet_rx_header_is_cleaned_for_what_the_driver_accepted() {
+    let mem = new_mem();
+    // Driver accepted neither GUEST_CSUM nor GUEST_TSO.
+    let mut s = Setup::new(&mem, true, true);
+    let (h1, a1) = s.add_rx_buffer(2048);
+    let f = frame(100, 1);
+    let mut valid = with_hdr(&f);
+    valid[0] = 2; // DATA_VALID
+    s.push_incoming(valid);
+    let mut gso = with_hdr(&frame(100, 2));
+    gso[1] = 1; // GSO_TCPV4
+    s.push_incoming(gso);
+    s.net.process_rx();
+    assert_eq!(s.rx.take_used(), vec![(h1 as u32, 112)]);
+    let got = s.read(a1, 112);
+    assert_eq!(got[0], 0, "flags must be zero without GUEST_CSUM");
+    assert_eq!(got[12..], f[..]);
+    assert_eq!(s.net.stats().rx_dropped, 1);
+}
+
+#[test]
 fn config_space_and_features() {
     use crate::virtio::VirtioDevice;
     use virtio_bindings::virtio_net::*;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Bounded cargo-fuzz run of every target: fuzz/run.sh [SECONDS_PER_TARGET] (default 60).
+# The machine has only a stable toolchain; cargo-fuzz needs nightly `-Z` flags, which
+# RUSTC_BOOTSTRAP=1 unlocks. qcow2 seeds are made with qemu-img (qemu-utils).
+set -euo pipefail
+cd "$(dirname "$0")"
+secs=${1:-60}
+export RUSTC_BOOTSTRAP=1
+command -v cargo-fuzz >/dev/null || { echo "run: cargo install cargo-fuzz" >&2; exit 1; }
+command -v qemu-img >/dev/null || { echo "run: scripts/setup-host.sh (qemu-img)" >&2; exit 1; }
+
+seeds=$(mktemp -d)
+trap 'rm -rf "$seeds"' EXIT
+for cs in 512 4096 65536; do
+  qemu-img create -q -f qcow2 -o cluster_size=$cs "$seeds/c$cs.qcow2" 256K
+  qemu-io -f qcow2 -c "write -P 0xab 0 8k" -c "write -z 64k 4k" "$seeds/c$cs.qcow2" >/dev/null
+done
+qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=512 "$seeds/v2.qcow2" 128K
+qemu-io -f qcow2 -c "write -P 1 0 4k" "$seeds/v2.qcow2" >/dev/null
+qemu-img convert -c -O qcow2 -o cluster_size=4096 "$seeds/c512.qcow2" "$seeds/compressed.qcow2"
+for t in qcow2_metadata qcow2_open; do
+  mkdir -p "corpus/$t"
+  cp "$seeds"/*.qcow2 "corpus/$t/"
+done
+mkdir -p corpus/blk_request
+
+cargo fuzz build -O
+for t in blk_request qcow2_metadata qcow2_open; do
+  echo "== $t: ${secs}s"
+  cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=262144 2>&1 | tail -3
+done

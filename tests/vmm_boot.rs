@@ -1,0 +1,291 @@
+//! Linux boots through `kiln run`, and the stock Debian installer kernel.
+//!
+//! Each boot of kiln's minimal kernel costs 40-70 s on PVM hosts, so checks are
+//! batched: one 2-vCPU PVH boot (marker, 2 online CPUs, boot timer, power-off
+//! exit 0), one boot through the vmlinux's 64-bit entry that reboots (exit 2),
+//! and one LZ4 bzImage boot that panics with panic=-1 (exit 2).
+//!
+//! Kernel and initramfs come from KILN_TEST_KERNEL_DIR / KILN_TEST_INITRAMFS
+//! (scripts/test.sh sets them), else from scripts/build-kernel.sh and
+//! scripts/build-initramfs.sh, which build them or reuse their cache.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use kiln_vmm::boot::{self, BootEntry, KernelFormat};
+use kiln_vmm::config::EntryChoice;
+use kiln_vmm::memory::create_guest_memory;
+use linux_loader::loader::bootparam::boot_params;
+use vm_memory::{Bytes, GuestAddress};
+
+const DEBIAN_INSTALLER: &str =
+    "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn script_output(script: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts").join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn kernel_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| match std::env::var_os("KILN_TEST_KERNEL_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => script_output("build-kernel.sh"),
+    })
+}
+
+fn base_initramfs() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| match std::env::var_os("KILN_TEST_INITRAMFS") {
+        Some(p) => PathBuf::from(p),
+        None => script_output("build-initramfs.sh"),
+    })
+}
+
+/// The base initramfs plus a second newc archive holding `/test.sh`.
+fn initramfs_with_test(name: &str, script: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("vmm-boot-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    std::fs::write(dir.join("root/test.sh"), script).unwrap();
+    let mut cpio = Command::new("cpio")
+        .args(["-o", "-H", "newc", "--quiet"])
+        .current_dir(dir.join("root"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cpio must be installed");
+    use std::io::Write;
+    cpio.stdin.take().unwrap().write_all(b"test.sh\n").unwrap();
+    let extra = cpio.wait_with_output().unwrap();
+    assert!(extra.status.success());
+    let mut image = std::fs::read(base_initramfs()).unwrap();
+    image.extend_from_slice(&extra.stdout);
+    let path = dir.join("initramfs.cpio");
+    std::fs::write(&path, image).unwrap();
+    path
+}
+
+fn kiln(args: &[&str]) -> (Output, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln");
+    (out, start.elapsed())
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pvh_boot_with_two_vcpus_reaches_init_and_powers_off() {
+    let initrd = initramfs_with_test("pvh", "echo KILN-NPROC=$(nproc)\n");
+    let vmlinux = kernel_dir().join("vmlinux");
+    let (out, took) = kiln(&[
+        "-v",
+        "run",
+        "--kernel",
+        vmlinux.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--entry",
+        "pvh",
+        "--cpus",
+        "2",
+        "--memory",
+        "256M",
+        "--boot-timer",
+        "--timeout",
+        "240s",
+    ]);
+    let (stdout, stderr) = text(&out);
+    eprintln!("PVH boot took {took:?}\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("KILN-INIT-OK"), "{stdout}");
+    assert!(stdout.contains("KILN-NPROC=2"), "{stdout}");
+    assert!(stdout.contains("KILN-TEST-EXIT=0"), "{stdout}");
+    assert!(stderr.contains("kiln: boot-timer: "), "{stderr}");
+}
+
+#[test]
+fn linux64_entry_boot_reboots_with_exit_2() {
+    let initrd = initramfs_with_test("linux64", "reboot -f\n");
+    let vmlinux = kernel_dir().join("vmlinux");
+    let (out, took) = kiln(&[
+        "run",
+        "--kernel",
+        vmlinux.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--entry",
+        "linux64",
+        "--memory",
+        "256M",
+        "--timeout",
+        "240s",
+    ]);
+    let (stdout, stderr) = text(&out);
+    eprintln!("64-bit entry boot took {took:?}\n{stderr}");
+    assert!(stdout.contains("KILN-INIT-OK"), "{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("guest reset"), "{stderr}");
+}
+
+#[test]
+fn lz4_bzimage_boots_and_a_panic_with_panic_minus_1_exits_2() {
+    let bzimage = kernel_dir().join("bzImage");
+    let (out, took) = kiln(&[
+        "run",
+        "--kernel",
+        bzimage.to_str().unwrap(),
+        "--append",
+        "panic=-1 rdinit=/nonexistent init=/nonexistent",
+        "--memory",
+        "256M",
+        "--timeout",
+        "300s",
+    ]);
+    let (stdout, stderr) = text(&out);
+    eprintln!("bzImage boot took {took:?}\n{stderr}");
+    assert!(stdout.contains("Kernel panic"), "{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+}
+
+/// Debian's installer kernel (an XZ bzImage): the loader parses its setup header
+/// and writes boot_params, e820, the command line and the initrd.
+#[test]
+fn debian_installer_kernel_is_loaded_and_described_to_it() {
+    let kernel = Path::new(DEBIAN_INSTALLER).join("linux");
+    let initrd = Path::new(DEBIAN_INSTALLER).join("initrd.gz");
+    assert!(
+        kernel.exists(),
+        "{} is missing: install debian-installer-12-netboot-amd64",
+        kernel.display()
+    );
+    let mem = create_guest_memory(512 << 20).unwrap();
+    let loaded = boot::load_kernel(&mem, &kernel, EntryChoice::Auto).unwrap();
+    assert_eq!(loaded.format, KernelFormat::BzImage);
+    assert_eq!(
+        loaded.entry,
+        BootEntry::Linux64 {
+            entry: GuestAddress(0x100200)
+        }
+    );
+    let rd = boot::load_initrd(&mem, &initrd, &loaded).unwrap();
+    let cmdline = "console=ttyS0 priority=low";
+    boot::write_boot_info(&mem, &loaded, Some(rd), cmdline, GuestAddress(0xe0000)).unwrap();
+
+    let params: boot_params = mem.read_obj(GuestAddress(0x7000)).unwrap();
+    let file = std::fs::read(&kernel).unwrap();
+    let hdr = params.hdr;
+    assert_eq!({ hdr.header }, 0x5372_6448);
+    assert_eq!(hdr.type_of_loader, 0xff);
+    assert_eq!({ hdr.code32_start }, 0x100000);
+    // The protected-mode kernel is in memory at 1 MiB.
+    let setup = (usize::from(file[0x1f1]).max(4) + 1) * 512;
+    let mut head = [0u8; 4096];
+    mem.read_slice(&mut head, GuestAddress(0x100000)).unwrap();
+    assert_eq!(&head[..], &file[setup..setup + 4096]);
+    // Command line.
+    let mut line = vec![0u8; cmdline.len() + 1];
+    mem.read_slice(&mut line, GuestAddress(u64::from(hdr.cmd_line_ptr)))
+        .unwrap();
+    assert_eq!(&line[..cmdline.len()], cmdline.as_bytes());
+    assert_eq!(line[cmdline.len()], 0);
+    // Initrd: loaded high, page aligned, below initrd_addr_max, bytes intact.
+    let initrd_bytes = std::fs::read(&initrd).unwrap();
+    let addr = u64::from(hdr.ramdisk_image);
+    assert_eq!(u64::from(hdr.ramdisk_size), initrd_bytes.len() as u64);
+    assert_eq!(addr % 4096, 0);
+    assert!(addr + initrd_bytes.len() as u64 <= u64::from(hdr.initrd_addr_max) + 1);
+    assert!(addr + initrd_bytes.len() as u64 <= 512 << 20);
+    assert!(
+        addr > (512 << 20) - 2 * initrd_bytes.len() as u64,
+        "not loaded high"
+    );
+    let mut tail = vec![0u8; 4096];
+    let last = initrd_bytes.len() - 4096;
+    mem.read_slice(&mut tail, GuestAddress(addr + last as u64))
+        .unwrap();
+    assert_eq!(&tail[..], &initrd_bytes[last..]);
+    // e820: low RAM, the reserved BIOS area (ACPI tables), RAM from 1 MiB.
+    let e820: Vec<(u64, u64, u32)> = params.e820_table[..usize::from(params.e820_entries)]
+        .iter()
+        .map(|e| (e.addr, e.size, e.r#type))
+        .collect();
+    assert_eq!(
+        e820,
+        vec![
+            (0, 0x9fc00, 1),
+            (0x9fc00, 0x100000 - 0x9fc00, 2),
+            (0x100000, (512 << 20) - 0x100000, 1)
+        ]
+    );
+    assert_eq!({ params.acpi_rsdp_addr }, 0xe0000);
+}
+
+/// The same kernel runs (its XZ decompressor, in emulated ring 0 here) for a
+/// bounded time without a VMM error: at the timeout its vCPU is in long mode and
+/// executes the copy of the decompressor that the kernel relocated above the
+/// image kiln loaded at 1 MiB (so it ran its own code from the 64-bit entry on).
+#[test]
+fn debian_installer_kernel_runs_without_vmm_error() {
+    let kernel = Path::new(DEBIAN_INSTALLER).join("linux");
+    let initrd = Path::new(DEBIAN_INSTALLER).join("initrd.gz");
+    let (out, _) = kiln(&[
+        "-v",
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--serial",
+        "none",
+        "--timeout",
+        "10s",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("at timeout: vCPU 0:"))
+        .unwrap_or_else(|| panic!("no vCPU state in: {stderr}"));
+    let field = |name: &str| -> u64 {
+        let v = line.split(&format!("{name}=0x")).nth(1).unwrap();
+        u64::from_str_radix(v.split_whitespace().next().unwrap(), 16).unwrap()
+    };
+    assert_ne!(field("EFER") & (1 << 10), 0, "long mode active: {line}");
+    let image_end = 0x100000 + std::fs::metadata(&kernel).unwrap().len();
+    assert!(
+        field("RIP") > image_end,
+        "not running the relocated decompressor: {line}"
+    );
+    assert!(
+        field("RSP") > image_end,
+        "not on the decompressor's own stack: {line}"
+    );
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(
+            stderr.contains("userspace cannot run on this host"),
+            "{stderr}"
+        );
+    }
+}
