@@ -59,6 +59,7 @@ fi
 mkdir -p "$cache_root/kernel"
 build=$(mktemp -d "${TMPDIR:-/tmp}/kiln-kernel-build.XXXXXX")
 staging=$(mktemp -d "$cache_root/kernel/.build.XXXXXX")
+chmod 755 "$staging"
 cleanup() {
   rm -rf "$staging"
   if [ -n "${KILN_KEEP_KERNEL_BUILD:-}" ]; then

@@ -185,3 +185,24 @@ fn failures_leave_nothing_at_the_output() {
     );
     assert!(err.contains("qcow2"), "{err}");
 }
+
+#[test]
+fn images_spanning_several_l2_tables_convert_correctly() {
+    // One L2 table maps 512 MiB with 64 KiB clusters; put data in three of them.
+    let dir = tempdir();
+    let input = dir.path().join("big.raw");
+    let size: u64 = (1300 << 20) + 512;
+    let f = std::fs::File::create(&input).unwrap();
+    f.set_len(size).unwrap();
+    for (i, at) in [0u64, (512 << 20) - 3, 1100 << 20, size - 9]
+        .into_iter()
+        .enumerate()
+    {
+        f.write_all_at(format!("marker {i}").as_bytes(), at)
+            .unwrap();
+    }
+    let out = dir.path().join("big.qcow2");
+    convert(&["-c"], &input, &out);
+    assert!(qemu_img(&["check"], &[&out]).contains("No errors were found"));
+    qemu_img(&["compare", "-f", "raw", "-F", "qcow2"], &[&input, &out]);
+}

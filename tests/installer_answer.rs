@@ -63,7 +63,7 @@ fn debconf_check_catches_a_broken_preseed() {
     let dir = tempdir();
     let bad = dir.path().join("bad.cfg");
     std::fs::write(&bad, "d-i only-two-fields\n").unwrap();
-    run_fail(&mut Command::new("debconf-set-selections").arg("-c").arg(&bad));
+    run_fail(Command::new("debconf-set-selections").arg("-c").arg(&bad));
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn kickstart_passes_ksvalidator() {
     }
     let bad = dir.path().join("bad.ks");
     std::fs::write(&bad, format!("{text}\nnot-a-command --x\n")).unwrap();
-    run_fail(&mut Command::new("ksvalidator").arg(&bad));
+    run_fail(Command::new("ksvalidator").arg(&bad));
 }
 
 #[test]

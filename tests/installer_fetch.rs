@@ -1,6 +1,7 @@
 //! `kiln installer fetch debian-12`: a real fetch from the host's configured mirror, the
 //! chain of checksums, re-fetching damaged cache entries, and refusing tampered indexes
-//! (served from a local mirror on 127.0.0.1 built from the real files).
+//! (served from a local mirror on 127.0.0.1 built from the real files); install-tree
+//! fetches checked against `.treeinfo`.
 
 mod imagebuild_support;
 
@@ -305,6 +306,65 @@ fn no_mirror_anywhere_says_how_to_set_one() {
     assert!(!out.status.success());
     assert!(
         stderr.contains("--mirror") && stderr.contains("bookworm"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn fedora_tree_fetch_checks_treeinfo_sums() {
+    let di = debian_installer_dir();
+    let dir = tempdir();
+    let tree = dir.path().join("fedora");
+    std::fs::create_dir_all(tree.join("images/pxeboot")).unwrap();
+    std::fs::copy(di.join("linux"), tree.join("images/pxeboot/vmlinuz")).unwrap();
+    std::fs::copy(di.join("initrd.gz"), tree.join("images/pxeboot/initrd.img")).unwrap();
+    let treeinfo = format!(
+        "[header]\ntype = productmd.treeinfo\nversion = 1.2\n\n[checksums]\nimages/pxeboot/initrd.img = sha256:{}\nimages/pxeboot/vmlinuz = sha256:{}\n\n[images-x86_64]\ninitrd = images/pxeboot/initrd.img\nkernel = images/pxeboot/vmlinuz\n",
+        sha256(&tree.join("images/pxeboot/initrd.img")),
+        sha256(&tree.join("images/pxeboot/vmlinuz")),
+    );
+    std::fs::write(tree.join(".treeinfo"), treeinfo).unwrap();
+    let base = serve(dir.path().to_path_buf());
+    let url = base.replace("/debian", "/fedora");
+
+    let cache = tempdir();
+    let out = kiln()
+        .env("KILN_CACHE_DIR", cache.path())
+        .args(["installer", "fetch", "fedora-40", "--mirror", &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(field(&stdout, "kernel")).unwrap()
+            == std::fs::read(di.join("linux")).unwrap()
+    );
+    assert!(
+        std::fs::read(field(&stdout, "initrd")).unwrap()
+            == std::fs::read(di.join("initrd.gz")).unwrap()
+    );
+    assert!(
+        stdout.contains("cmdline: inst.ks=file:/ks.cfg inst.text console=ttyS0"),
+        "{stdout}"
+    );
+
+    // A tree file that does not match .treeinfo is refused.
+    std::fs::write(tree.join("images/pxeboot/initrd.img"), b"not the initrd").unwrap();
+    let cache = tempdir();
+    let out = kiln()
+        .env("KILN_CACHE_DIR", cache.path())
+        .args(["installer", "fetch", "fedora-40", "--mirror", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("initrd.img: SHA256")
+            && stderr.contains("refusing"),
         "{stderr}"
     );
 }

@@ -141,7 +141,7 @@ fn exec_list() -> anyhow::Result<ExitCode> {
                 "  source: package {package} from dists/{suite}/main/binary-{arch} of the mirror"
             ),
             Source::Tree { kernel, initrd } => {
-                println!("  source: {kernel} + {initrd} in the install tree")
+                println!("  source: {kernel} + {initrd} in the install tree at --mirror, checked against its .treeinfo")
             }
         }
         println!("  answer file: /{}", i.answer.initrd_name());
@@ -197,7 +197,7 @@ fn exec_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     println!("version: {}", fetched.version);
-    println!("sha256: {}", fetched.deb_sha256);
+    println!("sha256: {}", fetched.sha256);
     println!("kernel: {}", fetched.kernel.display());
     println!("initrd: {}", fetched.initrd.display());
     println!("cmdline: {}", installer.kernel_cmdline());

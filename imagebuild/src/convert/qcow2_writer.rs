@@ -126,17 +126,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
             l1[*l1_index as usize] = OFLAG_COPIED | off;
             cluster += 1;
         }
-        // Refcount blocks and table cover every cluster, themselves included.
-        let (mut blocks, mut table_clusters) = (1u64, 1u64);
-        loop {
-            let total = cluster + blocks + table_clusters;
-            let b = div_ceil(total, REFCOUNTS_PER_BLOCK);
-            let t = div_ceil(b, REFTABLE_ENTRIES_PER_CLUSTER);
-            if (b, t) == (blocks, table_clusters) {
-                break;
-            }
-            (blocks, table_clusters) = (b, t);
-        }
+        let (blocks, table_clusters) = refcount_layout(cluster);
         for c in cluster..cluster + blocks + table_clusters {
             self.add_ref(c);
         }
@@ -193,6 +183,21 @@ impl<W: Write + Seek> Qcow2Writer<W> {
     }
 }
 
+/// Refcount blocks and refcount table clusters needed after `clusters` used clusters:
+/// they cover every cluster, themselves included.
+fn refcount_layout(clusters: u64) -> (u64, u64) {
+    let (mut blocks, mut table_clusters) = (1u64, 1u64);
+    loop {
+        let total = clusters + blocks + table_clusters;
+        let b = div_ceil(total, REFCOUNTS_PER_BLOCK);
+        let t = div_ceil(b, REFTABLE_ENTRIES_PER_CLUSTER);
+        if (b, t) == (blocks, table_clusters) {
+            return (blocks, table_clusters);
+        }
+        (blocks, table_clusters) = (b, t);
+    }
+}
+
 fn be_u64s(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_be_bytes()).collect()
 }
@@ -222,6 +227,18 @@ mod tests {
         d.decompress_vec(&c, &mut out, FlushDecompress::Finish)
             .unwrap();
         assert_eq!(out, data);
+    }
+
+    #[test]
+    fn refcount_structures_cover_themselves() {
+        assert_eq!(refcount_layout(10), (1, 1));
+        // 32766 + 1 block + 1 table = 32768: still one block.
+        assert_eq!(refcount_layout(32766), (1, 1));
+        // One more and the second block must cover itself too.
+        assert_eq!(refcount_layout(32767), (2, 1));
+        let (b, t) = refcount_layout(8192 * 32768);
+        assert!(b * REFCOUNTS_PER_BLOCK >= 8192 * 32768 + b + t);
+        assert!(t * REFTABLE_ENTRIES_PER_CLUSTER >= b && t == 2);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub fn sha256_hex(reader: &mut impl Read) -> io::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Download limit when the index gives no size.
+const MAX_UNSIZED: u64 = 4 << 30;
+
 pub struct Cache {
     root: PathBuf,
 }
@@ -72,9 +75,9 @@ impl Cache {
         }
     }
 
-    /// The path of the verified file with `sha256`, downloading `url` if it is not
-    /// cached or the cached copy is damaged.
-    pub fn get(&self, url: &str, sha256: &str, size: u64) -> Result<PathBuf, CacheError> {
+    /// The path of the verified file with `sha256` (and `size`, when the index gives
+    /// one), downloading `url` if it is not cached or the cached copy is damaged.
+    pub fn get(&self, url: &str, sha256: &str, size: Option<u64>) -> Result<PathBuf, CacheError> {
         let sha256 = sha256.to_ascii_lowercase();
         let dir = self.root.join("blobs/sha256");
         let path = dir.join(&sha256);
@@ -101,11 +104,11 @@ impl Cache {
             .prefix(".download-")
             .tempfile_in(&dir)
             .map_err(self.io(&dir))?;
-        let got_size = download(url, tmp.as_file_mut(), size)?;
-        if got_size != size {
+        let got_size = download(url, tmp.as_file_mut(), size.unwrap_or(MAX_UNSIZED))?;
+        if let Some(want) = size.filter(|w| *w != got_size) {
             return Err(CacheError::SizeMismatch {
                 url: url.to_string(),
-                want: size,
+                want,
                 got: got_size,
             });
         }

@@ -9,6 +9,7 @@ pub mod http;
 pub mod index;
 pub mod signature;
 pub mod sources;
+pub mod tree;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,8 +27,8 @@ const MAX_FILE: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("installer `{0}` is not fetched from a Debian archive")]
-    NotDebian(String),
+    #[error("{url}: {message}")]
+    TreeInfo { url: String, message: String },
     #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error(transparent)]
@@ -59,7 +60,8 @@ pub struct FetchOptions {
 #[derive(Debug)]
 pub struct Fetched {
     pub version: String,
-    pub deb_sha256: String,
+    /// SHA256 of the .deb (Debian) or of the kernel (install tree).
+    pub sha256: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
 }
@@ -67,14 +69,16 @@ pub struct Fetched {
 /// Fetches and verifies `installer`'s kernel and initrd; they end up under
 /// `<cache>/installers/<name>/<version>/`.
 pub fn fetch_installer(installer: &Installer, opts: &FetchOptions) -> Result<Fetched, FetchError> {
-    let Source::DebianPackage {
-        suite,
-        arch,
-        package,
-        dir,
-    } = installer.source
-    else {
-        return Err(FetchError::NotDebian(installer.name.to_string()));
+    let (suite, arch, package, dir) = match installer.source {
+        Source::DebianPackage {
+            suite,
+            arch,
+            package,
+            dir,
+        } => (suite, arch, package, dir),
+        Source::Tree { kernel, initrd } => {
+            return tree::fetch_tree(installer.name, kernel, initrd, opts)
+        }
     };
     let cache = Cache::new(opts.cache_dir.clone());
 
@@ -107,7 +111,7 @@ pub fn fetch_installer(installer: &Installer, opts: &FetchOptions) -> Result<Fet
     let entry = package_entry(&cache, &index_url, &listed, package)?;
 
     let deb_url = opts.mirror.join(&entry.filename);
-    let deb = cache.get(&deb_url, &entry.sha256, entry.size)?;
+    let deb = cache.get(&deb_url, &entry.sha256, Some(entry.size))?;
     let out_dir = opts
         .cache_dir
         .join("installers")
@@ -154,7 +158,7 @@ pub fn fetch_installer(installer: &Installer, opts: &FetchOptions) -> Result<Fet
     }
     Ok(Fetched {
         version: entry.version,
-        deb_sha256: entry.sha256,
+        sha256: entry.sha256,
         kernel,
         initrd,
     })
@@ -187,7 +191,7 @@ fn package_entry(
             }
         }
     }
-    let index_file = cache.get(index_url, &listed.sha256, listed.size)?;
+    let index_file = cache.get(index_url, &listed.sha256, Some(listed.size))?;
     log::info!("reading {}", index_file.display());
     let packages = decompress_xz(&index_file)?;
     let entry = index::find_package(&packages, package).ok_or_else(|| FetchError::NoPackage {

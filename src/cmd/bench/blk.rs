@@ -48,10 +48,30 @@ struct Pattern {
 }
 
 const PATTERNS: [Pattern; 4] = [
-    Pattern { name: "4k-rand-read", block: 4096, write: false, random: true },
-    Pattern { name: "4k-rand-write", block: 4096, write: true, random: true },
-    Pattern { name: "64k-seq-read", block: 65536, write: false, random: false },
-    Pattern { name: "64k-seq-write", block: 65536, write: true, random: false },
+    Pattern {
+        name: "4k-rand-read",
+        block: 4096,
+        write: false,
+        random: true,
+    },
+    Pattern {
+        name: "4k-rand-write",
+        block: 4096,
+        write: true,
+        random: true,
+    },
+    Pattern {
+        name: "64k-seq-read",
+        block: 65536,
+        write: false,
+        random: false,
+    },
+    Pattern {
+        name: "64k-seq-write",
+        block: 65536,
+        write: true,
+        random: false,
+    },
 ];
 
 /// Blocks between consecutive random requests (prime, so the walk covers the image).
@@ -77,7 +97,9 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
-    let dir = args.dir.join(format!("kiln-bench-blk-{}", std::process::id()));
+    let dir = args
+        .dir
+        .join(format!("kiln-bench-blk-{}", std::process::id()));
     std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let result = run_all(&args, &dir);
     let _ = std::fs::remove_dir_all(&dir);
@@ -88,7 +110,15 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
     println!(
         "{:<6} {:<14} {:>3} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>6}",
-        "format", "pattern", "QD", "kiln op/s", "MB/s", "io_uring", "MB/s", "threads", "MB/s",
+        "format",
+        "pattern",
+        "QD",
+        "kiln op/s",
+        "MB/s",
+        "io_uring",
+        "MB/s",
+        "threads",
+        "MB/s",
         "ratio"
     );
     for fmt in &args.format {
@@ -98,9 +128,19 @@ fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
         fill(&filled, args.size)?;
         for p in PATTERNS {
             for &depth in &args.depth {
-                let count = if p.block == 4096 { args.count } else { args.count / 16 };
+                let count = if p.block == 4096 {
+                    args.count
+                } else {
+                    args.count / 16
+                };
                 let count = count.min(args.size / p.block).max(1);
-                let line = Line { pattern: p, depth, count, size: args.size, format };
+                let line = Line {
+                    pattern: p,
+                    depth,
+                    count,
+                    size: args.size,
+                    format,
+                };
                 let kiln = line.measure(dir, &filled, Runner::Kiln)?;
                 let uring = line.measure(dir, &filled, Runner::Qemu("io_uring"));
                 let threads = line.measure(dir, &filled, Runner::Qemu("threads"))?;
@@ -131,8 +171,11 @@ struct Line {
 impl Line {
     fn measure(&self, dir: &Path, filled: &Path, runner: Runner) -> anyhow::Result<Run> {
         let image = if self.pattern.write {
-            let fresh = dir.join(format!("fresh.{}", self.format));
-            let _ = std::fs::remove_file(&fresh);
+            // A new name each time: unlinking a big file can take seconds (ext4 with
+            // online discard), so the files go only when the run is over.
+            static FRESH: AtomicU64 = AtomicU64::new(0);
+            let n = FRESH.fetch_add(1, Ordering::Relaxed);
+            let fresh = dir.join(format!("fresh{n}.{}", self.format));
             make_image(&fresh, self.format, self.size)?;
             fresh
         } else {
@@ -147,7 +190,11 @@ impl Line {
 
     fn offset(&self, i: u64) -> u64 {
         let blocks = self.size / self.pattern.block;
-        let step = if self.pattern.random { RANDOM_STRIDE } else { 1 };
+        let step = if self.pattern.random {
+            RANDOM_STRIDE
+        } else {
+            1
+        };
         (i.wrapping_mul(step) % blocks) * self.pattern.block
     }
 
@@ -165,13 +212,17 @@ impl Line {
                 .map(|_| s.spawn(|| self.worker(disk.as_ref(), &next)))
                 .collect();
             for w in workers {
-                w.join().map_err(|_| anyhow::anyhow!("bench worker panicked"))??;
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("bench worker panicked"))??;
             }
             Ok(())
         })?;
         let secs = start.elapsed().as_secs_f64();
         drop(disk); // qcow2: metadata written back before the next run
-        Ok(Run { ops: self.count, secs })
+        Ok(Run {
+            ops: self.count,
+            secs,
+        })
     }
 
     fn worker(&self, disk: &dyn DiskBackend, next: &AtomicU64) -> anyhow::Result<()> {
@@ -191,15 +242,36 @@ impl Line {
     }
 
     fn run_qemu(&self, image: &Path, aio: &str) -> anyhow::Result<Run> {
-        let step = self.pattern.block * if self.pattern.random { RANDOM_STRIDE } else { 1 };
+        let step = self.pattern.block
+            * if self.pattern.random {
+                RANDOM_STRIDE
+            } else {
+                1
+            };
         let mut cmd = Command::new("qemu-img");
-        cmd.args(["bench", "-f", self.format.name(), "-t", "writeback", "-i", aio])
-            .args(["-d", &self.depth.to_string(), "-c", &self.count.to_string()])
-            .args(["-s", &self.pattern.block.to_string(), "-S", &step.to_string()]);
+        cmd.args([
+            "bench",
+            "-f",
+            self.format.name(),
+            "-t",
+            "writeback",
+            "-i",
+            aio,
+        ])
+        .args(["-d", &self.depth.to_string(), "-c", &self.count.to_string()])
+        .args([
+            "-s",
+            &self.pattern.block.to_string(),
+            "-S",
+            &step.to_string(),
+        ]);
         if self.pattern.write {
             cmd.arg("-w");
         }
-        let out = cmd.arg(image).output().context("cannot run qemu-img (install qemu-utils)")?;
+        let out = cmd
+            .arg(image)
+            .output()
+            .context("cannot run qemu-img (install qemu-utils)")?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
@@ -212,7 +284,10 @@ impl Line {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|s| s.parse::<f64>().ok())
             .with_context(|| format!("unexpected qemu-img bench output: {}", text.trim()))?;
-        Ok(Run { ops: self.count, secs })
+        Ok(Run {
+            ops: self.count,
+            secs,
+        })
     }
 
     fn print(&self, kiln: &Run, uring: Option<&Run>, threads: &Run) {
@@ -221,7 +296,10 @@ impl Line {
             .map_or(0.0, Run::ops_per_sec)
             .max(threads.ops_per_sec());
         let (u_ops, u_mb) = uring.map_or(("n/a".into(), "n/a".into()), |u| {
-            (format!("{:.0}", u.ops_per_sec()), format!("{:.1}", u.mb_per_sec(b)))
+            (
+                format!("{:.0}", u.ops_per_sec()),
+                format!("{:.1}", u.mb_per_sec(b)),
+            )
         });
         println!(
             "{:<6} {:<14} {:>3} | {:>10.0} {:>8.1} | {:>10} {:>8} | {:>10.0} {:>8.1} | {:>6.2}",
@@ -240,13 +318,23 @@ impl Line {
 }
 
 fn make_image(path: &Path, format: ImageFormat, size: u64) -> anyhow::Result<()> {
-    let opts = CreateOptions { format, size: Some(size), backing: None, cluster_size: None };
+    let opts = CreateOptions {
+        format,
+        size: Some(size),
+        backing: None,
+        cluster_size: None,
+    };
     create_image(path, &opts).with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// Write every byte once so reads hit allocated data.
 fn fill(path: &Path, size: u64) -> anyhow::Result<()> {
-    let disk = open_disk(&DiskConfig { path: path.to_owned(), format: None, readonly: false, serial: None })?;
+    let disk = open_disk(&DiskConfig {
+        path: path.to_owned(),
+        format: None,
+        readonly: false,
+        serial: None,
+    })?;
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
     for off in (0..size).step_by(chunk.len()) {
         disk.write_at(&chunk[..chunk.len().min((size - off) as usize)], off)?;
@@ -262,7 +350,11 @@ fn evict(path: &Path) -> anyhow::Result<()> {
     // SAFETY: posix_fadvise only takes integers; the fd stays open for the call.
     let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
-        bail!("posix_fadvise on {}: {}", path.display(), std::io::Error::from_raw_os_error(rc));
+        bail!(
+            "posix_fadvise on {}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(rc)
+        );
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestAddress;
 
 use super::*;
-use crate::virtio::ActivateError;
+use crate::virtio::{ActivateContext, ActivateError};
 
 #[derive(Default)]
 struct Recorder {
