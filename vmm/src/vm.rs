@@ -258,10 +258,6 @@ fn boot_once(
         .map_err(|e| VmmError::Boot(boot::BootError::GuestMemory(e.to_string())))?;
     boot::regs::write_boot_tables(&mem)
         .map_err(|e| VmmError::Boot(boot::BootError::GuestMemory(e.to_string())))?;
-    let cmdline = compose_cmdline(profile_params, &alloc.cmdline_params(), &config.append);
-    log::debug!("kernel command line: {cmdline}");
-    boot::write_boot_info(&mem, &kernel, initrd, &cmdline, acpi.rsdp_address())?;
-
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("get supported CPUID"))?;
@@ -275,6 +271,15 @@ fn boot_once(
             kernel.entry,
         )?);
     }
+    let mut profile_params = profile_params.to_vec();
+    if pvm {
+        let khz = vcpus[0].get_tsc_khz().map_err(kvm_err("get the TSC frequency"))?;
+        profile_params.push(crate::pvm::tsc_param(khz));
+    }
+    let cmdline = compose_cmdline(&profile_params, &alloc.cmdline_params(), &config.append);
+    log::debug!("kernel command line: {cmdline}");
+    boot::write_boot_info(&mem, &kernel, initrd, &cmdline, acpi.rsdp_address())?;
+
     install_kick_handler().map_err(|e| VmmError::Device(format!("vCPU kick signal: {e}")))?;
     let ctx = Arc::new(VcpuContext {
         io_bus: Arc::new(io_bus),

@@ -25,6 +25,16 @@ pub fn is_pvm_host(sysfs_root: &Path) -> bool {
 ///   pairing) once the RTC driver loads.
 pub const KERNEL_PARAMS: &[&str] = &["noxsave", "clearcpuid=smap,popcnt", "no-kvmclock"];
 
+/// `no-kvmclock` leaves a guest without a way to learn the TSC frequency, and
+/// calibration against the PIT fails under emulation ("Unable to calibrate
+/// against PIT"). On a hardware-reduced ACPI machine Linux then has no timer at
+/// all (no PIT, no TSC-deadline LAPIC timer) and hangs in calibrate_delay()
+/// waiting for a jiffy. Tell it the frequency KVM runs the guest TSC at.
+pub fn tsc_param(tsc_khz: u32) -> String {
+    log::info!("PVM profile: tsc_early_khz={tsc_khz} (no kvmclock to report the TSC frequency)");
+    format!("tsc_early_khz={tsc_khz}")
+}
+
 const LINUX_BANNER: &[u8] = b"Linux version ";
 
 /// What the profile needs to know about a kernel image.
