@@ -60,6 +60,8 @@ fi
 mkdir -p "$cache_root/initramfs"
 work=$(mktemp -d "$cache_root/initramfs/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,root,run,etc,usr/bin,usr/sbin,usr/share/udhcpc,var}
 chmod 1777 "$root/tmp"

@@ -69,6 +69,8 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 start=$(date +%s)
 
 log "extracting $source_tarball ($source_version) into $build"

@@ -44,7 +44,11 @@ impl DiskBackend for MemDisk {
         d[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
         Ok(())
     }
-    fn read_vectored(&self, bufs: &[vm_memory::VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
+    fn read_vectored(
+        &self,
+        bufs: &[vm_memory::VolatileSlice<'_>],
+        offset: u64,
+    ) -> Result<(), DiskError> {
         let mut pos = offset;
         for b in bufs {
             let mut tmp = vec![0u8; b.len()];
@@ -54,7 +58,11 @@ impl DiskBackend for MemDisk {
         }
         Ok(())
     }
-    fn write_vectored(&self, bufs: &[vm_memory::VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
+    fn write_vectored(
+        &self,
+        bufs: &[vm_memory::VolatileSlice<'_>],
+        offset: u64,
+    ) -> Result<(), DiskError> {
         let mut pos = offset;
         for b in bufs {
             let mut tmp = vec![0u8; b.len()];
@@ -96,7 +104,10 @@ pub fn blk_descriptor_chain(data: &[u8]) {
         return;
     };
     let n = (data.first().copied().unwrap_or(0) as usize % QUEUE_SIZE as usize) + 1;
-    let (descs, rest) = data.get(1..).unwrap_or(&[]).split_at(((n * 16).min(data.len().saturating_sub(1))) & !15);
+    let (descs, rest) = data
+        .get(1..)
+        .unwrap_or(&[])
+        .split_at(((n * 16).min(data.len().saturating_sub(1))) & !15);
     // Fill guest memory above the queue with the rest of the input.
     let _ = mem.write_slice(&rest[..rest.len().min(MEM - 0x1000)], GuestAddress(0x1000));
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_SIZE);
@@ -105,7 +116,11 @@ pub fn blk_descriptor_chain(data: &[u8]) {
         .map(|c| {
             let addr = u64::from_le_bytes(c[0..8].try_into().unwrap_or_default());
             // Keep most addresses inside memory so parsing goes deep, but not all.
-            let addr = if c[15] & 0x80 == 0 { addr % MEM as u64 } else { addr };
+            let addr = if c[15] & 0x80 == 0 {
+                addr % MEM as u64
+            } else {
+                addr
+            };
             let len = u32::from_le_bytes(c[8..12].try_into().unwrap_or_default()) % 0x4000;
             let flags = u16::from_le_bytes([c[12], c[13]]) & 0x7;
             let next = u16::from(c[14]) % QUEUE_SIZE;
@@ -174,7 +189,11 @@ pub fn qcow2_open_and_read(data: &[u8]) {
 fn tempfile_in_shm() -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
     let path = std::path::PathBuf::from(dir).join(format!(
         "kiln-fuzz-{}-{}.qcow2",
         std::process::id(),

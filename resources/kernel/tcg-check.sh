@@ -7,7 +7,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-kdir=$("$repo/scripts/build-kernel.sh")
+kdir=${KILN_KERNEL_DIR:-$("$repo/scripts/build-kernel.sh")}
 base=$("$repo/scripts/build-initramfs.sh")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -17,15 +17,19 @@ pub fn is_pvm_host(sysfs_root: &Path) -> bool {
 }
 
 /// Kernel parameters that keep an unmodified Linux off what PVM's emulator
-/// cannot run. Each one answers a failure met here (kvm-here.md):
-/// - `noxsave`: `xrstor` fails emulation;
+/// cannot run. Each one answers a failure met here:
+/// - `noxsave`: `xrstor` fails emulation (kvm-here.md);
 /// - `clearcpuid=smap,popcnt`: `clac` and `popcnt` fail emulation, and CPUID
-///   masking is not honoured, so the kernel must be told;
-/// - `no-kvmclock`: with kvmclock the guest spins in a KVM hypercall (PTP clock
-///   pairing) once the RTC driver loads.
-pub const KERNEL_PARAMS: &[&str] = &["noxsave", "clearcpuid=smap,popcnt", "no-kvmclock"];
+///   masking is not honoured, so the kernel must be told (kvm-here.md);
+/// - `nopv`: run as a generic guest, without KVM's paravirtual interfaces. With
+///   them an AP hung in a PV send-IPI hypercall (`kvm_hypercall4`) during SMP
+///   bring-up, and kvmclock makes the guest spin in the PTP clock-pairing
+///   hypercall (kvm-here.md); `nopv` also keeps kvmclock off;
+/// - `nofsgsbase`: with FSGSBASE, busybox on the second vCPU read its TLS
+///   pointer through %fs as 0 and segfaulted.
+pub const KERNEL_PARAMS: &[&str] = &["noxsave", "clearcpuid=smap,popcnt", "nopv", "nofsgsbase"];
 
-/// `no-kvmclock` leaves a guest without a way to learn the TSC frequency, and
+/// Without kvmclock (`nopv`) a guest has no way to learn the TSC frequency, and
 /// calibration against the PIT fails under emulation ("Unable to calibrate
 /// against PIT"). On a hardware-reduced ACPI machine Linux then has no timer at
 /// all (no PIT, no TSC-deadline LAPIC timer) and hangs in calibrate_delay()

@@ -9,6 +9,11 @@
 //!   them, under an exclusive lock so no concurrent write can land in them.
 //! - no fsync between refcount and L2 writeback: a flush is imago `flush()` (write back
 //!   all cached metadata) followed by `sync()` (fsync).
+//! - imago trusts refcounts: before a writable open, [`refcheck`] verifies that no
+//!   cluster in use has a refcount below its reference count (or an overflowing one).
+//! - imago has no zero clusters for version 2 (compat=0.10) images: discard and
+//!   write-zeroes there discard whole clusters when nothing shows through from a backing
+//!   file, and write explicit zeroes otherwise.
 
 pub mod header;
 pub mod refcheck;
