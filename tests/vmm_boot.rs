@@ -114,7 +114,7 @@ fn pvh_boot_with_two_vcpus_reaches_init_and_powers_off() {
         "256M",
         "--boot-timer",
         "--timeout",
-        "240s",
+        "600s",
     ]);
     let (stdout, stderr) = text(&out);
     eprintln!("PVH boot took {took:?}\n{stderr}");
@@ -140,7 +140,7 @@ fn linux64_entry_boot_reboots_with_exit_2() {
         "--memory",
         "256M",
         "--timeout",
-        "240s",
+        "600s",
     ]);
     let (stdout, stderr) = text(&out);
     eprintln!("64-bit entry boot took {took:?}\n{stderr}");
@@ -161,7 +161,7 @@ fn lz4_bzimage_boots_and_a_panic_with_panic_minus_1_exits_2() {
         "--memory",
         "256M",
         "--timeout",
-        "300s",
+        "600s",
     ]);
     let (stdout, stderr) = text(&out);
     eprintln!("bzImage boot took {took:?}\n{stderr}");

@@ -17,6 +17,7 @@ pub mod guests;
 pub mod host_check;
 pub mod layout;
 pub mod memory;
+mod platform;
 pub mod pvm;
 pub mod serial;
 pub mod vcpu;

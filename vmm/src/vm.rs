@@ -5,16 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kiln_devices::legacy::{AcpiPm, BootTimer, DebugExit, GuestExit, ResetSource, I8042};
+use event_manager::{EventManager, SubscriberOps};
+use kiln_devices::legacy::{GuestExit, ResetSource};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vm_superio::Serial;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::acpi::{build_tables, AcpiConfig};
@@ -25,7 +22,8 @@ use crate::control::{Outcome, VmControl};
 use crate::device_manager::{self, Subscriber, VirtioMmioAllocator};
 use crate::layout::*;
 use crate::memory::{create_guest_memory, GuestMemory};
-use crate::serial::{IrqTrigger, RawTerminal, SerialDevice, SerialOut, StdinInput};
+use crate::platform::{self, SerialWriter, WakeWatcher};
+use crate::serial::RawTerminal;
 use crate::vcpu::create_vcpu;
 use crate::vcpu_exit::{install_kick_handler, kick_signal, run_vcpu, VcpuContext, VcpuSnapshot};
 use crate::VmmError;
@@ -99,54 +97,7 @@ pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, Vm
     }
 }
 
-/// Where serial output goes; opened once so a reboot keeps appending.
-enum SerialWriter {
-    Stdout,
-    File(File),
-    Sink,
-}
-
-impl SerialWriter {
-    fn open(serial: &SerialOutput) -> Result<Self, VmmError> {
-        Ok(match serial {
-            SerialOutput::Stdio => SerialWriter::Stdout,
-            SerialOutput::None => SerialWriter::Sink,
-            SerialOutput::File(path) => SerialWriter::File(File::create(path).map_err(|e| {
-                VmmError::Device(format!(
-                    "cannot create serial output file {}: {e}",
-                    path.display()
-                ))
-            })?),
-        })
-    }
-
-    fn writer(&self) -> Result<SerialOut, VmmError> {
-        Ok(match self {
-            SerialWriter::Stdout => Box::new(std::io::stdout()),
-            SerialWriter::Sink => Box::new(std::io::sink()),
-            SerialWriter::File(f) => Box::new(
-                f.try_clone()
-                    .map_err(|e| VmmError::Device(format!("serial output file: {e}")))?,
-            ),
-        })
-    }
-}
-
-/// Wakes the main loop when a vCPU or device ends the VM.
-struct WakeWatcher(Arc<VmControl>);
-
-impl MutEventSubscriber for WakeWatcher {
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.0.wake, EventSet::IN)) {
-            log::error!("cannot watch the VM control eventfd: {e}");
-        }
-    }
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.0.wake.read();
-    }
-}
-
-fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmmError {
+pub(crate) fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Kvm { what, source }
 }
 
@@ -209,41 +160,15 @@ fn boot_once(
 
     let mut io_bus = Bus::new();
     let mut mmio_bus = Bus::new();
-    let serial_irq = EventFd::new(0).map_err(|e| VmmError::Device(format!("eventfd: {e}")))?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(kvm_err("register serial irqfd"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice(Serial::new(
-        IrqTrigger(serial_irq),
-        output.writer()?,
-    ))));
-    io_bus.insert(u64::from(COM1_PORT), 8, serial.clone())?;
-    if stdin_input {
-        events.add_subscriber(Arc::new(Mutex::new(StdinInput { serial })));
-    }
-    io_bus.insert(
-        u64::from(I8042_COMMAND_PORT),
-        1,
-        Arc::new(Mutex::new(I8042::new(control.clone()))),
+    platform::add_port_devices(
+        config,
+        &vm,
+        &control,
+        output,
+        stdin_input,
+        &mut io_bus,
+        &mut events,
     )?;
-    io_bus.insert(
-        u64::from(ACPI_PM_PORT),
-        ACPI_PM_LEN,
-        Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
-    )?;
-    if config.boot_timer {
-        io_bus.insert(
-            u64::from(BOOT_TIMER_PORT),
-            1,
-            Arc::new(Mutex::new(BootTimer::new(control.clone()))),
-        )?;
-    }
-    if let Some(port) = config.debug_exit_port {
-        io_bus.insert(
-            u64::from(port),
-            1,
-            Arc::new(Mutex::new(DebugExit::new(control.clone()))),
-        )?;
-    }
 
     let mut alloc = VirtioMmioAllocator::default();
     for dev in &config.virtio_devices {
@@ -273,7 +198,9 @@ fn boot_once(
     }
     let mut profile_params = profile_params.to_vec();
     if pvm {
-        let khz = vcpus[0].get_tsc_khz().map_err(kvm_err("get the TSC frequency"))?;
+        let khz = vcpus[0]
+            .get_tsc_khz()
+            .map_err(kvm_err("get the TSC frequency"))?;
         profile_params.push(crate::pvm::tsc_param(khz));
     }
     let cmdline = compose_cmdline(&profile_params, &alloc.cmdline_params(), &config.append);

@@ -17,12 +17,13 @@
 //! ```
 //!
 //! The vCPU thread drives the transport through [`BusDevice`]. When the driver sets
-//! DRIVER_OK the transport hands the device an [`ActivateContext`] (queues, clones of
+//! DRIVER_OK the transport hands the device an [`super::ActivateContext`] (queues, clones of
 //! the queue `EventFd`s, and an [`MmioInterrupt`]). The device stores it and wakes its
 //! own event subscriber (see [`super::activation::Activation`]), which then registers
-//! the queue events with the event manager. A device reset (status 0) goes the same
-//! way in reverse. Without ioeventfd a write to QueueNotify still works: the transport
-//! writes the queue's `EventFd` itself.
+//! the queue events with the event manager (once: later activations reuse them). On a
+//! device reset (status 0) the device drops its queue state; notifications that still
+//! arrive are drained and ignored. Without ioeventfd a write to QueueNotify still
+//! works: the transport writes the queue's `EventFd` itself.
 //!
 //! Interrupts: the device calls [`VirtioInterrupt::signal_used_queue`], which sets
 //! bit 0 of InterruptStatus and writes the irq `EventFd` (registered as irqfd). The

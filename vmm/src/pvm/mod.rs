@@ -46,8 +46,8 @@ const LINUX_BANNER: &[u8] = b"Linux version ";
 pub struct ImageFacts {
     /// The image carries kiln's syscall-repair patch: only then does the
     /// parameter's name exist in it (the patch registers it). In a compressed
-    /// bzImage the name is usually hidden by the compression, so kiln's own
-    /// kernels are recognised reliably in their ELF vmlinux form.
+    /// bzImage the name is only visible if the compressor kept it as a literal
+    /// run: LZ4 did for kiln's kernel, but only the ELF vmlinux is certain.
     pub syscall_fixup: bool,
     /// A Linux kernel: a bzImage setup header, or the banner string of an
     /// uncompressed vmlinux (the userspace warning is about Linux).

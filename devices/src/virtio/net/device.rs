@@ -229,6 +229,11 @@ impl VirtioDevice for Net {
             .map_err(|e| ActivateError::Backend(format!("cannot set offloads: {e}")))?;
         let mut queues = queues.into_iter();
         let (rx, tx) = (queues.next().unwrap(), queues.next().unwrap());
+        log::info!(
+            "virtio-net {}: activated, driver features {:#x}",
+            self.mac,
+            self.acked_features
+        );
         self.active = Some(Active {
             mem,
             rx,
@@ -246,5 +251,11 @@ impl VirtioDevice for Net {
         self.rx_pending = None;
         self.tx_pending = None;
         true
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        log::info!("virtio-net {}: {:?}", self.mac, self.stats);
     }
 }
