@@ -73,6 +73,23 @@ fn truncated_bzimage() {
 }
 
 #[test]
+fn bad_kernel_leaves_no_serial_output_file() {
+    let path = tmp("not-a-kernel");
+    std::fs::write(&path, "text").unwrap();
+    let log = tmp("serial-should-not-exist.log");
+    let _ = std::fs::remove_file(&log);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["run", "--timeout", "5s", "--kernel"])
+        .arg(&path)
+        .arg("--serial")
+        .arg(format!("file={}", log.display()))
+        .output()
+        .expect("run kiln");
+    assert_clean_failure(&out, &["not-a-kernel"]);
+    assert!(!log.exists(), "serial output file created for a failed run");
+}
+
+#[test]
 fn missing_initrd() {
     let kernel = tmp("ok.elf");
     std::fs::write(&kernel, kiln_vmm::guests::DEBUG_EXIT).unwrap();

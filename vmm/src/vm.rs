@@ -54,6 +54,8 @@ impl VmExitStatus {
 /// reports on the debug-exit port, or the timeout expires.
 pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, VmmError> {
     let deadline = config.timeout.map(|t| Instant::now() + t);
+    // Refuse bad input before creating any output file.
+    boot::check_inputs(&config.kernel, config.initrd.as_deref())?;
     let output = SerialWriter::open(&config.serial)?;
     let pvm = config.host_quirks && crate::pvm::is_pvm_host(&config.sysfs_root);
     let profile_params = if pvm {

@@ -129,6 +129,16 @@ pub fn probe_format(path: &Path, file: &mut File) -> Result<KernelFormat, BootEr
     Err(BootError::NotAKernel(path.to_owned()))
 }
 
+/// Check that the kernel is a kernel kiln can boot and that the initrd can be
+/// opened, before any VM work.
+pub fn check_inputs(kernel: &Path, initrd: Option<&Path>) -> Result<KernelFormat, BootError> {
+    let format = probe_format(kernel, &mut open("kernel", kernel)?)?;
+    if let Some(initrd) = initrd {
+        open("initrd", initrd)?;
+    }
+    Ok(format)
+}
+
 /// Load the kernel at `path` into `mem`.
 pub fn load_kernel(
     mem: &GuestMemory,
