@@ -11,8 +11,12 @@ fn guest(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no guest {name}"));
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vmm-guests");
     std::fs::create_dir_all(&dir).unwrap();
+    // Tests run in parallel and share guests: write a private copy, then
+    // rename it into place, so no test ever reads a half-written file.
     let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
+    let tmp = dir.join(format!("{name}.{:?}.tmp", std::thread::current().id()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     path
 }
 

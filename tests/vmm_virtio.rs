@@ -40,14 +40,15 @@ impl MutEventSubscriber for Dummy {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {}
 }
 
-fn guest() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("virtio_probe.elf");
+/// Each test writes its own copy: tests run in parallel.
+fn guest(test: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("virtio_probe-{test}.elf"));
     std::fs::write(&path, kiln_vmm::guests::VIRTIO_PROBE).unwrap();
     path
 }
 
-fn config() -> VmConfig {
-    let mut config = VmConfig::new(guest());
+fn config(test: &str) -> VmConfig {
+    let mut config = VmConfig::new(guest(test));
     config.serial = SerialOutput::None;
     config.debug_exit_port = Some(0xf4);
     config.timeout = Some(Duration::from_secs(10));
@@ -56,7 +57,7 @@ fn config() -> VmConfig {
 
 #[test]
 fn attached_device_answers_at_the_first_window() {
-    let mut config = config();
+    let mut config = config("attached");
     config
         .virtio_devices
         .push(VirtioDeviceConfig::new("dummy rng", || Ok(Dummy)));
@@ -67,7 +68,7 @@ fn attached_device_answers_at_the_first_window() {
 
 #[test]
 fn without_devices_the_window_is_empty() {
-    let status = kiln_vmm::run(&config(), Instant::now()).unwrap();
+    let status = kiln_vmm::run(&config("empty"), Instant::now()).unwrap();
     // Unclaimed MMIO reads as all ones: the magic check fails.
     assert_eq!(status, VmExitStatus::DebugExit(0x7f));
 }

@@ -17,13 +17,16 @@ entry=$(awk '$3 == "entry_SYSCALL_64" { print $1 }' "$kdir/System.map")
 mkdir -p "$work/root/bin"
 gcc -static -nostdlib -DENTRY_SYSCALL_64="0x$entry" -o "$work/root/bin/sysjmp" \
   "$repo/resources/kernel/sysjmp.S"
+gcc -static -nostdlib -o "$work/root/bin/int80" "$repo/resources/kernel/int80.S"
 cat >"$work/root/test.sh" <<'T'
 echo "cpus=$(nproc)"
 /bin/sysjmp
 echo "sysjmp-status=$?"
+/bin/int80
+echo "int80-status=$?"
 exit 7
 T
-(cd "$work/root" && printf 'bin\nbin/sysjmp\ntest.sh\n' | cpio --quiet -o -H newc -R 0:0) >"$work/test.cpio"
+(cd "$work/root" && printf 'bin\nbin/sysjmp\nbin/int80\ntest.sh\n' | cpio --quiet -o -H newc -R 0:0) >"$work/test.cpio"
 cat "$base" "$work/test.cpio" >"$work/initrd.cpio"
 
 failures=0
@@ -36,7 +39,7 @@ boot() { # name kernel append expected-lines...
     -kernel "$kernel" -initrd "$work/initrd.cpio" -append "console=ttyS0 panic=-1 quiet $append" \
     >"$out" 2>&1 || true
   local ms=$((($(date +%s%N) - start) / 1000000))
-  for want in KILN-INIT-OK "cpus=2" KILN-TEST-EXIT=7 "reboot: Power down" "$@"; do
+  for want in KILN-INIT-OK "cpus=2" INT80-OK int80-status=42 KILN-TEST-EXIT=7 "reboot: Power down" "$@"; do
     if ! grep -qaF -- "$want" "$out"; then
       echo "tcg-check: FAIL $name: no '$want' in the console output:" >&2
       tail -n 20 "$out" >&2

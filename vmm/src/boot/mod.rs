@@ -293,3 +293,6 @@ pub fn write_boot_info(
         BootEntry::Pvh { .. } => params::write_pvh_start_info(mem, initrd, rsdp),
     }
 }
+
+#[cfg(test)]
+mod tests;
