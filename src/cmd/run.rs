@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use kiln_devices::block::DiskConfig;
+use kiln_vmm::cpu::{CpuConfig, CustomTemplate, GuestCpu, Topology};
+use kiln_vmm::device_manager::{ConsoleOutput, VirtioDeviceConfig, VirtioSpec};
 use kiln_vmm::{EntryChoice, OnReset, SerialOutput, VmConfig, VmExitStatus};
 
 #[derive(clap::Args)]
@@ -24,9 +28,31 @@ pub struct Args {
     /// Guest memory: bytes, or with a K/M/G suffix.
     #[arg(long, default_value = "512M", value_parser = parse_size)]
     pub memory: u64,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
-    pub cpus: u8,
+    /// vCPUs: N[,sockets=S,cores=C,threads=T] (default: N one-core sockets).
+    #[arg(long, default_value = "1", value_parser = parse_cpus)]
+    pub cpus: Topology,
+    /// CPU model: MODEL[,+feat][,-feat][,feat=on|off][,check=none|warn|enforce]
+    /// (`kiln cpu list`). Features the host lacks are cleared with a warning
+    /// (check=warn) or refused (check=enforce).
+    #[arg(long, default_value = "host", value_parser = parse_cpu)]
+    pub cpu: CpuConfig,
+    /// Firecracker-style custom CPU template (JSON), applied after the model.
+    #[arg(long, value_name = "FILE")]
+    pub cpu_template: Option<PathBuf>,
+    /// Expose VMX/SVM to the guest (nested virtualization); refused when the host cannot nest.
+    #[arg(long)]
+    pub nested: bool,
+    /// A virtio-blk disk: path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID].
+    /// Repeatable; the guest sees them as vda, vdb, ... in order.
+    #[arg(long = "disk", value_name = "path=FILE,...", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-console (guest /dev/hvc0): virtio (to stdout), virtio,file=PATH or
+    /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too).
+    #[arg(long, value_parser = parse_console)]
+    pub console: Option<ConsoleOutput>,
+    /// Leave out the virtio-rng device (present by default, fed from getrandom).
+    #[arg(long)]
+    pub no_rng: bool,
     /// Serial console: stdio, file=PATH or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialOutput,
@@ -90,6 +116,42 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
     }
 }
 
+fn parse_cpus(s: &str) -> Result<Topology, String> {
+    let topology: Topology = s
+        .parse()
+        .map_err(|e: kiln_vmm::cpu::CpuError| e.to_string())?;
+    if topology.cpus > 254 {
+        return Err(format!("--cpus {s}: at most 254 vCPUs"));
+    }
+    Ok(topology)
+}
+
+fn parse_cpu(s: &str) -> Result<CpuConfig, String> {
+    s.parse()
+        .map_err(|e: kiln_vmm::cpu::CpuError| e.to_string())
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    s.parse()
+        .map_err(|e: kiln_devices::block::config::DiskConfigError| e.to_string())
+}
+
+fn parse_console(s: &str) -> Result<ConsoleOutput, String> {
+    let bad = || format!("{s:?}: expected virtio, virtio,file=PATH or virtio,socket=PATH");
+    let mut parts = s.splitn(2, ',');
+    if parts.next() != Some("virtio") {
+        return Err(bad());
+    }
+    match parts.next() {
+        None => Ok(ConsoleOutput::Stdout),
+        Some(rest) => match rest.split_once('=') {
+            Some(("file", p)) if !p.is_empty() => Ok(ConsoleOutput::File(p.into())),
+            Some(("socket", p)) if !p.is_empty() => Ok(ConsoleOutput::Socket(p.into())),
+            _ => Err(bad()),
+        },
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -121,7 +183,34 @@ fn parse_port(s: &str) -> Result<u16, String> {
 }
 
 impl Args {
-    fn into_config(self) -> VmConfig {
+    /// The virtio devices, in attachment order: disks (vda, vdb, ...), console, rng.
+    fn virtio_specs(&self) -> Vec<VirtioSpec> {
+        let mut specs: Vec<VirtioSpec> = self.disks.iter().cloned().map(VirtioSpec::Disk).collect();
+        specs.extend(self.console.clone().map(VirtioSpec::Console));
+        if !self.no_rng {
+            specs.push(VirtioSpec::Rng);
+        }
+        specs
+    }
+
+    /// Everything the VM needs, with host files (images, templates) opened and
+    /// checked, so bad input fails here, before the VM is built.
+    fn into_config(self) -> anyhow::Result<VmConfig> {
+        let template = match &self.cpu_template {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--cpu-template {}", path.display()))?;
+                Some(
+                    CustomTemplate::from_json(&text)
+                        .with_context(|| format!("--cpu-template {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let mut virtio_devices = Vec::new();
+        for spec in self.virtio_specs() {
+            virtio_devices.push(VirtioDeviceConfig::from_spec(&spec)?);
+        }
         let mut config = VmConfig::new(self.kernel);
         config.initrd = self.initrd;
         config.entry = match self.entry {
@@ -131,7 +220,15 @@ impl Args {
         };
         config.append = self.append;
         config.memory_bytes = self.memory;
-        config.vcpus = self.cpus;
+        // parse_cpus keeps the count within 1..=254.
+        config.vcpus = self.cpus.cpus as u8;
+        config.cpu = GuestCpu {
+            config: self.cpu,
+            template,
+            topology: Some(self.cpus),
+            nested: self.nested,
+        };
+        config.virtio_devices = virtio_devices;
         config.serial = self.serial;
         config.timeout = self.timeout;
         config.on_reset = match self.on_reset {
@@ -141,7 +238,7 @@ impl Args {
         config.debug_exit_port = self.debug_exit;
         config.boot_timer = self.boot_timer;
         config.host_quirks = !self.no_host_quirks;
-        config
+        Ok(config)
     }
 }
 
@@ -149,7 +246,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     // kiln's clock for "since process start": taken before any VM work, right
     // after argument parsing (well under a millisecond after exec).
     let start = Instant::now();
-    run_config(args.into_config(), start)
+    run_config(args.into_config()?, start)
 }
 
 /// Run a VM and turn its outcome into kiln's exit code and message.
@@ -187,5 +284,29 @@ mod tests {
         );
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("pty").is_err());
+    }
+
+    #[test]
+    fn console_cpus_and_cpu_options() {
+        assert_eq!(parse_console("virtio"), Ok(ConsoleOutput::Stdout));
+        assert_eq!(
+            parse_console("virtio,file=/tmp/c"),
+            Ok(ConsoleOutput::File("/tmp/c".into()))
+        );
+        assert_eq!(
+            parse_console("virtio,socket=/tmp/s"),
+            Ok(ConsoleOutput::Socket("/tmp/s".into()))
+        );
+        assert!(parse_console("virtio,file=").is_err());
+        assert!(parse_console("serial").is_err());
+        assert!(parse_console("virtio,pipe=x").is_err());
+        let topo = parse_cpus("4,sockets=1,cores=2,threads=2").unwrap();
+        assert_eq!((topo.cpus, topo.cores, topo.threads), (4, 2, 2));
+        assert_eq!(parse_cpus("2").unwrap().sockets, 2);
+        assert!(parse_cpus("255").is_err());
+        assert!(parse_cpus("4,cores=3").is_err());
+        assert!(parse_cpu("Nehalem,-sse4.2,check=enforce").is_ok());
+        assert!(parse_cpu("Nehalem,+nosuchfeature").is_err());
+        assert!(parse_disk("path=/x,format=vmdk").is_err());
     }
 }

@@ -58,6 +58,8 @@ pub struct VmConfig {
     pub host_quirks: bool,
     /// Root of sysfs, for host detection (tests point it elsewhere).
     pub sysfs_root: PathBuf,
+    /// CPU model, template, topology (its vCPU count must equal `vcpus`) and nesting.
+    pub cpu: crate::cpu::GuestCpu,
     /// virtio devices to attach on virtio-mmio, in order.
     pub virtio_devices: Vec<crate::device_manager::VirtioDeviceConfig>,
 }
@@ -79,6 +81,7 @@ impl VmConfig {
             boot_timer: false,
             host_quirks: true,
             sysfs_root: PathBuf::from("/sys"),
+            cpu: crate::cpu::GuestCpu::default(),
             virtio_devices: Vec::new(),
         }
     }

@@ -2,12 +2,26 @@
 //! ioeventfd per queue on QueueNotify, an irqfd, a DSDT entry, a
 //! `virtio_mmio.device=` kernel parameter, and its event subscriber in the event
 //! manager. Devices come in through [`VirtioDeviceConfig`] in `VmConfig`, so new
-//! device kinds attach without touching this file.
+//! device kinds attach without touching the attach code.
+//!
+//! [`VirtioSpec`] is the typed form of the CLI's device options (`--disk`,
+//! `--console virtio`, rng); [`VirtioDeviceConfig::from_spec`] opens their host
+//! side (disk images, files, sockets) once, before the VM is built, so a bad path
+//! fails early with an error naming it. A new device kind is one variant and one
+//! match arm there.
 
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError};
+use kiln_devices::virtio::block::Block;
+use kiln_devices::virtio::console::{Console, ConsoleInput};
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
+use kiln_devices::virtio::rng::Rng;
 use kiln_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
 
@@ -66,6 +80,92 @@ impl VirtioDeviceConfig {
 
     pub fn build(&self) -> Result<VirtioHandles, String> {
         (self.factory)()
+    }
+}
+
+/// Where the virtio-console port's output goes (guest `/dev/hvc0`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    /// kiln's stdout; no input (stdin belongs to the serial port).
+    Stdout,
+    /// This file, created or truncated; no input.
+    File(PathBuf),
+    /// Connect to a listening UNIX socket: output to it, input from it.
+    Socket(PathBuf),
+}
+
+/// A virtio device as the user asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VirtioSpec {
+    Disk(DiskConfig),
+    Console(ConsoleOutput),
+    Rng,
+}
+
+/// Why a device's host side could not be opened. The inner error is part of the
+/// message, not a `source`: disk errors already carry their own causes in their text.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("--disk {}: {error}", path.display())]
+    Disk { path: PathBuf, error: DiskError },
+    #[error("virtio-console: {}: {error}", path.display())]
+    Console {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl VirtioDeviceConfig {
+    /// Open the host side of `spec` (disk image, output file, socket) and return
+    /// the device to attach. The backend is opened once: a guest reboot gets a
+    /// fresh device model over the same open image.
+    pub fn from_spec(spec: &VirtioSpec) -> Result<Self, SpecError> {
+        match spec {
+            VirtioSpec::Disk(cfg) => {
+                let disk: Arc<dyn DiskBackend> =
+                    open_disk(cfg).map_err(|error| SpecError::Disk {
+                        path: cfg.path.clone(),
+                        error,
+                    })?;
+                let serial = cfg.serial.clone();
+                let name = format!("virtio-blk {}", cfg.path.display());
+                Ok(Self::new(name, move || {
+                    Block::new(disk.clone(), serial.as_deref()).map_err(|e| e.to_string())
+                }))
+            }
+            VirtioSpec::Console(out) => console(out),
+            VirtioSpec::Rng => Ok(Self::new("virtio-rng", || {
+                Rng::new().map_err(|e| e.to_string())
+            })),
+        }
+    }
+}
+
+fn console(out: &ConsoleOutput) -> Result<VirtioDeviceConfig, SpecError> {
+    let err = |path: &PathBuf| {
+        let path = path.clone();
+        move |error| SpecError::Console { path, error }
+    };
+    match out {
+        ConsoleOutput::Stdout => Ok(VirtioDeviceConfig::new("virtio-console", || {
+            Console::new(Box::new(std::io::stdout()), None).map_err(|e| e.to_string())
+        })),
+        ConsoleOutput::File(path) => {
+            let file = File::create(path).map_err(err(path))?;
+            Ok(VirtioDeviceConfig::new("virtio-console", move || {
+                let out: Box<dyn Write + Send> =
+                    Box::new(file.try_clone().map_err(|e| e.to_string())?);
+                Console::new(out, None).map_err(|e| e.to_string())
+            }))
+        }
+        ConsoleOutput::Socket(path) => {
+            let stream = UnixStream::connect(path).map_err(err(path))?;
+            Ok(VirtioDeviceConfig::new("virtio-console", move || {
+                let clone = || stream.try_clone().map_err(|e| e.to_string());
+                let input: Box<dyn ConsoleInput> = Box::new(clone()?);
+                Console::new(Box::new(clone()?), Some(input)).map_err(|e| e.to_string())
+            }))
+        }
     }
 }
 
@@ -182,5 +282,53 @@ mod tests {
             assert!(alloc.allocate().is_some());
         }
         assert!(alloc.allocate().is_none());
+    }
+
+    #[test]
+    fn specs_open_their_host_side_once_and_name_bad_paths() {
+        let dir = std::env::temp_dir().join(format!("kiln-dm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("console.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let console = VirtioDeviceConfig::from_spec(&VirtioSpec::Console(ConsoleOutput::Socket(
+            sock.clone(),
+        )))
+        .unwrap();
+        // Each build (first boot, reboot) gets its own device over the same stream.
+        let first = console.build().unwrap();
+        let second = console.build().unwrap();
+        assert_eq!(first.device.lock().unwrap().device_type(), 3);
+        assert_eq!(second.device.lock().unwrap().device_type(), 3);
+
+        let missing = dir.join("no.sock");
+        let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Console(ConsoleOutput::Socket(
+            missing.clone(),
+        )))
+        .unwrap_err();
+        assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+
+        let disk = DiskConfig {
+            path: dir.join("absent.qcow2"),
+            format: None,
+            readonly: false,
+            serial: None,
+        };
+        let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk)).unwrap_err();
+        assert!(err.to_string().starts_with("--disk "), "{err}");
+        assert!(err.to_string().contains("absent.qcow2"), "{err}");
+
+        let raw = dir.join("disk.raw");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        let disk = DiskConfig {
+            path: raw,
+            format: None,
+            readonly: true,
+            serial: Some("s1".into()),
+        };
+        let blk = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk)).unwrap();
+        assert_eq!(blk.build().unwrap().device.lock().unwrap().device_type(), 2);
+        let rng = VirtioDeviceConfig::from_spec(&VirtioSpec::Rng).unwrap();
+        assert_eq!(rng.build().unwrap().device.lock().unwrap().device_type(), 4);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,12 +2,13 @@
 //! LINT pins, and the multiprocessor state (APs wait for INIT/SIPI from the guest).
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_mp_state, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MP_STATE_RUNNABLE,
-    KVM_MP_STATE_UNINITIALIZED,
+    kvm_mp_state, kvm_msr_entry, Msrs, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
 };
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::boot::{regs, BootEntry};
+use crate::cpu::template::Bitmap;
+use crate::cpu::{self, CpuError, CpuidTable, GuestCpu, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -19,62 +20,89 @@ pub enum VcpuError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error("--cpus {cpus}: the topology describes {topology} vCPUs")]
+    TopologyMismatch { cpus: u8, topology: u32 },
+    #[error(
+        "--cpus {cpus},sockets={sockets},cores={cores},threads={threads}: vCPU {index} would get \
+         APIC ID {apic_id}; kiln gives vCPUs the APIC IDs 0..N-1 (KVM vCPU ids and the MADT), \
+         so the topology must give contiguous IDs: use power-of-two cores and threads"
+    )]
+    SparseApicIds {
+        cpus: u32,
+        sockets: u32,
+        cores: u32,
+        threads: u32,
+        index: u32,
+        apic_id: u32,
+    },
+    #[error("vCPU {id}: KVM refused MSR {index:#x} ({what})")]
+    MsrsRefused {
+        id: u8,
+        what: &'static str,
+        index: u32,
+    },
 }
 
-/// CPUID leaves kiln adjusts.
-const LEAF_FEATURES: u32 = 0x1;
-const LEAF_EXT_TOPOLOGY: u32 = 0xb;
-const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
-const LEAF_KVM_SIGNATURE: u32 = 0x4000_0000;
-const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
-const ECX_HYPERVISOR: u32 = 1 << 31;
-const EDX_HTT: u32 = 1 << 28;
+/// What every vCPU's CPUID and MSRs are computed from, prepared once per VM
+/// before any vCPU exists, so a refused `--cpu ...,check=enforce` or
+/// `--nested` stops kiln before the guest starts.
+pub struct CpuSetup {
+    host: CpuidTable,
+    guest: GuestCpu,
+    /// VMX capability MSRs for KVM_SET_MSRS (`--nested` on an Intel host).
+    nested_msrs: Vec<(u32, u64)>,
+    /// `--cpu-template` MSR modifiers, applied to each vCPU's initial values.
+    template_msrs: Vec<(u32, Bitmap)>,
+}
 
-/// The CPUID one vCPU sees: KVM's supported table with the per-vCPU fix-ups a
-/// guest needs (APIC ids, the hypervisor bit and KVM's signature so it finds
-/// kvmclock). The CPU-model module (vmm/src/cpu/, issue 5) replaces this with
-/// its model + host + topology entry point.
-pub fn cpuid_for_vcpu(supported: &CpuId, vcpu_id: u8, vcpu_count: u8) -> CpuId {
-    let mut cpuid = supported.clone();
-    let mut has_signature = false;
-    for entry in cpuid.as_mut_slice() {
-        match entry.function {
-            LEAF_FEATURES => {
-                entry.ebx = (entry.ebx & 0x0000_ffff)
-                    | (u32::from(vcpu_id) << 24)
-                    | (u32::from(vcpu_count) << 16);
-                entry.ecx |= ECX_HYPERVISOR;
-                if vcpu_count > 1 {
-                    entry.edx |= EDX_HTT;
-                }
-            }
-            LEAF_EXT_TOPOLOGY | LEAF_V2_EXT_TOPOLOGY => entry.edx = u32::from(vcpu_id),
-            LEAF_KVM_SIGNATURE => {
-                has_signature = true;
-                set_kvm_signature(entry);
-            }
-            _ => {}
+impl CpuSetup {
+    /// Reads KVM's supported CPUID, checks `--nested`, and computes vCPU 0's table
+    /// once so that errors and the QEMU-worded warnings come out here, once.
+    pub fn prepare(kvm: &Kvm, guest: &GuestCpu, vcpus: u8) -> Result<Self, VcpuError> {
+        let mut guest = guest.clone();
+        let topology = guest
+            .topology
+            .unwrap_or_else(|| Topology::flat(u32::from(vcpus)));
+        if topology.cpus != u32::from(vcpus) {
+            return Err(VcpuError::TopologyMismatch {
+                cpus: vcpus,
+                topology: topology.cpus,
+            });
         }
-    }
-    if !has_signature {
-        let mut entry = kvm_cpuid_entry2 {
-            function: LEAF_KVM_SIGNATURE,
-            ..Default::default()
+        check_dense_apic_ids(&topology)?;
+        guest.topology = Some(topology);
+        let nested_msrs = if guest.nested {
+            cpu::nested::prepare_nested(kvm)?
+        } else {
+            Vec::new()
         };
-        set_kvm_signature(&mut entry);
-        // A full table keeps KVM's own; nothing better to do.
-        let _ = cpuid.push(entry);
+        let template_msrs = match &guest.template {
+            Some(t) => t.msr_bitmaps(&host_msr_indices(kvm)?)?,
+            None => Vec::new(),
+        };
+        let host = cpu::kvm_supported_cpuid(kvm)?;
+        let first = cpu::vcpu_cpuid(&host, &guest, 0)?;
+        for line in &first.warnings {
+            log::warn!("{line}");
+        }
+        Ok(CpuSetup {
+            host,
+            guest,
+            nested_msrs,
+            template_msrs,
+        })
     }
-    cpuid
-}
 
-fn set_kvm_signature(entry: &mut kvm_cpuid_entry2) {
-    let sig = b"KVMKVMKVM\0\0\0";
-    entry.eax = LEAF_KVM_FEATURES;
-    entry.ebx = u32::from_le_bytes(sig[0..4].try_into().unwrap());
-    entry.ecx = u32::from_le_bytes(sig[4..8].try_into().unwrap());
-    entry.edx = u32::from_le_bytes(sig[8..12].try_into().unwrap());
-    entry.flags &= !KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+    /// The CPUID table of vCPU `id`, ready for KVM_SET_CPUID2.
+    pub fn cpuid(&self, id: u8) -> Result<kvm_bindings::CpuId, CpuError> {
+        let computed = cpu::vcpu_cpuid(&self.host, &self.guest, u32::from(id))?;
+        computed
+            .table
+            .to_kvm()
+            .map_err(|e| CpuError::Kvm(format!("CPUID table for vCPU {id}: {e:?}")))
+    }
 }
 
 /// LVT offsets in the LAPIC register page, and delivery modes.
@@ -91,16 +119,20 @@ fn set_apic_delivery_mode(reg: u32, mode: u32) -> u32 {
 pub fn create_vcpu(
     vm: &VmFd,
     id: u8,
-    count: u8,
-    supported_cpuid: &CpuId,
+    cpus: &CpuSetup,
     entry: BootEntry,
 ) -> Result<VcpuFd, VcpuError> {
     let setup = |what| move |source| VcpuError::Setup { id, what, source };
     let vcpu = vm
         .create_vcpu(u64::from(id))
         .map_err(|source| VcpuError::Create { id, source })?;
-    vcpu.set_cpuid2(&cpuid_for_vcpu(supported_cpuid, id, count))
-        .map_err(setup("CPUID"))?;
+    vcpu.set_cpuid2(&cpus.cpuid(id)?).map_err(setup("CPUID"))?;
+    if !cpus.nested_msrs.is_empty() {
+        set_msrs(&vcpu, id, &cpus.nested_msrs, "VMX capability MSRs")?;
+    }
+    if !cpus.template_msrs.is_empty() {
+        apply_template_msrs(&vcpu, id, &cpus.template_msrs)?;
+    }
 
     // LINT0 = ExtINT (the PIC), LINT1 = NMI, as firmware leaves them.
     let mut lapic = vcpu.get_lapic().map_err(setup("LAPIC"))?;
@@ -137,44 +169,119 @@ pub fn create_vcpu(
     Ok(vcpu)
 }
 
+/// KVM's initial APIC ID is the vCPU id, and the MADT lists 0..N-1: the CPUID
+/// topology leaves must describe the same IDs.
+fn check_dense_apic_ids(t: &Topology) -> Result<(), VcpuError> {
+    match (0..t.cpus).find(|&i| t.apic_id(i) != i) {
+        None => Ok(()),
+        Some(index) => Err(VcpuError::SparseApicIds {
+            cpus: t.cpus,
+            sockets: t.sockets,
+            cores: t.cores,
+            threads: t.threads,
+            index,
+            apic_id: t.apic_id(index),
+        }),
+    }
+}
+
+/// The MSRs KVM can save and restore plus its feature MSRs: what a template may touch.
+fn host_msr_indices(kvm: &Kvm) -> Result<Vec<u32>, CpuError> {
+    let mut list = kvm
+        .get_msr_index_list()
+        .map_err(|e| CpuError::Kvm(format!("KVM_GET_MSR_INDEX_LIST: {e}")))?
+        .as_slice()
+        .to_vec();
+    let features = kvm
+        .get_msr_feature_index_list()
+        .map_err(|e| CpuError::Kvm(format!("KVM_GET_MSR_FEATURE_INDEX_LIST: {e}")))?;
+    list.extend_from_slice(features.as_slice());
+    Ok(list)
+}
+
+/// Read each templated MSR's initial value, apply its 0/1/x bitmap, write it back.
+fn apply_template_msrs(vcpu: &VcpuFd, id: u8, bitmaps: &[(u32, Bitmap)]) -> Result<(), VcpuError> {
+    let entries: Vec<kvm_msr_entry> = bitmaps
+        .iter()
+        .map(|&(index, _)| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    let mut msrs =
+        Msrs::from_entries(&entries).map_err(|e| CpuError::Kvm(format!("template MSRs: {e:?}")))?;
+    let read = vcpu
+        .get_msrs(&mut msrs)
+        .map_err(|source| VcpuError::Setup {
+            id,
+            what: "template MSRs (read)",
+            source,
+        })?;
+    if read != entries.len() {
+        let index = msrs.as_slice()[read].index;
+        return Err(
+            CpuError::Template(format!("KVM cannot read MSR {index:#x} on vCPU {id}")).into(),
+        );
+    }
+    let values: Vec<(u32, u64)> = msrs
+        .as_slice()
+        .iter()
+        .zip(bitmaps)
+        .map(|(e, (_, bm))| (e.index, bm.apply(e.data)))
+        .collect();
+    set_msrs(vcpu, id, &values, "template MSRs")
+}
+
+fn set_msrs(
+    vcpu: &VcpuFd,
+    id: u8,
+    values: &[(u32, u64)],
+    what: &'static str,
+) -> Result<(), VcpuError> {
+    let entries: Vec<kvm_msr_entry> = values
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let msrs = Msrs::from_entries(&entries).map_err(|e| CpuError::Kvm(format!("{what}: {e:?}")))?;
+    let set = vcpu
+        .set_msrs(&msrs)
+        .map_err(|source| VcpuError::Setup { id, what, source })?;
+    if set != entries.len() {
+        return Err(VcpuError::MsrsRefused {
+            id,
+            what,
+            index: entries[set].index,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn table() -> CpuId {
-        let entries = [
-            kvm_cpuid_entry2 {
-                function: 1,
-                ebx: 0xff00_0800,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xb,
-                index: 1,
-                edx: 7,
-                ..Default::default()
-            },
-        ];
-        CpuId::from_entries(&entries).unwrap()
-    }
-
     #[test]
-    fn apic_ids_hypervisor_bit_and_kvm_signature() {
-        let cpuid = cpuid_for_vcpu(&table(), 3, 4);
-        let leaf1 = cpuid.as_slice().iter().find(|e| e.function == 1).unwrap();
-        assert_eq!(leaf1.ebx >> 24, 3);
-        assert_eq!((leaf1.ebx >> 16) & 0xff, 4);
-        assert_eq!(leaf1.ebx & 0xffff, 0x0800, "CLFLUSH size kept");
-        assert_ne!(leaf1.ecx & ECX_HYPERVISOR, 0);
-        let topo = cpuid.as_slice().iter().find(|e| e.function == 0xb).unwrap();
-        assert_eq!(topo.edx, 3);
-        let sig = cpuid
-            .as_slice()
-            .iter()
-            .find(|e| e.function == LEAF_KVM_SIGNATURE)
-            .unwrap();
-        assert_eq!(sig.ebx.to_le_bytes(), *b"KVMK");
-        assert_eq!(sig.eax, LEAF_KVM_FEATURES);
+    fn topologies_must_give_apic_ids_0_to_n_minus_1() {
+        let topo = |s: &str| s.parse::<Topology>().unwrap();
+        assert!(check_dense_apic_ids(&topo("4,sockets=1,cores=2,threads=2")).is_ok());
+        assert!(check_dense_apic_ids(&topo("3,sockets=1,cores=3")).is_ok());
+        assert!(check_dense_apic_ids(&topo("7")).is_ok());
+        let err = check_dense_apic_ids(&topo("6,sockets=2,cores=3")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VcpuError::SparseApicIds {
+                    index: 3,
+                    apic_id: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
 use kiln_devices::legacy::{GuestExit, ResetSource};
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::signal::Killable;
@@ -24,7 +22,7 @@ use crate::layout::*;
 use crate::memory::{create_guest_memory, GuestMemory};
 use crate::platform::{self, SerialWriter, WakeWatcher};
 use crate::serial::RawTerminal;
-use crate::vcpu::create_vcpu;
+use crate::vcpu::{create_vcpu, CpuSetup};
 use crate::vcpu_exit::{install_kick_handler, kick_signal, run_vcpu, VcpuContext, VcpuSnapshot};
 use crate::VmmError;
 
@@ -132,6 +130,7 @@ fn boot_once(
     stdin_input: bool,
 ) -> Result<VmExitStatus, VmmError> {
     let kvm = Kvm::new().map_err(|source| VmmError::OpenKvm { source })?;
+    let cpus = CpuSetup::prepare(&kvm, &config.cpu, config.vcpus)?;
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
     let mem = create_guest_memory(config.memory_bytes)?;
     register_memory(&vm, &mem)?;
@@ -185,18 +184,9 @@ fn boot_once(
         .map_err(|e| VmmError::Boot(boot::BootError::GuestMemory(e.to_string())))?;
     boot::regs::write_boot_tables(&mem)
         .map_err(|e| VmmError::Boot(boot::BootError::GuestMemory(e.to_string())))?;
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("get supported CPUID"))?;
     let mut vcpus = Vec::with_capacity(config.vcpus as usize);
     for id in 0..config.vcpus {
-        vcpus.push(create_vcpu(
-            &vm,
-            id,
-            config.vcpus,
-            &supported,
-            kernel.entry,
-        )?);
+        vcpus.push(create_vcpu(&vm, id, &cpus, kernel.entry)?);
     }
     let mut profile_params = profile_params.to_vec();
     if pvm {

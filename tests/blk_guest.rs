@@ -1,0 +1,370 @@
+//! virtio-blk, virtio-console and virtio-rng seen from a Linux guest (kiln's minimal
+//! kernel), checked afterwards from the host with QEMU's tools.
+//!
+//! Each boot costs 45-100 s on PVM hosts, so the checks are batched into two boots:
+//! - `disks_console_and_rng_in_one_boot`: three disks (a qcow2 from `kiln img create`,
+//!   a read-only raw disk, a qcow2 overlay on a qemu-img-made backing file), a
+//!   virtio-console to a file and the default virtio-rng;
+//! - `ext4_qcow2_as_root_filesystem`: no initramfs, the root filesystem is an ext4
+//!   image converted to qcow2.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{initramfs_with_test, kernel_dir, kiln, run_kiln};
+
+const MIB: usize = 1 << 20;
+
+fn work_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs a host tool and returns its stdout; fails the test when it fails.
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Bytes that are neither constant nor guessable, so misplaced sectors show.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as u8
+        })
+        .collect()
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..32].to_string()
+}
+
+/// The value of `KEY=` in the guest's output lines.
+fn guest_value<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
+    let prefix = format!("{key}=");
+    stdout
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix.as_str()))
+        .map(str::trim)
+}
+
+fn assert_qemu_img_check_clean(image: &Path) {
+    let out = tool("qemu-img", &["check", path_str(image)]);
+    assert!(out.contains("No errors were found"), "{out}");
+}
+
+/// Guest side of the three-disk boot. vda: qcow2, written; vdb: raw read-only
+/// pattern; vdc: qcow2 overlay whose backing file holds 0x3c in its first MiB.
+const DISKS_SCRIPT: &str = r#"
+echo "VDA-SERIAL=$(cat /sys/block/vda/serial)"
+echo "VDB-RO=$(cat /sys/block/vdb/ro)"
+echo "VDA-SECTORS=$(cat /sys/block/vda/size)"
+dd if=/dev/zero bs=65536 count=16 2>/dev/null | tr '\000' '\132' > /tmp/pat
+dd if=/tmp/pat of=/dev/vda bs=65536 seek=16 conv=fsync 2>/dev/null
+dd if=/dev/vdb of=/tmp/vdb bs=65536 count=16 2>/dev/null
+dd if=/tmp/vdb of=/dev/vda bs=65536 seek=128 conv=fsync 2>/dev/null
+blockdev --flushbufs /dev/vda
+echo 3 > /proc/sys/vm/drop_caches
+dd if=/dev/vda of=/tmp/back bs=65536 skip=16 count=16 2>/dev/null
+cmp /tmp/pat /tmp/back && echo VDA-CMP=ok || echo VDA-CMP=fail
+dd if=/dev/vda of=/tmp/back bs=65536 skip=128 count=16 2>/dev/null
+cmp /tmp/vdb /tmp/back && echo VDA-CMP2=ok || echo VDA-CMP2=fail
+echo "VDB-MD5=$(md5sum /tmp/vdb)"
+if dd if=/tmp/pat of=/dev/vdb bs=4096 count=1 conv=fsync 2>/dev/null; then echo VDB-WRITE=accepted; else echo VDB-WRITE=refused; fi
+echo "VDC-MD5=$(dd if=/dev/vdc bs=65536 count=16 2>/dev/null | md5sum)"
+dd if=/tmp/pat of=/dev/vdc bs=65536 seek=32 count=1 conv=fsync 2>/dev/null && echo VDC-WRITE=ok
+echo KILN-HVC-HELLO > /dev/hvc0
+echo "RNG=$(cat /sys/class/misc/hw_random/rng_current)"
+echo "RNG-BYTES=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c)"
+"#;
+
+#[test]
+fn disks_console_and_rng_in_one_boot() {
+    let dir = work_dir("blk-guest-disks");
+    let kernel = kernel_dir().join("vmlinux");
+    let initrd = initramfs_with_test(&dir, DISKS_SCRIPT);
+
+    // vda: an empty 64 MiB qcow2 made by kiln itself.
+    let vda = dir.join("vda.qcow2");
+    let created = kiln()
+        .args(["img", "create", path_str(&vda), "64M", "--format", "qcow2"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    // vdb: a raw disk holding a known pattern, attached read-only.
+    let vdb = dir.join("vdb.raw");
+    let vdb_data = pattern(4 * MIB, 0x6b69_6c6e);
+    std::fs::write(&vdb, &vdb_data).unwrap();
+    // vdc: a qcow2 overlay on a qemu-img base with 0x3c in its first MiB.
+    let base = dir.join("base.qcow2");
+    let vdc = dir.join("vdc.qcow2");
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", path_str(&base), "16M"],
+    );
+    tool("qemu-io", &["-c", "write -P 0x3c 0 1M", path_str(&base)]);
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            path_str(&base),
+            path_str(&vdc),
+        ],
+    );
+    let console_log = dir.join("hvc0.log");
+
+    let disk_vda = format!("path={},format=qcow2,serial=kiln-vda-42", vda.display());
+    let disk_vdb = format!("path={},format=raw,readonly=on", vdb.display());
+    let disk_vdc = format!("path={}", vdc.display());
+    let console = format!("virtio,file={}", console_log.display());
+    let run = run_kiln(
+        "blk-guest three disks",
+        &[
+            "run",
+            "--kernel",
+            path_str(&kernel),
+            "--initrd",
+            path_str(&initrd),
+            "--cpus",
+            "1",
+            "--memory",
+            "256M",
+            "--timeout",
+            "400s",
+            "--disk",
+            &disk_vda,
+            "--disk",
+            &disk_vdb,
+            "--disk",
+            &disk_vdc,
+            "--console",
+            &console,
+        ],
+    );
+    let stdout = run.stdout();
+    let context = format!("stdout:\n{stdout}\nstderr:\n{}", run.stderr());
+    assert_eq!(run.code(), Some(0), "{context}");
+    assert_eq!(
+        guest_value(&stdout, "KILN-TEST-EXIT"),
+        Some("0"),
+        "{context}"
+    );
+
+    let get = |key| guest_value(&stdout, key).unwrap_or_else(|| panic!("no {key}= in {context}"));
+    assert_eq!(get("VDA-SERIAL"), "kiln-vda-42");
+    assert_eq!(get("VDA-SECTORS"), (64 * MIB / 512).to_string());
+    assert_eq!(
+        get("VDB-RO"),
+        "1",
+        "read-only disk not read-only in the guest"
+    );
+    assert_eq!(get("VDA-CMP"), "ok", "{context}");
+    assert_eq!(get("VDA-CMP2"), "ok", "{context}");
+    assert!(
+        get("VDB-MD5").starts_with(&md5_hex(&vdb_data[..MIB])),
+        "{context}"
+    );
+    assert_eq!(get("VDB-WRITE"), "refused", "{context}");
+    assert!(
+        get("VDC-MD5").starts_with(&md5_hex(&[0x3c; MIB])),
+        "{context}"
+    );
+    assert_eq!(get("VDC-WRITE"), "ok", "{context}");
+    assert_eq!(get("RNG"), "virtio_rng.0", "{context}");
+    assert_eq!(get("RNG-BYTES"), "32", "{context}");
+
+    // The host reads back what the guest wrote, through QEMU's qcow2 code.
+    let qemu_io = tool(
+        "qemu-io",
+        &["-c", "read -P 0x5a 1M 1M", "-f", "qcow2", path_str(&vda)],
+    );
+    assert!(
+        !qemu_io.contains("Pattern verification failed"),
+        "{qemu_io}"
+    );
+    assert_qemu_img_check_clean(&vda);
+    let vda_raw = dir.join("vda.raw");
+    tool(
+        "qemu-img",
+        &["convert", "-O", "raw", path_str(&vda), path_str(&vda_raw)],
+    );
+    let vda_bytes = std::fs::read(&vda_raw).unwrap();
+    assert_eq!(vda_bytes.len(), 64 * MIB);
+    assert!(vda_bytes[..MIB].iter().all(|&b| b == 0), "before the write");
+    assert!(vda_bytes[MIB..2 * MIB].iter().all(|&b| b == 0x5a));
+    assert!(vda_bytes[2 * MIB..8 * MIB].iter().all(|&b| b == 0));
+    assert!(
+        vda_bytes[8 * MIB..9 * MIB] == vdb_data[..MIB],
+        "vdb copy on vda"
+    );
+    // The read-only disk is untouched, the overlay took the write, its base did not.
+    assert!(std::fs::read(&vdb).unwrap() == vdb_data);
+    let overlay = tool(
+        "qemu-io",
+        &[
+            "-c",
+            "read -P 0x5a 2M 64k",
+            "-c",
+            "read -P 0x3c 0 1M",
+            path_str(&vdc),
+        ],
+    );
+    assert!(
+        !overlay.contains("Pattern verification failed"),
+        "{overlay}"
+    );
+    let base_read = tool("qemu-io", &["-c", "read -P 0 2M 64k", path_str(&base)]);
+    assert!(
+        !base_read.contains("Pattern verification failed"),
+        "{base_read}"
+    );
+    assert_qemu_img_check_clean(&vdc);
+    assert_qemu_img_check_clean(&base);
+    // hvc0 output went to the console file, not to stdout.
+    let hvc = std::fs::read_to_string(&console_log).unwrap();
+    assert!(hvc.contains("KILN-HVC-HELLO"), "hvc0 log: {hvc:?}");
+    assert!(!stdout.contains("KILN-HVC-HELLO"));
+}
+
+/// PID 1 on the ext4 root: proves the root is the virtio disk, writes a file,
+/// remounts read-only so the filesystem is clean, powers off.
+const EXT4_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+echo "ROOT-MOUNT=$(/bin/busybox grep ' / ' /proc/mounts | /bin/busybox cut -d' ' -f1-3)"
+echo "HELLO=$(/bin/busybox cat /hello)"
+echo written-by-guest > /from-guest
+/bin/busybox sync
+/bin/busybox mount -o remount,ro /
+echo EXT4-DONE
+/bin/busybox poweroff -f
+"#;
+
+#[test]
+fn ext4_qcow2_as_root_filesystem() {
+    let dir = work_dir("blk-guest-ext4");
+    let kernel = kernel_dir().join("vmlinux");
+    let root = dir.join("root");
+    for sub in ["bin", "dev", "proc", "sys"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox (Debian package busybox-static) must be installed");
+    std::fs::write(root.join("init"), EXT4_INIT).unwrap();
+    std::fs::set_permissions(
+        root.join("init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(root.join("hello"), "ext4-root-ok\n").unwrap();
+    let raw = dir.join("root.raw");
+    tool(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            path_str(&root),
+            path_str(&raw),
+            "32M",
+        ],
+    );
+    let qcow2 = dir.join("root.qcow2");
+    let converted = kiln()
+        .args([
+            "img",
+            "convert",
+            "-O",
+            "qcow2",
+            path_str(&raw),
+            path_str(&qcow2),
+        ])
+        .output()
+        .unwrap();
+    assert!(converted.status.success(), "{converted:?}");
+    std::fs::remove_file(&raw).unwrap();
+
+    let disk = format!("path={}", qcow2.display());
+    let run = run_kiln(
+        "blk-guest ext4 root",
+        &[
+            "run",
+            "--kernel",
+            path_str(&kernel),
+            "--append",
+            "root=/dev/vda rootfstype=ext4 rootwait rw init=/init",
+            "--cpus",
+            "1",
+            "--memory",
+            "256M",
+            "--timeout",
+            "400s",
+            "--disk",
+            &disk,
+        ],
+    );
+    let stdout = run.stdout();
+    let context = format!("stdout:\n{stdout}\nstderr:\n{}", run.stderr());
+    assert_eq!(run.code(), Some(0), "{context}");
+    assert_eq!(
+        guest_value(&stdout, "ROOT-MOUNT"),
+        Some("/dev/root / ext4"),
+        "{context}"
+    );
+    assert_eq!(
+        guest_value(&stdout, "HELLO"),
+        Some("ext4-root-ok"),
+        "{context}"
+    );
+    assert!(stdout.contains("EXT4-DONE"), "{context}");
+
+    assert_qemu_img_check_clean(&qcow2);
+    let back = dir.join("back.raw");
+    tool(
+        "qemu-img",
+        &["convert", "-O", "raw", path_str(&qcow2), path_str(&back)],
+    );
+    let fsck = Command::new("e2fsck")
+        .args(["-fn", path_str(&back)])
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "e2fsck: {fsck:?}");
+    let file = tool("debugfs", &["-R", "cat /from-guest", path_str(&back)]);
+    assert_eq!(file.trim(), "written-by-guest");
+}

@@ -1,0 +1,182 @@
+//! `kiln run` device and CPU options, on the tiny virtio-probe guest (well under a
+//! second per run): it reports the DeviceID at the first virtio-mmio window through
+//! the debug-exit port, so the exit code is (DeviceID << 1) | 1, or 255 when the
+//! window is empty.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::run_kiln;
+
+fn probe_guest(test: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("run-options-{test}.elf"));
+    std::fs::write(&path, kiln_vmm::guests::VIRTIO_PROBE).unwrap();
+    path
+}
+
+fn run_probe(test: &str, extra: &[&str]) -> common::Run {
+    let guest = probe_guest(test);
+    let mut args = vec![
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--serial",
+        "none",
+        "--debug-exit",
+        "0xf4",
+        "--timeout",
+        "20s",
+    ];
+    args.extend_from_slice(extra);
+    run_kiln(test, &args)
+}
+
+const EXIT_RNG: i32 = (4 << 1) | 1;
+const EXIT_BLOCK: i32 = (2 << 1) | 1;
+const EXIT_EMPTY: i32 = 0xff;
+
+#[test]
+fn virtio_rng_is_present_by_default_and_no_rng_drops_it() {
+    let run = run_probe("rng-default", &[]);
+    assert_eq!(run.code(), Some(EXIT_RNG), "{}", run.stderr());
+    let run = run_probe("no-rng", &["--no-rng"]);
+    assert_eq!(run.code(), Some(EXIT_EMPTY), "{}", run.stderr());
+}
+
+#[test]
+fn disks_come_first() {
+    let disk = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-options-disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let spec = format!("path={},readonly=on", disk.display());
+    let run = run_probe("disk-first", &["--disk", &spec]);
+    assert_eq!(run.code(), Some(EXIT_BLOCK), "{}", run.stderr());
+}
+
+#[test]
+fn bad_disks_fail_before_the_vm_starts_naming_the_file() {
+    let run = run_probe(
+        "disk-missing",
+        &["--disk", "path=/nonexistent/kiln-disk.qcow2"],
+    );
+    assert_eq!(run.code(), Some(1));
+    assert!(
+        run.stderr().contains("/nonexistent/kiln-disk.qcow2"),
+        "{}",
+        run.stderr()
+    );
+    let bad = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-options-bad.qcow2");
+    let mut header = b"QFI\xfb".to_vec();
+    header.resize(512, 0xff);
+    std::fs::write(&bad, header).unwrap();
+    let spec = format!("path={}", bad.display());
+    let run = run_probe("disk-corrupt", &["--disk", &spec]);
+    assert_eq!(run.code(), Some(1));
+    assert!(
+        run.stderr().contains(bad.to_str().unwrap()),
+        "{}",
+        run.stderr()
+    );
+    let run = run_probe("disk-syntax", &["--disk", "path=x,format=vmdk"]);
+    assert_eq!(run.code(), Some(2), "clap usage error");
+    assert!(run.stderr().contains("vmdk"), "{}", run.stderr());
+}
+
+/// This host (PVM) lacks pni, ssse3, sse4.1, sse4.2 and popcnt, which Nehalem has.
+const NEHALEM_MISSING: [&str; 5] = [
+    "CPUID.01H:ECX.pni [bit 0]",
+    "CPUID.01H:ECX.ssse3 [bit 9]",
+    "CPUID.01H:ECX.sse4.1 [bit 19]",
+    "CPUID.01H:ECX.sse4.2 [bit 20]",
+    "CPUID.01H:ECX.popcnt [bit 23]",
+];
+
+#[test]
+fn cpu_model_check_enforce_refuses_listing_every_missing_feature() {
+    let run = run_probe("enforce", &["--cpu", "Nehalem,check=enforce"]);
+    let stderr = run.stderr();
+    assert_eq!(run.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("check=enforce"), "{stderr}");
+    for f in NEHALEM_MISSING {
+        let line = format!("host doesn't support requested feature: {f}");
+        assert!(stderr.contains(&line), "missing {line:?} in {stderr}");
+    }
+}
+
+#[test]
+fn cpu_model_check_warn_warns_once_per_feature_and_boots() {
+    let run = run_probe("warn", &["--cpu", "Nehalem", "--cpus", "2"]);
+    let stderr = run.stderr();
+    assert_eq!(run.code(), Some(EXIT_RNG), "{stderr}");
+    for f in NEHALEM_MISSING {
+        let line = format!("host doesn't support requested feature: {f}");
+        assert_eq!(stderr.matches(&line).count(), 1, "{line:?} in {stderr}");
+    }
+}
+
+#[test]
+fn cpu_option_errors() {
+    let run = run_probe("unknown-model", &["--cpu", "Nehalen"]);
+    assert_eq!(run.code(), Some(2));
+    assert!(
+        run.stderr().contains("Nehalem"),
+        "close match: {}",
+        run.stderr()
+    );
+    let run = run_probe("topology", &["--cpus", "4,cores=3"]);
+    assert_eq!(run.code(), Some(2));
+    let run = run_probe("template", &["--cpu-template", "/nonexistent/t.json"]);
+    assert_eq!(run.code(), Some(1));
+    assert!(
+        run.stderr().contains("/nonexistent/t.json"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn topology_boots_with_sockets_cores_threads() {
+    let run = run_probe("topology-ok", &["--cpus", "4,sockets=1,cores=2,threads=2"]);
+    assert_eq!(run.code(), Some(EXIT_RNG), "{}", run.stderr());
+}
+
+#[test]
+fn nested_is_refused_on_a_host_that_cannot_nest() {
+    // This development host's KVM is PVM, which has no VMX/SVM to give a guest.
+    let run = run_probe("nested", &["--nested"]);
+    let stderr = run.stderr();
+    assert_eq!(run.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nested virtualization:"), "{stderr}");
+    assert!(stderr.contains("PVM"), "{stderr}");
+}
+
+fn template_file(test: &str, json: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("run-options-{test}.json"));
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+#[test]
+fn cpu_template_msr_modifiers_are_checked_against_the_host_and_applied() {
+    let bitmap = format!("0b{}1", "x".repeat(63));
+    let absent = template_file(
+        "template-absent-msr",
+        &format!(r#"{{"msr_modifiers": [{{"addr": "0xdeadbeef", "bitmap": "{bitmap}"}}]}}"#),
+    );
+    let run = run_probe(
+        "template-absent-msr",
+        &["--cpu-template", absent.to_str().unwrap()],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert!(run.stderr().contains("0xdeadbeef"), "{}", run.stderr());
+    // IA32_MISC_ENABLE bit 0 (fast strings): an MSR KVM always emulates.
+    let present = template_file(
+        "template-misc-enable",
+        &format!(r#"{{"msr_modifiers": [{{"addr": "0x1a0", "bitmap": "{bitmap}"}}]}}"#),
+    );
+    let run = run_probe(
+        "template-misc-enable",
+        &["--cpu-template", present.to_str().unwrap()],
+    );
+    assert_eq!(run.code(), Some(EXIT_RNG), "{}", run.stderr());
+}
