@@ -3,7 +3,8 @@
 # 1. installs the Debian/PyPI packages the tests check against (scripts/setup-host.sh);
 # 2. builds, or reuses from the cache outside the repo, the minimal test kernel and
 #    the busybox initramfs (keyed by the hash of their inputs);
-# 3. runs every crate's unit tests and the integration tests, which boot real guests.
+# 3. runs a bounded fuzz pass (fuzz/run.sh), then every crate's unit tests and the
+#    integration tests, which boot real guests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,12 @@ KILN_TEST_KERNEL_DIR=$(scripts/build-kernel.sh)
 stamp "test initramfs"
 KILN_TEST_INITRAMFS=$(scripts/build-initramfs.sh)
 export KILN_TEST_KERNEL_DIR KILN_TEST_INITRAMFS
+
+# Bounded fuzzing of virtio-blk request parsing and qcow2 metadata (fuzz/README.md).
+# cargo-fuzz comes from crates.io; it runs on the stable toolchain through RUSTC_BOOTSTRAP.
+stamp "fuzz (${KILN_FUZZ_SECONDS:-30} s per target)"
+command -v cargo-fuzz >/dev/null || cargo install --locked -q cargo-fuzz
+fuzz/run.sh "${KILN_FUZZ_SECONDS:-30}"
 
 stamp "cargo test"
 cargo test --workspace --locked 2>&1
