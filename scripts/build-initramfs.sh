@@ -63,7 +63,7 @@ trap 'rm -rf "$work"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 root="$work/root"
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,root,run,etc,usr/bin,usr/sbin,usr/share/udhcpc,var}
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,root,run,etc/udhcpc,usr/bin,usr/sbin,usr/share/udhcpc,var}
 chmod 1777 "$root/tmp"
 
 log "busybox from $busybox"
@@ -82,6 +82,8 @@ gcc -static -nostdlib -Wl,--build-id=none -s \
 install -m 0755 "$src/init" "$root/init"
 install -m 0644 "$src/fstab" "$root/etc/fstab"
 install -m 0755 "$src/udhcpc.script" "$root/usr/share/udhcpc/default.script"
+# Debian's busybox udhcpc looks in /etc/udhcpc/ by default.
+ln -s /usr/share/udhcpc/default.script "$root/etc/udhcpc/default.script"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 printf 'root:x:0:\n' >"$root/etc/group"
 : >"$root/etc/resolv.conf"

@@ -156,6 +156,8 @@ fn disks_console_and_rng_in_one_boot() {
         "blk-guest three disks",
         &[
             "run",
+            "--net",
+            "none",
             "--kernel",
             path_str(&kernel),
             "--initrd",
@@ -325,6 +327,8 @@ fn ext4_qcow2_as_root_filesystem() {
         "blk-guest ext4 root",
         &[
             "run",
+            "--net",
+            "none",
             "--kernel",
             path_str(&kernel),
             "--append",

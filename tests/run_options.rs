@@ -28,6 +28,10 @@ fn run_probe(test: &str, extra: &[&str]) -> common::Run {
         "--timeout",
         "20s",
     ];
+    // No NIC (and no passt) per probe run unless the test asks for one.
+    if !extra.contains(&"--net") {
+        args.extend_from_slice(&["--net", "none"]);
+    }
     args.extend_from_slice(extra);
     run_kiln(test, &args)
 }
@@ -42,6 +46,30 @@ fn virtio_rng_is_present_by_default_and_no_rng_drops_it() {
     assert_eq!(run.code(), Some(EXIT_RNG), "{}", run.stderr());
     let run = run_probe("no-rng", &["--no-rng"]);
     assert_eq!(run.code(), Some(EXIT_EMPTY), "{}", run.stderr());
+}
+
+#[test]
+fn user_networking_is_on_by_default_after_rng() {
+    const EXIT_NET: i32 = (1 << 1) | 1;
+    let run = run_kiln(
+        "net-default",
+        &[
+            "run",
+            "--kernel",
+            probe_guest("net-default").to_str().unwrap(),
+            "--serial",
+            "none",
+            "--debug-exit",
+            "0xf4",
+            "--timeout",
+            "20s",
+            "--no-rng",
+        ],
+    );
+    assert_eq!(run.code(), Some(EXIT_NET), "{}", run.stderr());
+    let run = run_probe("net-tap-missing", &["--net", "tap=kilnabsent0"]);
+    assert_ne!(run.code(), Some(0));
+    assert!(run.stderr().contains("kilnabsent0"), "{}", run.stderr());
 }
 
 #[test]

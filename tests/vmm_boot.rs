@@ -102,6 +102,8 @@ fn pvh_boot_with_two_vcpus_reaches_init_and_powers_off() {
     let (out, took) = kiln(&[
         "-v",
         "run",
+        "--net",
+        "none",
         "--kernel",
         vmlinux.to_str().unwrap(),
         "--initrd",
@@ -131,6 +133,8 @@ fn linux64_entry_boot_reboots_with_exit_2() {
     let vmlinux = kernel_dir().join("vmlinux");
     let (out, took) = kiln(&[
         "run",
+        "--net",
+        "none",
         "--kernel",
         vmlinux.to_str().unwrap(),
         "--initrd",
@@ -154,6 +158,8 @@ fn lz4_bzimage_boots_and_a_panic_with_panic_minus_1_exits_2() {
     let bzimage = kernel_dir().join("bzImage");
     let (out, took) = kiln(&[
         "run",
+        "--net",
+        "none",
         "--kernel",
         bzimage.to_str().unwrap(),
         "--append",
@@ -253,6 +259,8 @@ fn debian_installer_kernel_runs_without_vmm_error() {
     let (out, _) = kiln(&[
         "-v",
         "run",
+        "--net",
+        "none",
         "--kernel",
         kernel.to_str().unwrap(),
         "--initrd",

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kiln_devices::block::DiskConfig;
+use kiln_devices::virtio::net::NetConfig;
 use kiln_vmm::cpu::{CpuConfig, CustomTemplate, GuestCpu, Topology};
 use kiln_vmm::device_manager::{ConsoleOutput, VirtioDeviceConfig, VirtioSpec};
 use kiln_vmm::{EntryChoice, OnReset, SerialOutput, VmConfig, VmExitStatus};
@@ -50,6 +51,11 @@ pub struct Args {
     /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too).
     #[arg(long, value_parser = parse_console)]
     pub console: Option<ConsoleOutput>,
+    /// A virtio-net card: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (passt),
+    /// tap=NAME[,create=on] or none; each may end with ,mac=xx:xx:xx:xx:xx:xx.
+    /// Repeatable, one card each (eth0, eth1, ...). Without --net: user.
+    #[arg(long = "net", value_name = "user|tap=NAME|none", value_parser = parse_net)]
+    pub nets: Vec<NetConfig>,
     /// Leave out the virtio-rng device (present by default, fed from getrandom).
     #[arg(long)]
     pub no_rng: bool,
@@ -136,6 +142,11 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         .map_err(|e: kiln_devices::block::config::DiskConfigError| e.to_string())
 }
 
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    s.parse()
+        .map_err(|e: kiln_devices::virtio::net::NetConfigError| e.to_string())
+}
+
 fn parse_console(s: &str) -> Result<ConsoleOutput, String> {
     let bad = || format!("{s:?}: expected virtio, virtio,file=PATH or virtio,socket=PATH");
     let mut parts = s.splitn(2, ',');
@@ -183,13 +194,26 @@ fn parse_port(s: &str) -> Result<u16, String> {
 }
 
 impl Args {
-    /// The virtio devices, in attachment order: disks (vda, vdb, ...), console, rng.
+    /// The virtio devices, in attachment order: disks (vda, vdb, ...), console,
+    /// rng, NICs (eth0, ...).
     fn virtio_specs(&self) -> Vec<VirtioSpec> {
         let mut specs: Vec<VirtioSpec> = self.disks.iter().cloned().map(VirtioSpec::Disk).collect();
         specs.extend(self.console.clone().map(VirtioSpec::Console));
         if !self.no_rng {
             specs.push(VirtioSpec::Rng);
         }
+        let default_net = [NetConfig::default()];
+        let nets = if self.nets.is_empty() {
+            &default_net[..]
+        } else {
+            &self.nets[..]
+        };
+        specs.extend(
+            nets.iter()
+                .filter(|n| **n != NetConfig::None)
+                .cloned()
+                .map(VirtioSpec::Net),
+        );
         specs
     }
 
@@ -308,5 +332,29 @@ mod tests {
         assert!(parse_cpu("Nehalem,-sse4.2,check=enforce").is_ok());
         assert!(parse_cpu("Nehalem,+nosuchfeature").is_err());
         assert!(parse_disk("path=/x,format=vmdk").is_err());
+    }
+
+    fn specs_for(extra: &[&str]) -> Vec<VirtioSpec> {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: Args,
+        }
+        let argv = [&["kiln", "--kernel", "/k"][..], extra].concat();
+        Cli::try_parse_from(argv).unwrap().run.virtio_specs()
+    }
+
+    #[test]
+    fn net_defaults_to_user_repeats_and_none_drops_it() {
+        let user = VirtioSpec::Net(NetConfig::default());
+        assert_eq!(specs_for(&[]), vec![VirtioSpec::Rng, user.clone()]);
+        assert_eq!(specs_for(&["--net", "none", "--no-rng"]), vec![]);
+        let specs = specs_for(&["--net", "user,hostfwd=tcp:2222-:22", "--net", "tap=t0"]);
+        assert_eq!(specs.len(), 3, "{specs:?}");
+        assert!(matches!(&specs[1], VirtioSpec::Net(NetConfig::Nic { .. })));
+        assert_ne!(specs[1], user, "hostfwd kept");
+        assert!(parse_net("slirp").unwrap_err().contains("slirp"));
+        assert!(parse_net("user,hostfwd=tcp:1-2").is_err());
     }
 }

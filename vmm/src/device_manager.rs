@@ -5,10 +5,12 @@
 //! device kinds attach without touching the attach code.
 //!
 //! [`VirtioSpec`] is the typed form of the CLI's device options (`--disk`,
-//! `--console virtio`, rng); [`VirtioDeviceConfig::from_spec`] opens their host
-//! side (disk images, files, sockets) once, before the VM is built, so a bad path
-//! fails early with an error naming it. A new device kind is one variant and one
-//! match arm there.
+//! `--console virtio`, `--net`, rng); [`VirtioDeviceConfig::from_spec`] opens their
+//! host side (disk images, files, sockets) once, before the VM is built, so a bad
+//! path fails early with an error naming it. A new device kind is one variant and
+//! one match arm there. A NIC's backend (passt, TAP) is opened by the device
+//! factory instead, so a rebuilt device after a guest reboot gets a fresh one and
+//! dropping the device stops passt.
 
 use std::fs::File;
 use std::io::Write;
@@ -21,6 +23,7 @@ use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError};
 use kiln_devices::virtio::block::Block;
 use kiln_devices::virtio::console::{Console, ConsoleInput};
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
+use kiln_devices::virtio::net::{Net, NetConfig};
 use kiln_devices::virtio::rng::Rng;
 use kiln_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -99,6 +102,8 @@ pub enum ConsoleOutput {
 pub enum VirtioSpec {
     Disk(DiskConfig),
     Console(ConsoleOutput),
+    /// A NIC; `NetConfig::None` (`--net none`) attaches nothing and is not a valid spec.
+    Net(NetConfig),
     Rng,
 }
 
@@ -113,6 +118,8 @@ pub enum SpecError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("--net: {0}")]
+    Net(String),
 }
 
 impl VirtioDeviceConfig {
@@ -134,11 +141,28 @@ impl VirtioDeviceConfig {
                 }))
             }
             VirtioSpec::Console(out) => console(out),
+            VirtioSpec::Net(cfg) => net(cfg),
             VirtioSpec::Rng => Ok(Self::new("virtio-rng", || {
                 Rng::new().map_err(|e| e.to_string())
             })),
         }
     }
+}
+
+fn net(cfg: &NetConfig) -> Result<VirtioDeviceConfig, SpecError> {
+    if *cfg == NetConfig::None {
+        return Err(SpecError::Net("`none` asks for no network card".into()));
+    }
+    // One MAC for the VM's whole life: a device rebuilt on reboot keeps it.
+    let cfg = cfg
+        .clone()
+        .with_fixed_mac()
+        .map_err(|e| SpecError::Net(format!("cannot pick a random MAC address: {e}")))?;
+    Ok(VirtioDeviceConfig::new("virtio-net", move || {
+        Net::from_config(&cfg)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no network card configured".to_string())
+    }))
 }
 
 fn console(out: &ConsoleOutput) -> Result<VirtioDeviceConfig, SpecError> {
@@ -330,5 +354,28 @@ mod tests {
         let rng = VirtioDeviceConfig::from_spec(&VirtioSpec::Rng).unwrap();
         assert_eq!(rng.build().unwrap().device.lock().unwrap().device_type(), 4);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_nic_keeps_one_random_mac_across_rebuilds_and_none_is_not_a_device() {
+        let mac = |h: &VirtioHandles| {
+            let mut bytes = [0u8; 6];
+            h.device.lock().unwrap().read_config(0, &mut bytes);
+            bytes
+        };
+        // A TAP that does not exist: the spec is accepted, building it names the device.
+        let tap: NetConfig = "tap=kilnnotthere0".parse().unwrap();
+        let cfg = VirtioDeviceConfig::from_spec(&VirtioSpec::Net(tap)).unwrap();
+        let err = cfg.build().err().expect("no such TAP");
+        assert!(err.contains("kilnnotthere0"), "{err}");
+        // User mode starts passt per build; both builds see the MAC picked once.
+        let user = VirtioDeviceConfig::from_spec(&VirtioSpec::Net(NetConfig::default())).unwrap();
+        let first = user.build().unwrap();
+        let second = user.build().unwrap();
+        assert_eq!(first.device.lock().unwrap().device_type(), 1);
+        assert_eq!(mac(&first), mac(&second));
+        assert_ne!(mac(&first)[0] & 0x02, 0, "locally administered");
+        let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Net(NetConfig::None)).unwrap_err();
+        assert!(err.to_string().starts_with("--net: "), "{err}");
     }
 }
