@@ -132,7 +132,7 @@ pub fn blk_descriptor_chain(data: &[u8]) {
     }
     let Ok(queue) = vq.create_queue() else { return };
     let disk = Arc::new(MemDisk(Mutex::new(vec![0x5a; 64 * 512])));
-    let Ok(mut dev) = Block::new(disk, Some("fuzz")) else {
+    let Ok(mut dev) = Block::with_workers(disk, Some("fuzz"), 0) else {
         return;
     };
     let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(0) else {

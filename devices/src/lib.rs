@@ -3,11 +3,11 @@
 //! This crate knows nothing about KVM: every model takes guest memory and an interrupt
 //! abstraction, so unit tests drive it with mock guest memory and mock queues.
 
-pub mod bus;
-pub mod legacy;
 pub mod block;
+pub mod bus;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod legacy;
 pub mod virtio;
 
 /// Guest memory type shared by all device models.

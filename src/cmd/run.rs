@@ -281,6 +281,9 @@ pub fn run_config(config: VmConfig, start: Instant) -> anyhow::Result<ExitCode> 
         VmExitStatus::Reset(source) => eprintln!("kiln: guest reset ({source})"),
         VmExitStatus::DebugExit(v) => log::info!("guest wrote {v:#x} to the debug-exit port"),
         VmExitStatus::Timeout(t) => eprintln!("kiln: timeout: guest still running after {t:?}"),
+        VmExitStatus::Interrupted(signum) => {
+            eprintln!("kiln: stopped by signal {signum}; the guest did not shut down")
+        }
     }
     Ok(ExitCode::from(status.exit_code()))
 }

@@ -20,6 +20,7 @@ pub mod memory;
 mod platform;
 pub mod pvm;
 pub mod serial;
+mod stop_signal;
 pub mod vcpu;
 pub mod vcpu_exit;
 pub mod vm;

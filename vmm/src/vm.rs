@@ -22,6 +22,7 @@ use crate::layout::*;
 use crate::memory::{create_guest_memory, GuestMemory};
 use crate::platform::{self, SerialWriter, WakeWatcher};
 use crate::serial::RawTerminal;
+use crate::stop_signal;
 use crate::vcpu::{create_vcpu, CpuSetup};
 use crate::vcpu_exit::{install_kick_handler, kick_signal, run_vcpu, VcpuContext, VcpuSnapshot};
 use crate::VmmError;
@@ -33,6 +34,8 @@ pub enum VmExitStatus {
     Reset(ResetSource),
     DebugExit(u8),
     Timeout(Duration),
+    /// SIGINT or SIGTERM (the signal number) stopped the VM.
+    Interrupted(i32),
 }
 
 impl VmExitStatus {
@@ -44,6 +47,8 @@ impl VmExitStatus {
             // Like QEMU's isa-debug-exit; the OS keeps the low 8 bits.
             VmExitStatus::DebugExit(v) => ((u32::from(*v) << 1) | 1) as u8,
             VmExitStatus::Timeout(_) => 124,
+            // The shell convention for a death by signal.
+            VmExitStatus::Interrupted(signum) => (128 + signum) as u8,
         }
     }
 }
@@ -52,6 +57,8 @@ impl VmExitStatus {
 /// reports on the debug-exit port, or the timeout expires.
 pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, VmmError> {
     let deadline = config.timeout.map(|t| Instant::now() + t);
+    stop_signal::install()
+        .map_err(|e| VmmError::Device(format!("cannot install SIGINT/SIGTERM handlers: {e}")))?;
     // Refuse bad input before creating any output file.
     boot::check_inputs(&config.kernel, config.initrd.as_deref())?;
     let output = SerialWriter::open(&config.serial)?;
@@ -218,7 +225,11 @@ fn boot_once(
         threads.push(thread);
     }
 
+    let wake_on_signal = stop_signal::watch(&control.wake);
     let status = loop {
+        if let Some(signum) = stop_signal::requested() {
+            break Ok(VmExitStatus::Interrupted(signum));
+        }
         if let Some(outcome) = control.take() {
             break match outcome {
                 Outcome::Guest(GuestExit::PowerOff) => Ok(VmExitStatus::PowerOff),
@@ -237,10 +248,14 @@ fn boot_once(
             }
             None => -1,
         };
-        events
-            .run_with_timeout(wait_ms)
-            .map_err(|e| VmmError::Device(format!("event loop: {e}")))?;
+        if let Err(e) = events.run_with_timeout(wait_ms) {
+            // A stop signal interrupts epoll_wait; the next turn reports it.
+            if stop_signal::requested().is_none() {
+                break Err(VmmError::Device(format!("event loop: {e}")));
+            }
+        }
     };
+    drop(wake_on_signal);
     control.finish(Outcome::Error("VM stopped".into()));
     if let Some(rss) = crate::memory::rss_report(&mem) {
         log::info!(

@@ -12,10 +12,10 @@ pub mod activation;
 pub mod block;
 pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
-pub mod net;
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@ use virtio_bindings::bindings::virtio_blk::*;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
 
-use super::request::{parse, read_segments, Request, RequestType, Segment, SEGMENT_LEN};
+use super::request::{parse, read_segments, Parsed, Request, RequestType, Segment, SEGMENT_LEN};
 use super::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
 use crate::block::{DiskBackend, SECTOR_SIZE};
 use crate::GuestMemory;
@@ -28,13 +28,18 @@ const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 impl IoContext<'_> {
     /// Parse and run one chain; returns the used length (payload written + status byte).
     pub fn handle_chain(&self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> u32 {
-        let parsed = match parse(mem, chain) {
-            Ok(p) => p,
+        match parse(mem, chain) {
+            Ok(parsed) => self.complete(mem, parsed),
             Err(e) => {
                 warn!("virtio-blk: dropping request: {e}");
-                return 0;
+                0
             }
-        };
+        }
+    }
+
+    /// Run a parsed chain and write its status; returns the used length (payload
+    /// written + status byte).
+    pub fn complete(&self, mem: &GuestMemory, parsed: Parsed) -> u32 {
         let (status, written) = match parsed.request {
             Ok(req) => self.execute(mem, &req),
             Err(e) => {
