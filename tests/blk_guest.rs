@@ -18,7 +18,8 @@ use common::{initramfs_with_test, kernel_dir, kiln, run_kiln};
 const MIB: usize = 1 << 20;
 
 fn work_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -267,7 +268,7 @@ fn disks_console_and_rng_in_one_boot() {
 /// remounts read-only so the filesystem is clean, powers off.
 const EXT4_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
-echo "ROOT-MOUNT=$(/bin/busybox grep ' / ' /proc/mounts | /bin/busybox cut -d' ' -f1-3)"
+echo "ROOT-MOUNT=$(/bin/busybox grep ' / ' /proc/mounts)"
 echo "HELLO=$(/bin/busybox cat /hello)"
 echo written-by-guest > /from-guest
 /bin/busybox sync
@@ -346,9 +347,10 @@ fn ext4_qcow2_as_root_filesystem() {
     let stdout = run.stdout();
     let context = format!("stdout:\n{stdout}\nstderr:\n{}", run.stderr());
     assert_eq!(run.code(), Some(0), "{context}");
-    assert_eq!(
-        guest_value(&stdout, "ROOT-MOUNT"),
-        Some("/dev/root / ext4"),
+    // One process per command substitution, no pipeline: on PVM hosts two new
+    // processes starting side by side sometimes lose their TLS (see the README).
+    assert!(
+        guest_value(&stdout, "ROOT-MOUNT").is_some_and(|m| m.starts_with("/dev/root / ext4 ")),
         "{context}"
     );
     assert_eq!(
