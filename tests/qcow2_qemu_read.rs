@@ -81,17 +81,7 @@ fn backing_chain_of_three() {
     let base = create(d, "base.qcow2", "cluster_size=4096", "8M");
     qemu_io(&base, PATTERNS);
     let mid = d.join("mid.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        mid.to_str().unwrap(),
-    ]);
+    qemu_overlay("base.qcow2", &mid);
     qemu_io(
         &mid,
         &[
@@ -101,17 +91,7 @@ fn backing_chain_of_three() {
         ],
     );
     let top = d.join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        top.to_str().unwrap(),
-    ]);
+    qemu_overlay("mid.qcow2", &top);
     qemu_io(
         &top,
         &[

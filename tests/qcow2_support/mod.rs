@@ -32,6 +32,22 @@ pub fn qemu_img(args: &[&str]) -> String {
     tool("qemu-img", args)
 }
 
+/// `qemu-img create -f qcow2 -b BACKING -F qcow2 OVERLAY`, with the backing file named
+/// relative to the overlay, as a chain built in one directory would be.
+pub fn qemu_overlay(backing_name: &str, overlay: &Path) {
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        backing_name,
+        "-F",
+        "qcow2",
+        overlay.to_str().unwrap(),
+    ]);
+}
+
 pub fn qemu_io(image: &Path, commands: &[&str]) -> String {
     let mut args = vec!["-f", "qcow2"];
     for c in commands {
