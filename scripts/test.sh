@@ -4,7 +4,9 @@
 # 2. builds, or reuses from the cache outside the repo, the minimal test kernel and
 #    the busybox initramfs (keyed by the hash of their inputs);
 # 3. runs a bounded fuzz pass (fuzz/run.sh), then every crate's unit tests and the
-#    integration tests, which boot real guests.
+#    integration tests, which boot real guests;
+# 4. builds the shipped binary (scripts/build-release.sh, which checks it) and runs
+#    the start-up benchmark once with it, so both keep working.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +30,9 @@ fuzz/run.sh "${KILN_FUZZ_SECONDS:-30}"
 
 stamp "cargo test"
 cargo test --workspace --locked 2>&1
+
+stamp "release build"
+release=$(scripts/build-release.sh)
+stamp "start-up benchmark (3 runs, not timed as a test)"
+"$release" bench start --runs 3
 stamp "done"

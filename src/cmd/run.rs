@@ -266,10 +266,12 @@ impl Args {
     }
 }
 
-pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    // kiln's clock for "since process start": taken before any VM work, right
-    // after argument parsing (well under a millisecond after exec).
-    let start = Instant::now();
+/// `start` is kiln's clock for "since process start", taken first thing in main.
+pub fn exec(args: Args, start: Instant) -> anyhow::Result<ExitCode> {
+    log::debug!(
+        "start-up: arguments parsed at {:.3} ms",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
     run_config(args.into_config()?, start)
 }
 

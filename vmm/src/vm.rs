@@ -136,11 +136,20 @@ fn boot_once(
     pvm: bool,
     stdin_input: bool,
 ) -> Result<VmExitStatus, VmmError> {
+    let phase = |what: &str| {
+        log::debug!(
+            "start-up: {what} at {:.3} ms",
+            process_start.elapsed().as_secs_f64() * 1000.0
+        )
+    };
     let kvm = Kvm::new().map_err(|source| VmmError::OpenKvm { source })?;
     let cpus = CpuSetup::prepare(&kvm, &config.cpu, config.vcpus)?;
+    phase("CPUID computed");
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    phase("VM created");
     let mem = create_guest_memory(config.memory_bytes)?;
     register_memory(&vm, &mem)?;
+    phase("guest memory registered");
     vm.set_identity_map_address(KVM_IDENTITY_MAP_START)
         .map_err(kvm_err("set identity map address"))?;
     vm.set_tss_address(KVM_TSS_START as usize)
@@ -159,6 +168,7 @@ fn boot_once(
         None => None,
     };
 
+    phase("irqchip, PIT and kernel ready");
     let control = Arc::new(
         VmControl::new(process_start).map_err(|e| VmmError::Device(format!("eventfd: {e}")))?,
     );
@@ -191,10 +201,12 @@ fn boot_once(
         .map_err(|e| VmmError::Boot(boot::BootError::GuestMemory(e.to_string())))?;
     boot::regs::write_boot_tables(&mem)
         .map_err(|e| VmmError::Boot(boot::BootError::GuestMemory(e.to_string())))?;
+    phase("devices and boot tables ready");
     let mut vcpus = Vec::with_capacity(config.vcpus as usize);
     for id in 0..config.vcpus {
         vcpus.push(create_vcpu(&vm, id, &cpus, kernel.entry)?);
     }
+    phase("vCPUs created");
     let mut profile_params = profile_params.to_vec();
     if pvm {
         let khz = vcpus[0]
@@ -225,6 +237,7 @@ fn boot_once(
         threads.push(thread);
     }
 
+    phase("vCPU threads started");
     let wake_on_signal = stop_signal::watch(&control.wake);
     let status = loop {
         if let Some(signum) = stop_signal::requested() {
@@ -257,7 +270,11 @@ fn boot_once(
     };
     drop(wake_on_signal);
     control.finish(Outcome::Error("VM stopped".into()));
-    if let Some(rss) = crate::memory::rss_report(&mem) {
+    // Reading smaps walks every page table entry: only when someone will see it.
+    let rss = log::log_enabled!(log::Level::Info)
+        .then(|| crate::memory::rss_report(&mem))
+        .flatten();
+    if let Some(rss) = rss {
         log::info!(
             "memory: peak RSS {} KiB, guest RAM resident {} KiB, kiln itself at most {} KiB \
              (now: anonymous {} KiB of which guest {} KiB, file-backed {} KiB)",

@@ -200,6 +200,19 @@ struct Watchdog {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A pthread handle that may cross to the watchdog thread (on musl it is a raw pointer).
+struct VcpuThread(libc::pthread_t);
+// SAFETY: the handle is only passed to pthread_kill, which is safe from any thread
+// while the target lives; the vCPU thread outlives the watchdog (it joins it on drop).
+unsafe impl Send for VcpuThread {}
+
+impl VcpuThread {
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: see the Send impl: the target thread is alive while we hold this.
+        unsafe { libc::pthread_kill(self.0, signal) };
+    }
+}
+
 extern "C" fn ignore_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 impl Watchdog {
@@ -208,7 +221,7 @@ impl Watchdog {
         vmm_sys_util::signal::register_signal_handler(signal, ignore_signal)
             .map_err(|e| CpuError::Kvm(format!("signal handler: {e}")))?;
         // SAFETY: pthread_self has no preconditions.
-        let target = unsafe { libc::pthread_self() };
+        let target = VcpuThread(unsafe { libc::pthread_self() });
         let (stop, rx) = mpsc::channel::<()>();
         let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = fired.clone();
@@ -218,9 +231,9 @@ impl Watchdog {
                 // Keep signalling until the vCPU thread stops us: a signal that lands
                 // between two KVM_RUN calls would otherwise be lost.
                 loop {
-                    // SAFETY: `target` is the vCPU thread, alive until it drops the
-                    // Watchdog, which joins this thread first.
-                    unsafe { libc::pthread_kill(target, signal) };
+                    // `target` is the vCPU thread, alive until it drops the Watchdog,
+                    // which joins this thread first.
+                    target.signal(signal);
                     if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
                         break;
                     }
