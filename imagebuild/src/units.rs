@@ -8,8 +8,11 @@ pub struct UnitError {
     pub reason: &'static str,
 }
 
-/// Parses a byte size: a number with an optional binary suffix K, M, G, T (also KiB,
-/// MiB, ... and lower case). No suffix means bytes.
+/// Parses a byte size, with qemu-img's grammar: a number, possibly with a decimal
+/// fraction (`1.5G`), and an optional binary suffix B, K, M, G, T, P or E (also KB/KiB
+/// and lower case). No suffix means bytes. The result must be a whole number of bytes;
+/// the arithmetic is exact (no floating point), so `0.5K` is 512 and `0.3` an error.
+/// kiln has this one size grammar: recipes, `kiln run --memory`, `kiln img create`.
 pub fn parse_size(value: &str) -> Result<u64, UnitError> {
     let err = |reason| UnitError {
         what: "size",
@@ -17,20 +20,44 @@ pub fn parse_size(value: &str) -> Result<u64, UnitError> {
         reason,
     };
     let v = value.trim();
-    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    if digits == 0 {
+    let number_end = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (whole, fraction) = match v[..number_end].split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (&v[..number_end], ""),
+    };
+    if whole.is_empty() || fraction.contains('.') {
         return Err(err("must start with a number"));
     }
-    let n: u64 = v[..digits].parse().map_err(|_| err("number too large"))?;
-    let shift = match v[digits..].trim().to_ascii_lowercase().as_str() {
+    let shift = match v[number_end..].trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kib" | "kb" => 10,
         "m" | "mib" | "mb" => 20,
         "g" | "gib" | "gb" => 30,
         "t" | "tib" | "tb" => 40,
-        _ => return Err(err("unknown suffix (use K, M, G or T)")),
+        "p" | "pib" | "pb" => 50,
+        "e" | "eib" | "eb" => 60,
+        _ => return Err(err("unknown suffix (use K, M, G, T, P or E)")),
     };
-    n.checked_mul(1u64 << shift).ok_or(err("too large"))
+    let whole: u64 = whole.parse().map_err(|_| err("number too large"))?;
+    let mut bytes = whole.checked_mul(1u64 << shift).ok_or(err("too large"))?;
+    if !fraction.is_empty() {
+        // fraction / 10^digits * 2^shift must be whole: exact in u128 for any input
+        // short enough to matter (longer fractions cannot divide evenly anyway).
+        if fraction.len() > 20 {
+            return Err(err("not a whole number of bytes"));
+        }
+        let numerator: u128 = fraction.parse().map_err(|_| err("bad fraction"))?;
+        let scaled = numerator << shift;
+        let denominator = 10u128.pow(fraction.len() as u32);
+        if scaled % denominator != 0 {
+            return Err(err("not a whole number of bytes"));
+        }
+        let extra = u64::try_from(scaled / denominator).map_err(|_| err("too large"))?;
+        bytes = bytes.checked_add(extra).ok_or(err("too large"))?;
+    }
+    Ok(bytes)
 }
 
 /// Parses a duration in seconds: a number with an optional `s`, `m` or `h` suffix.
@@ -74,9 +101,27 @@ mod tests {
         assert_eq!(parse_size("10G").unwrap(), 10 << 30);
         assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
         assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("99999999999999T").is_err());
+        assert_eq!(parse_size("64k").unwrap(), 65536);
+        assert_eq!(parse_size("1.5M").unwrap(), 3 << 19);
+        assert_eq!(parse_size("0.5K").unwrap(), 512);
+        assert_eq!(parse_size("2.25 G").unwrap(), 9 << 28);
+        assert_eq!(parse_size("1E").unwrap(), 1 << 60);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        for bad in [
+            "G",
+            "1X",
+            "-1",
+            "abc",
+            "0.3",
+            "1.2.3",
+            ".5G",
+            "",
+            "99999999999999T",
+            "16E",
+            "0.000000000000000000001",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
         assert_eq!(format_size(3 << 30), "3G");
         assert_eq!(format_size(1000), "1000");
     }

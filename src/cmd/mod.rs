@@ -9,3 +9,9 @@ pub mod installer;
 pub mod recipe;
 pub mod run;
 pub mod seed;
+
+/// clap's value parser for sizes ("512M", "10G", "1.5G", "4096"): kiln's one size
+/// grammar, shared with recipes (`kiln_imagebuild::units::parse_size`).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    kiln_imagebuild::units::parse_size(s).map_err(|e| e.to_string())
+}

@@ -12,6 +12,8 @@ use kiln_vmm::cpu::{CpuConfig, CustomTemplate, GuestCpu, Topology};
 use kiln_vmm::device_manager::{ConsoleOutput, VirtioDeviceConfig, VirtioSpec};
 use kiln_vmm::{EntryChoice, OnReset, SerialOutput, VmConfig, VmExitStatus};
 
+use super::parse_size;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Kernel image: bzImage or ELF vmlinux (PVH entry used when present).
@@ -90,25 +92,6 @@ pub enum EntryArg {
 pub enum OnResetArg {
     Exit,
     Reboot,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, shift) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 0),
-        Some((i, _)) => {
-            let shift = match s[i..].to_ascii_uppercase().as_str() {
-                "K" | "KB" | "KIB" => 10,
-                "M" | "MB" | "MIB" => 20,
-                "G" | "GB" | "GIB" => 30,
-                other => return Err(format!("unknown size suffix {other:?} (use K, M or G)")),
-            };
-            (&s[..i], shift)
-        }
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn parse_serial(s: &str) -> Result<SerialOutput, String> {
@@ -296,10 +279,6 @@ mod tests {
 
     #[test]
     fn sizes_durations_ports_serial() {
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("12X").is_err());
         assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));

@@ -7,6 +7,8 @@ use anyhow::Context;
 use kiln_devices::block::create::{create_image, CreateOptions};
 use kiln_devices::block::ImageFormat;
 
+use super::super::parse_size;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Image file to create (must not exist).
@@ -30,38 +32,6 @@ fn parse_format(s: &str) -> Result<ImageFormat, String> {
     s.parse().map_err(|e| format!("{e}"))
 }
 
-/// "10G", "512M", "4096", "1.5G" (powers of 1024, as qemu-img).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let mult: u64 = match c.to_ascii_uppercase() {
-                'B' => 1,
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                'P' => 1 << 50,
-                _ => {
-                    return Err(format!(
-                        "unknown size suffix `{c}` in `{s}` (use K, M, G or T)"
-                    ))
-                }
-            };
-            (&s[..i], mult)
-        }
-        _ => (s, 1),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 10G, 512M, 1048576)"))?;
-    let bytes = value * mult as f64;
-    if !(0.0..=(1u64 << 62) as f64).contains(&bytes) || bytes.fract() != 0.0 {
-        return Err(format!("`{s}` is not a whole number of bytes in range"));
-    }
-    Ok(bytes as u64)
-}
-
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let opts = CreateOptions {
         format: args.format,
@@ -72,21 +42,4 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     create_image(&args.file, &opts)
         .with_context(|| format!("cannot create {}", args.file.display()))?;
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64k"), Ok(65536));
-        assert_eq!(parse_size("10G"), Ok(10 << 30));
-        assert_eq!(parse_size("1.5M"), Ok(3 << 19));
-        assert!(parse_size("10X").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("abc").is_err());
-        assert!(parse_size("0.3").is_err());
-    }
 }

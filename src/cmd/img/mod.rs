@@ -6,7 +6,7 @@ mod convert;
 mod create;
 mod info;
 
-pub(crate) use create::parse_size;
+pub(crate) use super::parse_size;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
