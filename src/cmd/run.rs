@@ -266,6 +266,9 @@ pub fn run_config(config: VmConfig, start: Instant) -> anyhow::Result<ExitCode> 
         VmExitStatus::Reset(source) => eprintln!("kiln: guest reset ({source})"),
         VmExitStatus::DebugExit(v) => log::info!("guest wrote {v:#x} to the debug-exit port"),
         VmExitStatus::Timeout(t) => eprintln!("kiln: timeout: guest still running after {t:?}"),
+        VmExitStatus::ConsoleQuit => {
+            eprintln!("kiln: quit from the console (Ctrl-A x); the guest did not shut down")
+        }
         VmExitStatus::Interrupted(signum) => {
             eprintln!("kiln: stopped by signal {signum}; the guest did not shut down")
         }

@@ -13,6 +13,8 @@ pub enum Outcome {
     Guest(GuestExit),
     /// A vCPU met something kiln cannot handle.
     Error(String),
+    /// The user typed the console's quit escape (Ctrl-A x).
+    ConsoleQuit,
 }
 
 pub struct VmControl {

@@ -10,6 +10,7 @@ pub mod acpi;
 pub mod boot;
 pub mod bus;
 pub mod config;
+mod console_escape;
 pub mod control;
 pub mod cpu;
 pub mod device_manager;

@@ -86,7 +86,10 @@ pub(crate) fn add_port_devices(
     ))));
     io_bus.insert(u64::from(COM1_PORT), 8, serial.clone())?;
     if stdin_input {
-        events.add_subscriber(Arc::new(Mutex::new(StdinInput { serial })));
+        events.add_subscriber(Arc::new(Mutex::new(StdinInput::new(
+            serial,
+            control.clone(),
+        ))));
     }
     let i8042 = Arc::new(Mutex::new(I8042::new(control.clone())));
     io_bus.insert(u64::from(I8042_COMMAND_PORT), 1, i8042)?;

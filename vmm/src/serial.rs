@@ -12,6 +12,9 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::console_escape::{EscapeAction, EscapeFilter, HELP};
+use crate::control::{Outcome, VmControl};
+
 /// Raises the serial IRQ by writing the irqfd KVM listens on.
 pub struct IrqTrigger(pub EventFd);
 
@@ -43,9 +46,22 @@ impl BusDevice for SerialDevice {
     }
 }
 
-/// Feeds stdin to the serial port's receive FIFO.
+/// Feeds the terminal on stdin to the serial port's receive FIFO, minus the
+/// console escape commands (Ctrl-A x quits).
 pub struct StdinInput {
-    pub serial: Arc<Mutex<SerialDevice>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    control: Arc<VmControl>,
+    escape: EscapeFilter,
+}
+
+impl StdinInput {
+    pub fn new(serial: Arc<Mutex<SerialDevice>>, control: Arc<VmControl>) -> Self {
+        Self {
+            serial,
+            control,
+            escape: EscapeFilter::default(),
+        }
+    }
 }
 
 impl MutEventSubscriber for StdinInput {
@@ -69,7 +85,13 @@ impl MutEventSubscriber for StdinInput {
                 let _ = ops.remove(events);
             }
             Ok(n) => {
-                if let Err(e) = serial.0.enqueue_raw_bytes(&buf[..n]) {
+                let mut to_guest = Vec::with_capacity(n + 1);
+                match self.escape.feed(&buf[..n], &mut to_guest) {
+                    Some(EscapeAction::Quit) => self.control.finish(Outcome::ConsoleQuit),
+                    Some(EscapeAction::Help) => eprint!("{HELP}"),
+                    None => {}
+                }
+                if let Err(e) = serial.0.enqueue_raw_bytes(&to_guest) {
                     log::warn!("serial: input dropped: {e}");
                 }
             }

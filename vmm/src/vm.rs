@@ -36,6 +36,8 @@ pub enum VmExitStatus {
     Timeout(Duration),
     /// SIGINT or SIGTERM (the signal number) stopped the VM.
     Interrupted(i32),
+    /// The user quit from the serial console (Ctrl-A x).
+    ConsoleQuit,
 }
 
 impl VmExitStatus {
@@ -49,6 +51,8 @@ impl VmExitStatus {
             VmExitStatus::Timeout(_) => 124,
             // The shell convention for a death by signal.
             VmExitStatus::Interrupted(signum) => (128 + signum) as u8,
+            // As a Ctrl-C would end a program on the terminal.
+            VmExitStatus::ConsoleQuit => 128 + libc::SIGINT as u8,
         }
     }
 }
@@ -85,6 +89,9 @@ pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, Vm
         None
     };
     let input = _raw.is_some();
+    if input {
+        eprint!("kiln: serial console on this terminal; Ctrl-A x quits, Ctrl-A h for help\r\n");
+    }
     loop {
         let outcome = boot_once(
             config,
@@ -249,6 +256,7 @@ fn boot_once(
                 Outcome::Guest(GuestExit::Reset(source)) => Ok(VmExitStatus::Reset(source)),
                 Outcome::Guest(GuestExit::DebugExit(v)) => Ok(VmExitStatus::DebugExit(v)),
                 Outcome::Error(message) => Err(VmmError::Guest(message)),
+                Outcome::ConsoleQuit => Ok(VmExitStatus::ConsoleQuit),
             };
         }
         let wait_ms = match deadline {

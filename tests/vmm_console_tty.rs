@@ -1,0 +1,87 @@
+//! `kiln run` with the serial console on a terminal: raw mode, the Ctrl-A escape
+//! commands, and the terminal restored afterwards. The terminal is a pty.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+
+/// A pty pair: (master, slave).
+fn openpty() -> (std::fs::File, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into the ints; the optional name,
+    // termios and winsize pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are new and owned by nothing else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            OwnedFd::from_raw_fd(slave),
+        )
+    }
+}
+
+fn termios(fd: &OwnedFd) -> libc::termios {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data, filled in by tcgetattr for a valid fd.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open pty slave; t is valid for writes.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    t
+}
+
+#[test]
+fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
+    let guest = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-tty-hang.elf");
+    std::fs::write(&guest, kiln_vmm::guests::HANG).unwrap();
+    let (mut master, slave) = openpty();
+    let before = termios(&slave);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "run",
+            "--serial",
+            "stdio",
+            "--net",
+            "none",
+            "--timeout",
+            "30s",
+        ])
+        .arg("--kernel")
+        .arg(&guest)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut hint = String::new();
+    stderr.read_line(&mut hint).unwrap();
+    assert!(hint.contains("Ctrl-A x quits"), "{hint:?}");
+    // Raw mode is on while the VM runs: no echo, no line editing.
+    let during = termios(&slave);
+    assert_eq!(during.c_lflag & (libc::ICANON | libc::ECHO), 0);
+
+    master.write_all(b"\x01h").unwrap();
+    let mut help = String::new();
+    while !help.contains("Ctrl-A Ctrl-A") {
+        assert_ne!(stderr.read_line(&mut help).unwrap(), 0, "no help: {help}");
+    }
+    master.write_all(b"\x01x").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("quit from the console"), "{rest}");
+    let after = termios(&slave);
+    assert_eq!(after.c_lflag, before.c_lflag, "terminal left in raw mode");
+    assert_eq!(after.c_iflag, before.c_iflag);
+    assert_eq!(after.c_oflag, before.c_oflag);
+}
