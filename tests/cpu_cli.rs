@@ -46,8 +46,12 @@ fn host_without_pni() -> PathBuf {
         let ecx: u32 = if leaf == 1 { !1 } else { u32::MAX };
         entries.push(serde_json::json!({"leaf": leaf, "subleaf": sub, "eax": eax, "ebx": u32::MAX, "ecx": ecx, "edx": u32::MAX}));
     }
+    // Tests run in parallel and share this file: write a private copy and rename it
+    // into place, so no kiln ever reads a half-written table.
     let path = scratch("host-without-pni.json");
-    std::fs::write(&path, serde_json::to_string(&entries).unwrap()).unwrap();
+    let tmp = scratch(&format!("host-without-pni.{:?}.tmp", std::thread::current().id()));
+    std::fs::write(&tmp, serde_json::to_string(&entries).unwrap()).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     path
 }
 

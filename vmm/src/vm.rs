@@ -150,8 +150,18 @@ fn boot_once(
         )
     };
     let kvm = Kvm::new().map_err(|source| VmmError::OpenKvm { source })?;
-    let cpus = CpuSetup::prepare(&kvm, &config.cpu, config.vcpus)?;
-    phase("CPUID computed");
+    // KVM_GET_SUPPORTED_CPUID and the model's CPUID computation take about as long
+    // as creating the VM and its memory: do them side by side (each with its own
+    // /dev/kvm handle), and join before the first vCPU.
+    let cpu_config = config.cpu.clone();
+    let vcpu_count = config.vcpus;
+    let cpu_setup = std::thread::Builder::new()
+        .name("cpuid".into())
+        .spawn(move || -> Result<CpuSetup, VmmError> {
+            let kvm = Kvm::new().map_err(|source| VmmError::OpenKvm { source })?;
+            Ok(CpuSetup::prepare(&kvm, &cpu_config, vcpu_count)?)
+        })
+        .map_err(|e| VmmError::Device(format!("cannot start the CPUID thread: {e}")))?;
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
     phase("VM created");
     let mem = create_guest_memory(config.memory_bytes)?;
@@ -209,6 +219,10 @@ fn boot_once(
     boot::regs::write_boot_tables(&mem)
         .map_err(|e| VmmError::Boot(boot::BootError::GuestMemory(e.to_string())))?;
     phase("devices and boot tables ready");
+    let cpus = cpu_setup
+        .join()
+        .map_err(|_| VmmError::Device("the CPUID thread panicked".into()))??;
+    phase("CPUID computed");
     let mut vcpus = Vec::with_capacity(config.vcpus as usize);
     for id in 0..config.vcpus {
         vcpus.push(create_vcpu(&vm, id, &cpus, kernel.entry)?);

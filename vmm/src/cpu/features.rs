@@ -1,15 +1,9 @@
 //! The feature-name table (resources/cpu/features.toml): name -> CPUID bit, with
 //! QEMU's aliases, and close-match suggestions for unknown names.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::OnceLock;
-
-use serde::Deserialize;
 
 use super::table::Reg;
-
-const FEATURES_TOML: &str = include_str!("../../../resources/cpu/features.toml");
 
 /// Where a feature lives in CPUID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,92 +46,49 @@ impl fmt::Display for Feature {
     }
 }
 
-#[derive(Deserialize)]
-struct FeaturesFile {
-    word: Vec<WordFile>,
-    aliases: BTreeMap<String, String>,
-}
+// WORDS, FEATURES (word order, names sorted within a word), and FEATURE_NAMES and
+// ALIASES (sorted by name, with indices into FEATURES), checked by build.rs.
+include!(concat!(env!("OUT_DIR"), "/cpu_features.rs"));
 
-#[derive(Deserialize)]
-struct WordFile {
-    leaf: u32,
-    subleaf: u32,
-    reg: String,
-    bits: BTreeMap<String, u8>,
-}
-
-/// All feature words and names, parsed once from the embedded TOML.
+/// All feature words and names: static tables generated from the TOML at build time.
 pub struct FeatureTable {
-    features: Vec<Feature>,
-    by_name: BTreeMap<&'static str, usize>,
-    aliases: BTreeMap<&'static str, &'static str>,
-    words: Vec<FeatureWord>,
+    features: &'static [Feature],
+    /// Canonical name -> index into `features`, sorted by name.
+    by_name: &'static [(&'static str, u16)],
+    /// Alias -> index into `features`, sorted by alias.
+    aliases: &'static [(&'static str, u16)],
+    words: &'static [FeatureWord],
 }
+
+static TABLE: FeatureTable = FeatureTable {
+    features: &FEATURES,
+    by_name: &FEATURE_NAMES,
+    aliases: &ALIASES,
+    words: &WORDS,
+};
 
 impl FeatureTable {
     /// The table embedded in kiln.
     pub fn get() -> &'static FeatureTable {
-        static TABLE: OnceLock<FeatureTable> = OnceLock::new();
-        TABLE.get_or_init(|| {
-            // The embedded file is part of the build; a parse error is a build defect that
-            // every test catches, so panicking here cannot be reached by user input.
-            FeatureTable::parse(FEATURES_TOML).expect("resources/cpu/features.toml is valid")
-        })
-    }
-
-    fn parse(text: &str) -> Result<FeatureTable, String> {
-        let file: FeaturesFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-        let mut table = FeatureTable {
-            features: Vec::new(),
-            by_name: BTreeMap::new(),
-            aliases: BTreeMap::new(),
-            words: Vec::new(),
-        };
-        for w in file.word {
-            let reg = Reg::parse(&w.reg).ok_or_else(|| format!("bad register {}", w.reg))?;
-            let word = FeatureWord {
-                leaf: w.leaf,
-                subleaf: w.subleaf,
-                reg,
-            };
-            table.words.push(word);
-            for (name, bit) in w.bits {
-                if bit > 31 {
-                    return Err(format!("{name}: bit {bit} out of range"));
-                }
-                let name = leak(name);
-                if table.by_name.insert(name, table.features.len()).is_some() {
-                    return Err(format!("feature {name} defined twice"));
-                }
-                table.features.push(Feature { word, bit, name });
-            }
-        }
-        for (alias, target) in file.aliases {
-            if !table.by_name.contains_key(target.as_str()) {
-                return Err(format!("alias {alias} -> unknown {target}"));
-            }
-            let target = table.features[table.by_name[target.as_str()]].name;
-            table.aliases.insert(leak(alias), target);
-        }
-        Ok(table)
+        &TABLE
     }
 
     pub fn features(&self) -> &[Feature] {
-        &self.features
+        self.features
     }
 
     /// Every (leaf, subleaf, register) that holds named features.
     pub fn words(&self) -> &[FeatureWord] {
-        &self.words
+        self.words
     }
 
     /// Looks a name up as QEMU does: exact, then alias, with `_` and `-` equivalent.
     pub fn lookup(&self, name: &str) -> Option<Feature> {
-        let try_one = |n: &str| {
-            let n = self.aliases.get(n).copied().unwrap_or(n);
-            self.by_name.get(n).map(|&i| self.features[i])
+        let find = |list: &[(&str, u16)], n: &str| {
+            let i = list.binary_search_by(|(k, _)| (*k).cmp(n)).ok()?;
+            Some(self.features[usize::from(list[i].1)])
         };
+        let try_one = |n: &str| find(self.aliases, n).or_else(|| find(self.by_name, n));
         try_one(name)
             .or_else(|| try_one(&name.replace('_', "-")))
             .or_else(|| try_one(&name.replace('-', "_")))
@@ -153,7 +104,7 @@ impl FeatureTable {
 
     /// Known names (canonical and aliases) closest to `name`, for error messages.
     pub fn close_matches(&self, name: &str) -> Vec<String> {
-        let names = self.by_name.keys().chain(self.aliases.keys()).copied();
+        let names = self.by_name.iter().chain(self.aliases).map(|&(n, _)| n);
         close_matches(name, names)
     }
 }
@@ -191,4 +142,48 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_name_indexes_are_sorted_and_complete() {
+        for list in [&FEATURE_NAMES[..], &ALIASES[..]] {
+            // `lookup` binary-searches these.
+            assert!(list.windows(2).all(|w| w[0].0 < w[1].0));
+        }
+        assert_eq!(FEATURE_NAMES.len(), FEATURES.len());
+        for &(name, index) in &FEATURE_NAMES {
+            assert_eq!(FEATURES[usize::from(index)].name, name);
+        }
+        let table = FeatureTable::get();
+        for f in table.features() {
+            assert_eq!(table.lookup(f.name), Some(*f), "{}", f.name);
+            assert!(table.words().contains(&f.word), "{}", f.name);
+        }
+        for &(alias, index) in &ALIASES {
+            assert_eq!(table.lookup(alias), Some(FEATURES[usize::from(index)]));
+        }
+    }
+
+    #[test]
+    fn features_keep_word_order_then_name_order() {
+        // The order of `features()` is what `kiln cpu show` prints.
+        let word_index = |w: &FeatureWord| WORDS.iter().position(|x| x == w).unwrap();
+        assert!(FEATURES.windows(2).all(|p| {
+            (word_index(&p[0].word), p[0].name) < (word_index(&p[1].word), p[1].name)
+        }));
+        let first = FEATURES[0];
+        assert_eq!((first.word, first.name), (WORDS[0], "acpi"));
+    }
+
+    #[test]
+    fn close_matches_cover_names_and_aliases() {
+        let table = FeatureTable::get();
+        assert!(table.close_matches("pnii").contains(&"pni".to_string()));
+        assert!(table.close_matches("sse33").contains(&"sse3".to_string()));
+        assert!(table.lookup("no-such-feature").is_none());
+    }
 }

@@ -9,7 +9,8 @@
 //!
 //! Everything here works on [`CpuidTable`], plain data, so it is tested with fixture host
 //! tables and no /dev/kvm. Model and feature data are TOML files under resources/cpu/,
-//! embedded at build time; `toml` and `serde` are the usual, well-kept choice for that.
+//! parsed and checked by vmm/build.rs (with `toml` and `serde`, the usual, well-kept
+//! choice) into static tables, so `kiln run` parses nothing at start-up.
 
 pub mod config;
 pub mod expand;
