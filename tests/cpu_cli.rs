@@ -49,7 +49,10 @@ fn host_without_pni() -> PathBuf {
     // Tests run in parallel and share this file: write a private copy and rename it
     // into place, so no kiln ever reads a half-written table.
     let path = scratch("host-without-pni.json");
-    let tmp = scratch(&format!("host-without-pni.{:?}.tmp", std::thread::current().id()));
+    let tmp = scratch(&format!(
+        "host-without-pni.{:?}.tmp",
+        std::thread::current().id()
+    ));
     std::fs::write(&tmp, serde_json::to_string(&entries).unwrap()).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     path
