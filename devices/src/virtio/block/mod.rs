@@ -1,31 +1,33 @@
 //! virtio-blk (virtio 1.2 §5.2) on any [`DiskBackend`].
 //!
 //! Layout follows Firecracker's: request parsing in [`request`], request execution in
-//! [`io`], the I/O thread pool in [`workers`], the device (features, config space,
-//! queue, event handling) here.
+//! [`io`], the pipeline of requests in flight in [`inflight`], the I/O thread pool in
+//! [`workers`], the device (features, config space, event handling) here.
 //!
-//! Requests of one queue notification run in parallel on the pool; the event-loop
-//! thread parses every chain first (hostile chains never reach the disk), waits for
-//! the batch, then fills the used ring and interrupts once. A FLUSH is a barrier: the
-//! requests before it complete before it starts, and it completes before later ones.
+//! Requests complete asynchronously: the event loop parses chains and hands disk
+//! requests to the pool without waiting; workers report completions through a
+//! channel and [`Block::completion_event`], which the device's event subscriber
+//! watches, and the event loop fills the used ring and interrupts. Up to queue-size
+//! requests are in flight. A FLUSH waits for the writes before it (see [`inflight`]).
 
+pub mod harness;
+pub mod inflight;
 pub mod io;
 pub mod request;
 pub mod workers;
 
 use std::sync::Arc;
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
 use virtio_bindings::bindings::virtio_blk::*;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use self::request::{Parsed, RequestType};
-use self::workers::{Job, WorkerPool};
+use self::inflight::{Active, ActiveConfig};
 use super::activation::{Activation, DeviceEvent};
-use super::{device_type, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
+use super::{device_type, ActivateContext, ActivateError, VirtioDevice};
 use crate::block::{DiskBackend, SECTOR_SIZE};
-use crate::GuestMemory;
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -36,16 +38,11 @@ pub const MAX_DISCARD_SEGMENTS: u32 = 1;
 /// Largest discard / write-zeroes per segment, in sectors (keeps each one bounded).
 pub const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
 
+/// `Events::data` of the completion event (queue events use their index, activation u32::MAX).
+const COMPLETION_DATA: u32 = 0x424c_4b00;
+
 const fn bit(b: u32) -> u64 {
     1 << b
-}
-
-struct Active {
-    mem: Arc<GuestMemory>,
-    queue: Queue,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    /// Started on activate, stopped and joined on reset or drop.
-    pool: WorkerPool,
 }
 
 /// A virtio-blk device.
@@ -53,22 +50,25 @@ pub struct Block {
     disk: Arc<dyn DiskBackend>,
     serial: Arc<[u8]>,
     workers: usize,
+    inline_lone: bool,
     features: u64,
     acked_features: u64,
     config: Vec<u8>,
     activation: Activation,
+    /// Workers write it when they finish a request; lives as long as the device.
+    completion_event: Arc<EventFd>,
     active: Option<Active>,
 }
 
 impl Block {
-    /// A device over `disk`; `serial` (at most 20 bytes) answers GET_ID. I/O runs on
-    /// [`workers::default_workers`] threads.
+    /// A device over `disk`; `serial` (at most 20 bytes) answers GET_ID. I/O runs on up
+    /// to [`workers::default_workers`] threads, started on demand.
     pub fn new(disk: Arc<dyn DiskBackend>, serial: Option<&str>) -> std::io::Result<Self> {
         Self::with_workers(disk, serial, workers::default_workers())
     }
 
-    /// Like [`Block::new`] with `workers` I/O threads; 0 runs every request on the
-    /// event-loop thread.
+    /// Like [`Block::new`] with at most `workers` I/O threads; 0 runs every request on
+    /// the event-loop thread, so each [`Block::process_queue`] completes its requests.
     pub fn with_workers(
         disk: Arc<dyn DiskBackend>,
         serial: Option<&str>,
@@ -90,12 +90,21 @@ impl Block {
             disk,
             serial: serial.into(),
             workers,
+            inline_lone: true,
             features,
             acked_features: 0,
             config,
             activation: Activation::new()?,
+            completion_event: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             active: None,
         })
+    }
+
+    /// Whether a lone small request (nothing else in flight) runs on the event-loop
+    /// thread rather than a worker (default on; see [`inflight`]). Takes effect at the
+    /// next activation.
+    pub fn set_inline_lone_requests(&mut self, on: bool) {
+        self.inline_lone = on;
     }
 
     /// Capacity in sectors, as the driver sees it.
@@ -105,87 +114,38 @@ impl Block {
 
     /// I/O threads currently running (0 before activation and after reset).
     pub fn io_threads(&self) -> usize {
-        self.active.as_ref().map_or(0, |a| a.pool.size())
+        self.active.as_ref().map_or(0, Active::threads)
     }
 
-    /// Serve every available request on the queue, then interrupt the driver if
-    /// anything was used. Returns once every request has completed. Called from the
-    /// event loop; public for tests and VMMs that poll.
+    /// Requests taken from the ring and not yet returned to the driver.
+    pub fn in_flight(&self) -> usize {
+        self.active.as_ref().map_or(0, Active::in_flight)
+    }
+
+    /// Readable when workers finished requests; then call [`Block::process_completions`].
+    /// The device's event subscriber watches it; tests and benchmarks poll it.
+    pub fn completion_event(&self) -> &EventFd {
+        &self.completion_event
+    }
+
+    /// Start every available request (up to the in-flight limit) without waiting for
+    /// the disk; publish what already finished. Called from the event loop on a queue
+    /// notification; public for tests and VMMs that poll.
     pub fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mut used = Vec::new();
-        let mut batch = Vec::new();
-        while let Some(chain) = active.queue.pop_descriptor_chain(active.mem.as_ref()) {
-            let head = chain.head_index();
-            match request::parse(active.mem.as_ref(), chain) {
-                Ok(parsed) => {
-                    let flush = matches!(&parsed.request, Ok(r) if r.kind == RequestType::Flush);
-                    if flush {
-                        // Barrier: drain what came before, then the flush on its own.
-                        run_batch(&self.disk, &self.serial, active, &mut batch, &mut used);
-                        batch.push((head, parsed));
-                        run_batch(&self.disk, &self.serial, active, &mut batch, &mut used);
-                    } else {
-                        batch.push((head, parsed));
-                    }
-                }
-                Err(e) => {
-                    warn!("virtio-blk: dropping request: {e}");
-                    used.push((head, 0));
-                }
-            }
-        }
-        run_batch(&self.disk, &self.serial, active, &mut batch, &mut used);
-        for &(head, len) in &used {
-            if let Err(e) = active.queue.add_used(active.mem.as_ref(), head, len) {
-                warn!("virtio-blk: cannot return descriptor {head}: {e}");
-                break;
-            }
-        }
-        if !used.is_empty() {
-            if let Err(e) = active.interrupt.signal_used_queue(0) {
-                warn!("virtio-blk: cannot interrupt the driver: {e}");
-            }
+        if let Some(active) = self.active.as_mut() {
+            active.process_queue();
         }
     }
-}
 
-/// Run the parsed requests of `batch` on the pool, wait for them, and append their
-/// (head, used length) to `used`.
-fn run_batch(
-    disk: &Arc<dyn DiskBackend>,
-    serial: &Arc<[u8]>,
-    active: &Active,
-    batch: &mut Vec<(u16, Parsed)>,
-    used: &mut Vec<(u16, u32)>,
-) {
-    if batch.is_empty() {
-        return;
-    }
-    let heads: Vec<u16> = batch.iter().map(|(head, _)| *head).collect();
-    let jobs: Vec<Job<u32>> = batch
-        .drain(..)
-        .map(|(_, parsed)| {
-            let (disk, serial, mem) = (disk.clone(), serial.clone(), active.mem.clone());
-            Box::new(move || {
-                let ctx = io::IoContext {
-                    disk: disk.as_ref(),
-                    serial: &serial,
-                    capacity: disk.size() / SECTOR_SIZE,
-                };
-                ctx.complete(&mem, parsed)
-            }) as Job<u32>
-        })
-        .collect();
-    for (head, result) in heads.into_iter().zip(active.pool.run_all(jobs)) {
-        // A job that panicked wrote no status; report nothing written.
-        let len = result.unwrap_or_else(|| {
-            warn!("virtio-blk: request {head} failed internally");
-            0
-        });
-        used.push((head, len));
+    /// Put finished requests in the used ring, interrupt the driver (unless it asked
+    /// not to be), and start requests that waited for them. Called from the event loop
+    /// when [`Block::completion_event`] fires; public for tests and VMMs that poll.
+    pub fn process_completions(&mut self) {
+        // EAGAIN: nothing counted since the last read; looking anyway is harmless.
+        let _ = self.completion_event.read();
+        if let Some(active) = self.active.as_mut() {
+            active.process_completions();
+        }
     }
 }
 
@@ -248,21 +208,26 @@ impl VirtioDevice for Block {
         if !queue.ready() {
             return Err(ActivateError::InvalidQueue(0));
         }
-        let pool = WorkerPool::new(self.workers, "kiln-blk")
-            .map_err(|e| ActivateError::Backend(format!("cannot start I/O threads: {e}")))?;
         // Dropping the old state (if any) joins its threads.
-        self.active = Some(Active {
-            mem: Arc::new(ctx.mem),
+        self.active = None;
+        self.active = Some(Active::new(ActiveConfig {
+            mem: ctx.mem,
             queue,
             interrupt: ctx.interrupt,
-            pool,
-        });
+            disk: self.disk.clone(),
+            serial: self.serial.clone(),
+            completion_event: self.completion_event.clone(),
+            workers: self.workers,
+            inline_lone: self.inline_lone,
+        }));
         self.activation.activate(ctx.queue_events);
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        // No request is in flight (process_queue waits for its batch); this joins the pool.
+        // Dropping the queue state discards the requests not started and joins the
+        // workers, so no request touches guest memory after this returns. Finished but
+        // unpublished requests are forgotten with the ring.
         self.active = None;
         self.acked_features = 0;
         true
@@ -272,15 +237,31 @@ impl VirtioDevice for Block {
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         self.activation.init(ops);
+        let ev = Events::with_data(
+            self.completion_event.as_ref(),
+            COMPLETION_DATA,
+            EventSet::IN,
+        );
+        if let Err(e) = ops.add(ev) {
+            warn!("virtio-blk: cannot register the completion event: {e}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == COMPLETION_DATA {
+            self.process_completions();
+            return;
+        }
         if let DeviceEvent::Queue(0) = self.activation.handle(&events, ops) {
             self.process_queue();
         }
     }
 }
 
+#[cfg(test)]
+mod async_fault_tests;
+#[cfg(test)]
+mod async_tests;
 #[cfg(test)]
 mod parallel_tests;
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! virtio-blk with a pool of I/O threads: parallelism, the FLUSH barrier, hostile chains.
+//! virtio-blk with a pool of I/O threads: parallelism, FLUSH ordering, hostile chains.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,26 +10,27 @@ use vm_memory::{Bytes, GuestAddress, VolatileSlice};
 use super::*;
 use crate::block::{open_disk, DiskConfig, DiskError, ImageFormat};
 use crate::virtio::test_utils::*;
+use crate::GuestMemory;
 
-const DISK_SIZE: u64 = 1 << 20;
+pub(super) const DISK_SIZE: u64 = 1 << 20;
 const HDRS: u64 = DATA;
-const STATUSES: u64 = DATA + 0x8000;
+pub(super) const STATUSES: u64 = DATA + 0x8000;
 const BUFS: u64 = DATA + 0x1_0000;
-const OK: u8 = VIRTIO_BLK_S_OK as u8;
-const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+pub(super) const OK: u8 = VIRTIO_BLK_S_OK as u8;
+pub(super) const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 
 /// A raw disk whose reads and writes take a while and which logs what happens when.
-struct SlowDisk {
-    inner: Arc<dyn DiskBackend>,
-    delay: Duration,
-    state: Mutex<Log>,
+pub(super) struct SlowDisk {
+    pub inner: Arc<dyn DiskBackend>,
+    pub delay: Duration,
+    pub state: Mutex<Log>,
 }
 
 #[derive(Default)]
-struct Log {
-    in_flight: usize,
-    max_in_flight: usize,
-    events: Vec<String>,
+pub(super) struct Log {
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    pub events: Vec<String>,
 }
 
 impl SlowDisk {
@@ -72,11 +73,11 @@ impl DiskBackend for SlowDisk {
         self.io("write", offset, || self.inner.write_vectored(bufs, offset))
     }
     fn flush(&self) -> Result<(), DiskError> {
-        let mut s = self.state.lock().unwrap();
-        let in_flight = s.in_flight;
-        s.events.push(format!("flush with {in_flight} in flight"));
-        drop(s);
-        self.inner.flush()
+        self.state.lock().unwrap().events.push("flush".into());
+        std::thread::sleep(self.delay);
+        let r = self.inner.flush();
+        self.state.lock().unwrap().events.push("flush done".into());
+        r
     }
     fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
         self.inner.discard(offset, len)
@@ -86,7 +87,7 @@ impl DiskBackend for SlowDisk {
     }
 }
 
-fn slow_disk(dir: &tempfile::TempDir, delay_ms: u64) -> Arc<SlowDisk> {
+pub(super) fn slow_disk(dir: &tempfile::TempDir, delay_ms: u64) -> Arc<SlowDisk> {
     let path = dir.path().join("disk.raw");
     let content: Vec<u8> = (0..DISK_SIZE).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, content).unwrap();
@@ -105,7 +106,13 @@ fn slow_disk(dir: &tempfile::TempDir, delay_ms: u64) -> Arc<SlowDisk> {
 }
 
 /// Request `i`: header, one 4 KiB data buffer (device-writable for reads), status.
-fn request(mem: &GuestMemory, i: u16, kind: u32, sector: u64, with_data: bool) -> Vec<Buf> {
+pub(super) fn request(
+    mem: &GuestMemory,
+    i: u16,
+    kind: u32,
+    sector: u64,
+    with_data: bool,
+) -> Vec<Buf> {
     let hdr = HDRS + u64::from(i) * 16;
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -121,15 +128,15 @@ fn request(mem: &GuestMemory, i: u16, kind: u32, sector: u64, with_data: bool) -
     bufs
 }
 
-fn data_buf(i: u16) -> u64 {
+pub(super) fn data_buf(i: u16) -> u64 {
     BUFS + u64::from(i) * 4096
 }
 
-fn status_of(mem: &GuestMemory, i: u16) -> u8 {
+pub(super) fn status_of(mem: &GuestMemory, i: u16) -> u8 {
     mem.read_obj(GuestAddress(STATUSES + u64::from(i))).unwrap()
 }
 
-/// Queue the requests (each built by `request`), run the device once.
+/// Queue the requests (each built by `request`), notify the device once, wait for all.
 fn run_all<'m>(
     disk: Arc<SlowDisk>,
     mem: &'m GuestMemory,
@@ -145,6 +152,7 @@ fn run_all<'m>(
     let mut dev = Block::with_workers(disk, None, workers).unwrap();
     let irq = activate(&mut dev, mem, &[&vq]);
     dev.process_queue();
+    super::tests::settle(&mut dev);
     (vq, irq)
 }
 
@@ -173,7 +181,8 @@ fn concurrent_reads(workers: usize) -> usize {
     let (vq, irq) = run_all(disk.clone(), &mem, workers, &reqs);
     let heads: Vec<u32> = (0..u32::from(n)).map(|i| i * 3).collect();
     check_used(&vq, &heads, |_| 4097);
-    assert_eq!(irq.used_count(), 1, "one interrupt for the whole batch");
+    let irqs = irq.used_count();
+    assert!((1..=usize::from(n)).contains(&irqs), "{irqs} interrupts");
     for i in 0..n {
         assert_eq!(status_of(&mem, i), OK, "status of read {i}");
         let mut got = vec![0u8; 4096];
@@ -199,7 +208,7 @@ fn zero_workers_run_inline_one_at_a_time() {
 }
 
 #[test]
-fn flush_is_a_barrier() {
+fn flush_waits_for_earlier_writes_only() {
     let dir = tempfile::tempdir().unwrap();
     let disk = slow_disk(&dir, 30);
     let mem = test_mem();
@@ -225,12 +234,11 @@ fn flush_is_a_barrier() {
             .position(|x| x == e)
             .unwrap_or_else(|| panic!("no '{e}' in {events:?}"))
     };
-    let flush = at("flush with 0 in flight");
+    let flush = at("flush");
     assert!(at("end write 4096") < flush, "{events:?}");
     assert!(at("end write 8192") < flush, "{events:?}");
-    assert!(flush < at("start write 12288"), "{events:?}");
-    // The writes before the flush did overlap: the barrier is not a global serialisation.
-    assert!(at("start write 8192") < at("end write 4096"), "{events:?}");
+    // The write after the flush did not wait for it.
+    assert!(at("start write 12288") < at("flush done"), "{events:?}");
     let mut on_disk = vec![0u8; 4096];
     disk.inner.read_at(&mut on_disk, 4096).unwrap();
     assert_eq!(on_disk, vec![0x10; 4096]);
@@ -278,8 +286,14 @@ fn reset_stops_io_threads_and_reactivation_works() {
         descs.extend(chain(3, &request(&mem, 1, VIRTIO_BLK_T_IN, 2, true)));
         vq.add_desc_chains(&descs, 0).unwrap();
         activate(&mut dev, &mem, &[&vq]);
-        assert_eq!(dev.io_threads(), 3, "round {round}");
+        assert_eq!(
+            dev.io_threads(),
+            0,
+            "round {round}: threads start on demand"
+        );
         dev.process_queue();
+        assert!(dev.io_threads() >= 1, "round {round}");
+        super::tests::settle(&mut dev);
         assert_eq!(used_idx(&vq), 2, "round {round}");
         assert!(dev.reset());
         assert_eq!(

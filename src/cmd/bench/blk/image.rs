@@ -1,0 +1,55 @@
+//! The image files a bench line runs on: fresh images for writes, a filled one for reads.
+
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use kiln_devices::block::create::{create_image, CreateOptions};
+use kiln_devices::block::{open_disk, DiskConfig, ImageFormat};
+
+pub fn make_image(path: &Path, format: ImageFormat, size: u64) -> anyhow::Result<()> {
+    let opts = CreateOptions {
+        format,
+        size: Some(size),
+        backing: None,
+        cluster_size: None,
+    };
+    create_image(path, &opts).with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Write every byte once so reads hit allocated data.
+pub fn fill(path: &Path, size: u64) -> anyhow::Result<()> {
+    let disk = open_disk(&DiskConfig {
+        path: path.to_owned(),
+        format: None,
+        readonly: false,
+        serial: None,
+    })?;
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+    for off in (0..size).step_by(chunk.len()) {
+        disk.write_at(&chunk[..chunk.len().min((size - off) as usize)], off)?;
+    }
+    disk.flush()?;
+    drop(disk);
+    // Read the file once: under a VM the first read after writing is slow at the host
+    // level, and it must not be charged to whichever runner happens to go first.
+    let mut f = std::fs::File::open(path)?;
+    std::io::copy(&mut f, &mut std::io::sink())?;
+    Ok(())
+}
+
+/// Drop the file's pages from the host page cache (cold-cache reads).
+pub fn evict(path: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(path)?;
+    f.sync_all()?;
+    // SAFETY: posix_fadvise only takes integers; the fd stays open for the call.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        bail!(
+            "posix_fadvise on {}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! One line of the table: a request pattern at a queue depth on one image format, run
+//! by every runner in rotating order.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kiln_devices::block::ImageFormat;
+
+use super::image::{evict, make_image};
+
+#[derive(Clone, Copy)]
+pub struct Pattern {
+    pub name: &'static str,
+    pub block: u64,
+    pub write: bool,
+    pub random: bool,
+}
+
+pub const PATTERNS: [Pattern; 4] = [
+    Pattern {
+        name: "4k-rand-read",
+        block: 4096,
+        write: false,
+        random: true,
+    },
+    Pattern {
+        name: "4k-rand-write",
+        block: 4096,
+        write: true,
+        random: true,
+    },
+    Pattern {
+        name: "64k-seq-read",
+        block: 65536,
+        write: false,
+        random: false,
+    },
+    Pattern {
+        name: "64k-seq-write",
+        block: 65536,
+        write: true,
+        random: false,
+    },
+];
+
+/// Blocks between consecutive random requests (prime, so the walk covers the image).
+pub const RANDOM_STRIDE: u64 = 7919;
+
+pub struct Run {
+    pub ops: u64,
+    pub secs: f64,
+}
+
+impl Run {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+    pub fn mb_per_sec(&self, block: u64) -> f64 {
+        self.ops_per_sec() * block as f64 / 1e6
+    }
+}
+
+/// Who runs the requests.
+#[derive(Clone, Copy)]
+pub enum Runner {
+    /// kiln's `DiskBackend`, one thread per unit of depth.
+    Backend,
+    /// kiln's virtio-blk device model behind an in-process virtqueue of that depth.
+    Device,
+    /// `qemu-img bench -t writeback -i <aio>`.
+    Qemu(&'static str),
+}
+
+/// The runners of a line, in table order, and their `--runner` names.
+pub const RUNNER_NAMES: [&str; 4] = ["kiln", "device", "io_uring", "threads"];
+pub const RUNNERS: [Runner; 4] = [
+    Runner::Backend,
+    Runner::Device,
+    Runner::Qemu("io_uring"),
+    Runner::Qemu("threads"),
+];
+
+pub struct Line {
+    pub pattern: Pattern,
+    pub depth: u32,
+    pub count: u64,
+    pub size: u64,
+    pub format: ImageFormat,
+}
+
+impl Line {
+    fn measure(&self, dir: &Path, filled: &Path, runner: Runner) -> anyhow::Result<Run> {
+        let image = if self.pattern.write {
+            // A new name each time: unlinking a big file can take seconds (ext4 with
+            // online discard), so the files go only when the run is over.
+            static FRESH: AtomicU64 = AtomicU64::new(0);
+            let n = FRESH.fetch_add(1, Ordering::Relaxed);
+            let fresh = dir.join(format!("fresh{n}.{}", self.format));
+            make_image(&fresh, self.format, self.size)?;
+            fresh
+        } else {
+            evict(filled)?;
+            filled.to_owned()
+        };
+        match runner {
+            Runner::Backend => self.run_backend(&image),
+            Runner::Device => self.run_device(&image),
+            Runner::Qemu(aio) => self.run_qemu(&image, aio),
+        }
+    }
+
+    /// Best run of each of [`RUNNERS`] whose `enabled` entry is set, over `repeat`
+    /// rounds, starting each round with a different runner.
+    pub fn best_of(
+        &self,
+        repeat: u32,
+        dir: &Path,
+        filled: &Path,
+        enabled: [bool; 4],
+    ) -> [anyhow::Result<Run>; 4] {
+        let mut best: [anyhow::Result<Run>; 4] =
+            std::array::from_fn(|_| Err(anyhow::anyhow!("not run")));
+        for round in 0..repeat.max(1) as usize {
+            for k in 0..RUNNERS.len() {
+                let i = (round + k) % RUNNERS.len();
+                if !enabled[i] {
+                    continue;
+                }
+                let run = self.measure(dir, filled, RUNNERS[i]);
+                best[i] = match (
+                    std::mem::replace(&mut best[i], Err(anyhow::anyhow!("taken"))),
+                    run,
+                ) {
+                    (Ok(old), Ok(new)) => Ok(if new.secs < old.secs { new } else { old }),
+                    (_, Ok(new)) => Ok(new),
+                    (Ok(old), Err(_)) => Ok(old),
+                    (Err(_), Err(e)) => Err(e),
+                };
+            }
+        }
+        best
+    }
+
+    /// Byte offset of request `i`.
+    pub fn offset(&self, i: u64) -> u64 {
+        let blocks = self.size / self.pattern.block;
+        let step = if self.pattern.random {
+            RANDOM_STRIDE
+        } else {
+            1
+        };
+        (i.wrapping_mul(step) % blocks) * self.pattern.block
+    }
+}

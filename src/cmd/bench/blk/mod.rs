@@ -1,0 +1,196 @@
+//! `kiln bench blk`: kiln's disk path against `qemu-img bench` on the same files.
+//!
+//! Every line runs the same requests (size, offsets, count, depth) through four
+//! runners and prints ops/s, MB/s and kiln's ratio to the better QEMU run:
+//! - kiln: the `DiskBackend` engine directly, depth N as N threads sharing one open disk;
+//! - device: kiln's virtio-blk device model behind an in-process virtqueue of depth N,
+//!   through its avail ring, worker pool, completion event and used ring (see
+//!   `kiln_devices::virtio::block::harness`);
+//! - `qemu-img bench -t writeback` with `-i io_uring` and with `-i threads`.
+//!
+//! `qemu-img bench` has no random mode, so "random" is a stride of 7919 blocks modulo
+//! the image size (which visits every block once, scattered) for all runners. Reads
+//! start with the image evicted from the page cache (cold); writes go to a freshly
+//! created, empty image, so they include allocation. Each runner runs `--repeat` times
+//! per line, in rotating order, and its best run is reported.
+
+mod image;
+mod line;
+mod runners;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use kiln_devices::block::ImageFormat;
+
+use line::{Line, Run, PATTERNS, RUNNER_NAMES};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Directory for the image files (on the disk to measure, not tmpfs).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Image size.
+    #[arg(long, default_value = "1G", value_parser = super::super::img::parse_size)]
+    size: u64,
+    /// Requests per line for 4 KiB lines (64 KiB lines use a sixteenth).
+    #[arg(long, default_value_t = 65536)]
+    count: u64,
+    /// Queue depths to run (the device runner supports up to 85).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 64])]
+    depth: Vec<u32>,
+    /// Runs per line and runner, in rotating order; the best of each is reported (the
+    /// host is shared, so single runs are noisy and order-dependent).
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    /// Formats to run.
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["qcow2".to_string(), "raw".to_string()])]
+    format: Vec<String>,
+    /// Patterns to run (default: all of 4k-rand-read, 4k-rand-write, 64k-seq-read,
+    /// 64k-seq-write).
+    #[arg(long, value_delimiter = ',')]
+    pattern: Vec<String>,
+    /// Runners to run (default: all of kiln, device, io_uring, threads); the ratios
+    /// are to the better of the QEMU runners that ran.
+    #[arg(long, value_delimiter = ',')]
+    runner: Vec<String>,
+}
+
+pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    if args.size % 65536 != 0 || args.size < 64 << 20 {
+        bail!("--size must be a multiple of 64 KiB and at least 64M");
+    }
+    if let Some(p) = args
+        .pattern
+        .iter()
+        .find(|p| !PATTERNS.iter().any(|k| k.name == p.as_str()))
+    {
+        let known: Vec<_> = PATTERNS.iter().map(|k| k.name).collect();
+        bail!("unknown --pattern {p}; known: {}", known.join(", "));
+    }
+    if let Some(r) = args
+        .runner
+        .iter()
+        .find(|r| !RUNNER_NAMES.contains(&r.as_str()))
+    {
+        bail!("unknown --runner {r}; known: {}", RUNNER_NAMES.join(", "));
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let dir = args
+        .dir
+        .join(format!("kiln-bench-blk-{}", std::process::id()));
+    std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = run_all(&args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
+    println!(
+        "{:<6} {:<14} {:>3} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>6} {:>6}",
+        "format",
+        "pattern",
+        "QD",
+        "kiln op/s",
+        "MB/s",
+        "device",
+        "MB/s",
+        "io_uring",
+        "MB/s",
+        "threads",
+        "MB/s",
+        "ratio",
+        "device"
+    );
+    for fmt in &args.format {
+        let format: ImageFormat = fmt.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let filled = dir.join(format!("filled.{fmt}"));
+        image::make_image(&filled, format, args.size)?;
+        image::fill(&filled, args.size)?;
+        let patterns = PATTERNS
+            .iter()
+            .filter(|p| args.pattern.is_empty() || args.pattern.iter().any(|n| n == p.name));
+        for &p in patterns {
+            for &depth in &args.depth {
+                let count = if p.block == 4096 {
+                    args.count
+                } else {
+                    args.count / 16
+                };
+                let count = count.min(args.size / p.block).max(1);
+                let line = Line {
+                    pattern: p,
+                    depth,
+                    count,
+                    size: args.size,
+                    format,
+                };
+                let enabled = RUNNER_NAMES
+                    .map(|n| args.runner.is_empty() || args.runner.iter().any(|r| r == n));
+                let [kiln, device, uring, threads] =
+                    line.best_of(args.repeat, dir, &filled, enabled);
+                print(
+                    &line,
+                    kiln.as_ref().ok(),
+                    device.as_ref().ok(),
+                    uring.as_ref().ok(),
+                    threads.as_ref().ok(),
+                );
+                for (i, result) in [kiln, device, uring, threads].into_iter().enumerate() {
+                    if let (true, Err(e)) = (enabled[i], result) {
+                        println!("    ({} runner failed: {e:#})", RUNNER_NAMES[i]);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print(
+    line: &Line,
+    kiln: Option<&Run>,
+    device: Option<&Run>,
+    uring: Option<&Run>,
+    threads: Option<&Run>,
+) {
+    let b = line.pattern.block;
+    let best = uring
+        .map_or(0.0, Run::ops_per_sec)
+        .max(threads.map_or(0.0, Run::ops_per_sec));
+    let cells = |r: Option<&Run>| {
+        r.map_or(("n/a".into(), "n/a".into()), |r| {
+            (
+                format!("{:.0}", r.ops_per_sec()),
+                format!("{:.1}", r.mb_per_sec(b)),
+            )
+        })
+    };
+    let ratio = |r: Option<&Run>| match r {
+        Some(r) if best > 0.0 => format!("{:.2}", r.ops_per_sec() / best),
+        _ => "n/a".into(),
+    };
+    let (k_ops, k_mb) = cells(kiln);
+    let (d_ops, d_mb) = cells(device);
+    let (u_ops, u_mb) = cells(uring);
+    let (t_ops, t_mb) = cells(threads);
+    println!(
+        "{:<6} {:<14} {:>3} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>6} {:>6}",
+        line.format.name(),
+        line.pattern.name,
+        line.depth,
+        k_ops,
+        k_mb,
+        d_ops,
+        d_mb,
+        u_ops,
+        u_mb,
+        t_ops,
+        t_mb,
+        ratio(kiln),
+        ratio(device)
+    );
+}

@@ -1,0 +1,158 @@
+//! The runners of a line: kiln's backend engine, kiln's virtio-blk device, `qemu-img bench`.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use kiln_devices::block::{open_disk, DiskBackend, DiskConfig};
+use kiln_devices::virtio::block::harness::{Harness, Op};
+use kiln_devices::virtio::block::Block;
+
+use super::line::{Line, Run, RANDOM_STRIDE};
+
+/// A request the device has not returned after this long is a hang, not a slow disk.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Line {
+    fn open(&self, image: &Path) -> anyhow::Result<Arc<dyn DiskBackend>> {
+        Ok(open_disk(&DiskConfig {
+            path: image.to_owned(),
+            format: Some(self.format),
+            readonly: !self.pattern.write,
+            serial: None,
+        })?)
+    }
+
+    /// kiln's `DiskBackend` directly: `depth` threads, each doing one request at a time.
+    pub fn run_backend(&self, image: &Path) -> anyhow::Result<Run> {
+        let disk = self.open(image)?;
+        let next = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let workers: Vec<_> = (0..self.depth)
+                .map(|_| s.spawn(|| self.backend_worker(disk.as_ref(), &next)))
+                .collect();
+            for w in workers {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("bench worker panicked"))??;
+            }
+            Ok(())
+        })?;
+        let secs = start.elapsed().as_secs_f64();
+        drop(disk); // qcow2: metadata written back before the next run
+        Ok(Run {
+            ops: self.count,
+            secs,
+        })
+    }
+
+    fn backend_worker(&self, disk: &dyn DiskBackend, next: &AtomicU64) -> anyhow::Result<()> {
+        let mut buf = vec![0x5au8; self.pattern.block as usize];
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.count {
+                return Ok(());
+            }
+            let off = self.offset(i);
+            if self.pattern.write {
+                disk.write_at(&buf, off)?;
+            } else {
+                disk.read_at(&mut buf, off)?;
+            }
+        }
+    }
+
+    /// kiln's virtio-blk device model: requests go on an in-process virtqueue of
+    /// `depth` slots, through the device's avail ring, worker pool, completion event and
+    /// used ring; a slot is refilled as soon as the device returns it.
+    pub fn run_device(&self, image: &Path) -> anyhow::Result<Run> {
+        let disk = self.open(image)?;
+        let block = self.pattern.block as usize;
+        let mut h = Harness::new(Block::new(disk, None)?, self.depth as usize, block)?;
+        let op = if self.pattern.write {
+            let data = vec![0x5au8; block];
+            for slot in 0..self.depth as usize {
+                h.write_slot(slot, &data)?;
+            }
+            Op::Write
+        } else {
+            Op::Read
+        };
+        let (mut issued, mut done) = (0u64, 0u64);
+        let start = Instant::now();
+        while done < self.count {
+            while issued < self.count && h.free_slots() > 0 {
+                h.submit(op, self.offset(issued), block)?;
+                issued += 1;
+            }
+            h.kick();
+            for d in h.wait(DEVICE_TIMEOUT)? {
+                if d.status != 0 {
+                    bail!(
+                        "the device failed a request (virtio-blk status {})",
+                        d.status
+                    );
+                }
+                done += 1;
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        drop(h); // joins the device's threads; qcow2 metadata written back
+        Ok(Run {
+            ops: self.count,
+            secs,
+        })
+    }
+
+    pub fn run_qemu(&self, image: &Path, aio: &str) -> anyhow::Result<Run> {
+        let step = self.pattern.block
+            * if self.pattern.random {
+                RANDOM_STRIDE
+            } else {
+                1
+            };
+        let mut cmd = Command::new("qemu-img");
+        cmd.args([
+            "bench",
+            "-f",
+            self.format.name(),
+            "-t",
+            "writeback",
+            "-i",
+            aio,
+        ])
+        .args(["-d", &self.depth.to_string(), "-c", &self.count.to_string()])
+        .args([
+            "-s",
+            &self.pattern.block.to_string(),
+            "-S",
+            &step.to_string(),
+        ]);
+        if self.pattern.write {
+            cmd.arg("-w");
+        }
+        let out = cmd
+            .arg(image)
+            .output()
+            .context("cannot run qemu-img (install qemu-utils)")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("qemu-img bench failed: {}", text.trim());
+        }
+        // "Run completed in 1.234 seconds."
+        let secs = text
+            .split("Run completed in ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|s| s.parse::<f64>().ok())
+            .with_context(|| format!("unexpected qemu-img bench output: {}", text.trim()))?;
+        Ok(Run {
+            ops: self.count,
+            secs,
+        })
+    }
+}
