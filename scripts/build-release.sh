@@ -65,4 +65,12 @@ fi
 # still name functions. The full binary stays in $out for debugging.
 objcopy --strip-debug "$out/kiln" "$target_dir/kiln.tmp"
 mv "$target_dir/kiln.tmp" "$target_dir/kiln"
+# A file just written with write(2) sits in the page cache in large folios, which the
+# kernel maps whole on a fault: until evicted, every run would map about 2 MiB more of
+# kiln's text than it touches (4.2 instead of 2.2 MiB RSS measured here). Write it out
+# and drop it from the cache, so it is read back like any installed binary.
+sync "$target_dir/kiln"
+python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$target_dir/kiln"
 echo "$target_dir/kiln"
