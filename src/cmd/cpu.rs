@@ -125,7 +125,7 @@ fn list() -> anyhow::Result<ExitCode> {
                 m.name,
                 m.vendor,
                 fms,
-                m.model_id.as_deref().unwrap_or("")
+                m.model_id.unwrap_or("")
             );
         }
     }

@@ -37,7 +37,7 @@ pub fn exec(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let missing: Vec<&str> = out.missing.iter().map(|f| f.name).collect();
     if args.json {
         let json = ShowJson {
-            model: &guest.config.model.name,
+            model: guest.config.model.name,
             warnings: &out.warnings,
             present,
             missing,

@@ -60,7 +60,7 @@ pub fn requested_features(
         let vendor = if config.model.passthrough.is_some() {
             super::table::vendor_of(host)
         } else {
-            config.model.vendor.clone()
+            config.model.vendor.to_string()
         };
         if vendor == VENDOR_AMD {
             set.insert(svm);
@@ -121,7 +121,7 @@ pub fn expand(host: &CpuidTable, config: &CpuConfig, nested: bool) -> Expanded {
         table,
         requested,
         missing,
-        model_id: model.model_id.clone(),
+        model_id: model.model_id.map(str::to_string),
     }
 }
 

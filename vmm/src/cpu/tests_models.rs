@@ -128,20 +128,13 @@ fn model_identities_match_reference_data() {
     for (name, vendor, family, model, stepping, level, xlevel) in rows {
         let m = models::find(name).unwrap();
         assert_eq!(
-            (
-                m.vendor.as_str(),
-                m.family,
-                m.model,
-                m.stepping,
-                m.level,
-                m.xlevel
-            ),
+            (m.vendor, m.family, m.model, m.stepping, m.level, m.xlevel),
             (vendor, family, model, stepping, level, xlevel),
             "{name}"
         );
     }
     assert_eq!(
-        models::find("cpu64-rhel6").unwrap().model_id.as_deref(),
+        models::find("cpu64-rhel6").unwrap().model_id,
         Some("QEMU Virtual CPU version (cpu64-rhel6)")
     );
 }
@@ -167,7 +160,7 @@ fn all_models_present_with_citation_and_known_features() {
         "host",
         "max",
     ];
-    let names: Vec<&str> = models::all().iter().map(|m| m.name.as_str()).collect();
+    let names: Vec<&str> = models::all().iter().map(|m| m.name).collect();
     assert_eq!(names, wanted);
     for m in models::all() {
         assert!(
@@ -175,7 +168,7 @@ fn all_models_present_with_citation_and_known_features() {
             "{}: no citation",
             m.name
         );
-        for f in &m.features {
+        for f in m.features {
             assert!(
                 FeatureTable::get().lookup(f).is_some(),
                 "{}: unknown feature {f}",
