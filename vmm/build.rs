@@ -14,6 +14,9 @@ use std::process::Command;
 
 use serde::Deserialize;
 
+#[path = "src/cpu/spelling.rs"]
+mod spelling;
+
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     build_guests(&out.join("guests"));
@@ -206,16 +209,13 @@ impl FeatureData {
         }
     }
 
-    /// The runtime's `FeatureTable::lookup`: exact, then alias, with `_` and `-` equivalent.
+    /// As the runtime's `FeatureTable::lookup`: alias, then name, for each spelling.
     fn lookup(&self, name: &str) -> Option<usize> {
-        let try_one = |n: &str| {
-            (self.aliases.get(n))
-                .or_else(|| self.by_name.get(n))
+        spelling::spellings(name).find_map(|n| {
+            (self.aliases.get(n.as_ref()))
+                .or_else(|| self.by_name.get(n.as_ref()))
                 .copied()
-        };
-        try_one(name)
-            .or_else(|| try_one(&name.replace('_', "-")))
-            .or_else(|| try_one(&name.replace('-', "_")))
+        })
     }
 
     fn generate(&self) -> String {

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::spelling::spellings;
 use super::table::Reg;
 
 /// Where a feature lives in CPUID.
@@ -88,10 +89,7 @@ impl FeatureTable {
             let i = list.binary_search_by(|(k, _)| (*k).cmp(n)).ok()?;
             Some(self.features[usize::from(list[i].1)])
         };
-        let try_one = |n: &str| find(self.aliases, n).or_else(|| find(self.by_name, n));
-        try_one(name)
-            .or_else(|| try_one(&name.replace('_', "-")))
-            .or_else(|| try_one(&name.replace('-', "_")))
+        spellings(name).find_map(|n| find(self.aliases, &n).or_else(|| find(self.by_name, &n)))
     }
 
     /// The feature at a bit position, if named.

@@ -20,6 +20,7 @@ pub mod fixtures;
 pub mod models;
 pub mod nested;
 pub mod normalize;
+mod spelling;
 pub mod table;
 pub mod template;
 pub mod verify;

@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn every_listed_feature_resolves() {
-        // build.rs resolves names with its own copy of `FeatureTable::lookup`'s rules.
+        // build.rs resolves names with `FeatureTable::lookup`'s spelling rule.
         for m in all() {
             assert_eq!(m.feature_set().len(), m.features.len(), "{}", m.name);
         }
