@@ -81,7 +81,7 @@ fn backing_chain_of_three() {
     let base = create(d, "base.qcow2", "cluster_size=4096", "8M");
     qemu_io(&base, PATTERNS);
     let mid = d.join("mid.qcow2");
-    qemu_overlay("base.qcow2", &mid);
+    qemu_overlay("base.qcow2", "qcow2", &mid);
     qemu_io(
         &mid,
         &[
@@ -91,7 +91,7 @@ fn backing_chain_of_three() {
         ],
     );
     let top = d.join("top.qcow2");
-    qemu_overlay("mid.qcow2", &top);
+    qemu_overlay("mid.qcow2", "qcow2", &top);
     qemu_io(
         &top,
         &[
@@ -101,21 +101,11 @@ fn backing_chain_of_three() {
         ],
     );
     assert_same_as_qemu(&top, d);
-    // Base without a backing format header: kiln probes it.
+    // A raw base under a qcow2 overlay.
     let raw = d.join("raw-base.img");
     std::fs::write(&raw, vec![0x5au8; 1 << 20]).unwrap();
     let over = d.join("over.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "raw-base.img",
-        "-F",
-        "raw",
-        over.to_str().unwrap(),
-    ]);
+    qemu_overlay("raw-base.img", "raw", &over);
     let disk = open(&over, None, true);
     let mut b = [0u8; 4];
     disk.read_at(&mut b, 4096).unwrap();

@@ -142,9 +142,9 @@ fn overlay_on_backing_chain_survives_random_ops() {
     let size = SIZE.to_string();
     qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), &size]);
     qemu_io(&base, &["write -P 0xaa 0 8M"]);
-    qemu_overlay("base.qcow2", &mid);
+    qemu_overlay("base.qcow2", "qcow2", &mid);
     qemu_io(&mid, &["write -P 0xbb 1M 2M"]);
-    qemu_overlay("mid.qcow2", &top);
+    qemu_overlay("mid.qcow2", "qcow2", &top);
     let base_before = std::fs::read(&base).unwrap();
     raw_mirror(&mirror, Some(&qemu_contents(&top, dir.path())));
     random_ops(&top, &mirror, 99, 300);

@@ -32,9 +32,9 @@ pub fn qemu_img(args: &[&str]) -> String {
     tool("qemu-img", args)
 }
 
-/// `qemu-img create -f qcow2 -b BACKING -F qcow2 OVERLAY`, with the backing file named
-/// relative to the overlay, as a chain built in one directory would be.
-pub fn qemu_overlay(backing_name: &str, overlay: &Path) {
+/// `qemu-img create -f qcow2 -b BACKING -F BACKING_FORMAT OVERLAY`, with the backing file
+/// named relative to the overlay, as a chain built in one directory would be.
+pub fn qemu_overlay(backing_name: &str, backing_format: &str, overlay: &Path) {
     qemu_img(&[
         "create",
         "-q",
@@ -43,7 +43,7 @@ pub fn qemu_overlay(backing_name: &str, overlay: &Path) {
         "-b",
         backing_name,
         "-F",
-        "qcow2",
+        backing_format,
         overlay.to_str().unwrap(),
     ]);
 }
