@@ -136,6 +136,15 @@ fn main() -> ExitCode {
         eprintln!("kiln: error: no handler for subcommand {name}");
         return ExitCode::from(1);
     };
+    if name != "run" {
+        // Rust ignores SIGPIPE, so `kiln cpu list | head` would panic in println! once
+        // head exits. Reports and listings end quietly instead, as other Unix tools
+        // do. `run` keeps it ignored: a closed console socket or passt connection is
+        // an error to report and tear down from, not a reason to die.
+        // SAFETY: setting a signal's disposition to SIG_DFL has no preconditions; no
+        // other thread exists yet.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match (subcmd.exec)(sub, start) {
         Ok(code) => code,
         Err(e) => {
