@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{initramfs_with_test, kernel_dir, kiln, run_kiln};
+use common::{digest_hex, guest_value, initramfs_with_test, kernel_dir, kiln, run_kiln};
 
 const MIB: usize = 1 << 20;
 
@@ -55,27 +55,6 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
             (x >> 8) as u8
         })
         .collect()
-}
-
-fn md5_hex(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)[..32].to_string()
-}
-
-/// The value of `KEY=` in the guest's output lines.
-fn guest_value<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
-    let prefix = format!("{key}=");
-    stdout
-        .lines()
-        .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix.as_str()))
-        .map(str::trim)
 }
 
 fn assert_qemu_img_check_clean(image: &Path) {
@@ -199,12 +178,12 @@ fn disks_console_and_rng_in_one_boot() {
     assert_eq!(get("VDA-CMP"), "ok", "{context}");
     assert_eq!(get("VDA-CMP2"), "ok", "{context}");
     assert!(
-        get("VDB-MD5").starts_with(&md5_hex(&vdb_data[..MIB])),
+        get("VDB-MD5").starts_with(&digest_hex("md5sum", &vdb_data[..MIB])),
         "{context}"
     );
     assert_eq!(get("VDB-WRITE"), "refused", "{context}");
     assert!(
-        get("VDC-MD5").starts_with(&md5_hex(&[0x3c; MIB])),
+        get("VDC-MD5").starts_with(&digest_hex("md5sum", &[0x3c; MIB])),
         "{context}"
     );
     assert_eq!(get("VDC-WRITE"), "ok", "{context}");

@@ -25,7 +25,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{initramfs_with_test, kernel_dir};
+use common::{digest_hex, guest_value, initramfs_with_test, kernel_dir};
 
 /// kiln's own limit per boot, and the test's (a little longer).
 const KILN_TIMEOUT: &str = "400s";
@@ -71,26 +71,6 @@ fn payload() -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha256sum (coreutils)");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)[..64].to_string()
-}
-
-/// The value of `KEY=` in the guest's output lines.
-fn guest_value<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
-    let prefix = format!("{key}=");
-    stdout
-        .lines()
-        .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix.as_str()))
-        .map(str::trim)
 }
 
 /// A kiln process whose stdout arrives line by line, and which is killed if the test
@@ -358,7 +338,7 @@ echo KILN-NET-FWD-GOT=$(cat /tmp/fwd)"
     );
     assert_eq!(
         guest_value(&out, "KILN-NET-SHA"),
-        Some(sha256_hex(&body).as_str()),
+        Some(digest_hex("sha256sum", &body).as_str()),
         "content differs\n{context}"
     );
     // Joined only now: with no request the server would wait forever.

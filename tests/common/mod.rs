@@ -102,3 +102,32 @@ pub fn run_kiln(label: &str, args: &[&str]) -> Run {
     );
     Run { output, elapsed }
 }
+
+/// The value of `KEY=` in a guest's output lines (the test scripts print `KEY=value`).
+pub fn guest_value<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
+    let prefix = format!("{key}=");
+    stdout
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix.as_str()))
+        .map(str::trim)
+}
+
+/// The hex digest of `data` by a coreutils digest tool (`md5sum`, `sha256sum`), to
+/// compare with what the same tool printed inside the guest.
+pub fn digest_hex(tool: &str, data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new(tool)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool} (coreutils): {e}"));
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let digest = text.split_whitespace().next().unwrap_or_default();
+    assert!(
+        out.status.success() && digest.len() >= 32,
+        "{tool} printed no digest: {text}"
+    );
+    digest.to_string()
+}
