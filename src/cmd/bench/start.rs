@@ -121,16 +121,15 @@ fn qemu_command(qemu: &str, guest: &Path) -> Command {
     command
 }
 
-/// The number after `label` in kiln's `-v` memory log line.
-fn kib_after(stderr: &str, label: &str) -> Option<u64> {
+/// The number after the first `label` in kiln's `-v` log.
+fn number_after<T: std::str::FromStr>(stderr: &str, label: &str) -> Option<T> {
     let rest = stderr.split(label).nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
 }
 
 /// "first I/O exit N ms" from kiln's `-v` log.
 fn first_io_exit(stderr: &str) -> Option<f64> {
-    let rest = stderr.split("first I/O exit ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
+    number_after(stderr, "first I/O exit ")
 }
 
 /// kiln's memory as its `-v` report gives it.
@@ -144,9 +143,9 @@ struct MemoryReport {
 }
 
 fn memory_of(stderr: &str) -> Option<MemoryReport> {
-    let non_guest_kib = kib_after(stderr, "kiln itself at most ")?;
-    let anon = kib_after(stderr, "anonymous ")?;
-    let guest_kib = kib_after(stderr, "of which guest ")?;
+    let non_guest_kib = number_after(stderr, "kiln itself at most ")?;
+    let anon: u64 = number_after(stderr, "anonymous ")?;
+    let guest_kib = number_after(stderr, "of which guest ")?;
     Some(MemoryReport {
         non_guest_kib,
         guest_kib,
