@@ -129,6 +129,15 @@ struct Pending {
     parsed: Parsed,
 }
 
+/// Hand one request to a worker, which runs it and reports its completion.
+fn run_on_pool(pool: &mut WorkerPool, ctx: &Arc<JobContext>, p: Pending) {
+    let ctx = ctx.clone();
+    pool.submit(Box::new(move || {
+        let c = ctx.run(p.seq, p.head, p.parsed);
+        ctx.report(c);
+    }));
+}
+
 /// The queue of an activated device and everything in flight on it.
 pub struct Active {
     /// First field, so dropped first: on reset or drop the tasks not started are
@@ -316,11 +325,7 @@ impl Active {
             }
         }
         for p in self.batch.drain(..) {
-            let ctx = self.ctx.clone();
-            self.pool.submit(Box::new(move || {
-                let c = ctx.run(p.seq, p.head, p.parsed);
-                ctx.report(c);
-            }));
+            run_on_pool(&mut self.pool, &self.ctx, p);
         }
         self.release_flushes();
     }
@@ -334,11 +339,7 @@ impl Active {
             let Some(p) = self.flushes.pop_front() else {
                 return;
             };
-            let ctx = self.ctx.clone();
-            self.pool.submit(Box::new(move || {
-                let c = ctx.run(p.seq, p.head, p.parsed);
-                ctx.report(c);
-            }));
+            run_on_pool(&mut self.pool, &self.ctx, p);
         }
     }
 
