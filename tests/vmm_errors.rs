@@ -104,14 +104,28 @@ fn bad_options_are_usage_errors() {
     std::fs::write(&kernel, kiln_vmm::guests::DEBUG_EXIT).unwrap();
     for bad in [
         &["--memory", "12X"][..],
+        &["--memory", "0.3K"],
         &["--serial", "pty"],
         &["--timeout", "soon"],
         &["--cpus", "0"],
         &["--debug-exit", "0x10000"],
     ] {
-        let out = run(&kernel, bad);
-        assert_eq!(out.status.code(), Some(2), "{bad:?}");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+        // Not through run(): it passes --serial and --timeout itself, and a second one
+        // would be refused as a repeated option before its value is looked at.
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["run", "--kernel"])
+            .arg(&kernel)
+            .args(bad)
+            .output()
+            .expect("run kiln");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        // The message names the option and the value at fault.
+        assert!(
+            stderr.contains(bad[0]) && stderr.contains(&format!("'{}'", bad[1])),
+            "{bad:?}: {stderr}"
+        );
     }
     let out = run(&kernel, &["--memory", "1M"]);
     assert_clean_failure(&out, &["too small"]);

@@ -122,6 +122,13 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
+        // Errors name the value and say what is wrong with it.
+        let e = parse_size("12X").unwrap_err().to_string();
+        assert!(e.contains("\"12X\"") && e.contains("unknown suffix"), "{e}");
+        let e = parse_size("0.3").unwrap_err().to_string();
+        assert!(e.contains("not a whole number of bytes"), "{e}");
+        let e = parse_size("16E").unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
         assert_eq!(format_size(3 << 30), "3G");
         assert_eq!(format_size(1000), "1000");
     }
