@@ -284,17 +284,22 @@ fn user_mode_dhcp_http_and_hostfwd_in_one_boot() {
     let (http_port, server) = serve_http_once(body.clone());
     let fwd_port = free_port();
     // Debian's busybox looks for /etc/udhcpc/default.script; the test initramfs installs
-    // the script under upstream's path, so name it.
+    // the script under upstream's path, so name it. No pipelines: on PVM hosts two
+    // processes started side by side sometimes misbehave (see the README); one CI run
+    // saw `ip route | grep` print a gateway of "%u.%u.%u.%u".
     let script = format!(
         "ip link set eth0 up
 udhcpc -i eth0 -n -q -t 10 -T 3 -s /usr/share/udhcpc/default.script || {{ echo KILN-NET-NO-LEASE; exit 1; }}
-set -- $(ip -4 addr show dev eth0 | grep 'inet ')
-echo KILN-NET-ADDR=$2
-set -- $(ip route | grep '^default')
-GW=$3
+ip -4 addr show dev eth0 > /tmp/addr
+while read -r kind value rest; do if [ \"$kind\" = inet ]; then ADDR=$value; fi; done < /tmp/addr
+echo KILN-NET-ADDR=$ADDR
+ip route > /tmp/routes
+while read -r dest via gw rest; do if [ \"$dest\" = default ]; then GW=$gw; fi; done < /tmp/routes
 echo KILN-NET-GW=$GW
 wget -q -O /tmp/payload http://$GW:{http_port}/payload || echo KILN-NET-WGET=failed
-echo KILN-NET-SHA=$(sha256sum /tmp/payload | cut -d' ' -f1)
+sha256sum /tmp/payload > /tmp/sha
+read -r SHA rest < /tmp/sha
+echo KILN-NET-SHA=$SHA
 echo hello-from-guest > /tmp/hello
 nc -l -p 8080 < /tmp/hello > /tmp/fwd &
 sleep 1
