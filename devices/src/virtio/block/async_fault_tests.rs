@@ -241,6 +241,69 @@ fn lone_request_runs_inline_and_others_on_workers() {
     }
 }
 
+/// Put one read on `h`'s ring and notify; whether it completed before the notification
+/// returned (that is, inline), and how long the notification took.
+fn lone_read(h: &mut Harness, n: u64) -> (bool, Duration) {
+    h.submit(Op::Read, n % 64 * 4096, 4096).unwrap().unwrap();
+    let start = Instant::now();
+    h.kick();
+    let took = start.elapsed();
+    (!h.reap().unwrap().is_empty(), took)
+}
+
+fn wait_for(h: &mut Harness, count: usize) {
+    let mut done = 0;
+    while done < count {
+        for d in h.wait(Duration::from_secs(10)).unwrap() {
+            assert_eq!(d.status, OK);
+            done += 1;
+        }
+    }
+}
+
+#[test]
+fn a_lone_request_after_parallel_ones_does_not_hold_up_the_next() {
+    // A driver keeping several requests in flight whose queue drained: its next request
+    // arrives alone, and the others follow while it runs. Reads here wait until two
+    // reached the disk (or the gate is opened); run inline, the lone one would hold the
+    // event loop until it timed out (5 s, IOERR), and the next could not be popped.
+    let dir = tempfile::tempdir().unwrap();
+    let disk = GateDisk::new(slow_disk(&dir, 0), 2);
+    let close_gate = || *disk.state.lock().unwrap() = (0, false);
+    let mut h = Harness::new(Block::with_workers(disk.clone(), None, 4).unwrap(), 4, 4096).unwrap();
+    for n in 0..2 {
+        h.submit(Op::Read, n * 4096, 4096).unwrap().unwrap();
+    }
+    h.kick();
+    wait_for(&mut h, 2);
+
+    close_gate();
+    let (inline, took) = lone_read(&mut h, 2);
+    assert!(
+        !inline && took < Duration::from_secs(2),
+        "lone read held the event loop for {took:?}"
+    );
+    let (_, took) = lone_read(&mut h, 3);
+    assert!(took < Duration::from_secs(2));
+    wait_for(&mut h, 2);
+
+    // Those two were in flight together: the next PARALLEL_MEMORY lone reads go to the
+    // pool (each held at the closed gate until the test opens it), then lone reads run
+    // inline again, as a depth-1 driver wants.
+    for n in 0..u64::from(inflight::PARALLEL_MEMORY) {
+        close_gate();
+        let (inline, took) = lone_read(&mut h, n);
+        assert!(
+            !inline && took < Duration::from_secs(2),
+            "lone read {n} ran inline"
+        );
+        disk.open();
+        wait_for(&mut h, 1);
+    }
+    let (inline, _) = lone_read(&mut h, 7);
+    assert!(inline, "depth-1 reads no longer run inline");
+}
+
 #[test]
 fn harness_keeps_a_deep_queue_in_flight() {
     // 24 reads that wait for each other: only a device with 24 in flight passes.

@@ -18,7 +18,13 @@
 //! nothing to overlap, and the two thread hand-offs a worker costs would add about
 //! 30 us to each request on a nested host (`qemu-img bench -i threads` is a third
 //! slower than `-i io_uring` at depth 1 here for that reason). The price: while it
-//! runs, the event loop serves no other device, for at most one request's latency.
+//! runs, the event loop serves no other device and pops nothing, for one request's
+//! latency. So a lone request runs inline only while the driver has been working one
+//! request at a time: once two or more were in flight, the next [`PARALLEL_MEMORY`]
+//! lone requests go to the pool. A deep-queue driver whose queue drains between bursts
+//! (a disk that completes its requests together does that every round) would
+//! otherwise have the first request of each burst hold up the rest of it for a whole
+//! disk latency.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,6 +48,10 @@ use crate::GuestMemory;
 
 /// Largest request run on the event-loop thread when it is the only one.
 pub const INLINE_MAX: u64 = 1 << 20;
+
+/// Lone requests sent to the pool after two or more requests were last in flight at
+/// once, before lone requests run inline again.
+pub const PARALLEL_MEMORY: u32 = 32;
 
 /// A finished request: its sequence number, descriptor head and used length.
 struct Completion {
@@ -149,6 +159,8 @@ pub struct Active {
     ctx: Arc<JobContext>,
     completions: Receiver<Completion>,
     inline_lone: bool,
+    /// Lone requests still to send to the pool since requests last ran in parallel.
+    lone_to_pool: u32,
     next_seq: u64,
     /// Requests popped and not yet in the used ring (including held-back flushes).
     in_flight: usize,
@@ -195,6 +207,7 @@ impl Active {
             completions,
             pool: WorkerPool::new(cfg.workers, "kiln-blk"),
             inline_lone: cfg.inline_lone,
+            lone_to_pool: 0,
             next_seq: 0,
             in_flight: 0,
             writes: BTreeSet::new(),
@@ -310,8 +323,17 @@ impl Active {
 
     /// Start the popped disk requests: a lone small read or write inline, else on the pool.
     fn dispatch_batch(&mut self) {
+        if self.batch.is_empty() {
+            return self.release_flushes();
+        }
+        if self.in_flight > 1 {
+            self.lone_to_pool = PARALLEL_MEMORY;
+        }
         let lone = self.batch.len() == 1 && self.in_flight == 1;
-        if lone && self.inline_lone {
+        let driver_works_in_parallel = self.lone_to_pool > 0;
+        if lone && driver_works_in_parallel {
+            self.lone_to_pool -= 1;
+        } else if lone && self.inline_lone {
             let small = matches!(
                 &self.batch[0].parsed.request,
                 Ok(r) if matches!(r.kind, RequestType::In | RequestType::Out)
