@@ -70,6 +70,7 @@ const DISKS_SCRIPT: &str = r#"
 echo "VDA-SERIAL=$(cat /sys/block/vda/serial)"
 echo "VDB-RO=$(cat /sys/block/vdb/ro)"
 echo "VDA-SECTORS=$(cat /sys/block/vda/size)"
+echo "VDA-FEATURES=$(cat /sys/block/vda/device/features)"
 dd if=/dev/zero of=/tmp/zero bs=65536 count=16 2>/dev/null
 tr '\000' '\132' < /tmp/zero > /tmp/pat
 dd if=/tmp/pat of=/dev/vda bs=65536 seek=16 conv=fsync 2>/dev/null
@@ -175,6 +176,8 @@ fn disks_console_and_rng_in_one_boot() {
     let get = |key| guest_value(&stdout, key).unwrap_or_else(|| panic!("no {key}= in {context}"));
     assert_eq!(get("VDA-SERIAL"), "kiln-vda-42");
     assert_eq!(get("VDA-SECTORS"), (64 * MIB / 512).to_string());
+    // Negotiated features, one character per bit: the driver took VIRTIO_RING_F_EVENT_IDX.
+    assert_eq!(get("VDA-FEATURES").chars().nth(29), Some('1'), "{context}");
     assert_eq!(
         get("VDB-RO"),
         "1",

@@ -222,6 +222,23 @@ impl Harness {
             .map_err(|e| HarnessError::Memory(e.to_string()))
     }
 
+    /// Set the driver's used_event (with EVENT_IDX negotiated: interrupt me once the
+    /// used index passes `value`).
+    pub fn set_used_event(&self, value: u16) -> Result<(), HarnessError> {
+        let at = self.layout.avail + 4 + 2 * u64::from(self.queue_size);
+        self.write(&value.to_le_bytes(), at)
+    }
+
+    /// The device's avail_event (with EVENT_IDX negotiated: kick me once the avail
+    /// index passes it).
+    pub fn avail_event(&self) -> Result<u16, HarnessError> {
+        let at = self.layout.used + 4 + 8 * u64::from(self.queue_size);
+        self.mem
+            .read_obj::<u16>(GuestAddress(at))
+            .map(u16::from_le)
+            .map_err(|e| HarnessError::Memory(e.to_string()))
+    }
+
     /// Put a request on the avail ring (without kicking). Returns its slot, or `None`
     /// when every slot is in flight.
     pub fn submit(

@@ -9,6 +9,8 @@
 //! channel and [`Block::completion_event`], which the device's event subscriber
 //! watches, and the event loop fills the used ring and interrupts. Up to queue-size
 //! requests are in flight. A FLUSH waits for the writes before it (see [`inflight`]).
+//! With VIRTIO_RING_F_EVENT_IDX negotiated, the driver's used_event decides when to
+//! interrupt and the device's avail_event when to kick (virtio-queue keeps both).
 
 pub mod harness;
 pub mod inflight;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
 use virtio_bindings::bindings::virtio_blk::*;
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -77,7 +80,8 @@ impl Block {
         let mut features = super::VIRTIO_F_VERSION_1
             | bit(VIRTIO_BLK_F_FLUSH)
             | bit(VIRTIO_BLK_F_SEG_MAX)
-            | bit(VIRTIO_BLK_F_BLK_SIZE);
+            | bit(VIRTIO_BLK_F_BLK_SIZE)
+            | bit(VIRTIO_RING_F_EVENT_IDX);
         if disk.is_read_only() {
             features |= bit(VIRTIO_BLK_F_RO);
         } else {
@@ -204,10 +208,13 @@ impl VirtioDevice for Block {
                 want: 1,
             });
         }
-        let queue = queues.remove(0);
+        let mut queue = queues.remove(0);
         if !queue.ready() {
             return Err(ActivateError::InvalidQueue(0));
         }
+        // virtio 1.2 §2.7.10: with EVENT_IDX the driver says through used_event when it
+        // wants an interrupt, and the device through avail_event when it wants a kick.
+        queue.set_event_idx(self.acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0);
         // Dropping the old state (if any) joins its threads.
         self.active = None;
         self.active = Some(Active::new(ActiveConfig {
@@ -262,6 +269,8 @@ impl MutEventSubscriber for Block {
 mod async_fault_tests;
 #[cfg(test)]
 mod async_tests;
+#[cfg(test)]
+mod event_idx_tests;
 #[cfg(test)]
 mod parallel_tests;
 #[cfg(test)]
