@@ -151,6 +151,7 @@ fn open_err(path: &Path) -> String {
         format: Some(ImageFormat::Qcow2),
         readonly: false,
         serial: None,
+        aio: None,
     }) {
         Ok(_) => panic!("{} opened despite damage", path.display()),
         Err(e) => e.to_string(),

@@ -69,6 +69,7 @@ pub fn open(path: &Path, format: Option<ImageFormat>, readonly: bool) -> Arc<dyn
         format,
         readonly,
         serial: None,
+        aio: None,
     })
     .unwrap_or_else(|e| panic!("kiln cannot open {}: {e}", path.display()))
 }

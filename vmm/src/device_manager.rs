@@ -19,8 +19,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kiln_devices::block::config::Aio;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError};
-use kiln_devices::virtio::block::Block;
+use kiln_devices::virtio::block::{uring, Block};
 use kiln_devices::virtio::console::{Console, ConsoleInput};
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
@@ -118,8 +119,33 @@ pub enum SpecError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("--disk {}: aio=io_uring: {why}", path.display())]
+    Aio { path: PathBuf, why: String },
     #[error("--net: {0}")]
     Net(String),
+}
+
+/// Whether virtio-blk should try io_uring on `disk`. By default yes (it falls back to
+/// I/O threads where it cannot); an explicit `aio=io_uring` must be possible, so it
+/// fails here, before the guest starts, rather than fall back quietly.
+fn io_uring_wanted(cfg: &DiskConfig, disk: &dyn DiskBackend) -> Result<bool, SpecError> {
+    let refuse = |why: String| SpecError::Aio {
+        path: cfg.path.clone(),
+        why,
+    };
+    match cfg.aio {
+        None => Ok(true),
+        Some(Aio::Threads) => Ok(false),
+        Some(Aio::IoUring) if disk.passthrough_fd().is_none() => Err(refuse(format!(
+            "needs a raw image, and this one is {} (use aio=threads)",
+            disk.format()
+        ))),
+        Some(Aio::IoUring) => uring::probe().map(|()| true).map_err(|e| {
+            refuse(format!(
+                "io_uring is not available here: {e} (use aio=threads)"
+            ))
+        }),
+    }
 }
 
 impl VirtioDeviceConfig {
@@ -134,10 +160,14 @@ impl VirtioDeviceConfig {
                         path: cfg.path.clone(),
                         error,
                     })?;
+                let io_uring = io_uring_wanted(cfg, disk.as_ref())?;
                 let serial = cfg.serial.clone();
                 let name = format!("virtio-blk {}", cfg.path.display());
                 Ok(Self::new(name, move || {
-                    Block::new(disk.clone(), serial.as_deref()).map_err(|e| e.to_string())
+                    let mut blk =
+                        Block::new(disk.clone(), serial.as_deref()).map_err(|e| e.to_string())?;
+                    blk.set_io_uring(io_uring);
+                    Ok(blk)
                 }))
             }
             VirtioSpec::Console(out) => console(out),
@@ -336,6 +366,7 @@ mod tests {
             format: None,
             readonly: false,
             serial: None,
+            aio: None,
         };
         let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk)).unwrap_err();
         assert!(err.to_string().starts_with("--disk "), "{err}");
@@ -348,9 +379,43 @@ mod tests {
             format: None,
             readonly: true,
             serial: Some("s1".into()),
+            aio: None,
         };
-        let blk = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk)).unwrap();
+        let blk = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk.clone())).unwrap();
         assert_eq!(blk.build().unwrap().device.lock().unwrap().device_type(), 2);
+        for aio in [Aio::Threads, Aio::IoUring] {
+            let cfg = DiskConfig {
+                aio: Some(aio),
+                ..disk.clone()
+            };
+            VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(cfg)).unwrap();
+        }
+        // io_uring only reaches the file of a raw image: asked for on qcow2, it is refused
+        // before the guest starts.
+        let qcow2 = dir.join("disk.qcow2");
+        kiln_devices::block::create::create_image(
+            &qcow2,
+            &kiln_devices::block::create::CreateOptions {
+                format: kiln_devices::block::ImageFormat::Qcow2,
+                size: Some(1 << 20),
+                backing: None,
+                cluster_size: None,
+            },
+        )
+        .unwrap();
+        let cfg = DiskConfig {
+            path: qcow2,
+            format: None,
+            readonly: false,
+            serial: None,
+            aio: Some(Aio::IoUring),
+        };
+        let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(cfg)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("aio=io_uring: needs a raw image, and this one is qcow2"),
+            "{msg}"
+        );
         let rng = VirtioDeviceConfig::from_spec(&VirtioSpec::Rng).unwrap();
         assert_eq!(rng.build().unwrap().device.lock().unwrap().device_type(), 4);
         std::fs::remove_dir_all(&dir).unwrap();

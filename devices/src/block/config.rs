@@ -41,7 +41,16 @@ impl FromStr for ImageFormat {
 /// Longest serial virtio-blk can report (VIRTIO_BLK_ID_BYTES).
 pub const MAX_SERIAL_LEN: usize = 20;
 
-/// One disk: `path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID]`.
+/// How virtio-blk reads and writes an image (QEMU's `aio=` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aio {
+    /// A pool of I/O threads doing blocking reads and writes.
+    Threads,
+    /// One io_uring per queue (raw images only).
+    IoUring,
+}
+
+/// One disk: `path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID][,aio=threads|io_uring]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
@@ -50,6 +59,8 @@ pub struct DiskConfig {
     pub readonly: bool,
     /// Reported to the guest through VIRTIO_BLK_T_GET_ID (at most 20 bytes).
     pub serial: Option<String>,
+    /// `None`: io_uring for raw images where the host allows it, else threads.
+    pub aio: Option<Aio>,
 }
 
 /// What is wrong with a `--disk` option string.
@@ -59,7 +70,7 @@ pub enum DiskConfigError {
     MissingPath,
     #[error("disk option `{0}` is not KEY=VALUE")]
     NotKeyValue(String),
-    #[error("unknown disk option key `{0}` (expected path, format, readonly or serial)")]
+    #[error("unknown disk option key `{0}` (expected path, format, readonly, serial or aio)")]
     UnknownKey(String),
     #[error("disk option `{0}` given twice")]
     Duplicate(String),
@@ -69,6 +80,8 @@ pub enum DiskConfigError {
     ReadOnly(String),
     #[error("serial `{0}` is longer than {MAX_SERIAL_LEN} bytes")]
     SerialTooLong(String),
+    #[error("aio must be threads or io_uring, not `{0}`")]
+    Aio(String),
     #[error("disk path is empty")]
     EmptyPath,
 }
@@ -81,6 +94,7 @@ impl FromStr for DiskConfig {
         let mut format = None;
         let mut readonly = None;
         let mut serial = None;
+        let mut aio = None;
         for item in s.split(',') {
             let (key, value) = item
                 .split_once('=')
@@ -113,6 +127,14 @@ impl FromStr for DiskConfig {
                         .replace(value.to_owned())
                         .map_or(Ok(()), |_| Err(duplicate()))?
                 }
+                "aio" => {
+                    let v = match value {
+                        "threads" => Aio::Threads,
+                        "io_uring" => Aio::IoUring,
+                        other => return Err(DiskConfigError::Aio(other.to_owned())),
+                    };
+                    aio.replace(v).map_or(Ok(()), |_| Err(duplicate()))?
+                }
                 other => return Err(DiskConfigError::UnknownKey(other.to_owned())),
             }
         }
@@ -121,6 +143,7 @@ impl FromStr for DiskConfig {
             format,
             readonly: readonly.unwrap_or(false),
             serial,
+            aio,
         })
     }
 }
@@ -131,13 +154,16 @@ mod tests {
 
     #[test]
     fn parses_all_keys() {
-        let c: DiskConfig = "path=/tmp/a.qcow2,format=qcow2,readonly=on,serial=disk-1"
+        let c: DiskConfig = "path=/tmp/a.qcow2,format=qcow2,readonly=on,serial=disk-1,aio=threads"
             .parse()
             .unwrap();
         assert_eq!(c.path, PathBuf::from("/tmp/a.qcow2"));
         assert_eq!(c.format, Some(ImageFormat::Qcow2));
         assert!(c.readonly);
         assert_eq!(c.serial.as_deref(), Some("disk-1"));
+        assert_eq!(c.aio, Some(Aio::Threads));
+        let c: DiskConfig = "path=a.raw,aio=io_uring".parse().unwrap();
+        assert_eq!(c.aio, Some(Aio::IoUring));
     }
 
     #[test]
@@ -146,6 +172,7 @@ mod tests {
         assert_eq!(c.format, None);
         assert!(!c.readonly);
         assert_eq!(c.serial, None);
+        assert_eq!(c.aio, None);
     }
 
     #[test]
@@ -157,6 +184,11 @@ mod tests {
         assert_eq!(e("path=a,readonly=maybe"), ReadOnly("maybe".into()));
         assert_eq!(e("path=a,cache=none"), UnknownKey("cache".into()));
         assert_eq!(e("path=a,path=b"), Duplicate("path".into()));
+        assert_eq!(e("path=a,aio=native"), Aio("native".into()));
+        assert_eq!(
+            e("path=a,aio=threads,aio=io_uring"),
+            Duplicate("aio".into())
+        );
         assert_eq!(e("path=a,readonly"), NotKeyValue("readonly".into()));
         assert_eq!(e("path="), EmptyPath);
         assert_eq!(

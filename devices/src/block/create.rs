@@ -42,6 +42,7 @@ pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> 
                 format: None,
                 readonly: true,
                 serial: None,
+                aio: None,
             })?;
             Some((b.to_string_lossy().into_owned(), disk.format(), disk.size()))
         }

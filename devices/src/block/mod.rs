@@ -17,6 +17,7 @@ pub mod raw;
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -90,6 +91,12 @@ pub trait DiskBackend: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError>;
     /// Make the range read as zeroes; `unmap` allows freeing host space.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), DiskError>;
+    /// A file descriptor whose bytes are the disk's bytes at the same offsets (a raw
+    /// image), open for as long as `self` lives; virtio-blk then reads and writes it
+    /// through io_uring itself. `None` for formats with metadata in between.
+    fn passthrough_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.

@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
 
 use vm_memory::bitmap::Bitmap;
@@ -191,6 +191,10 @@ impl DiskBackend for RawDisk {
             }
         }
         self.write_zero_buffer(offset, len)
+    }
+
+    fn passthrough_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
     }
 }
 

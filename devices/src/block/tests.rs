@@ -24,6 +24,7 @@ fn open(path: &Path, readonly: bool) -> Arc<dyn DiskBackend> {
         format: None,
         readonly,
         serial: None,
+        aio: None,
     })
     .unwrap()
 }

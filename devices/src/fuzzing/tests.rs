@@ -114,6 +114,7 @@ fn qcow2_seeds() -> Vec<Vec<u8>> {
                 format: None,
                 readonly: false,
                 serial: None,
+                aio: None,
             })
             .unwrap();
             d.write_at(&[0xab; 8192], 4096).unwrap();

@@ -57,6 +57,7 @@ pub fn convert(
         format: None,
         readonly: true,
         serial: None,
+        aio: None,
     })
     .map_err(|source| ConvertError::Open {
         path: input.to_path_buf(),

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
-use log::warn;
+use log::{info, warn};
 use virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_S_IOERR;
 use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
@@ -41,6 +41,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::io::IoContext;
 use super::request::{self, Parsed, Request, RequestType};
+use super::uring::UringEngine;
 use super::workers::WorkerPool;
 use crate::block::{DiskBackend, SECTOR_SIZE};
 use crate::virtio::VirtioInterrupt;
@@ -52,6 +53,13 @@ pub const INLINE_MAX: u64 = 1 << 20;
 /// Lone requests sent to the pool after two or more requests were last in flight at
 /// once, before lone requests run inline again.
 pub const PARALLEL_MEMORY: u32 = 32;
+
+/// io_uring SQEs handed to the kernel at a time while a batch is popped. The kernel
+/// plugs the block requests of one submission until all of it is prepared (about 5 us
+/// each for a cold buffered read here), so the first reads of a 64-request batch
+/// would wait for the last; in groups of 8 they reach the disk sooner, for one more
+/// system call per 8 requests.
+const SUBMIT_EVERY: usize = 8;
 
 /// A finished request: its sequence number, descriptor head and used length.
 struct Completion {
@@ -158,6 +166,8 @@ pub struct Active {
     interrupt: Arc<dyn VirtioInterrupt>,
     ctx: Arc<JobContext>,
     completions: Receiver<Completion>,
+    /// Raw images: IN and OUT go through io_uring instead of the pool.
+    ring: Option<UringEngine>,
     inline_lone: bool,
     /// Lone requests still to send to the pool since requests last ran in parallel.
     lone_to_pool: u32,
@@ -186,13 +196,33 @@ pub struct ActiveConfig {
     /// Most I/O threads; 0 runs every request on the event-loop thread.
     pub workers: usize,
     pub inline_lone: bool,
+    /// Try an io_uring for IN/OUT when the disk is a raw file (and `workers` > 0).
+    pub io_uring: bool,
 }
 
 impl Active {
     pub fn new(cfg: ActiveConfig) -> Self {
         let (done, completions) = channel();
         let mem = Arc::new(cfg.mem);
+        let ring = if cfg.io_uring && cfg.workers > 0 && cfg.disk.passthrough_fd().is_some() {
+            let entries = u32::from(cfg.queue.size().max(1));
+            match UringEngine::new(
+                entries,
+                cfg.disk.clone(),
+                mem.clone(),
+                &cfg.completion_event,
+            ) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    info!("virtio-blk: io_uring unavailable ({e}); using I/O threads");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Active {
+            ring,
             ctx: Arc::new(JobContext {
                 disk: cfg.disk,
                 serial: cfg.serial,
@@ -224,6 +254,10 @@ impl Active {
 
     pub fn threads(&self) -> usize {
         self.pool.threads()
+    }
+
+    pub fn uses_io_uring(&self) -> bool {
+        self.ring.is_some()
     }
 
     /// The driver notified the queue: start what is available, publish what finished.
@@ -346,10 +380,50 @@ impl Active {
                 }
             }
         }
-        for p in self.batch.drain(..) {
+        let mut batch = std::mem::take(&mut self.batch);
+        for p in batch.drain(..) {
+            let Some(p) = self.push_to_ring(p) else {
+                if let Some(ring) = self
+                    .ring
+                    .as_mut()
+                    .filter(|r| r.unsubmitted() >= SUBMIT_EVERY)
+                {
+                    ring.submit();
+                }
+                continue;
+            };
             run_on_pool(&mut self.pool, &self.ctx, p);
         }
+        self.batch = batch;
+        if let Some(ring) = self.ring.as_mut() {
+            ring.submit();
+        }
         self.release_flushes();
+    }
+
+    /// Queue a well-formed, non-empty IN or OUT on the ring; gives back what the ring
+    /// does not take (other kinds, malformed requests: the pool answers those).
+    fn push_to_ring(&mut self, p: Pending) -> Option<Pending> {
+        let Some(ring) = self.ring.as_mut() else {
+            return Some(p);
+        };
+        let Ok(req) = &p.parsed.request else {
+            return Some(p);
+        };
+        let rw = matches!(req.kind, RequestType::In | RequestType::Out);
+        let writable = req.kind == RequestType::In || !self.ctx.disk.is_read_only();
+        if !rw || !writable || req.data_len == 0 {
+            return Some(p);
+        }
+        let Some(offset) = self.ctx.io().transfer_offset(req) else {
+            return Some(p);
+        };
+        let id = (p.seq, p.head, p.parsed.status);
+        if ring.push(id, req.kind, &req.data, offset) {
+            None
+        } else {
+            Some(p)
+        }
     }
 
     /// Start the held-back flushes that no earlier write blocks any more.
@@ -383,6 +457,17 @@ impl Active {
         // finish() may start flushes; an inline pool reports them into this same loop.
         while let Ok(c) = self.completions.try_recv() {
             self.finish(c);
+        }
+        let mut done = Vec::new();
+        if let Some(ring) = self.ring.as_mut() {
+            ring.reap(&mut done);
+        }
+        for c in done {
+            self.finish(Completion {
+                seq: c.seq,
+                head: c.head,
+                len: c.len,
+            });
         }
     }
 

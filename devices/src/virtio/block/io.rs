@@ -81,19 +81,28 @@ impl IoContext<'_> {
         (end_sector <= self.capacity).then(|| sector * SECTOR_SIZE)
     }
 
-    fn read_write(&self, mem: &GuestMemory, req: &Request) -> Outcome {
+    /// Byte offset of an IN or OUT request's data on the disk, if the request is whole
+    /// sectors inside the disk (logged otherwise).
+    pub fn transfer_offset(&self, req: &Request) -> Option<u64> {
         if req.data_len % SECTOR_SIZE != 0 {
             warn!(
                 "virtio-blk: {} byte transfer is not whole sectors",
                 req.data_len
             );
-            return (IOERR, 0);
+            return None;
         }
-        let Some(offset) = self.byte_range(req.sector, req.data_len) else {
+        let offset = self.byte_range(req.sector, req.data_len);
+        if offset.is_none() {
             warn!(
                 "virtio-blk: {:?} of {} bytes at sector {} is beyond the disk ({} sectors)",
                 req.kind, req.data_len, req.sector, self.capacity
             );
+        }
+        offset
+    }
+
+    fn read_write(&self, mem: &GuestMemory, req: &Request) -> Outcome {
+        let Some(offset) = self.transfer_offset(req) else {
             return (IOERR, 0);
         };
         let slices = match guest_slices(mem, &req.data) {

@@ -9,6 +9,8 @@
 //! channel and [`Block::completion_event`], which the device's event subscriber
 //! watches, and the event loop fills the used ring and interrupts. Up to queue-size
 //! requests are in flight. A FLUSH waits for the writes before it (see [`inflight`]).
+//! On raw images, reads and writes go through an io_uring instead of the pool when the
+//! host allows one (see [`uring`]).
 //! With VIRTIO_RING_F_EVENT_IDX negotiated, the driver's used_event decides when to
 //! interrupt and the device's avail_event when to kick (virtio-queue keeps both).
 
@@ -16,6 +18,7 @@ pub mod harness;
 pub mod inflight;
 pub mod io;
 pub mod request;
+pub mod uring;
 pub mod workers;
 
 use std::sync::Arc;
@@ -54,6 +57,7 @@ pub struct Block {
     serial: Arc<[u8]>,
     workers: usize,
     inline_lone: bool,
+    io_uring: bool,
     features: u64,
     acked_features: u64,
     config: Vec<u8>,
@@ -95,6 +99,7 @@ impl Block {
             serial: serial.into(),
             workers,
             inline_lone: true,
+            io_uring: true,
             features,
             acked_features: 0,
             config,
@@ -109,6 +114,19 @@ impl Block {
     /// next activation.
     pub fn set_inline_lone_requests(&mut self, on: bool) {
         self.inline_lone = on;
+    }
+
+    /// Whether IN and OUT on a raw image go through an io_uring owned by the event loop
+    /// (default on; see [`uring`]), falling back to the I/O threads where io_uring is
+    /// unavailable. Never with 0 workers, which keeps every request synchronous. Takes
+    /// effect at the next activation.
+    pub fn set_io_uring(&mut self, on: bool) {
+        self.io_uring = on;
+    }
+
+    /// Whether the active queue submits through io_uring.
+    pub fn uses_io_uring(&self) -> bool {
+        self.active.as_ref().is_some_and(Active::uses_io_uring)
     }
 
     /// Capacity in sectors, as the driver sees it.
@@ -226,6 +244,7 @@ impl VirtioDevice for Block {
             completion_event: self.completion_event.clone(),
             workers: self.workers,
             inline_lone: self.inline_lone,
+            io_uring: self.io_uring,
         }));
         self.activation.activate(ctx.queue_events);
         Ok(())
@@ -275,3 +294,5 @@ mod event_idx_tests;
 mod parallel_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod uring_tests;

@@ -96,6 +96,7 @@ pub(super) fn slow_disk(dir: &tempfile::TempDir, delay_ms: u64) -> Arc<SlowDisk>
         format: None,
         readonly: false,
         serial: None,
+        aio: None,
     })
     .unwrap();
     Arc::new(SlowDisk {

@@ -33,6 +33,7 @@ fn fixture(readonly: bool) -> Fixture {
         format: None,
         readonly,
         serial: None,
+        aio: None,
     })
     .unwrap();
     Fixture {

@@ -24,6 +24,7 @@ pub fn fill(path: &Path, size: u64) -> anyhow::Result<()> {
         format: None,
         readonly: false,
         serial: None,
+        aio: None,
     })?;
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
     for off in (0..size).step_by(chunk.len()) {

@@ -49,9 +49,14 @@ pub const RANDOM_STRIDE: u64 = 7919;
 pub struct Run {
     pub ops: u64,
     pub secs: f64,
+    /// CPU time (user + system, all threads) the runner spent on the requests.
+    pub cpu_secs: f64,
 }
 
 impl Run {
+    pub fn cpu_us_per_op(&self) -> f64 {
+        self.cpu_secs * 1e6 / self.ops as f64
+    }
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.secs
     }

@@ -4,7 +4,8 @@
 //! runners and prints ops/s, MB/s and kiln's ratio to the better QEMU run:
 //! - kiln: the `DiskBackend` engine directly, depth N as N threads sharing one open disk;
 //! - device: kiln's virtio-blk device model behind an in-process virtqueue of depth N,
-//!   through its avail ring, worker pool, completion event and used ring (see
+//!   through its avail ring, io_uring (raw) or worker pool (qcow2), completion event
+//!   and used ring (see
 //!   `kiln_devices::virtio::block::harness`);
 //! - `qemu-img bench -t writeback` with `-i io_uring` and with `-i threads`.
 //!
@@ -12,7 +13,9 @@
 //! the image size (which visits every block once, scattered) for all runners. Reads
 //! start with the image evicted from the page cache (cold); writes go to a freshly
 //! created, empty image, so they include allocation. Each runner runs `--repeat` times
-//! per line, in rotating order, and its best run is reported.
+//! per line, in rotating order, and its best run is reported. Under each line, the CPU
+//! time (user + system, all threads) each runner's best run spent per request: on a
+//! host with few cores that, not the disk, can be what limits depth-64 lines.
 
 mod image;
 mod line;
@@ -177,6 +180,7 @@ fn print(
     let (d_ops, d_mb) = cells(device);
     let (u_ops, u_mb) = cells(uring);
     let (t_ops, t_mb) = cells(threads);
+    let cpu = |r: Option<&Run>| r.map_or("n/a".into(), |r| format!("{:.1}", r.cpu_us_per_op()));
     println!(
         "{:<6} {:<14} {:>3} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>6} {:>6}",
         line.format.name(),
@@ -192,5 +196,15 @@ fn print(
         t_mb,
         ratio(kiln),
         ratio(device)
+    );
+    println!(
+        "{:<6} {:<14} {:>3} | {:>19} | {:>19} | {:>19} | {:>19} |",
+        "",
+        "  CPU us/request",
+        "",
+        cpu(kiln),
+        cpu(device),
+        cpu(uring),
+        cpu(threads)
     );
 }

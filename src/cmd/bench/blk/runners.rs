@@ -23,6 +23,7 @@ impl Line {
             format: Some(self.format),
             readonly: !self.pattern.write,
             serial: None,
+            aio: None,
         })?)
     }
 
@@ -30,6 +31,7 @@ impl Line {
     pub fn run_backend(&self, image: &Path) -> anyhow::Result<Run> {
         let disk = self.open(image)?;
         let next = Arc::new(AtomicU64::new(0));
+        let cpu = cpu_secs(Whose::OwnProcess);
         let start = Instant::now();
         std::thread::scope(|s| -> anyhow::Result<()> {
             let workers: Vec<_> = (0..self.depth)
@@ -42,10 +44,12 @@ impl Line {
             Ok(())
         })?;
         let secs = start.elapsed().as_secs_f64();
+        let cpu_secs = cpu_secs(Whose::OwnProcess) - cpu;
         drop(disk); // qcow2: metadata written back before the next run
         Ok(Run {
             ops: self.count,
             secs,
+            cpu_secs,
         })
     }
 
@@ -82,6 +86,7 @@ impl Line {
             Op::Read
         };
         let (mut issued, mut done) = (0u64, 0u64);
+        let cpu = cpu_secs(Whose::OwnProcess);
         let start = Instant::now();
         while done < self.count {
             while issued < self.count && h.free_slots() > 0 {
@@ -100,10 +105,12 @@ impl Line {
             }
         }
         let secs = start.elapsed().as_secs_f64();
+        let cpu_secs = cpu_secs(Whose::OwnProcess) - cpu;
         drop(h); // joins the device's threads; qcow2 metadata written back
         Ok(Run {
             ops: self.count,
             secs,
+            cpu_secs,
         })
     }
 
@@ -134,6 +141,7 @@ impl Line {
         if self.pattern.write {
             cmd.arg("-w");
         }
+        let cpu = cpu_secs(Whose::WaitedChildren);
         let out = cmd
             .arg(image)
             .output()
@@ -153,6 +161,30 @@ impl Line {
         Ok(Run {
             ops: self.count,
             secs,
+            // Includes qemu-img's start-up and image open: tens of microseconds in all.
+            cpu_secs: cpu_secs(Whose::WaitedChildren) - cpu,
         })
     }
+}
+
+enum Whose {
+    OwnProcess,
+    WaitedChildren,
+}
+
+/// User + system CPU seconds of this process (all threads) or of its waited-for
+/// children.
+fn cpu_secs(whose: Whose) -> f64 {
+    let who = match whose {
+        Whose::OwnProcess => libc::RUSAGE_SELF,
+        Whose::WaitedChildren => libc::RUSAGE_CHILDREN,
+    };
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage for the call to fill.
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
