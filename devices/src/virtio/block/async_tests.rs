@@ -168,14 +168,16 @@ fn requests_of_several_notifications_are_in_flight_together() {
 #[test]
 fn completions_are_published_by_the_event_loop_on_the_completion_event() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = slow_disk(&dir, 30);
+    // Reads wait at the gate until the test opens it (a fixed delay can pass while a
+    // loaded host starts the worker threads).
+    let disk = GateDisk::new(slow_disk(&dir, 0), usize::MAX);
     let mem = test_mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
     let reqs: Vec<_> = (0..2)
         .map(|i| (i, request(&mem, i, VIRTIO_BLK_T_IN, sector_of(i), true)))
         .collect();
     add_requests(&vq, &reqs);
-    let mut dev = Block::with_workers(disk, None, 4).unwrap();
+    let mut dev = Block::with_workers(disk.clone(), None, 4).unwrap();
     let irq = activate(&mut dev, &mem, &[&vq]);
     dev.process_queue();
     assert_eq!(
@@ -183,6 +185,7 @@ fn completions_are_published_by_the_event_loop_on_the_completion_event() {
         (0, 2),
         "nothing waited for"
     );
+    disk.open();
     let deadline = Instant::now() + Duration::from_secs(10);
     while status_of(&mem, 0) == 0xee || status_of(&mem, 1) == 0xee {
         assert!(Instant::now() < deadline, "workers never finished");
