@@ -19,6 +19,7 @@
 
 mod image;
 mod line;
+mod report;
 mod runners;
 
 use std::path::{Path, PathBuf};
@@ -26,8 +27,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use kiln_devices::block::ImageFormat;
+use kiln_devices::virtio::block::harness::Harness;
 
-use line::{Line, Run, PATTERNS, RUNNER_NAMES};
+use line::{Line, PATTERNS, RUNNER_NAMES};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -58,6 +60,9 @@ pub struct Args {
     /// are to the better of the QEMU runners that ran.
     #[arg(long, value_delimiter = ',')]
     runner: Vec<String>,
+    /// Print one JSON document at the end instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
@@ -79,6 +84,15 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     {
         bail!("unknown --runner {r}; known: {}", RUNNER_NAMES.join(", "));
     }
+    let device_runs = args.runner.is_empty() || args.runner.iter().any(|r| r == "device");
+    let max_depth = if device_runs {
+        Harness::MAX_DEPTH as u32
+    } else {
+        1024
+    };
+    if let Some(d) = args.depth.iter().find(|&&d| d == 0 || d > max_depth) {
+        bail!("--depth {d} is out of range: 1..={max_depth}");
+    }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = args
@@ -92,22 +106,10 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
-    println!(
-        "{:<6} {:<14} {:>3} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>6} {:>6}",
-        "format",
-        "pattern",
-        "QD",
-        "kiln op/s",
-        "MB/s",
-        "device",
-        "MB/s",
-        "io_uring",
-        "MB/s",
-        "threads",
-        "MB/s",
-        "ratio",
-        "device"
-    );
+    let mut results = Vec::new();
+    if !args.json {
+        report::print_header();
+    }
     for fmt in &args.format {
         let format: ImageFormat = fmt.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
         let filled = dir.join(format!("filled.{fmt}"));
@@ -133,78 +135,20 @@ fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
                 };
                 let enabled = RUNNER_NAMES
                     .map(|n| args.runner.is_empty() || args.runner.iter().any(|r| r == n));
-                let [kiln, device, uring, threads] =
-                    line.best_of(args.repeat, dir, &filled, enabled);
-                print(
-                    &line,
-                    kiln.as_ref().ok(),
-                    device.as_ref().ok(),
-                    uring.as_ref().ok(),
-                    threads.as_ref().ok(),
-                );
-                for (i, result) in [kiln, device, uring, threads].into_iter().enumerate() {
-                    if let (true, Err(e)) = (enabled[i], result) {
-                        println!("    ({} runner failed: {e:#})", RUNNER_NAMES[i]);
-                    }
+                let runs = line.best_of(args.repeat, dir, &filled, enabled);
+                let result = report::LineResult::new(line, enabled, runs);
+                if !args.json {
+                    result.print();
                 }
+                results.push(result);
             }
         }
     }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report::to_json(args, &results))?
+        );
+    }
     Ok(())
-}
-
-fn print(
-    line: &Line,
-    kiln: Option<&Run>,
-    device: Option<&Run>,
-    uring: Option<&Run>,
-    threads: Option<&Run>,
-) {
-    let b = line.pattern.block;
-    let best = uring
-        .map_or(0.0, Run::ops_per_sec)
-        .max(threads.map_or(0.0, Run::ops_per_sec));
-    let cells = |r: Option<&Run>| {
-        r.map_or(("n/a".into(), "n/a".into()), |r| {
-            (
-                format!("{:.0}", r.ops_per_sec()),
-                format!("{:.1}", r.mb_per_sec(b)),
-            )
-        })
-    };
-    let ratio = |r: Option<&Run>| match r {
-        Some(r) if best > 0.0 => format!("{:.2}", r.ops_per_sec() / best),
-        _ => "n/a".into(),
-    };
-    let (k_ops, k_mb) = cells(kiln);
-    let (d_ops, d_mb) = cells(device);
-    let (u_ops, u_mb) = cells(uring);
-    let (t_ops, t_mb) = cells(threads);
-    let cpu = |r: Option<&Run>| r.map_or("n/a".into(), |r| format!("{:.1}", r.cpu_us_per_op()));
-    println!(
-        "{:<6} {:<14} {:>3} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>6} {:>6}",
-        line.format.name(),
-        line.pattern.name,
-        line.depth,
-        k_ops,
-        k_mb,
-        d_ops,
-        d_mb,
-        u_ops,
-        u_mb,
-        t_ops,
-        t_mb,
-        ratio(kiln),
-        ratio(device)
-    );
-    println!(
-        "{:<6} {:<14} {:>3} | {:>19} | {:>19} | {:>19} | {:>19} |",
-        "",
-        "  CPU us/request",
-        "",
-        cpu(kiln),
-        cpu(device),
-        cpu(uring),
-        cpu(threads)
-    );
 }

@@ -1,0 +1,135 @@
+//! `kiln bench blk` end to end on tiny images: the JSON report, the runners it was
+//! asked for (QEMU's through the real qemu-img), clean-up, and bad options.
+
+mod common;
+
+use common::kiln;
+use serde_json::Value;
+
+fn bench(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec![
+        "bench", "blk", "--dir", dir, "--size", "64M", "--repeat", "1",
+    ];
+    args.extend_from_slice(extra);
+    kiln().args(&args).output().expect("run kiln")
+}
+
+fn ops(runner: &Value) -> f64 {
+    runner["ops-per-sec"].as_f64().unwrap_or(0.0)
+}
+
+#[test]
+fn json_report_has_every_line_and_only_the_runners_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &[
+            "--count",
+            "256",
+            "--depth",
+            "1,4",
+            "--format",
+            "raw,qcow2",
+            "--pattern",
+            "4k-rand-read,4k-rand-write",
+            "--runner",
+            "kiln,device",
+            "--json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!(report["size"], 64 << 20);
+    let lines = report["lines"].as_array().unwrap();
+    let mut seen: Vec<String> = lines
+        .iter()
+        .map(|l| format!("{} {} {}", l["format"], l["pattern"], l["depth"]))
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    seen.dedup();
+    assert_eq!(seen.len(), 8, "a line twice: {seen:?}");
+    for l in lines {
+        assert_eq!(l["requests"], 256);
+        for name in ["kiln", "device"] {
+            let r = &l["runners"][name];
+            assert!(ops(r) > 0.0, "{name} in {l}");
+            assert!(r["cpu-us-per-request"].as_f64().unwrap() > 0.0, "{l}");
+        }
+        for name in ["io_uring", "threads"] {
+            assert!(l["runners"][name].is_null(), "{name} ran unasked: {l}");
+        }
+        assert!(l["ratio-device"].is_null(), "a ratio without QEMU: {l}");
+    }
+    // The work directory and its images are gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn ratios_are_to_the_qemu_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &[
+            "--count",
+            "512",
+            "--depth",
+            "4",
+            "--format",
+            "raw",
+            "--pattern",
+            "4k-rand-read",
+            "--runner",
+            "device,io_uring",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = &report["lines"][0];
+    let (device, qemu) = (
+        ops(&line["runners"]["device"]),
+        ops(&line["runners"]["io_uring"]),
+    );
+    assert!(device > 0.0 && qemu > 0.0, "{line}");
+    let ratio = line["ratio-device"].as_f64().unwrap();
+    assert!((ratio - device / qemu).abs() < 1e-9, "{line}");
+    assert!(line["runners"]["kiln"].is_null());
+}
+
+#[test]
+fn bad_options_are_refused_by_name_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, named) in [
+        (&["--pattern", "4k-rand-nope"][..], "4k-rand-nope"),
+        (&["--runner", "fio"][..], "fio"),
+        (&["--format", "vmdk"][..], "vmdk"),
+        (&["--depth", "86", "--runner", "device"][..], "86"),
+    ] {
+        let out = bench(dir.path(), extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} accepted");
+        assert!(stderr.contains(named), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = kiln()
+        .args([
+            "bench",
+            "blk",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--size",
+            "1M",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
