@@ -293,6 +293,7 @@ udhcpc -i eth0 -n -q -t 10 -T 3 -s /usr/share/udhcpc/default.script || {{ echo K
 ip -4 addr show dev eth0 > /tmp/addr
 while read -r kind value rest; do if [ \"$kind\" = inet ]; then ADDR=$value; fi; done < /tmp/addr
 echo KILN-NET-ADDR=$ADDR
+echo KILN-NET-FEATURES=$(cat /sys/class/net/eth0/device/features)
 ip route > /tmp/routes
 while read -r dest via gw rest; do if [ \"$dest\" = default ]; then GW=$gw; fi; done < /tmp/routes
 echo KILN-NET-GW=$GW
@@ -337,6 +338,12 @@ echo KILN-NET-FWD-GOT=$(cat /tmp/fwd)"
             "passt {pid} still runs after kiln exited"
         );
     }
+    // Negotiated features, one character per bit: the driver took VIRTIO_RING_F_EVENT_IDX.
+    assert_eq!(
+        guest_value(&out, "KILN-NET-FEATURES").and_then(|f| f.chars().nth(29)),
+        Some('1'),
+        "{context}"
+    );
     assert!(
         guest_value(&out, "KILN-NET-ADDR").is_some_and(|a| !a.is_empty()),
         "no DHCP lease\n{context}"

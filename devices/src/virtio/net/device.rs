@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use log::{debug, error, warn};
 use virtio_bindings::virtio_net::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 
 use super::backend::NetBackend;
@@ -73,7 +74,8 @@ impl Net {
         let mut avail_features = VIRTIO_F_VERSION_1
             | (1 << VIRTIO_NET_F_MAC)
             | (1 << VIRTIO_NET_F_STATUS)
-            | (1 << VIRTIO_NET_F_MRG_RXBUF);
+            | (1 << VIRTIO_NET_F_MRG_RXBUF)
+            | (1 << VIRTIO_RING_F_EVENT_IDX);
         if backend.has_vnet_hdr() {
             avail_features |= backend.offload_features();
         }
@@ -228,7 +230,12 @@ impl VirtioDevice for Net {
             .set_offloads(self.acked_features)
             .map_err(|e| ActivateError::Backend(format!("cannot set offloads: {e}")))?;
         let mut queues = queues.into_iter();
-        let (rx, tx) = (queues.next().unwrap(), queues.next().unwrap());
+        let (mut rx, mut tx) = (queues.next().unwrap(), queues.next().unwrap());
+        // virtio 1.2 §2.7.10: used_event decides interrupts, avail_event kicks (see rx.rs
+        // for where rx places avail_event).
+        let event_idx = self.has(VIRTIO_RING_F_EVENT_IDX);
+        rx.set_event_idx(event_idx);
+        tx.set_event_idx(event_idx);
         log::info!(
             "virtio-net {}: activated, driver features {:#x}",
             self.mac,

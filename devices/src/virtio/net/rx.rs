@@ -1,8 +1,11 @@
 //! Receive: packets from the backend into the rx queue's buffers.
 
 use std::io;
+use std::sync::atomic::{fence, Ordering};
 
 use virtio_bindings::virtio_net::*;
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::backend::VNET_HDR_LEN;
 use super::chain::{write_rx_packet, RxOutcome};
@@ -69,6 +72,7 @@ impl Net {
     pub fn process_rx(&mut self) {
         let mergeable = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let mut used_any = false;
+        let mut rechecked = false;
         while self.active.as_ref().is_some_and(|a| !a.broken) {
             let Some(len) = self.rx_pending.take().or_else(|| self.recv_packet()) else {
                 break;
@@ -96,7 +100,22 @@ impl Net {
                 }
                 Ok(RxOutcome::NoBuffers) => {
                     self.rx_pending = Some(len);
-                    break;
+                    // Ask for a kick at the next buffer; if buffers came meanwhile, try
+                    // once more (only once: a driver whose avail index runs ahead of
+                    // what it really published would otherwise keep us here).
+                    match self.want_rx_kick() {
+                        Ok(true) if !rechecked => {
+                            rechecked = true;
+                            continue;
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            if let Some(active) = self.active.as_mut() {
+                                Self::queue_failed(active, "rx", e);
+                            }
+                            break;
+                        }
+                    }
                 }
                 Ok(RxOutcome::TooBig) => {
                     self.stats.rx_dropped += 1;
@@ -119,5 +138,34 @@ impl Net {
         if used_any {
             self.notify(RX_QUEUE);
         }
+    }
+}
+
+impl Net {
+    /// Make sure the driver kicks when it adds the next rx buffer; true if there may be
+    /// buffers rx has not tried (the avail index moved, or entries were left on the ring).
+    ///
+    /// With EVENT_IDX the driver kicks only when its avail index passes avail_event.
+    /// virtio-queue's `enable_notification` puts avail_event at the device's next
+    /// entry, but rx may leave entries unconsumed (a mergeable packet larger than the
+    /// buffers there), and the driver's next buffer then lands past that index without
+    /// a kick. So avail_event goes to the avail index itself.
+    fn want_rx_kick(&mut self) -> Result<bool, virtio_queue::Error> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let (mem, rx) = (&active.mem, &mut active.rx);
+        let seen = rx.avail_idx(mem, Ordering::Acquire)?;
+        rx.enable_notification(mem)?;
+        if rx.event_idx_enabled() {
+            let at = rx.used_ring() + 4 + 8 * u64::from(rx.size());
+            mem.store(seen.0.to_le(), GuestAddress(at), Ordering::Release)
+                .map_err(virtio_queue::Error::GuestMemory)?;
+        }
+        // Pairs with the driver's barrier between publishing a buffer and reading
+        // avail_event: either it sees our avail_event or we see its new index.
+        fence(Ordering::SeqCst);
+        let now = rx.avail_idx(mem, Ordering::Acquire)?;
+        Ok(now != seen || now.0 != rx.next_avail())
     }
 }
