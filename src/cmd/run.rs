@@ -45,8 +45,9 @@ pub struct Args {
     /// Expose VMX/SVM to the guest (nested virtualization); refused when the host cannot nest.
     #[arg(long)]
     pub nested: bool,
-    /// A virtio-blk disk: path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID]
-    /// [,aio=threads|io_uring] (default: io_uring for raw images where the host allows it).
+    /// A virtio-blk disk:
+    /// path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID][,aio=threads|io_uring]
+    /// (aio: io_uring for raw images where the host allows it, unless given).
     /// Repeatable; the guest sees them as vda, vdb, ... in order.
     #[arg(long = "disk", value_name = "path=FILE,...", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
