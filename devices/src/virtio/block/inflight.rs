@@ -61,11 +61,12 @@ pub const PARALLEL_MEMORY: u32 = 32;
 /// system call per 8 requests.
 const SUBMIT_EVERY: usize = 8;
 
-/// A finished request: its sequence number, descriptor head and used length.
-struct Completion {
-    seq: u64,
-    head: u16,
-    len: u32,
+/// A finished request: its sequence number, descriptor head and used length (from a
+/// worker or from the ring).
+pub(super) struct Completion {
+    pub(super) seq: u64,
+    pub(super) head: u16,
+    pub(super) len: u32,
 }
 
 /// What a worker needs to run a request and report it; shared by all jobs of one
@@ -416,7 +417,15 @@ impl Active {
             return Some(p);
         }
         let Some(offset) = self.ctx.io().transfer_offset(req) else {
-            return Some(p);
+            // Beyond the disk or not whole sectors (logged): answered here, as the pool
+            // would, without checking and logging it a second time there.
+            let len = write_ioerr(&self.mem, p.parsed.status);
+            self.finish(Completion {
+                seq: p.seq,
+                head: p.head,
+                len,
+            });
+            return None;
         };
         let id = (p.seq, p.head, p.parsed.status);
         if ring.push(id, req.kind, &req.data, offset) {
@@ -463,11 +472,7 @@ impl Active {
             ring.reap(&mut done);
         }
         for c in done {
-            self.finish(Completion {
-                seq: c.seq,
-                head: c.head,
-                len: c.len,
-            });
+            self.finish(c);
         }
     }
 

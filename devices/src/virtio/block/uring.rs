@@ -34,19 +34,13 @@ use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK}
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::inflight::Completion;
 use super::request::{RequestType, Segment};
 use crate::block::DiskBackend;
 use crate::GuestMemory;
 
 /// `user_data` of the cancellation pushed when the ring goes.
 const CANCEL_ALL: u64 = u64::MAX;
-
-/// A request finished on the ring: its sequence number, head and used length.
-pub struct RingCompletion {
-    pub seq: u64,
-    pub head: u16,
-    pub len: u32,
-}
 
 /// A read or write in the ring.
 struct RingRequest {
@@ -243,7 +237,7 @@ impl UringEngine {
 
     /// Take the finished requests (writing their status bytes) into `out`; short
     /// transfers are resubmitted for the rest.
-    pub fn reap(&mut self, out: &mut Vec<RingCompletion>) {
+    pub(super) fn reap(&mut self, out: &mut Vec<Completion>) {
         let mut cqes = Vec::new();
         cqes.extend(
             self.ring
@@ -261,7 +255,7 @@ impl UringEngine {
     }
 
     /// Account one CQE; `None` if the request went back into the ring.
-    fn complete(&mut self, slot: usize, result: i32) -> Option<RingCompletion> {
+    fn complete(&mut self, slot: usize, result: i32) -> Option<Completion> {
         let r = self.slots.get_mut(slot)?.as_mut()?;
         let ok = match result {
             n if n > 0 => {
@@ -306,7 +300,7 @@ impl UringEngine {
                 0
             }
         };
-        Some(RingCompletion {
+        Some(Completion {
             seq: r.seq,
             head: r.head,
             len,

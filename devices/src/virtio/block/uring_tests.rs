@@ -244,6 +244,31 @@ fn reads_of_a_truncated_file_get_ioerr() {
 }
 
 #[test]
+fn requests_beyond_the_disk_get_ioerr_without_reaching_the_ring_or_the_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_image(&dir);
+    let mut h = ring_harness(raw_disk(&path), 4, 8192);
+    // Together, so neither runs inline: one past the end, one straddling it, one valid.
+    let beyond = h.submit(Op::Read, DISK_SIZE, 4096).unwrap().unwrap();
+    let straddling = h
+        .submit(Op::Write, DISK_SIZE - 4096, 8192)
+        .unwrap()
+        .unwrap();
+    let valid = h.submit(Op::Read, 0, 4096).unwrap().unwrap();
+    h.kick();
+    let done = wait_for(&mut h, 3);
+    let status = |slot| {
+        done.iter()
+            .find(|d| d.slot == slot)
+            .map(|d| (d.status, d.len))
+    };
+    assert_eq!(status(beyond), Some((IOERR, 1)), "{done:?}");
+    assert_eq!(status(straddling), Some((IOERR, 1)), "{done:?}");
+    assert_eq!(status(valid), Some((OK, 4097)), "{done:?}");
+    assert_eq!(h.device().io_threads(), 0, "answered on an I/O thread");
+}
+
+#[test]
 fn flush_after_ring_writes_waits_for_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = raw_image(&dir);
