@@ -149,14 +149,14 @@ impl Net {
     /// virtio-queue's `enable_notification` puts avail_event at the device's next
     /// entry, but rx may leave entries unconsumed (a mergeable packet larger than the
     /// buffers there), and the driver's next buffer then lands past that index without
-    /// a kick. So avail_event goes to the avail index itself.
-    fn want_rx_kick(&mut self) -> Result<bool, virtio_queue::Error> {
-        let Some(active) = self.active.as_mut() else {
+    /// a kick. So avail_event goes to the avail index itself. Without EVENT_IDX the
+    /// driver always kicks: rx never sets VRING_USED_F_NO_NOTIFY.
+    fn want_rx_kick(&self) -> Result<bool, virtio_queue::Error> {
+        let Some(active) = self.active.as_ref() else {
             return Ok(false);
         };
-        let (mem, rx) = (&active.mem, &mut active.rx);
+        let (mem, rx) = (&active.mem, &active.rx);
         let seen = rx.avail_idx(mem, Ordering::Acquire)?;
-        rx.enable_notification(mem)?;
         if rx.event_idx_enabled() {
             let at = rx.used_ring() + 4 + 8 * u64::from(rx.size());
             mem.store(seen.0.to_le(), GuestAddress(at), Ordering::Release)
