@@ -65,6 +65,16 @@ pub struct Args {
     json: bool,
 }
 
+/// Deepest queue without the device runner: kiln's engine starts a thread per unit.
+const MAX_THREAD_DEPTH: u32 = 1024;
+
+impl Args {
+    /// Whether `--runner` (or its default, all) includes the runner `name`.
+    fn runs(&self, name: &str) -> bool {
+        self.runner.is_empty() || self.runner.iter().any(|r| r == name)
+    }
+}
+
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     if args.size % 65536 != 0 || args.size < 64 << 20 {
         bail!("--size must be a multiple of 64 KiB and at least 64M");
@@ -84,11 +94,10 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     {
         bail!("unknown --runner {r}; known: {}", RUNNER_NAMES.join(", "));
     }
-    let device_runs = args.runner.is_empty() || args.runner.iter().any(|r| r == "device");
-    let max_depth = if device_runs {
+    let max_depth = if args.runs("device") {
         Harness::MAX_DEPTH as u32
     } else {
-        1024
+        MAX_THREAD_DEPTH
     };
     if let Some(d) = args.depth.iter().find(|&&d| d == 0 || d > max_depth) {
         bail!("--depth {d} is out of range: 1..={max_depth}");
@@ -133,8 +142,7 @@ fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
                     size: args.size,
                     format,
                 };
-                let enabled = RUNNER_NAMES
-                    .map(|n| args.runner.is_empty() || args.runner.iter().any(|r| r == n));
+                let enabled = RUNNER_NAMES.map(|n| args.runs(n));
                 let runs = line.best_of(args.repeat, dir, &filled, enabled);
                 let result = report::LineResult::new(line, enabled, runs);
                 if !args.json {
