@@ -383,11 +383,22 @@ mod tests {
         };
         let blk = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk.clone())).unwrap();
         assert_eq!(blk.build().unwrap().device.lock().unwrap().device_type(), 2);
-        for aio in [Aio::Threads, Aio::IoUring] {
+        // What each aio= asks of virtio-blk on a raw image (io_uring is tried by default).
+        let raw_disk = open_disk(&disk).unwrap();
+        for (aio, ring) in [
+            (None, true),
+            (Some(Aio::Threads), false),
+            (Some(Aio::IoUring), true),
+        ] {
             let cfg = DiskConfig {
-                aio: Some(aio),
+                aio,
                 ..disk.clone()
             };
+            assert_eq!(
+                io_uring_wanted(&cfg, raw_disk.as_ref()).unwrap(),
+                ring,
+                "{aio:?}"
+            );
             VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(cfg)).unwrap();
         }
         // io_uring only reaches the file of a raw image: asked for on qcow2, it is refused
