@@ -133,3 +133,35 @@ fn bad_options_are_refused_by_name_and_leave_nothing_behind() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn device_thread_runs_every_line_through_the_event_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(
+        dir.path(),
+        &[
+            "--count",
+            "256",
+            "--depth",
+            "1,8",
+            "--format",
+            "raw,qcow2",
+            "--pattern",
+            "4k-rand-write,64k-seq-read",
+            "--runner",
+            "device",
+            "--device-thread",
+            "--json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["device-thread"], true);
+    let lines = report["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 8);
+    for l in lines {
+        assert!(ops(&l["runners"]["device"]) > 0.0, "{l}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

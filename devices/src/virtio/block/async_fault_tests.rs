@@ -10,7 +10,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, VolatileSlice};
 
 use super::async_tests::{add_requests, sector_of, GateDisk};
-use super::harness::{Done, Harness, Op};
+use super::harness::{Done, Harness, Op, QueueDriver};
 use super::parallel_tests::{
     data_buf, request, slow_disk, status_of, SlowDisk, DISK_SIZE, IOERR, OK, STATUSES,
 };
@@ -246,7 +246,7 @@ fn lone_request_runs_inline_and_others_on_workers() {
 fn lone_read(h: &mut Harness, n: u64) -> (Vec<Done>, Duration) {
     h.submit(Op::Read, n % 64 * 4096, 4096).unwrap().unwrap();
     let start = Instant::now();
-    h.kick();
+    h.kick().unwrap();
     let took = start.elapsed();
     (h.reap().unwrap(), took)
 }
@@ -274,7 +274,7 @@ fn a_lone_request_after_parallel_ones_does_not_hold_up_the_next() {
     for n in 0..2 {
         h.submit(Op::Read, n * 4096, 4096).unwrap().unwrap();
     }
-    h.kick();
+    h.kick().unwrap();
     wait_for(&mut h, 2);
 
     close_gate();
@@ -320,7 +320,7 @@ fn harness_keeps_a_deep_queue_in_flight() {
         h.submit(Op::Read, 0, 4096).unwrap().is_none(),
         "slots exhausted"
     );
-    h.kick();
+    h.kick().unwrap();
     let mut done = Vec::new();
     while done.len() < 24 {
         done.extend(h.wait(Duration::from_secs(10)).unwrap());
@@ -342,7 +342,7 @@ fn harness_keeps_a_deep_queue_in_flight() {
         let slot = h.submit(Op::Write, round * 4096, 4096).unwrap().unwrap();
         h.write_slot(slot, &[round as u8; 4096]).unwrap();
         h.submit(Op::Flush, 0, 0).unwrap().unwrap();
-        h.kick();
+        h.kick().unwrap();
         let mut n = 0;
         while n < 2 {
             let got = h.wait(Duration::from_secs(10)).unwrap();

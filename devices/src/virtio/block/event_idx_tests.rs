@@ -6,7 +6,7 @@
 
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
-use super::harness::{Harness, Op};
+use super::harness::{Harness, Op, QueueDriver};
 use super::parallel_tests::{slow_disk, OK};
 use super::*;
 use crate::virtio::VirtioDevice;
@@ -33,7 +33,7 @@ fn harness(event_idx: bool) -> (tempfile::TempDir, Harness) {
 
 fn read(h: &mut Harness, n: u64) {
     h.submit(Op::Read, n * 4096, 4096).unwrap().unwrap();
-    h.kick();
+    h.kick().unwrap();
     let done = h.reap().unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].status, OK);
@@ -77,7 +77,7 @@ fn the_device_asks_for_a_kick_at_the_next_request() {
     for n in 0..3 {
         h.submit(Op::Read, n * 4096, 4096).unwrap().unwrap();
     }
-    h.kick();
+    h.kick().unwrap();
     assert_eq!(h.reap().unwrap().len(), 3);
     // Three popped: the driver must kick when it makes the fourth available.
     assert_eq!(h.avail_event().unwrap(), 3);

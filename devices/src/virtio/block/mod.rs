@@ -291,6 +291,8 @@ mod async_tests;
 #[cfg(test)]
 mod event_idx_tests;
 #[cfg(test)]
+mod event_loop_tests;
+#[cfg(test)]
 mod parallel_tests;
 #[cfg(test)]
 mod tests;

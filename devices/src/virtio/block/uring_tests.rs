@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use vm_memory::VolatileSlice;
 
-use super::harness::{Done, Harness, Op};
+use super::harness::{Done, Harness, Op, QueueDriver};
 use super::*;
 use crate::block::raw::RawDisk;
 use crate::block::{DiskError, ImageFormat};
@@ -62,7 +62,7 @@ fn ring_reads_and_writes_land_in_the_file() {
         let slot = h.submit(Op::Read, o, 8192).unwrap().unwrap();
         slot_offset.insert(slot, o);
     }
-    h.kick();
+    h.kick().unwrap();
     for d in wait_for(&mut h, 64) {
         assert_eq!((d.status, d.len), (OK, 8193), "{d:?}");
         let mut got = vec![0u8; 8192];
@@ -78,7 +78,7 @@ fn ring_reads_and_writes_land_in_the_file() {
         let slot = h.submit(Op::Write, i * 16384, 8192).unwrap().unwrap();
         h.write_slot(slot, &[i as u8 + 1; 8192]).unwrap();
     }
-    h.kick();
+    h.kick().unwrap();
     let done = wait_for(&mut h, 64);
     assert!(
         done.iter().all(|d| (d.status, d.len) == (OK, 1)),
@@ -121,7 +121,7 @@ fn a_full_queue_stays_in_flight_for_thousands_of_requests() {
             slot_offset[slot] = offset;
             started += 1;
         }
-        h.kick();
+        h.kick().unwrap();
         for d in h.wait(WAIT).unwrap() {
             assert_eq!(d.status, OK);
             let mut got = vec![0u8; 4096];
@@ -203,7 +203,7 @@ fn a_write_through_a_failing_fd_gets_ioerr() {
         h.submit(Op::Write, i * 4096, 4096).unwrap().unwrap();
         h.submit(Op::Read, i * 4096, 4096).unwrap().unwrap();
     }
-    h.kick();
+    h.kick().unwrap();
     let done = wait_for(&mut h, 8);
     let ok = done
         .iter()
@@ -234,7 +234,7 @@ fn reads_of_a_truncated_file_get_ioerr() {
     for i in 0..4u64 {
         h.submit(Op::Read, i * 8192, 8192).unwrap().unwrap();
     }
-    h.kick();
+    h.kick().unwrap();
     let done = wait_for(&mut h, 4);
     assert!(
         done.iter().all(|d| (d.status, d.len) == (IOERR, 1)),
@@ -255,7 +255,7 @@ fn requests_beyond_the_disk_get_ioerr_without_reaching_the_ring_or_the_threads()
         .unwrap()
         .unwrap();
     let valid = h.submit(Op::Read, 0, 4096).unwrap().unwrap();
-    h.kick();
+    h.kick().unwrap();
     let done = wait_for(&mut h, 3);
     let status = |slot| {
         done.iter()
@@ -285,7 +285,7 @@ fn flush_after_ring_writes_waits_for_them() {
                 .unwrap();
         }
         h.submit(Op::Flush, 0, 0).unwrap().unwrap();
-        h.kick();
+        h.kick().unwrap();
         let done = wait_for(&mut h, 17);
         assert!(done.iter().all(|d| d.status == OK), "{done:?}");
         let seen = disk.at_flush.lock().unwrap().pop().unwrap();
@@ -320,7 +320,7 @@ fn reset_and_drop_with_ring_requests_in_flight() {
             h.submit(Op::Read, i * 4096, 4096).unwrap().unwrap();
             h.write_slot(i as usize, &[0xee; 4096]).unwrap();
         }
-        h.kick();
+        h.kick().unwrap();
         assert!(h.reap().unwrap().is_empty());
         assert_eq!(h.device().in_flight(), 8);
         if reset {
@@ -416,7 +416,7 @@ fn without_io_uring_the_device_falls_back_to_io_threads() {
         for i in 0..8u64 {
             h.submit(Op::Read, i * 4096, 4096).unwrap().unwrap();
         }
-        h.kick();
+        h.kick().unwrap();
         let done = wait_for(&mut h, 8);
         assert!(done.iter().all(|d| d.status == OK), "{done:?}");
         assert!(h.device().io_threads() >= 1, "not on the I/O threads");

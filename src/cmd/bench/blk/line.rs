@@ -91,6 +91,8 @@ pub struct Line {
     pub count: u64,
     pub size: u64,
     pub format: ImageFormat,
+    /// The device runner puts the device on its own event-loop thread.
+    pub device_thread: bool,
 }
 
 impl Line {

@@ -5,8 +5,9 @@
 //! - kiln: the `DiskBackend` engine directly, depth N as N threads sharing one open disk;
 //! - device: kiln's virtio-blk device model behind an in-process virtqueue of depth N,
 //!   through its avail ring, io_uring (raw) or worker pool (qcow2), completion event
-//!   and used ring (see
-//!   `kiln_devices::virtio::block::harness`);
+//!   and used ring (see `kiln_devices::virtio::block::harness`). One thread plays the
+//!   driver and the event loop, so the guest costs nothing, as in `qemu-img bench`;
+//!   `--device-thread` puts the device on its own event-loop thread as in a VM;
 //! - `qemu-img bench -t writeback` with `-i io_uring` and with `-i threads`.
 //!
 //! `qemu-img bench` has no random mode, so "random" is a stride of 7919 blocks modulo
@@ -27,7 +28,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use kiln_devices::block::ImageFormat;
-use kiln_devices::virtio::block::harness::Harness;
+use kiln_devices::virtio::block::harness::EventLoopHarness;
 
 use line::{Line, PATTERNS, RUNNER_NAMES};
 
@@ -60,6 +61,11 @@ pub struct Args {
     /// are to the better of the QEMU runners that ran.
     #[arg(long, value_delimiter = ',')]
     runner: Vec<String>,
+    /// Run the device on its own event-loop thread, driven from this one through
+    /// EventFds, as in a VM (adds the guest's thread wake-ups, which `qemu-img bench`
+    /// does not have); by default one thread plays driver and event loop.
+    #[arg(long)]
+    device_thread: bool,
     /// Print one JSON document at the end instead of the table.
     #[arg(long)]
     json: bool,
@@ -95,7 +101,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         bail!("unknown --runner {r}; known: {}", RUNNER_NAMES.join(", "));
     }
     let max_depth = if args.runs("device") {
-        Harness::MAX_DEPTH as u32
+        EventLoopHarness::MAX_DEPTH as u32
     } else {
         MAX_THREAD_DEPTH
     };
@@ -117,7 +123,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let mut results = Vec::new();
     if !args.json {
-        report::print_header();
+        report::print_header(args.device_thread);
     }
     for fmt in &args.format {
         let format: ImageFormat = fmt.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -141,6 +147,7 @@ fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
                     count,
                     size: args.size,
                     format,
+                    device_thread: args.device_thread,
                 };
                 let enabled = RUNNER_NAMES.map(|n| args.runs(n));
                 let runs = line.best_of(args.repeat, dir, &filled, enabled);

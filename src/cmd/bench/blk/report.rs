@@ -121,7 +121,10 @@ impl LineResult {
     }
 }
 
-pub fn print_header() {
+pub fn print_header(device_thread: bool) {
+    if device_thread {
+        println!("device: on its own event-loop thread, driven from another (--device-thread)");
+    }
     println!(
         "{:<6} {:<14} {:>3} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>10} {:>8} | {:>6} {:>6}",
         "format",
@@ -146,6 +149,7 @@ pub fn to_json(args: &Args, lines: &[LineResult]) -> Value {
     json!({
         "size": args.size,
         "repeat": args.repeat,
+        "device-thread": args.device_thread,
         "lines": lines.iter().map(LineResult::to_json).collect::<Vec<_>>(),
     })
 }

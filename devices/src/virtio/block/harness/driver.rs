@@ -1,84 +1,23 @@
-//! A virtio-blk driver in the same process: guest memory, a split virtqueue and a
-//! [`Block`] behind it, driven through the device's real avail ring, used ring and
-//! completion event. `kiln bench blk` measures the device path with it; tests use it
-//! to keep many requests in flight.
-//!
-//! The driver side is single-threaded and polls: it plays both the guest (filling the
-//! avail ring, reading the used ring) and the event loop (calling
-//! [`Block::process_queue`] on a kick and [`Block::process_completions`] when the
-//! completion event fires), so what it measures is the device, not an interrupt path.
+//! The driver half of the harnesses: guest memory holding a split virtqueue and a
+//! request slot per unit of depth, and the guest's side of the rings (fill the avail
+//! ring, read the used ring).
 
-use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{fence, Ordering};
 
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Block, QUEUE_SIZE};
+use super::{Done, HarnessError, Op};
 use crate::block::SECTOR_SIZE;
-use crate::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use crate::virtio::block::QUEUE_SIZE;
 use crate::GuestMemory;
 
 /// Descriptors per request: header, data, status.
-const DESCS_PER_REQUEST: u16 = 3;
+pub(super) const DESCS_PER_REQUEST: u16 = 3;
 /// VRING_USED_F_NO_NOTIFY: the device asks not to be kicked.
 const USED_F_NO_NOTIFY: u16 = 1;
-
-/// Why the harness could not be set up or a request could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum HarnessError {
-    #[error("queue depth {depth} is out of range: 1..={max} (three descriptors per request)")]
-    Depth { depth: usize, max: usize },
-    #[error("cannot set up guest memory: {0}")]
-    Memory(String),
-    #[error("cannot set up the virtqueue: {0}")]
-    Queue(String),
-    #[error("cannot activate the device: {0}")]
-    Activate(#[from] crate::virtio::ActivateError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("request of {len} bytes at {offset}: not whole sectors or larger than a slot")]
-    BadRequest { offset: u64, len: usize },
-    #[error("no request finished within {0:?}")]
-    Timeout(Duration),
-}
-
-/// What a request does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Read,
-    Write,
-    Flush,
-}
-
-/// A request the device returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Done {
-    /// The slot [`Harness::submit`] returned.
-    pub slot: usize,
-    /// The virtio-blk status byte.
-    pub status: u8,
-    /// The used length the device reported.
-    pub len: u32,
-}
-
-#[derive(Default)]
-struct CountingInterrupt(AtomicU64);
-
-impl VirtioInterrupt for CountingInterrupt {
-    fn signal_used_queue(&self, _: u16) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-    fn signal_config_change(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Where things live in the harness's guest memory.
 struct Layout {
@@ -116,25 +55,38 @@ impl Layout {
     }
 }
 
-/// A [`Block`] device with an in-process driver of queue depth `depth`.
-pub struct Harness {
+/// The guest side of one virtqueue with `depth` request slots: guest memory, the
+/// split ring in it, and a header, status byte and data buffer per slot.
+pub struct Driver {
     mem: GuestMemory,
-    dev: Block,
-    interrupts: Arc<CountingInterrupt>,
     layout: Layout,
     queue_size: u16,
     free: Vec<usize>,
     next_avail: u16,
     last_used: u16,
+    /// VIRTIO_RING_F_EVENT_IDX negotiated: kicks follow avail_event, interrupts
+    /// used_event, instead of the ring flags.
+    event_idx: bool,
+    /// The avail index when the driver last decided whether to kick.
+    kick_checked_at: u16,
 }
 
-impl Harness {
-    /// Deepest queue the harness supports (three descriptors per request).
+/// virtio 1.2 §2.7.10: whether moving an index from `old` to `new` passed `event`.
+fn passed_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+fn memory_err(e: impl ToString) -> HarnessError {
+    HarnessError::Memory(e.to_string())
+}
+
+impl Driver {
+    /// Deepest queue a driver supports (three descriptors per request).
     pub const MAX_DEPTH: usize = (QUEUE_SIZE / DESCS_PER_REQUEST) as usize;
 
-    /// Activate `dev` on a fresh queue with `depth` request slots of up to `slot_bytes`
-    /// of data each.
-    pub fn new(dev: Block, depth: usize, slot_bytes: usize) -> Result<Self, HarnessError> {
+    /// Guest memory for `depth` slots of up to `slot_bytes` each, and the device's
+    /// view of the queue in it, ready to activate.
+    pub(super) fn new(depth: usize, slot_bytes: usize) -> Result<(Self, Queue), HarnessError> {
         if depth == 0 || depth > Self::MAX_DEPTH {
             return Err(HarnessError::Depth {
                 depth,
@@ -146,9 +98,9 @@ impl Harness {
             .min(QUEUE_SIZE);
         let layout = Layout::new(queue_size, depth, slot_bytes.max(SECTOR_SIZE as usize));
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), layout.total as usize)])
-            .map_err(|e| HarnessError::Memory(e.to_string()))?;
-        let mut queue = Queue::new(QUEUE_SIZE).map_err(|e| HarnessError::Queue(e.to_string()))?;
+            .map_err(memory_err)?;
         let queue_err = |e: virtio_queue::Error| HarnessError::Queue(e.to_string());
+        let mut queue = Queue::new(QUEUE_SIZE).map_err(queue_err)?;
         queue.try_set_size(queue_size).map_err(queue_err)?;
         queue
             .try_set_desc_table_address(GuestAddress(layout.desc))
@@ -160,83 +112,60 @@ impl Harness {
             .try_set_used_ring_address(GuestAddress(layout.used))
             .map_err(queue_err)?;
         queue.set_ready(true);
-        let interrupts = Arc::new(CountingInterrupt::default());
-        let mut dev = dev;
-        dev.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![queue],
-            queue_events: vec![EventFd::new(EFD_NONBLOCK)?],
-            interrupt: interrupts.clone(),
-        })?;
-        Ok(Harness {
+        let driver = Driver {
             mem,
-            dev,
-            interrupts,
             layout,
             queue_size,
             free: (0..depth).rev().collect(),
             next_avail: 0,
             last_used: 0,
-        })
+            event_idx: false,
+            kick_checked_at: 0,
+        };
+        Ok((driver, queue))
     }
 
-    /// The device under test.
-    pub fn device(&mut self) -> &mut Block {
-        &mut self.dev
+    /// Follow avail_event and used_event (the device negotiated EVENT_IDX).
+    pub(super) fn use_event_idx(&mut self) {
+        self.event_idx = true;
     }
 
-    /// Guest memory, e.g. to check what a read brought in.
     pub fn memory(&self) -> &GuestMemory {
         &self.mem
     }
 
-    /// Slots free for [`Harness::submit`].
     pub fn free_slots(&self) -> usize {
         self.free.len()
     }
 
-    /// Interrupts the device raised so far.
-    pub fn interrupts(&self) -> u64 {
-        self.interrupts.0.load(Ordering::Relaxed)
-    }
-
-    /// The data buffer of `slot`.
     pub fn slot_data(&self, slot: usize) -> Result<VolatileSlice<'_>, HarnessError> {
         let addr = GuestAddress(self.layout.data + slot as u64 * self.layout.slot_bytes);
         self.mem
             .get_slice(addr, self.layout.slot_bytes as usize)
-            .map_err(|e| HarnessError::Memory(e.to_string()))
+            .map_err(memory_err)
     }
 
-    /// Copy `data` into the start of `slot`'s data buffer (what a write request sends).
     pub fn write_slot(&self, slot: usize, data: &[u8]) -> Result<(), HarnessError> {
         self.slot_data(slot)?
             .write_slice(data, 0)
-            .map_err(|e| HarnessError::Memory(e.to_string()))
+            .map_err(memory_err)
     }
 
-    /// Copy the start of `slot`'s data buffer (what a read request brought) into `buf`.
     pub fn read_slot(&self, slot: usize, buf: &mut [u8]) -> Result<(), HarnessError> {
-        self.slot_data(slot)?
-            .read_slice(buf, 0)
-            .map_err(|e| HarnessError::Memory(e.to_string()))
+        self.slot_data(slot)?.read_slice(buf, 0).map_err(memory_err)
     }
 
-    /// Set the driver's used_event (with EVENT_IDX negotiated: interrupt me once the
-    /// used index passes `value`).
     pub fn set_used_event(&self, value: u16) -> Result<(), HarnessError> {
         let at = self.layout.avail + 4 + 2 * u64::from(self.queue_size);
         self.write(&value.to_le_bytes(), at)
     }
 
-    /// The device's avail_event (with EVENT_IDX negotiated: kick me once the avail
-    /// index passes it).
     pub fn avail_event(&self) -> Result<u16, HarnessError> {
         let at = self.layout.used + 4 + 8 * u64::from(self.queue_size);
         self.mem
             .read_obj::<u16>(GuestAddress(at))
             .map(u16::from_le)
-            .map_err(|e| HarnessError::Memory(e.to_string()))
+            .map_err(memory_err)
     }
 
     /// Put a request on the avail ring (without kicking). Returns its slot, or `None`
@@ -303,37 +232,66 @@ impl Harness {
                 GuestAddress(self.layout.avail + 2),
                 Ordering::Release,
             )
-            .map_err(|e| HarnessError::Memory(e.to_string()))?;
+            .map_err(memory_err)?;
         Ok(Some(slot))
     }
 
-    /// Notify the device, unless it asked not to be notified (it will look at the ring
-    /// again when requests complete).
-    pub fn kick(&mut self) {
+    /// Put a write of `data` on the avail ring, its data in the slot before the
+    /// device can see the request.
+    pub fn submit_write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Option<usize>, HarnessError> {
+        let Some(&slot) = self.free.last() else {
+            return Ok(None);
+        };
+        if data.len() as u64 > self.layout.slot_bytes {
+            return Err(HarnessError::BadRequest {
+                offset,
+                len: data.len(),
+            });
+        }
+        self.write_slot(slot, data)?;
+        self.submit(Op::Write, offset, data.len())
+    }
+
+    /// Whether the device wants a notification for what was made available since the
+    /// last call.
+    pub(super) fn kick_wanted(&mut self) -> bool {
+        // Like the guest's virtio_mb: the avail index store above must be visible
+        // before avail_event or the flags are read, or a device re-enabling
+        // notifications on another thread could miss both the index and the kick.
+        fence(Ordering::SeqCst);
+        let old = std::mem::replace(&mut self.kick_checked_at, self.next_avail);
+        if self.event_idx {
+            // Unreadable: kick, which is always safe.
+            return self
+                .avail_event()
+                .map_or(true, |event| passed_event(event, self.next_avail, old));
+        }
         let flags: u16 = self
             .mem
             .load(GuestAddress(self.layout.used), Ordering::Acquire)
             .map(u16::from_le)
             .unwrap_or(0);
-        if flags & USED_F_NO_NOTIFY == 0 {
-            self.dev.process_queue();
-        }
+        flags & USED_F_NO_NOTIFY == 0
     }
 
-    /// Requests the device returned since the last call, without waiting.
+    /// Requests the device returned since the last call.
     pub fn reap(&mut self) -> Result<Vec<Done>, HarnessError> {
         let used_idx: u16 = self
             .mem
             .load(GuestAddress(self.layout.used + 2), Ordering::Acquire)
             .map(u16::from_le)
-            .map_err(|e| HarnessError::Memory(e.to_string()))?;
+            .map_err(memory_err)?;
         let mut done = Vec::new();
         while self.last_used != used_idx {
             let at = self.layout.used + 4 + 8 * u64::from(self.last_used % self.queue_size);
             let mut elem = [0u8; 8];
             self.mem
                 .read_slice(&mut elem, GuestAddress(at))
-                .map_err(|e| HarnessError::Memory(e.to_string()))?;
+                .map_err(memory_err)?;
             self.last_used = self.last_used.wrapping_add(1);
             let head = u32::from_le_bytes([elem[0], elem[1], elem[2], elem[3]]);
             let len = u32::from_le_bytes([elem[4], elem[5], elem[6], elem[7]]);
@@ -341,57 +299,27 @@ impl Harness {
             let status: u8 = self
                 .mem
                 .read_obj(GuestAddress(self.layout.statuses + slot as u64))
-                .map_err(|e| HarnessError::Memory(e.to_string()))?;
+                .map_err(memory_err)?;
             self.free.push(slot);
             done.push(Done { slot, status, len });
         }
         Ok(done)
     }
 
-    /// Wait until the device returns at least one request (through its completion
-    /// event), and return every request returned so far.
-    pub fn wait(&mut self, timeout: Duration) -> Result<Vec<Done>, HarnessError> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let done = self.reap()?;
-            if !done.is_empty() {
-                return Ok(done);
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(HarnessError::Timeout(timeout));
-            }
-            if wait_readable(self.dev.completion_event(), left)? {
-                self.dev.process_completions();
-            }
+    /// Before sleeping on the interrupt: with EVENT_IDX, ask for one at the next used
+    /// entry (as Linux's virtqueue_enable_cb_prepare does). The caller reaps once more
+    /// afterwards, since entries added before the device saw this raise no interrupt.
+    pub(super) fn arm_interrupt(&self) -> Result<(), HarnessError> {
+        if self.event_idx {
+            self.set_used_event(self.last_used)?;
+            fence(Ordering::SeqCst);
         }
+        Ok(())
     }
 
     fn write(&self, bytes: &[u8], addr: u64) -> Result<(), HarnessError> {
         self.mem
             .write_slice(bytes, GuestAddress(addr))
-            .map_err(|e| HarnessError::Memory(e.to_string()))
-    }
-}
-
-/// Wait up to `timeout` for `event` to become readable; false on timeout.
-pub fn wait_readable(event: &EventFd, timeout: Duration) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: event.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // Rounded up: a timeout below a millisecond must still sleep, not spin.
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    loop {
-        // SAFETY: `pfd` is one valid pollfd that outlives the call.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc >= 0 {
-            return Ok(rc > 0);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+            .map_err(memory_err)
     }
 }
