@@ -47,7 +47,8 @@ pub struct Args {
     pub nested: bool,
     /// A virtio-blk disk:
     /// path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID][,aio=threads|io_uring]
-    /// (aio: io_uring for raw images where the host allows it, unless given).
+    /// (aio, unless given: io_uring where the host allows it, for raw images and for the
+    /// reads of a qcow2 image's own data clusters; I/O threads for the rest).
     /// Repeatable; the guest sees them as vda, vdb, ... in order.
     #[arg(long = "disk", value_name = "path=FILE,...", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,

@@ -136,8 +136,9 @@ fn io_uring_wanted(cfg: &DiskConfig, disk: &dyn DiskBackend) -> Result<bool, Spe
     match cfg.aio {
         None => Ok(true),
         Some(Aio::Threads) => Ok(false),
-        Some(Aio::IoUring) if disk.passthrough_fd().is_none() => Err(refuse(format!(
-            "needs a raw image, and this one is {} (use aio=threads)",
+        Some(Aio::IoUring) if !disk.has_read_extents() => Err(refuse(format!(
+            "needs an image whose data kiln can reach in the file (raw, or qcow2 without \
+             an external data file); this {} image has none (use aio=threads)",
             disk.format()
         ))),
         Some(Aio::IoUring) => uring::probe().map(|()| true).map_err(|e| {
@@ -401,8 +402,7 @@ mod tests {
             );
             VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(cfg)).unwrap();
         }
-        // io_uring only reaches the file of a raw image: asked for on qcow2, it is refused
-        // before the guest starts.
+        // io_uring reaches a qcow2 image's own data clusters, so it may be asked for...
         let qcow2 = dir.join("disk.qcow2");
         kiln_devices::block::create::create_image(
             &qcow2,
@@ -421,10 +421,40 @@ mod tests {
             serial: None,
             aio: Some(Aio::IoUring),
         };
+        let disk = open_disk(&cfg).unwrap();
+        assert!(io_uring_wanted(&cfg, disk.as_ref()).unwrap());
+        drop(disk);
+        VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(cfg)).unwrap();
+        // ...but not with an external data file, whose data kiln reads only through
+        // imago: refused before the guest starts.
+        let external = dir.join("external.qcow2");
+        let made = std::process::Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "data_file=external.raw",
+            ])
+            .arg(&external)
+            .arg("1M")
+            .current_dir(&dir)
+            .status()
+            .expect("qemu-img (qemu-utils) is needed by this test");
+        assert!(made.success());
+        let cfg = DiskConfig {
+            path: external,
+            format: None,
+            readonly: false,
+            serial: None,
+            aio: Some(Aio::IoUring),
+        };
         let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(cfg)).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("aio=io_uring: needs a raw image, and this one is qcow2"),
+            msg.contains("aio=io_uring: needs an image whose data kiln can reach in the file")
+                && msg.contains("this qcow2 image has none"),
             "{msg}"
         );
         let rng = VirtioDeviceConfig::from_spec(&VirtioSpec::Rng).unwrap();

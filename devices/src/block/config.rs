@@ -46,7 +46,8 @@ pub const MAX_SERIAL_LEN: usize = 20;
 pub enum Aio {
     /// A pool of I/O threads doing blocking reads and writes.
     Threads,
-    /// One io_uring per queue (raw images only).
+    /// One io_uring per queue: every read and write of a raw image, and the reads of
+    /// a qcow2 image's own data clusters; the rest on the I/O threads.
     IoUring,
 }
 
@@ -59,7 +60,7 @@ pub struct DiskConfig {
     pub readonly: bool,
     /// Reported to the guest through VIRTIO_BLK_T_GET_ID (at most 20 bytes).
     pub serial: Option<String>,
-    /// `None`: io_uring for raw images where the host allows it, else threads.
+    /// `None`: io_uring where the host allows it (see [`Aio::IoUring`]), else threads.
     pub aio: Option<Aio>,
 }
 

@@ -97,6 +97,29 @@ pub trait DiskBackend: Send + Sync {
     fn passthrough_fd(&self) -> Option<RawFd> {
         None
     }
+    /// Whether [`DiskBackend::read_extent`] can ever answer: virtio-blk then sets up an
+    /// io_uring for the disk.
+    fn has_read_extents(&self) -> bool {
+        self.passthrough_fd().is_some()
+    }
+    /// Where the disk's bytes `[offset, offset + len)` lie, when they lie in one
+    /// contiguous run of a host file that may be read directly: that file (open as
+    /// long as `self` lives) and the offset in it. `None` sends the read through
+    /// [`DiskBackend::read_vectored`]. Must not block on a long operation; it may do
+    /// a short metadata read.
+    ///
+    /// Where [`DiskBackend::extents_move`] holds, the answer stays true only until a
+    /// discard or write-zeroes starts, so the caller must not start one while such a
+    /// read is in flight, and must not ask while one runs.
+    fn read_extent(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
+        let _ = len;
+        self.passthrough_fd().map(|fd| (fd, offset))
+    }
+    /// Whether discard and write-zeroes can move data that `read_extent` pointed at
+    /// (qcow2 frees the clusters and reuses them for other data).
+    fn extents_move(&self) -> bool {
+        false
+    }
 }
 
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.

@@ -100,7 +100,9 @@ impl DiskBackend for FaultyDisk {
 #[test]
 fn failures_and_hostile_chains_in_the_async_path() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk(slow_disk(&dir, 20)));
+    // Slow enough that the read cannot finish while process_queue runs, even on a
+    // loaded 2-core machine (20 ms did, once in 30 runs of the suite with 16 threads).
+    let disk = Arc::new(FaultyDisk(slow_disk(&dir, 250)));
     let mem = test_mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
     let mut dev = Block::with_workers(disk, Some("ser"), 4).unwrap();

@@ -8,6 +8,12 @@
 //! the completion `EventFd`; the event loop adds the used entries and interrupts the
 //! driver once per batch, unless the driver suppressed interrupts.
 //!
+//! Reads that bypass the format (qcow2 data clusters through io_uring, see
+//! `DiskBackend::read_extent`) hold a mapping that a discard or write-zeroes could
+//! free and reuse. So while such a read is in flight, discards and write-zeroes are
+//! held back, and while one of those is popped and unfinished, reads go through the
+//! format on the workers.
+//!
 //! FLUSH: a flush is held back until every write (OUT, DISCARD, WRITE_ZEROES) popped
 //! before it has completed, then runs the backend flush (metadata writeback + fsync).
 //! So it covers every write completed or submitted before it. Requests popped after a
@@ -136,6 +142,15 @@ fn is_write(kind: RequestType) -> bool {
     )
 }
 
+/// Whether `kind` may free clusters (and so move what `read_extent` mapped).
+fn is_unmap(kind: RequestType) -> bool {
+    matches!(kind, RequestType::Discard | RequestType::WriteZeroes)
+}
+
+fn is_unmap_request(p: &Pending) -> bool {
+    matches!(&p.parsed.request, Ok(r) if is_unmap(r.kind))
+}
+
 /// Whether `kind` goes to the disk (and so to a worker), rather than being answered at once.
 fn needs_disk(kind: RequestType) -> bool {
     is_write(kind) || matches!(kind, RequestType::In | RequestType::Flush)
@@ -167,8 +182,18 @@ pub struct Active {
     interrupt: Arc<dyn VirtioInterrupt>,
     ctx: Arc<JobContext>,
     completions: Receiver<Completion>,
-    /// Raw images: IN and OUT go through io_uring instead of the pool.
+    /// Raw images: IN and OUT go through io_uring instead of the pool; qcow2: the IN
+    /// that `read_extent` maps.
     ring: Option<UringEngine>,
+    /// The disk's `extents_move`: discards and write-zeroes can invalidate ring reads.
+    extents_move: bool,
+    /// Sequence numbers of ring reads a discard or write-zeroes could invalidate.
+    extent_reads: BTreeSet<u64>,
+    /// Sequence numbers of discards and write-zeroes popped and unfinished (with
+    /// `extents_move`): reads go to the workers meanwhile.
+    unmaps: BTreeSet<u64>,
+    /// Discards and write-zeroes waiting for `extent_reads` to drain, in ring order.
+    held_unmaps: VecDeque<Pending>,
     inline_lone: bool,
     /// Lone requests still to send to the pool since requests last ran in parallel.
     lone_to_pool: u32,
@@ -205,7 +230,7 @@ impl Active {
     pub fn new(cfg: ActiveConfig) -> Self {
         let (done, completions) = channel();
         let mem = Arc::new(cfg.mem);
-        let ring = if cfg.io_uring && cfg.workers > 0 && cfg.disk.passthrough_fd().is_some() {
+        let ring = if cfg.io_uring && cfg.workers > 0 && cfg.disk.has_read_extents() {
             let entries = u32::from(cfg.queue.size().max(1));
             match UringEngine::new(
                 entries,
@@ -224,6 +249,10 @@ impl Active {
         };
         Active {
             ring,
+            extents_move: cfg.disk.extents_move(),
+            extent_reads: BTreeSet::new(),
+            unmaps: BTreeSet::new(),
+            held_unmaps: VecDeque::new(),
             ctx: Arc::new(JobContext {
                 disk: cfg.disk,
                 serial: cfg.serial,
@@ -352,6 +381,9 @@ impl Active {
             if is_write(disk_kind) {
                 self.writes.insert(seq);
             }
+            if self.extents_move && is_unmap(disk_kind) {
+                self.unmaps.insert(seq);
+            }
             self.batch.push(pending);
         }
     }
@@ -383,6 +415,10 @@ impl Active {
         }
         let mut batch = std::mem::take(&mut self.batch);
         for p in batch.drain(..) {
+            if self.extents_move && is_unmap_request(&p) && !self.extent_reads.is_empty() {
+                self.held_unmaps.push_back(p);
+                continue;
+            }
             let Some(p) = self.push_to_ring(p) else {
                 if let Some(ring) = self
                     .ring
@@ -402,12 +438,13 @@ impl Active {
         self.release_flushes();
     }
 
-    /// Queue a well-formed, non-empty IN or OUT on the ring; gives back what the ring
-    /// does not take (other kinds, malformed requests: the pool answers those).
+    /// Queue a well-formed, non-empty IN or OUT on the ring when the disk lets it reach
+    /// the file directly; gives back what the ring does not take (other kinds,
+    /// malformed requests, unmapped reads: the pool answers those).
     fn push_to_ring(&mut self, p: Pending) -> Option<Pending> {
-        let Some(ring) = self.ring.as_mut() else {
+        if self.ring.is_none() {
             return Some(p);
-        };
+        }
         let Ok(req) = &p.parsed.request else {
             return Some(p);
         };
@@ -427,12 +464,25 @@ impl Active {
             });
             return None;
         };
+        let disk = self.ctx.disk.as_ref();
+        let target = match req.kind {
+            // A discard or write-zeroes is pending: its clusters must not be read
+            // around the format.
+            RequestType::In if self.extents_move && !self.unmaps.is_empty() => None,
+            RequestType::In => disk.read_extent(offset, req.data_len),
+            _ => disk.passthrough_fd().map(|fd| (fd, offset)),
+        };
+        let (Some((fd, at)), Some(ring)) = (target, self.ring.as_mut()) else {
+            return Some(p);
+        };
         let id = (p.seq, p.head, p.parsed.status);
-        if ring.push(id, req.kind, &req.data, offset) {
-            None
-        } else {
-            Some(p)
+        if !ring.push(id, req.kind, &req.data, fd, at) {
+            return Some(p);
         }
+        if req.kind == RequestType::In && self.extents_move {
+            self.extent_reads.insert(p.seq);
+        }
+        None
     }
 
     /// Start the held-back flushes that no earlier write blocks any more.
@@ -451,6 +501,13 @@ impl Active {
     /// Account a finished request.
     fn finish(&mut self, c: Completion) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.unmaps.remove(&c.seq);
+        if self.extent_reads.remove(&c.seq) && self.extent_reads.is_empty() {
+            // No read holds a mapping any more: the discards and write-zeroes may run.
+            for p in std::mem::take(&mut self.held_unmaps) {
+                run_on_pool(&mut self.pool, &self.ctx, p);
+            }
+        }
         let was_write = self.writes.remove(&c.seq);
         self.used.push((c.head, c.len));
         if was_write {

@@ -10,7 +10,8 @@
 //! watches, and the event loop fills the used ring and interrupts. Up to queue-size
 //! requests are in flight. A FLUSH waits for the writes before it (see [`inflight`]).
 //! On raw images, reads and writes go through an io_uring instead of the pool when the
-//! host allows one (see [`uring`]).
+//! host allows one, and so do the reads of a qcow2 image's own data clusters (see
+//! [`uring`] and `DiskBackend::read_extent`).
 //! With VIRTIO_RING_F_EVENT_IDX negotiated, the driver's used_event decides when to
 //! interrupt and the device's avail_event when to kick (virtio-queue keeps both).
 
@@ -292,6 +293,8 @@ mod async_tests;
 mod event_idx_tests;
 #[cfg(test)]
 mod event_loop_tests;
+#[cfg(test)]
+mod extent_tests;
 #[cfg(test)]
 mod parallel_tests;
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! io_uring submission of IN and OUT requests on raw images.
+//! io_uring submission of IN and OUT requests on raw images, and of IN requests on
+//! the data clusters of qcow2 images.
 //!
 //! With a raw image the disk is a file, so the event loop can hand the kernel a
 //! readv/writev straight into the guest buffers: one `io_uring_enter` per group of
@@ -7,7 +8,9 @@
 //! (cold 4 KiB random reads at depth 64 on a 2-core host): about 7 us of CPU per
 //! request against about 15 us through the pool. The ring signals the device's
 //! completion `EventFd` (registered with `register_eventfd`), and the event loop reaps
-//! the completions on that event, next to the workers' ones.
+//! the completions on that event, next to the workers' ones. A qcow2 image's reads
+//! take the same path when `DiskBackend::read_extent` maps them to one run of the
+//! image file; everything else about qcow2 stays on the workers.
 //!
 //! One ring per activated queue, owned by the event loop. At most queue-size requests
 //! are in flight (the pipeline's cap), each with one SQE at a time, so a ring of
@@ -48,6 +51,8 @@ struct RingRequest {
     head: u16,
     status: GuestAddress,
     write: bool,
+    /// The disk's file this request reads or writes.
+    fd: RawFd,
     /// Host addresses of the guest buffers; the SQE points into this heap array,
     /// which stays put while the request lives (only the `Vec` header moves).
     iovs: Vec<libc::iovec>,
@@ -66,7 +71,6 @@ unsafe impl Send for RingRequest {}
 /// One io_uring for one virtio-blk queue.
 pub struct UringEngine {
     ring: IoUring,
-    fd: RawFd,
     /// Requests by `user_data`; `free` lists the empty slots.
     slots: Vec<Option<RingRequest>>,
     free: Vec<usize>,
@@ -85,25 +89,28 @@ pub fn probe() -> io::Result<()> {
 }
 
 impl UringEngine {
-    /// A ring of `entries` SQEs on `disk`'s passthrough file that signals `event` on
+    /// A ring of `entries` SQEs for the files of `disk` (see
+    /// `DiskBackend::read_extent` and `passthrough_fd`) that signals `event` on
     /// completions. Fails where io_uring is unavailable (old kernel, seccomp, limits)
-    /// or the disk has no passthrough file.
+    /// or the disk has no file to reach directly.
     pub fn new(
         entries: u32,
         disk: Arc<dyn DiskBackend>,
         mem: Arc<GuestMemory>,
         event: &EventFd,
     ) -> io::Result<Self> {
-        let fd = disk
-            .passthrough_fd()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not a raw image"))?;
+        if !disk.has_read_extents() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no host file to reach directly",
+            ));
+        }
         let ring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(2))
             .build(entries)?;
         ring.submitter().register_eventfd(event.as_raw_fd())?;
         Ok(UringEngine {
             ring,
-            fd,
             slots: Vec::new(),
             free: Vec::new(),
             in_ring: 0,
@@ -124,7 +131,8 @@ impl UringEngine {
     }
 
     /// Queue an IN or OUT of `segs` (checked inside guest memory by the parser, and
-    /// inside the disk by the caller) at byte `offset`. Returns false, queueing
+    /// inside the disk by the caller) at byte `offset` of `fd`, a file the disk keeps
+    /// open. Returns false, queueing
     /// nothing, if the buffers cannot be mapped or the ring is full: the caller then
     /// runs the request another way. Call [`UringEngine::submit`] after the batch.
     pub fn push(
@@ -132,6 +140,7 @@ impl UringEngine {
         (seq, head, status): (u64, u16, GuestAddress),
         kind: RequestType,
         segs: &[Segment],
+        fd: RawFd,
         offset: u64,
     ) -> bool {
         let mut iovs = Vec::with_capacity(segs.len());
@@ -155,6 +164,7 @@ impl UringEngine {
             head,
             status,
             write: kind == RequestType::Out,
+            fd,
             iovs,
             first: 0,
             offset,
@@ -186,7 +196,7 @@ impl UringEngine {
         // At most SEG_MAX segments (each split where memory regions split): far below
         // UIO_MAXIOV, and below u32::MAX in any case.
         let count = u32::try_from(iovs.len()).unwrap_or(u32::MAX);
-        let fd = types::Fd(self.fd);
+        let fd = types::Fd(r.fd);
         let sqe = if r.write {
             opcode::Writev::new(fd, iovs.as_ptr(), count)
                 .offset(r.offset)
@@ -203,8 +213,8 @@ impl UringEngine {
             // places that free a slot with an SQE in the ring) and, through it, at guest
             // buffers of the chain. Those lie inside guest memory (checked by the parser
             // and re-resolved by get_slices above), which stays mapped while `self.mem`
-            // lives, and `Drop` keeps it alive until every CQE arrived. The fd belongs to
-            // the disk that `self._disk` keeps open just as long. Only the kernel writes
+            // lives, and `Drop` keeps it alive until every CQE arrived. The fd is one the
+            // disk keeps open (`push`), and `self._disk` keeps the disk just as long. Only the kernel writes
             // through these pointers; no Rust reference to guest memory exists, and the
             // driver may not touch buffers of a request it has not got back.
             let pushed = unsafe { self.ring.submission().push(&sqe) }.is_ok();

@@ -178,7 +178,8 @@ impl Driver {
     ) -> Result<Option<usize>, HarnessError> {
         if offset % SECTOR_SIZE != 0
             || len as u64 % SECTOR_SIZE != 0
-            || len as u64 > self.layout.slot_bytes
+            || (op != Op::Discard && len as u64 > self.layout.slot_bytes)
+            || (op == Op::Discard && len as u64 / SECTOR_SIZE > u64::from(u32::MAX))
         {
             return Err(HarnessError::BadRequest { offset, len });
         }
@@ -190,6 +191,7 @@ impl Driver {
             Op::Read => VIRTIO_BLK_T_IN,
             Op::Write => VIRTIO_BLK_T_OUT,
             Op::Flush => VIRTIO_BLK_T_FLUSH,
+            Op::Discard => VIRTIO_BLK_T_DISCARD,
         };
         let mut header = [0u8; 16];
         header[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -204,8 +206,18 @@ impl Driver {
             0
         };
         let mut descs = vec![(header_addr, 16, 0)];
-        if op != Op::Flush {
-            descs.push((data_addr, len as u32, data_flags));
+        match op {
+            Op::Flush => {}
+            Op::Discard => {
+                // One virtio_blk_discard_write_zeroes segment, in the slot's buffer.
+                let mut segment = [0u8; 16];
+                segment[0..8].copy_from_slice(&(offset / SECTOR_SIZE).to_le_bytes());
+                let sectors = (len as u64 / SECTOR_SIZE) as u32;
+                segment[8..12].copy_from_slice(&sectors.to_le_bytes());
+                self.write(&segment, data_addr)?;
+                descs.push((data_addr, 16, 0));
+            }
+            Op::Read | Op::Write => descs.push((data_addr, len as u32, data_flags)),
         }
         descs.push((status_addr, 1, VRING_DESC_F_WRITE));
         let count = descs.len();

@@ -56,6 +56,8 @@ pub enum Op {
     Read,
     Write,
     Flush,
+    /// One segment covering the request's range.
+    Discard,
 }
 
 /// A request the device returned.
