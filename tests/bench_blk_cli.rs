@@ -100,6 +100,11 @@ fn ratios_are_to_the_qemu_run() {
     assert!(device > 0.0 && qemu > 0.0, "{line}");
     let ratio = line["ratio-device"].as_f64().unwrap();
     assert!((ratio - device / qemu).abs() < 1e-9, "{line}");
+    // One round: its ratio is the same pair of runs.
+    let rounds = line["round-ratios-device"].as_array().unwrap();
+    assert_eq!(rounds.len(), 1, "{line}");
+    assert!((rounds[0].as_f64().unwrap() - ratio).abs() < 1e-9, "{line}");
+    assert_eq!(line["round-ratio-median-device"], rounds[0]);
     assert!(line["runners"]["kiln"].is_null());
 }
 

@@ -46,6 +46,7 @@ pub const PATTERNS: [Pattern; 4] = [
 /// Blocks between consecutive random requests (prime, so the walk covers the image).
 pub const RANDOM_STRIDE: u64 = 7919;
 
+#[derive(Clone, Copy)]
 pub struct Run {
     pub ops: u64,
     pub secs: f64,
@@ -116,36 +117,27 @@ impl Line {
         }
     }
 
-    /// Best run of each of [`RUNNERS`] whose `enabled` entry is set, over `repeat`
-    /// rounds, starting each round with a different runner.
-    pub fn best_of(
+    /// `repeat` rounds of every runner of [`RUNNERS`] whose `enabled` entry is set,
+    /// each round starting with a different runner; `None` for runners not enabled.
+    pub fn rounds(
         &self,
         repeat: u32,
         dir: &Path,
         filled: &Path,
         enabled: [bool; 4],
-    ) -> [anyhow::Result<Run>; 4] {
-        let mut best: [anyhow::Result<Run>; 4] =
-            std::array::from_fn(|_| Err(anyhow::anyhow!("not run")));
-        for round in 0..repeat.max(1) as usize {
-            for k in 0..RUNNERS.len() {
-                let i = (round + k) % RUNNERS.len();
-                if !enabled[i] {
-                    continue;
+    ) -> Vec<[Option<anyhow::Result<Run>>; 4]> {
+        (0..repeat.max(1) as usize)
+            .map(|round| {
+                let mut runs: [Option<anyhow::Result<Run>>; 4] = Default::default();
+                for k in 0..RUNNERS.len() {
+                    let i = (round + k) % RUNNERS.len();
+                    if enabled[i] {
+                        runs[i] = Some(self.measure(dir, filled, RUNNERS[i]));
+                    }
                 }
-                let run = self.measure(dir, filled, RUNNERS[i]);
-                best[i] = match (
-                    std::mem::replace(&mut best[i], Err(anyhow::anyhow!("taken"))),
-                    run,
-                ) {
-                    (Ok(old), Ok(new)) => Ok(if new.secs < old.secs { new } else { old }),
-                    (_, Ok(new)) => Ok(new),
-                    (Ok(old), Err(_)) => Ok(old),
-                    (Err(_), Err(e)) => Err(e),
-                };
-            }
-        }
-        best
+                runs
+            })
+            .collect()
     }
 
     /// Byte offset of request `i`.

@@ -14,7 +14,10 @@
 //! the image size (which visits every block once, scattered) for all runners. Reads
 //! start with the image evicted from the page cache (cold); writes go to a freshly
 //! created, empty image, so they include allocation. Each runner runs `--repeat` times
-//! per line, in rotating order, and its best run is reported. Under each line, the CPU
+//! per line, in rotating order, and its best run is reported; with two or more rounds,
+//! a row under the line gives the median and range of kiln's ratio round by round
+//! (each round's runs back to back, so they share the host's state: on a shared host
+//! that is steadier than the ratio of two best runs). Under each line, the CPU
 //! time (user + system, all threads) each runner's best run spent per request: on a
 //! host with few cores that, not the disk, can be what limits depth-64 lines.
 
@@ -46,8 +49,10 @@ pub struct Args {
     /// Queue depths to run (the device runner supports up to 85).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 64])]
     depth: Vec<u32>,
-    /// Runs per line and runner, in rotating order; the best of each is reported (the
-    /// host is shared, so single runs are noisy and order-dependent).
+    /// Rounds per line: each runs every runner once, in rotating order. The best run
+    /// of each runner is reported, and with two or more rounds the median and range
+    /// of kiln's ratio round by round (the host is shared, so single runs are noisy
+    /// and order-dependent).
     #[arg(long, default_value_t = 3)]
     repeat: u32,
     /// Formats to run.
@@ -150,8 +155,8 @@ fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
                     device_thread: args.device_thread,
                 };
                 let enabled = RUNNER_NAMES.map(|n| args.runs(n));
-                let runs = line.best_of(args.repeat, dir, &filled, enabled);
-                let result = report::LineResult::new(line, enabled, runs);
+                let rounds = line.rounds(args.repeat, dir, &filled, enabled);
+                let result = report::LineResult::new(line, rounds);
                 if !args.json {
                     result.print();
                 }

@@ -5,42 +5,85 @@ use serde_json::{json, Value};
 use super::line::{Line, Run, RUNNER_NAMES};
 use super::Args;
 
-/// A line and the best run of each runner (or why it has none).
+/// A line, the best run of each runner (or why it has none), and the spread of kiln's
+/// ratios round by round.
 pub struct LineResult {
     line: Line,
     runs: [Option<anyhow::Result<Run>>; 4],
+    /// Per round, kiln's engine and device over the better QEMU run of the same round:
+    /// runs back to back share the host's state, so these are steadier than the ratio
+    /// of two best runs taken minutes apart.
+    round_ratios: [Vec<f64>; 2],
+}
+
+/// The better QEMU ops/s among `runs` (0 if neither ran).
+fn qemu_best(runs: &[Option<&Run>; 4]) -> f64 {
+    runs[2..]
+        .iter()
+        .flatten()
+        .map(|r| r.ops_per_sec())
+        .fold(0.0, f64::max)
 }
 
 impl LineResult {
-    /// `runs` in [`RUNNER_NAMES`] order; runners not `enabled` are dropped.
-    pub fn new(line: Line, enabled: [bool; 4], runs: [anyhow::Result<Run>; 4]) -> Self {
-        let mut runs = runs.map(Some);
-        for (run, on) in runs.iter_mut().zip(enabled) {
-            if !on {
-                *run = None;
+    /// `rounds` of runs in [`RUNNER_NAMES`] order, `None` for runners not enabled.
+    pub fn new(line: Line, rounds: Vec<[Option<anyhow::Result<Run>>; 4]>) -> Self {
+        let mut round_ratios: [Vec<f64>; 2] = Default::default();
+        for round in &rounds {
+            let ok = round
+                .each_ref()
+                .map(|r| r.as_ref().and_then(|r| r.as_ref().ok()));
+            let best = qemu_best(&ok);
+            for (i, ratios) in round_ratios.iter_mut().enumerate() {
+                if let Some(r) = ok[i].filter(|_| best > 0.0) {
+                    ratios.push(r.ops_per_sec() / best);
+                }
             }
         }
-        LineResult { line, runs }
+        let mut runs: [Option<anyhow::Result<Run>>; 4] = Default::default();
+        for round in rounds {
+            for (best, run) in runs.iter_mut().zip(round) {
+                let Some(run) = run else { continue };
+                *best = Some(match (best.take(), run) {
+                    (Some(Ok(old)), Ok(new)) => Ok(if new.secs < old.secs { new } else { old }),
+                    (Some(Ok(old)), Err(_)) => Ok(old),
+                    (_, run) => run,
+                });
+            }
+        }
+        LineResult {
+            line,
+            runs,
+            round_ratios,
+        }
     }
 
     fn run(&self, i: usize) -> Option<&Run> {
         self.runs[i].as_ref()?.as_ref().ok()
     }
 
-    /// The better of the QEMU runs, in ops/s (0 if neither ran).
-    fn qemu_best(&self) -> f64 {
-        (2..4)
-            .filter_map(|i| self.run(i))
-            .map(Run::ops_per_sec)
-            .fold(0.0, f64::max)
-    }
-
-    /// Runner `i`'s ops/s over the better QEMU run.
+    /// Runner `i`'s best ops/s over the better best QEMU run.
     fn ratio(&self, i: usize) -> Option<f64> {
-        let best = self.qemu_best();
+        let best = qemu_best(&[0, 1, 2, 3].map(|k| self.run(k)));
         self.run(i)
             .filter(|_| best > 0.0)
             .map(|r| r.ops_per_sec() / best)
+    }
+
+    /// Median, lowest and highest of runner `i`'s (0 or 1) round-by-round ratios.
+    fn round_spread(&self, i: usize) -> Option<(f64, f64, f64)> {
+        let mut v = self.round_ratios[i].clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some((median, v[0], v[n - 1]))
     }
 
     pub fn print(&self) {
@@ -85,6 +128,25 @@ impl LineResult {
             cpu(2),
             cpu(3)
         );
+        if self.round_ratios.iter().any(|r| r.len() > 1) {
+            let spread = |i: usize| {
+                self.round_spread(i).map_or("n/a".into(), |(med, lo, hi)| {
+                    format!(
+                        "{} median {med:.2} ({lo:.2}-{hi:.2})",
+                        ["kiln", "device"][i]
+                    )
+                })
+            };
+            println!(
+                "{:<6} {:<14} {:>3} | ratio by round, {} rounds: {}, {}",
+                "",
+                "",
+                "",
+                self.round_ratios[0].len().max(self.round_ratios[1].len()),
+                spread(0),
+                spread(1)
+            );
+        }
         for (i, run) in self.runs.iter().enumerate() {
             if let Some(Err(e)) = run {
                 println!("    ({} runner failed: {e:#})", RUNNER_NAMES[i]);
@@ -117,6 +179,10 @@ impl LineResult {
             },
             "ratio-kiln": self.ratio(0),
             "ratio-device": self.ratio(1),
+            "round-ratios-kiln": self.round_ratios[0],
+            "round-ratios-device": self.round_ratios[1],
+            "round-ratio-median-kiln": self.round_spread(0).map(|s| s.0),
+            "round-ratio-median-device": self.round_spread(1).map(|s| s.0),
         })
     }
 }
@@ -152,4 +218,56 @@ pub fn to_json(args: &Args, lines: &[LineResult]) -> Value {
         "device-thread": args.device_thread,
         "lines": lines.iter().map(LineResult::to_json).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::bench::blk::line::PATTERNS;
+    use kiln_devices::block::ImageFormat;
+
+    /// A run of `ops_per_sec` (one request).
+    fn run(ops_per_sec: f64) -> Option<anyhow::Result<Run>> {
+        Some(Ok(Run {
+            ops: 1,
+            secs: 1.0 / ops_per_sec,
+            cpu_secs: 0.0,
+        }))
+    }
+
+    #[test]
+    fn round_ratios_pair_runs_of_the_same_round_and_best_runs_are_kept() {
+        let line = Line {
+            pattern: PATTERNS[0],
+            depth: 1,
+            count: 1,
+            size: 1 << 30,
+            format: ImageFormat::Raw,
+            device_thread: false,
+        };
+        let failed = Some(Err(anyhow::anyhow!("qemu-img failed")));
+        let result = LineResult::new(
+            line,
+            vec![
+                // QEMU's better run is io_uring's 100.
+                [run(100.0), run(90.0), run(100.0), run(80.0)],
+                // A slow round: threads' 50 is QEMU's better run.
+                [run(50.0), run(60.0), run(40.0), run(50.0)],
+                // io_uring failed: threads' 20 alone; the device did not run.
+                [run(30.0), None, failed, run(20.0)],
+            ],
+        );
+        assert_eq!(result.round_ratios[0], vec![1.0, 1.0, 1.5]);
+        assert_eq!(result.round_ratios[1], vec![0.9, 1.2]);
+        assert_eq!(result.round_spread(0), Some((1.0, 1.0, 1.5)));
+        let (median, lo, hi) = result.round_spread(1).unwrap();
+        assert!((median - 1.05).abs() < 1e-9 && lo == 0.9 && hi == 1.2);
+        // Best runs: 100, 90, 100 (the failure does not replace it), 80.
+        let best = [0, 1, 2, 3].map(|i| result.run(i).unwrap().ops_per_sec());
+        assert!(best
+            .iter()
+            .zip([100.0, 90.0, 100.0, 80.0])
+            .all(|(got, want)| (got - want).abs() < 1e-6));
+        assert!((result.ratio(1).unwrap() - 0.9).abs() < 1e-9);
+    }
 }
