@@ -8,6 +8,8 @@ pub mod bus;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod legacy;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod virtio;
 
 /// Guest memory type shared by all device models.

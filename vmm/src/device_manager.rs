@@ -463,6 +463,43 @@ mod tests {
     }
 
     #[test]
+    fn explicit_io_uring_is_refused_where_the_host_denies_it() {
+        let dir = std::env::temp_dir().join(format!("kiln-dm-uring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = dir.join("disk.raw");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        let cfg = DiskConfig {
+            path: raw,
+            format: None,
+            readonly: false,
+            serial: None,
+            aio: Some(Aio::IoUring),
+        };
+        let results = std::thread::spawn(move || {
+            // As a seccomp profile without io_uring does (this thread only).
+            kiln_devices::test_support::deny_io_uring_on_this_thread();
+            let explicit = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(cfg.clone()));
+            let default =
+                VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(DiskConfig { aio: None, ..cfg }));
+            (
+                explicit.map(drop).map_err(|e| e.to_string()),
+                default.is_ok(),
+            )
+        })
+        .join()
+        .unwrap();
+        let msg = results.0.unwrap_err();
+        assert!(
+            msg.contains("aio=io_uring: io_uring is not available here")
+                && msg.contains("use aio=threads"),
+            "{msg}"
+        );
+        // Without aio= the device falls back to threads instead.
+        assert!(results.1, "the default refused too");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_nic_keeps_one_random_mac_across_rebuilds_and_none_is_not_a_device() {
         let mac = |h: &VirtioHandles| {
             let mut bytes = [0u8; 6];
