@@ -1,16 +1,18 @@
 //! virtio-blk drivers in the same process: guest memory, a split virtqueue and a
 //! [`Block`] behind it, driven through the device's real avail ring, used ring and
-//! completion event. Tests use them to keep many requests in flight; `kiln bench blk`
-//! measures the device path with [`EventLoopHarness`].
+//! completion event. Tests use them to keep many requests in flight, and `kiln bench
+//! blk` measures the device path with them.
 //!
 //! - [`Harness`] is single-threaded and polls: it plays both the guest (filling the
 //!   avail ring, reading the used ring) and the event loop (calling
 //!   [`Block::process_queue`] on a kick and [`Block::process_completions`] when the
-//!   completion event fires). Tests see every step in order.
+//!   completion event fires). Tests see every step in order, and the bench gets the
+//!   device without a guest's costs, as `qemu-img bench` has none.
 //! - [`EventLoopHarness`] runs the device on its own thread under an
 //!   `event_manager::EventManager`, as `kiln run` does, and the driver on the caller's
 //!   thread as a vCPU would: it kicks through the queue's EventFd (KVM's ioeventfd)
-//!   and waits on the interrupt's EventFd (KVM's irqfd).
+//!   and waits on the interrupt's EventFd (KVM's irqfd). `kiln bench blk
+//!   --device-thread` uses it.
 
 mod driver;
 mod threaded;
