@@ -179,7 +179,16 @@ pub fn qcow2_open_and_read(data: &[u8]) {
         let mut buf = vec![0u8; 4096];
         let mut off = 0;
         while off + 4096 <= size {
-            let _ = disk.read_at(&mut buf, off);
+            let through_imago = disk.read_at(&mut buf, off);
+            // Where virtio-blk would read around imago, it must get the same bytes.
+            if let (Ok(()), Some((fd, host))) = (through_imago, disk.read_extent(off, 4096)) {
+                let mut direct = vec![0u8; 4096];
+                // SAFETY: `direct` is a writable buffer of 4096 bytes, and `fd` stays
+                // open while `disk` lives.
+                let n = unsafe { libc::pread(fd, direct.as_mut_ptr().cast(), 4096, host as i64) };
+                assert_eq!(n, 4096, "read extent at {off} (host {host}) reads short");
+                assert!(direct == buf, "read extent at {off} (host {host}) differs");
+            }
             off += 4096 * 7;
         }
     }
