@@ -22,19 +22,18 @@
 //! frees it (writes never move an allocated cluster the image owns alone, and a
 //! shared one keeps its refcount when a write copies it), which is why
 //! [`DiskBackend::extents_move`] is true here. The lookup runs on the device's event
-//! loop: an L2 table not in imago's cache (128 tables, 64 GiB of guest disk with 64 KiB
-//! clusters) is read there, once, and a lookup that would wait for a discard's lock
-//! sends the read through imago instead.
+//! loop, so it must not wait: where imago has probably not loaded the L2 table (see
+//! `direct`), or a discard holds the lock, the read goes through imago on an I/O thread.
 
+mod direct;
 pub mod header;
 pub mod refcheck;
 
 use std::fs::File as StdFile;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use imago::file::File;
@@ -47,6 +46,7 @@ use log::warn;
 use vm_memory::VolatileSlice;
 
 use super::{check_range, probe_format, DiskBackend, DiskError, ImageFormat};
+use direct::DirectReads;
 use header::{incompat, Qcow2Header};
 
 /// Deepest backing chain kiln follows (a loop in the chain would otherwise never end).
@@ -66,32 +66,6 @@ pub struct Qcow2Disk {
     /// The image file, read-only, for reads of its data clusters that bypass imago
     /// (see [`DiskBackend::read_extent`]); `None` with an external data file.
     direct: Option<DirectReads>,
-}
-
-/// The image file for reads that bypass imago, and how long it is known to be.
-struct DirectReads {
-    file: StdFile,
-    /// Only grows (imago allocates at the end); a mapping past it is re-checked.
-    known_len: AtomicU64,
-}
-
-impl DirectReads {
-    /// Whether `[host, host + len)` lies inside the file: a cluster allocated but not
-    /// yet written to its end would read short, which io_uring reports as an error
-    /// while imago reads zeroes.
-    fn covers(&self, host: u64, len: u64) -> bool {
-        let Some(end) = host.checked_add(len) else {
-            return false;
-        };
-        if end <= self.known_len.load(Ordering::Relaxed) {
-            return true;
-        }
-        let Ok(now) = self.file.metadata().map(|m| m.len()) else {
-            return false;
-        };
-        self.known_len.fetch_max(now, Ordering::Relaxed);
-        end <= now
-    }
 }
 
 /// Read and check the header of the qcow2 image at `path`.
@@ -245,11 +219,7 @@ impl Qcow2Disk {
                 path: path.to_owned(),
                 source,
             })?;
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            Some(DirectReads {
-                file,
-                known_len: AtomicU64::new(len),
-            })
+            Some(DirectReads::new(file, header.cluster_bits))
         } else {
             None
         };
@@ -271,6 +241,13 @@ impl Qcow2Disk {
 
     fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, FormatAccess<File>> {
         self.access.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// imago used the L2 tables of `[offset, offset + len)` (see `DirectReads`).
+    fn l2_used(&self, offset: u64, len: u64) {
+        if let Some(direct) = &self.direct {
+            direct.l2_used(offset, len);
+        }
     }
 
     fn writable(&self) -> Result<(), DiskError> {
@@ -362,21 +339,28 @@ impl DiskBackend for Qcow2Disk {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        check_range(offset, buf.len() as u64, self.size)?;
-        Ok(self.shared().read(buf, offset)?)
+        let len = buf.len() as u64;
+        check_range(offset, len, self.size)?;
+        self.shared().read(buf, offset)?;
+        self.l2_used(offset, len);
+        Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
         self.writable()?;
         check_range(offset, buf.len() as u64, self.size)?;
-        Ok(self.shared().write(buf, offset)?)
+        self.shared().write(buf, offset)?;
+        self.l2_used(offset, buf.len() as u64);
+        Ok(())
     }
 
     fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
         let total = bufs.iter().map(|b| b.len() as u64).sum();
         check_range(offset, total, self.size)?;
         let (vec, _guard) = IoVectorMut::from_volatile_slice(bufs);
-        Ok(self.shared().readv(vec, offset)?)
+        self.shared().readv(vec, offset)?;
+        self.l2_used(offset, total);
+        Ok(())
     }
 
     fn write_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
@@ -384,7 +368,9 @@ impl DiskBackend for Qcow2Disk {
         let total = bufs.iter().map(|b| b.len() as u64).sum();
         check_range(offset, total, self.size)?;
         let (vec, _guard) = IoVector::from_volatile_slice(bufs);
-        Ok(self.shared().writev(vec, offset)?)
+        self.shared().writev(vec, offset)?;
+        self.l2_used(offset, total);
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), DiskError> {
@@ -425,15 +411,20 @@ impl DiskBackend for Qcow2Disk {
     fn read_extent(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
         let direct = self.direct.as_ref()?;
         check_range(offset, len, self.size).ok()?;
+        // An L2 table imago has not loaded would be read here, on the event loop: the
+        // read goes through imago on an I/O thread instead, which loads it.
+        if !direct.l2_likely_cached(offset) {
+            return None;
+        }
         // A discard or unmapping write-zeroes holds (or waits for) the lock for as long
         // as it takes: the read goes through imago behind it instead of waiting here.
         let access = self.access.try_read().ok()?;
         let (mapping, mapped) = access.get_shallow_mapping(offset, len).ok()?;
         match mapping {
             // Raw in this layer: the image file itself (no external data file).
-            ShallowMapping::Raw { offset: host, .. } if mapped >= len => direct
-                .covers(host, len)
-                .then(|| (direct.file.as_raw_fd(), host)),
+            ShallowMapping::Raw { offset: host, .. } if mapped >= len => {
+                direct.covers(host, len).then(|| (direct.fd(), host))
+            }
             // Zero, backing file, compressed, or split across host runs.
             _ => None,
         }

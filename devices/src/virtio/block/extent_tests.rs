@@ -93,11 +93,21 @@ fn qcow2_data_clusters_are_read_through_the_ring_and_the_rest_through_imago() {
     fill_cluster(&top, 1, 0x5a);
     fill_cluster(&top, 2, 0x5a);
 
-    let mut h = Harness::new(Block::new(open(&top, true), None).unwrap(), 8, 4096).unwrap();
-    assert!(h.device().uses_io_uring(), "no ring for a qcow2 image");
-    // The top image's own clusters (1 and 2, contiguous or not in the file): the ring
-    // reads them, so no I/O thread starts.
+    let disk = open(&top, true);
     let own: Vec<u64> = (0..8).map(|i| CLUSTER + i * 12288 + 512).collect();
+    // Freshly opened, imago has loaded no L2 table: looking one up would read it on
+    // the event loop, so the first reads go through imago on the I/O threads.
+    let mut h = Harness::new(Block::new(disk.clone(), None).unwrap(), 8, 4096).unwrap();
+    assert!(h.device().uses_io_uring(), "no ring for a qcow2 image");
+    read_batch(&mut h, &own, |o| byte(o, 0x5a));
+    assert!(
+        h.device().io_threads() > 0,
+        "a cold L2 table looked up inline"
+    );
+    drop(h);
+    // Now the table is loaded: the top image's own clusters (1 and 2) go through the
+    // ring, so no I/O thread starts.
+    let mut h = Harness::new(Block::new(disk, None).unwrap(), 8, 4096).unwrap();
     read_batch(&mut h, &own, |o| byte(o, 0x5a));
     assert_eq!(
         h.device().io_threads(),
