@@ -3,6 +3,7 @@
 //! ring, read the used ring).
 
 use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
 
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -318,15 +319,31 @@ impl Driver {
         Ok(done)
     }
 
-    /// Before sleeping on the interrupt: with EVENT_IDX, ask for one at the next used
-    /// entry (as Linux's virtqueue_enable_cb_prepare does). The caller reaps once more
-    /// afterwards, since entries added before the device saw this raise no interrupt.
-    pub(super) fn arm_interrupt(&self) -> Result<(), HarnessError> {
-        if self.event_idx {
-            self.set_used_event(self.last_used)?;
-            fence(Ordering::SeqCst);
+    /// Return what the device returned, calling `sleep` with the time left until
+    /// something is; a timeout error once `timeout` passed with nothing. Before each
+    /// look, with EVENT_IDX, ask for an interrupt at the next used entry (as Linux's
+    /// virtqueue_enable_cb_prepare does), so an entry added after the look interrupts.
+    pub(super) fn wait_with(
+        &mut self,
+        timeout: Duration,
+        mut sleep: impl FnMut(Duration) -> Result<(), HarnessError>,
+    ) -> Result<Vec<Done>, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.event_idx {
+                self.set_used_event(self.last_used)?;
+                fence(Ordering::SeqCst);
+            }
+            let done = self.reap()?;
+            if !done.is_empty() {
+                return Ok(done);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HarnessError::Timeout(timeout));
+            }
+            sleep(left)?;
         }
-        Ok(())
     }
 
     fn write(&self, bytes: &[u8], addr: u64) -> Result<(), HarnessError> {

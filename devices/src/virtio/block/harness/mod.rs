@@ -217,20 +217,13 @@ impl QueueDriver for Harness {
     /// Polls the device's completion event and runs [`Block::process_completions`]
     /// on this thread.
     fn wait(&mut self, timeout: Duration) -> Result<Vec<Done>, HarnessError> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let done = self.reap()?;
-            if !done.is_empty() {
-                return Ok(done);
+        let dev = &mut self.dev;
+        self.driver.wait_with(timeout, |left| {
+            if wait_readable(dev.completion_event(), left)? {
+                dev.process_completions();
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(HarnessError::Timeout(timeout));
-            }
-            if wait_readable(self.dev.completion_event(), left)? {
-                self.dev.process_completions();
-            }
-        }
+            Ok(())
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -142,29 +142,24 @@ impl QueueDriver for EventLoopHarness {
 
     /// Sleeps on the interrupt's EventFd (armed by used_event with EVENT_IDX).
     fn wait(&mut self, timeout: Duration) -> Result<Vec<Done>, HarnessError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let done = self.driver.reap()?;
-            if !done.is_empty() {
-                return Ok(done);
-            }
-            self.driver.arm_interrupt()?;
-            let done = self.driver.reap()?;
-            if !done.is_empty() {
-                return Ok(done);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(HarnessError::Timeout(timeout));
-            }
-            if wait_readable(&self.irq, left.min(LIVENESS_CHECK))? {
+        let (irq, event_loop) = (&self.irq, &self.event_loop);
+        let mut stopped = false;
+        let result = self.driver.wait_with(timeout, |left| {
+            if wait_readable(irq, left.min(LIVENESS_CHECK))? {
                 // EAGAIN: another wait already drained it; the ring is looked at anyway.
-                let _ = self.irq.read();
-            } else if self.event_loop.as_ref().is_none_or(|t| t.is_finished()) {
-                return Err(self.join().err().unwrap_or_else(|| {
-                    HarnessError::EventLoop("it exited while requests were in flight".into())
-                }));
+                let _ = irq.read();
+            } else if event_loop.as_ref().is_none_or(|t| t.is_finished()) {
+                stopped = true;
+                return Err(HarnessError::EventLoop(
+                    "it exited while requests were in flight".into(),
+                ));
             }
+            Ok(())
+        });
+        match result {
+            // The loop's own error, if it has one, says more.
+            Err(exited) if stopped => Err(self.join().err().unwrap_or(exited)),
+            result => result,
         }
     }
 }
