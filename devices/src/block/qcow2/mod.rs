@@ -348,9 +348,10 @@ impl DiskBackend for Qcow2Disk {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
         self.writable()?;
-        check_range(offset, buf.len() as u64, self.size)?;
+        let len = buf.len() as u64;
+        check_range(offset, len, self.size)?;
         self.shared().write(buf, offset)?;
-        self.l2_used(offset, buf.len() as u64);
+        self.l2_used(offset, len);
         Ok(())
     }
 

@@ -3,11 +3,12 @@
 //!
 //! With a raw image the disk is a file, so the event loop can hand the kernel a
 //! readv/writev straight into the guest buffers: one `io_uring_enter` per read or per
-//! 8 writes (see `inflight::WRITES_PER_SUBMIT`) instead of two thread hand-offs (and context
-//! switches), which is what the worker pool costs on a host with few cores. Measured
-//! with `kiln bench blk` (cold 4 KiB random reads at depth 64 on a 2-core host): about
-//! 8-10 us of CPU per request against about 15 us through the pool. The ring signals the device's
-//! completion `EventFd` (registered with `register_eventfd`), and the event loop reaps
+//! 8 writes (see `inflight::WRITES_PER_SUBMIT`) instead of two thread hand-offs (and
+//! context switches), which is what the worker pool costs on a host with few cores.
+//! Measured with `kiln bench blk` (cold 4 KiB random reads at depth 64 on a 2-core
+//! host): about 8-10 us of CPU per request against about 15 us through the pool. The
+//! ring signals the device's completion `EventFd` (registered with `register_eventfd`),
+//! and the event loop reaps
 //! the completions on that event, next to the workers' ones. A qcow2 image's reads
 //! take the same path when `DiskBackend::read_extent` maps them to one run of the
 //! image file; everything else about qcow2 stays on the workers.

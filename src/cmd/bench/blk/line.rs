@@ -46,7 +46,6 @@ pub const PATTERNS: [Pattern; 4] = [
 /// Blocks between consecutive random requests (prime, so the walk covers the image).
 pub const RANDOM_STRIDE: u64 = 7919;
 
-#[derive(Clone, Copy)]
 pub struct Run {
     pub ops: u64,
     pub secs: f64,
