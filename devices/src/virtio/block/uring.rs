@@ -8,10 +8,9 @@
 //! Measured with `kiln bench blk` (cold 4 KiB random reads at depth 64 on a 2-core
 //! host): about 8-10 us of CPU per request against about 15 us through the pool. The
 //! ring signals the device's completion `EventFd` (registered with `register_eventfd`),
-//! and the event loop reaps
-//! the completions on that event, next to the workers' ones. A qcow2 image's reads
-//! take the same path when `DiskBackend::read_extent` maps them to one run of the
-//! image file; everything else about qcow2 stays on the workers.
+//! and the event loop reaps the completions on that event, next to the workers' ones.
+//! A qcow2 image's reads take the same path when `DiskBackend::read_extent` maps them
+//! to one run of the image file; everything else about qcow2 stays on the workers.
 //!
 //! One ring per activated queue, owned by the event loop. At most queue-size requests
 //! are in flight (the pipeline's cap), each with one SQE at a time, so a ring of
