@@ -13,6 +13,7 @@ pub mod block;
 pub mod console;
 pub mod mmio;
 pub mod net;
+pub mod notify;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::GuestAddress;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{ActivateContext, VirtioDevice, VirtioInterrupt};
@@ -51,9 +51,18 @@ pub fn activate(
     mem: &GuestMemory,
     vqs: &[&MockSplitQueue<GuestMemory>],
 ) -> Arc<CountingInterrupt> {
+    let queues = vqs.iter().map(|q| q.create_queue().unwrap()).collect();
+    activate_queues(dev, mem, queues)
+}
+
+/// Activate `dev` with `queues`.
+pub fn activate_queues(
+    dev: &mut dyn VirtioDevice,
+    mem: &GuestMemory,
+    queues: Vec<Queue>,
+) -> Arc<CountingInterrupt> {
     let interrupt = Arc::new(CountingInterrupt::default());
-    let queues: Vec<Queue> = vqs.iter().map(|q| q.create_queue().unwrap()).collect();
-    let queue_events = vqs
+    let queue_events = queues
         .iter()
         .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
         .collect();
@@ -100,4 +109,105 @@ pub fn used(vq: &MockSplitQueue<GuestMemory>, i: u16) -> (u32, u32) {
 /// The used ring's index.
 pub fn used_idx(vq: &MockSplitQueue<GuestMemory>) -> u16 {
     vq.used().idx().load()
+}
+
+/// A split virtqueue laid out as a driver lays it out: used_event after the avail
+/// ring and avail_event after the used ring (MockSplitQueue puts its used ring on top
+/// of used_event), with buffers posted round the ring as often as a test likes.
+pub struct TestRing<'a> {
+    mem: &'a GuestMemory,
+    base: u64,
+    size: u16,
+    next_avail: u16,
+}
+
+impl<'a> TestRing<'a> {
+    /// A ring of `size` entries at `base` (below [`DATA`]).
+    pub fn new(mem: &'a GuestMemory, base: u64, size: u16) -> Self {
+        let ring = TestRing {
+            mem,
+            base,
+            size,
+            next_avail: 0,
+        };
+        let end = ring.used() + 6 + 8 * u64::from(size);
+        assert!(end <= DATA, "ring overlaps the test buffers");
+        mem.write_slice(&vec![0u8; (end - base) as usize], GuestAddress(base))
+            .unwrap();
+        ring
+    }
+
+    fn avail(&self) -> u64 {
+        self.base + 16 * u64::from(self.size)
+    }
+
+    fn used(&self) -> u64 {
+        (self.avail() + 6 + 2 * u64::from(self.size)).next_multiple_of(4)
+    }
+
+    /// The device's view of the ring.
+    pub fn queue(&self) -> Queue {
+        let mut q = Queue::new(self.size).unwrap();
+        q.set_size(self.size);
+        q.set_ready(true);
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (lo, hi) = split(self.base);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(self.avail());
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(self.used());
+        q.set_used_ring_address(lo, hi);
+        q
+    }
+
+    /// Make the chain of `bufs`, placed at descriptor `first`, available.
+    pub fn post(&mut self, first: u16, bufs: &[Buf]) {
+        for (i, d) in chain(first, bufs).into_iter().enumerate() {
+            let at = self.base + 16 * u64::from(first + i as u16);
+            self.mem.write_obj(d, GuestAddress(at)).unwrap();
+        }
+        let slot = u64::from(self.next_avail % self.size);
+        self.write16(self.avail() + 4 + 2 * slot, first);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        self.write16(self.avail() + 2, self.next_avail);
+    }
+
+    /// The avail ring's flags (VRING_AVAIL_F_NO_INTERRUPT).
+    pub fn set_avail_flags(&self, flags: u16) {
+        self.write16(self.avail(), flags);
+    }
+
+    pub fn set_used_event(&self, value: u16) {
+        self.write16(self.avail() + 4 + 2 * u64::from(self.size), value);
+    }
+
+    pub fn avail_event(&self) -> u16 {
+        self.read16(self.used() + 4 + 8 * u64::from(self.size))
+    }
+
+    /// The used ring's flags (VRING_USED_F_NO_NOTIFY).
+    pub fn used_flags(&self) -> u16 {
+        self.read16(self.used())
+    }
+
+    pub fn used_idx(&self) -> u16 {
+        self.read16(self.used() + 2)
+    }
+
+    /// Used entry number `n` (counted from the start, wrapping round the ring):
+    /// (descriptor head, length).
+    pub fn used_entry(&self, n: u16) -> (u32, u32) {
+        let at = self.used() + 4 + 8 * u64::from(n % self.size);
+        let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+        (u32::from_le(id), u32::from_le(len))
+    }
+
+    fn write16(&self, at: u64, value: u16) {
+        self.mem.write_obj(value.to_le(), GuestAddress(at)).unwrap();
+    }
+
+    fn read16(&self, at: u64) -> u16 {
+        u16::from_le(self.mem.read_obj(GuestAddress(at)).unwrap())
+    }
 }

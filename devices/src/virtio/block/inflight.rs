@@ -40,7 +40,6 @@ use std::sync::Arc;
 
 use log::{info, warn};
 use virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_S_IOERR;
-use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -50,7 +49,7 @@ use super::request::{self, Parsed, Request, RequestType};
 use super::uring::UringEngine;
 use super::workers::WorkerPool;
 use crate::block::{DiskBackend, SECTOR_SIZE};
-use crate::virtio::VirtioInterrupt;
+use crate::virtio::{notify, VirtioInterrupt};
 use crate::GuestMemory;
 
 /// Largest request run on the event-loop thread when it is the only one.
@@ -543,32 +542,13 @@ impl Active {
                 warn!("virtio-blk: cannot return descriptor {head}: {e}");
             }
         }
-        if self.driver_wants_interrupt() {
-            if let Err(e) = self.interrupt.signal_used_queue(0) {
-                warn!("virtio-blk: cannot interrupt the driver: {e}");
-            }
-        }
-    }
-
-    /// virtio 1.2 §2.7.10: with EVENT_IDX the used_event index decides; without it the
-    /// driver's VRING_AVAIL_F_NO_INTERRUPT flag asks the device not to interrupt.
-    fn driver_wants_interrupt(&mut self) -> bool {
-        match self.queue.needs_notification(self.mem.as_ref()) {
-            Ok(false) => return false,
-            Ok(true) => {}
-            Err(e) => {
-                warn!("virtio-blk: cannot read the driver's event index: {e}");
-                return true;
-            }
-        }
-        if self.queue.event_idx_enabled() {
-            return true;
-        }
-        let flags: u16 = self
-            .mem
-            .load(GuestAddress(self.queue.avail_ring()), Ordering::Acquire)
-            .map(u16::from_le)
-            .unwrap_or(0);
-        flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
+        let device = "virtio-blk";
+        notify::signal_used(
+            &mut self.queue,
+            &self.mem,
+            self.interrupt.as_ref(),
+            0,
+            device,
+        );
     }
 }

@@ -3,6 +3,11 @@
 //! Like vm-superio's serial, the device only knows a `Write` for the guest's output and
 //! an optional readable file descriptor for its input, so the VMM decides whether that
 //! is stdout, a file or a UNIX socket, and tests pass a `Vec` and a socket pair.
+//!
+//! Input is never dropped: the device buffers up to [`MAX_PENDING_INPUT`] bytes the
+//! guest has no receive buffers for, then stops reading its input until the guest
+//! posts some, so a fast writer is slowed to the guest's pace (a socket's writer
+//! blocks, as with a pipe) rather than losing bytes.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -11,22 +16,27 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
-use virtio_queue::{Queue, QueueT};
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::activation::{Activation, DeviceEvent};
-use super::{device_type, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
+use super::{device_type, notify, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::GuestMemory;
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
-/// Input buffered while the driver has no receive buffers; beyond this it is dropped.
+/// Input buffered while the driver has no receive buffers; beyond this the input is
+/// not read until the driver posts buffers.
 pub const MAX_PENDING_INPUT: usize = 64 << 10;
 /// `Events::data` of the input fd (queue events use their index, activation u32::MAX).
 const INPUT_DATA: u32 = u32::MAX - 1;
 const CHUNK: usize = 4096;
+/// VIRTIO_RING_F_EVENT_IDX: see [`notify`].
+const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+const FEATURES: u64 = super::VIRTIO_F_VERSION_1 | EVENT_IDX;
 
 /// Where guest input comes from: anything readable with a pollable file descriptor.
 pub trait ConsoleInput: Read + AsRawFd + Send {}
@@ -43,7 +53,10 @@ struct Active {
 pub struct Console {
     output: Box<dyn Write + Send>,
     input: Option<Box<dyn ConsoleInput>>,
+    /// The input fd is out of the event loop: the pending buffer is full.
+    input_paused: bool,
     pending: VecDeque<u8>,
+    acked_features: u64,
     activation: Activation,
     active: Option<Active>,
 }
@@ -56,13 +69,16 @@ impl Console {
         Ok(Console {
             output,
             input,
+            input_paused: false,
             pending: VecDeque::new(),
+            acked_features: 0,
             activation: Activation::new()?,
             active: None,
         })
     }
 
-    /// Queue bytes for the guest (also what the input fd handler does).
+    /// Queue bytes for the guest; what does not fit in [`MAX_PENDING_INPUT`] is
+    /// dropped with a warning (the input fd handler reads only what fits).
     pub fn push_input(&mut self, bytes: &[u8]) {
         let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
         if bytes.len() > room {
@@ -81,37 +97,22 @@ impl Console {
             return;
         };
         let mut used = false;
-        while let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) {
-            let head = chain.head_index();
-            let mut buf = [0u8; CHUNK];
-            for d in chain.filter(|d| !d.is_write_only()) {
-                let mut done = 0u32;
-                while done < d.len() {
-                    let n = (d.len() - done).min(CHUNK as u32);
-                    let Some(addr) = d.addr().0.checked_add(u64::from(done)) else {
-                        break;
-                    };
-                    if a.mem
-                        .read_slice(&mut buf[..n as usize], GuestAddress(addr))
-                        .is_err()
-                    {
-                        warn!("virtio-console: tx buffer {addr:#x}+{n} outside guest memory");
-                        break;
-                    }
-                    if let Err(e) = self.output.write_all(&buf[..n as usize]) {
-                        warn!("virtio-console: output failed: {e}");
-                    }
-                    done += n;
+        let output = &mut self.output;
+        notify::drain_with_kicks_suppressed(&mut a.tx, &a.mem, |tx| {
+            while let Some(chain) = tx.pop_descriptor_chain(&a.mem) {
+                let head = chain.head_index();
+                copy_out(&a.mem, chain, output.as_mut());
+                if tx.add_used(&a.mem, head, 0).is_err() {
+                    return false;
                 }
+                used = true;
             }
-            if a.tx.add_used(&a.mem, head, 0).is_err() {
-                break;
-            }
-            used = true;
-        }
+            true
+        });
         let _ = self.output.flush();
         if used {
-            let _ = a.interrupt.signal_used_queue(TX as u16);
+            let device = "virtio-console";
+            notify::signal_used(&mut a.tx, &a.mem, a.interrupt.as_ref(), TX as u16, device);
         }
     }
 
@@ -121,35 +122,26 @@ impl Console {
             return;
         };
         let mut used = false;
-        while !self.pending.is_empty() {
-            let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let mut written = 0u32;
-            for d in chain.filter(|d| d.is_write_only()) {
-                let n = (d.len() as usize).min(self.pending.len());
-                let bytes: Vec<u8> = self.pending.iter().take(n).copied().collect();
-                if a.mem.write_slice(&bytes, d.addr()).is_err() {
-                    warn!(
-                        "virtio-console: rx buffer {:#x} outside guest memory",
-                        d.addr().0
-                    );
+        let pending = &mut self.pending;
+        // Wants more buffers while input waits; and with none pending, re-enabling
+        // kicks still moves avail_event up to the buffers not yet taken.
+        notify::drain_with_kicks_suppressed(&mut a.rx, &a.mem, |rx| {
+            while !pending.is_empty() {
+                let Some(chain) = rx.pop_descriptor_chain(&a.mem) else {
                     break;
+                };
+                let head = chain.head_index();
+                let written = copy_in(&a.mem, chain, pending);
+                if rx.add_used(&a.mem, head, written).is_err() {
+                    return false;
                 }
-                self.pending.drain(..n);
-                written += n as u32;
-                if self.pending.is_empty() {
-                    break;
-                }
+                used = true;
             }
-            if a.rx.add_used(&a.mem, head, written).is_err() {
-                break;
-            }
-            used = true;
-        }
+            !pending.is_empty()
+        });
         if used {
-            let _ = a.interrupt.signal_used_queue(RX as u16);
+            let device = "virtio-console";
+            notify::signal_used(&mut a.rx, &a.mem, a.interrupt.as_ref(), RX as u16, device);
         }
     }
 
@@ -157,8 +149,15 @@ impl Console {
         let Some(input) = self.input.as_mut() else {
             return;
         };
+        let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
+        if room == 0 {
+            // Level-triggered: left in the loop, the readable fd would wake it forever.
+            let _ = ops.remove(Events::empty_raw(input.as_raw_fd()));
+            self.input_paused = true;
+            return;
+        }
         let mut buf = [0u8; CHUNK];
-        match input.read(&mut buf) {
+        match input.read(&mut buf[..room.min(CHUNK)]) {
             Ok(0) => {
                 // EOF: stop watching, or epoll would report it forever.
                 let fd: RawFd = input.as_raw_fd();
@@ -170,6 +169,73 @@ impl Console {
             Err(e) => warn!("virtio-console: input read failed: {e}"),
         }
     }
+
+    /// Watch the input again once the guest took some of what was pending.
+    fn resume_input(&mut self, ops: &mut EventOps) {
+        let Some(input) = self.input.as_ref().filter(|_| self.input_paused) else {
+            return;
+        };
+        if self.pending.len() >= MAX_PENDING_INPUT {
+            return;
+        }
+        let ev = Events::with_data_raw(input.as_raw_fd(), INPUT_DATA, EventSet::IN);
+        match ops.add(ev) {
+            Ok(()) => self.input_paused = false,
+            Err(e) => warn!("virtio-console: cannot watch input again: {e}"),
+        }
+    }
+}
+
+/// Write the device-readable buffers of `chain` to `output`.
+fn copy_out(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>, output: &mut dyn Write) {
+    let mut buf = [0u8; CHUNK];
+    for d in chain.filter(|d| !d.is_write_only()) {
+        let mut done = 0u32;
+        while done < d.len() {
+            let n = (d.len() - done).min(CHUNK as u32);
+            let Some(addr) = d.addr().0.checked_add(u64::from(done)) else {
+                break;
+            };
+            if mem
+                .read_slice(&mut buf[..n as usize], GuestAddress(addr))
+                .is_err()
+            {
+                warn!("virtio-console: tx buffer {addr:#x}+{n} outside guest memory");
+                break;
+            }
+            if let Err(e) = output.write_all(&buf[..n as usize]) {
+                warn!("virtio-console: output failed: {e}");
+            }
+            done += n;
+        }
+    }
+}
+
+/// Move the front of `pending` into the device-writable buffers of `chain`; returns
+/// the bytes written.
+fn copy_in(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    pending: &mut VecDeque<u8>,
+) -> u32 {
+    let mut written = 0u32;
+    for d in chain.filter(|d| d.is_write_only()) {
+        let n = (d.len() as usize).min(pending.len());
+        let bytes: Vec<u8> = pending.iter().take(n).copied().collect();
+        if mem.write_slice(&bytes, d.addr()).is_err() {
+            warn!(
+                "virtio-console: rx buffer {:#x} outside guest memory",
+                d.addr().0
+            );
+            break;
+        }
+        pending.drain(..n);
+        written += n as u32;
+        if pending.is_empty() {
+            break;
+        }
+    }
+    written
 }
 
 impl VirtioDevice for Console {
@@ -182,10 +248,12 @@ impl VirtioDevice for Console {
     }
 
     fn device_features(&self) -> u64 {
-        super::VIRTIO_F_VERSION_1
+        FEATURES
     }
 
-    fn ack_features(&mut self, _features: u64) {}
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & FEATURES;
+    }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         // cols, rows, max_nr_ports, emerg_wr: meaningful only with features we do not offer.
@@ -197,9 +265,13 @@ impl VirtioDevice for Console {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let got = ctx.queues.len();
         let mut queues = ctx.queues.into_iter();
-        let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
+        let (Some(mut rx), Some(mut tx), None) = (queues.next(), queues.next(), queues.next())
+        else {
             return Err(ActivateError::QueueCount { got, want: 2 });
         };
+        let event_idx = self.acked_features & EVENT_IDX != 0;
+        rx.set_event_idx(event_idx);
+        tx.set_event_idx(event_idx);
         self.active = Some(Active {
             mem: ctx.mem,
             rx,
@@ -212,6 +284,7 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) -> bool {
         self.active = None;
+        self.acked_features = 0;
         true
     }
 }
@@ -233,7 +306,10 @@ impl MutEventSubscriber for Console {
             return;
         }
         match self.activation.handle(&events, ops) {
-            DeviceEvent::Queue(RX) => self.process_rx(),
+            DeviceEvent::Queue(RX) => {
+                self.process_rx();
+                self.resume_input(ops);
+            }
             DeviceEvent::Queue(TX) => self.process_tx(),
             _ => {}
         }

@@ -15,7 +15,8 @@ use super::chain::{BadChain, MAX_PACKET};
 use super::config::MacAddr;
 use crate::virtio::activation::Activation;
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, notify, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1,
 };
 use crate::GuestMemory;
 
@@ -155,7 +156,7 @@ impl Net {
         } else {
             &mut active.tx
         };
-        match queue.needs_notification(&active.mem) {
+        match notify::driver_wants_interrupt(queue, &active.mem) {
             Ok(false) => {}
             Ok(true) => {
                 if let Err(e) = active.interrupt.signal_used_queue(index as u16) {

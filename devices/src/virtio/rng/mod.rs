@@ -4,15 +4,19 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::warn;
-use virtio_queue::{Queue, QueueT};
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::Bytes;
 
 use super::activation::{Activation, DeviceEvent};
-use super::{device_type, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
+use super::{device_type, notify, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::GuestMemory;
 
 /// Descriptors in the request queue.
 pub const QUEUE_SIZE: u16 = 256;
+/// VIRTIO_RING_F_EVENT_IDX: see [`notify`].
+const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+const FEATURES: u64 = super::VIRTIO_F_VERSION_1 | EVENT_IDX;
 /// Bytes served per request at most, so a huge buffer cannot stall the event loop.
 pub const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
 
@@ -53,6 +57,7 @@ struct Active {
 /// A virtio-rng device.
 pub struct Rng {
     source: Box<dyn EntropySource>,
+    acked_features: u64,
     activation: Activation,
     active: Option<Active>,
 }
@@ -66,6 +71,7 @@ impl Rng {
     pub fn with_source(source: Box<dyn EntropySource>) -> std::io::Result<Self> {
         Ok(Rng {
             source,
+            acked_features: 0,
             activation: Activation::new()?,
             active: None,
         })
@@ -78,37 +84,53 @@ impl Rng {
         };
         let mut used = false;
         let mut buf = vec![0u8; 4096];
-        while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
-            let head = chain.head_index();
-            let mut written = 0usize;
-            for d in chain.filter(|d| d.is_write_only()) {
-                let n = (d.len() as usize).min(MAX_BYTES_PER_REQUEST - written);
-                if n == 0 {
-                    break;
+        let source = &mut self.source;
+        notify::drain_with_kicks_suppressed(&mut a.queue, &a.mem, |queue| {
+            while let Some(chain) = queue.pop_descriptor_chain(&a.mem) {
+                let head = chain.head_index();
+                let written = fill_chain(source.as_mut(), &a.mem, chain, &mut buf);
+                if queue.add_used(&a.mem, head, written as u32).is_err() {
+                    return false;
                 }
-                buf.resize(n, 0);
-                if let Err(e) = self.source.fill(&mut buf) {
-                    warn!("virtio-rng: getrandom failed: {e}");
-                    break;
-                }
-                if a.mem.write_slice(&buf, d.addr()).is_err() {
-                    warn!(
-                        "virtio-rng: buffer {:#x}+{n} outside guest memory",
-                        d.addr().0
-                    );
-                    break;
-                }
-                written += n;
+                used = true;
             }
-            if a.queue.add_used(&a.mem, head, written as u32).is_err() {
-                break;
-            }
-            used = true;
-        }
+            true
+        });
         if used {
-            let _ = a.interrupt.signal_used_queue(0);
+            notify::signal_used(&mut a.queue, &a.mem, a.interrupt.as_ref(), 0, "virtio-rng");
         }
     }
+}
+
+/// Fill the device-writable buffers of `chain` (up to [`MAX_BYTES_PER_REQUEST`]);
+/// returns the bytes written.
+fn fill_chain(
+    source: &mut dyn EntropySource,
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    buf: &mut Vec<u8>,
+) -> usize {
+    let mut written = 0usize;
+    for d in chain.filter(|d| d.is_write_only()) {
+        let n = (d.len() as usize).min(MAX_BYTES_PER_REQUEST - written);
+        if n == 0 {
+            break;
+        }
+        buf.resize(n, 0);
+        if let Err(e) = source.fill(buf) {
+            warn!("virtio-rng: getrandom failed: {e}");
+            break;
+        }
+        if mem.write_slice(buf, d.addr()).is_err() {
+            warn!(
+                "virtio-rng: buffer {:#x}+{n} outside guest memory",
+                d.addr().0
+            );
+            break;
+        }
+        written += n;
+    }
+    written
 }
 
 impl VirtioDevice for Rng {
@@ -121,10 +143,12 @@ impl VirtioDevice for Rng {
     }
 
     fn device_features(&self) -> u64 {
-        super::VIRTIO_F_VERSION_1
+        FEATURES
     }
 
-    fn ack_features(&mut self, _features: u64) {}
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & FEATURES;
+    }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0); // no config space
@@ -140,9 +164,11 @@ impl VirtioDevice for Rng {
                 want: 1,
             });
         }
+        let mut queue = queues.remove(0);
+        queue.set_event_idx(self.acked_features & EVENT_IDX != 0);
         self.active = Some(Active {
             mem: ctx.mem,
-            queue: queues.remove(0),
+            queue,
             interrupt: ctx.interrupt,
         });
         self.activation.activate(ctx.queue_events);
@@ -151,6 +177,7 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) -> bool {
         self.active = None;
+        self.acked_features = 0;
         true
     }
 }

@@ -132,3 +132,22 @@ fn full_backend_keeps_tx_frames_in_order() {
     assert_eq!(s.sent(), frames[1..].to_vec());
     assert_eq!(s.tx.take_used().len(), 2);
 }
+
+#[test]
+fn without_event_idx_the_no_interrupt_flag_is_honoured() {
+    use vm_memory::Bytes;
+    let mem = new_mem();
+    let mut s = Setup::new(&mem, true, false);
+    // Linux sets VRING_AVAIL_F_NO_INTERRUPT while NAPI polls the queue.
+    let flags = s.tx.q.avail_addr();
+    mem.write_obj(1u16.to_le(), flags).unwrap();
+    let p = s.buf_with(&with_hdr(&frame(60, 1)));
+    s.tx.add_chain(&[(p, 72, 0)]);
+    s.net.process_tx();
+    assert_eq!((s.tx.take_used().len(), s.irqs(TX_QUEUE)), (1, 0));
+    mem.write_obj(0u16, flags).unwrap();
+    let p = s.buf_with(&with_hdr(&frame(60, 2)));
+    s.tx.add_chain(&[(p, 72, 0)]);
+    s.net.process_tx();
+    assert_eq!((s.tx.take_used().len(), s.irqs(TX_QUEUE)), (1, 1));
+}
