@@ -208,3 +208,85 @@ fn cpu_template_msr_modifiers_are_checked_against_the_host_and_applied() {
     );
     assert_eq!(run.code(), Some(EXIT_RNG), "{}", run.stderr());
 }
+
+#[test]
+fn console_server_socket_is_created_served_and_removed() {
+    use std::io::Read;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::time::{Duration, Instant};
+    const EXIT_CONSOLE: i32 = (3 << 1) | 1;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-options-console");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("hvc0.sock");
+    // A socket file left by an earlier run is replaced.
+    drop(UnixListener::bind(&sock).unwrap());
+    let spec = format!("virtio,socket={},server=on", sock.display());
+    let run = run_probe("console-server", &["--no-rng", "--console", &spec]);
+    assert_eq!(run.code(), Some(EXIT_CONSOLE), "{}", run.stderr());
+    assert!(!sock.exists(), "socket file left behind");
+
+    // While a guest runs, a client is accepted; kiln's exit closes the connection.
+    let hang = dir.join("hang.elf");
+    std::fs::write(&hang, kiln_vmm::guests::HANG).unwrap();
+    let client = {
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut stream = loop {
+                match UnixStream::connect(&sock) {
+                    Ok(s) => break s,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("cannot connect to {}: {e}", sock.display()),
+                }
+            };
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).map(|_| rest.len())
+        })
+    };
+    let run = run_kiln(
+        "console-server-hang",
+        &[
+            "run",
+            "--kernel",
+            hang.to_str().unwrap(),
+            "--serial",
+            "none",
+            "--net",
+            "none",
+            "--timeout",
+            "3s",
+            "--console",
+            &spec,
+            "-v",
+        ],
+    );
+    assert_eq!(run.code(), Some(124), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("client connected"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(
+        client.join().unwrap().unwrap(),
+        0,
+        "the idle guest wrote nothing"
+    );
+    assert!(!sock.exists(), "socket file left behind");
+
+    // Not a socket: refused before the VM starts, the file untouched.
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "keep").unwrap();
+    let spec = format!("virtio,socket={},server=on", notes.display());
+    let run = run_probe("console-server-file", &["--console", &spec]);
+    assert_eq!(run.code(), Some(1));
+    assert!(
+        run.stderr().contains(notes.to_str().unwrap()),
+        "{}",
+        run.stderr()
+    );
+    assert!(run.stderr().contains("not a socket"), "{}", run.stderr());
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep");
+}

@@ -53,7 +53,9 @@ pub struct Args {
     #[arg(long = "disk", value_name = "path=FILE,...", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
     /// A virtio-console (guest /dev/hvc0): virtio (to stdout), virtio,file=PATH or
-    /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too).
+    /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too);
+    /// with ,server=on kiln listens there instead and serves one client at a time
+    /// (output is dropped while none is connected).
     #[arg(long, value_parser = parse_console)]
     pub console: Option<ConsoleOutput>,
     /// A virtio-net card: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (passt),
@@ -134,18 +136,30 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
 }
 
 fn parse_console(s: &str) -> Result<ConsoleOutput, String> {
-    let bad = || format!("{s:?}: expected virtio, virtio,file=PATH or virtio,socket=PATH");
-    let mut parts = s.splitn(2, ',');
+    let bad = || {
+        format!("{s:?}: expected virtio, virtio,file=PATH or virtio,socket=PATH[,server=on|off]")
+    };
+    let mut parts = s.split(',');
     if parts.next() != Some("virtio") {
         return Err(bad());
     }
-    match parts.next() {
-        None => Ok(ConsoleOutput::Stdout),
-        Some(rest) => match rest.split_once('=') {
-            Some(("file", p)) if !p.is_empty() => Ok(ConsoleOutput::File(p.into())),
-            Some(("socket", p)) if !p.is_empty() => Ok(ConsoleOutput::Socket(p.into())),
-            _ => Err(bad()),
-        },
+    let (mut file, mut socket, mut server) = (None, None, None);
+    for part in parts {
+        match part.split_once('=') {
+            Some(("file", p)) if !p.is_empty() && file.is_none() => file = Some(p),
+            Some(("socket", p)) if !p.is_empty() && socket.is_none() => socket = Some(p),
+            Some(("server", "on")) if server.is_none() => server = Some(true),
+            Some(("server", "off")) if server.is_none() => server = Some(false),
+            _ => return Err(bad()),
+        }
+    }
+    match (file, socket, server) {
+        (None, None, None) => Ok(ConsoleOutput::Stdout),
+        (Some(p), None, None) => Ok(ConsoleOutput::File(p.into())),
+        (None, Some(p), Some(true)) => Ok(ConsoleOutput::SocketServer(p.into())),
+        (None, Some(p), None | Some(false)) => Ok(ConsoleOutput::Socket(p.into())),
+        (_, _, Some(_)) if socket.is_none() => Err(format!("{s:?}: server= needs socket=PATH")),
+        _ => Err(bad()),
     }
 }
 
@@ -311,6 +325,19 @@ mod tests {
             parse_console("virtio,socket=/tmp/s"),
             Ok(ConsoleOutput::Socket("/tmp/s".into()))
         );
+        assert_eq!(
+            parse_console("virtio,socket=/tmp/s,server=on"),
+            Ok(ConsoleOutput::SocketServer("/tmp/s".into()))
+        );
+        assert_eq!(
+            parse_console("virtio,socket=/tmp/s,server=off"),
+            Ok(ConsoleOutput::Socket("/tmp/s".into()))
+        );
+        let err = parse_console("virtio,server=on").unwrap_err();
+        assert!(err.contains("needs socket="), "{err}");
+        assert!(parse_console("virtio,socket=/tmp/s,server=yes").is_err());
+        assert!(parse_console("virtio,file=/a,socket=/b").is_err());
+        assert!(parse_console("virtio,socket=/a,socket=/b").is_err());
         assert!(parse_console("virtio,file=").is_err());
         assert!(parse_console("serial").is_err());
         assert!(parse_console("virtio,pipe=x").is_err());

@@ -22,7 +22,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kiln_devices::block::config::Aio;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError};
 use kiln_devices::virtio::block::{uring, Block};
-use kiln_devices::virtio::console::{Console, ConsoleInput};
+use kiln_devices::virtio::console::{client_output, Console, ConsoleInput};
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
 use kiln_devices::virtio::rng::Rng;
@@ -31,6 +31,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 
 use crate::acpi::VirtioMmioAcpi;
 use crate::bus::Bus;
+use crate::console_socket::ListeningSocket;
 use crate::layout::{IOAPIC_LAST_PIN, VIRTIO_IRQ_START, VIRTIO_MMIO_END, VIRTIO_MMIO_START};
 use crate::memory::GuestMemory;
 
@@ -96,6 +97,9 @@ pub enum ConsoleOutput {
     File(PathBuf),
     /// Connect to a listening UNIX socket: output to it, input from it.
     Socket(PathBuf),
+    /// Listen on this UNIX socket (`server=on`) and serve one client at a time;
+    /// output is dropped while no client is connected.
+    SocketServer(PathBuf),
 }
 
 /// A virtio device as the user asked for it.
@@ -216,9 +220,17 @@ fn console(out: &ConsoleOutput) -> Result<VirtioDeviceConfig, SpecError> {
         ConsoleOutput::Socket(path) => {
             let stream = UnixStream::connect(path).map_err(err(path))?;
             Ok(VirtioDeviceConfig::new("virtio-console", move || {
-                let clone = || stream.try_clone().map_err(|e| e.to_string());
-                let input: Box<dyn ConsoleInput> = Box::new(clone()?);
-                Console::new(Box::new(clone()?), Some(input)).map_err(|e| e.to_string())
+                let output = client_output(&stream).map_err(|e| e.to_string())?;
+                let input: Box<dyn ConsoleInput> =
+                    Box::new(stream.try_clone().map_err(|e| e.to_string())?);
+                Console::new(output, Some(input)).map_err(|e| e.to_string())
+            }))
+        }
+        ConsoleOutput::SocketServer(path) => {
+            let socket = ListeningSocket::bind(path).map_err(err(path))?;
+            Ok(VirtioDeviceConfig::new("virtio-console", move || {
+                let listener = socket.listener().map_err(|e| e.to_string())?;
+                Console::listening(listener).map_err(|e| e.to_string())
             }))
         }
     }

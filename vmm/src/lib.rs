@@ -11,6 +11,7 @@ pub mod boot;
 pub mod bus;
 pub mod config;
 mod console_escape;
+pub mod console_socket;
 pub mod control;
 pub mod cpu;
 pub mod device_manager;

@@ -2,7 +2,9 @@
 //!
 //! Like vm-superio's serial, the device only knows a `Write` for the guest's output and
 //! an optional readable file descriptor for its input, so the VMM decides whether that
-//! is stdout, a file or a UNIX socket, and tests pass a `Vec` and a socket pair.
+//! is stdout, a file or a UNIX socket, and tests pass a `Vec` and a socket pair. Or it
+//! listens on a UNIX socket and serves one client at a time ([`Console::listening`]).
+//! The host side (input, clients, failed output) is in host.rs.
 //!
 //! Input is never dropped: the device buffers up to [`MAX_PENDING_INPUT`] bytes the
 //! guest has no receive buffers for, then stops reading its input until the guest
@@ -11,16 +13,16 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::activation::{Activation, DeviceEvent};
+use super::activation::Activation;
 use super::{device_type, notify, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::GuestMemory;
 
@@ -31,8 +33,6 @@ const TX: usize = 1;
 /// Input buffered while the driver has no receive buffers; beyond this the input is
 /// not read until the driver posts buffers.
 pub const MAX_PENDING_INPUT: usize = 64 << 10;
-/// `Events::data` of the input fd (queue events use their index, activation u32::MAX).
-const INPUT_DATA: u32 = u32::MAX - 1;
 const CHUNK: usize = 4096;
 /// VIRTIO_RING_F_EVENT_IDX: see [`notify`].
 const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
@@ -55,6 +55,10 @@ pub struct Console {
     input: Option<Box<dyn ConsoleInput>>,
     /// The input fd is out of the event loop: the pending buffer is full.
     input_paused: bool,
+    /// Server mode: clients connect here, one at a time (see host.rs).
+    listener: Option<UnixListener>,
+    /// The output failed: the client is dropped at the next event.
+    client_lost: bool,
     pending: VecDeque<u8>,
     acked_features: u64,
     activation: Activation,
@@ -70,6 +74,8 @@ impl Console {
             output,
             input,
             input_paused: false,
+            listener: None,
+            client_lost: false,
             pending: VecDeque::new(),
             acked_features: 0,
             activation: Activation::new()?,
@@ -91,17 +97,22 @@ impl Console {
         self.process_rx();
     }
 
-    /// Copy everything the guest sent to the output.
+    /// Copy everything the guest sent to the output. The guest's buffers are returned
+    /// even if the output fails; from then on its output is dropped (see
+    /// [`Console::output_failed`]).
     pub fn process_tx(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
         let mut used = false;
         let output = &mut self.output;
+        let mut failure = None;
         notify::drain_with_kicks_suppressed(&mut a.tx, &a.mem, |tx| {
             while let Some(chain) = tx.pop_descriptor_chain(&a.mem) {
                 let head = chain.head_index();
-                copy_out(&a.mem, chain, output.as_mut());
+                if failure.is_none() {
+                    failure = copy_out(&a.mem, chain, output.as_mut()).err();
+                }
                 if tx.add_used(&a.mem, head, 0).is_err() {
                     return false;
                 }
@@ -109,10 +120,17 @@ impl Console {
             }
             true
         });
-        let _ = self.output.flush();
         if used {
             let device = "virtio-console";
             notify::signal_used(&mut a.tx, &a.mem, a.interrupt.as_ref(), TX as u16, device);
+        }
+        match failure {
+            None => {
+                if let Err(e) = self.output.flush() {
+                    self.output_failed(e);
+                }
+            }
+            Some(e) => self.output_failed(e),
         }
     }
 
@@ -144,50 +162,15 @@ impl Console {
             notify::signal_used(&mut a.rx, &a.mem, a.interrupt.as_ref(), RX as u16, device);
         }
     }
-
-    fn read_input(&mut self, ops: &mut EventOps) {
-        let Some(input) = self.input.as_mut() else {
-            return;
-        };
-        let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
-        if room == 0 {
-            // Level-triggered: left in the loop, the readable fd would wake it forever.
-            let _ = ops.remove(Events::empty_raw(input.as_raw_fd()));
-            self.input_paused = true;
-            return;
-        }
-        let mut buf = [0u8; CHUNK];
-        match input.read(&mut buf[..room.min(CHUNK)]) {
-            Ok(0) => {
-                // EOF: stop watching, or epoll would report it forever.
-                let fd: RawFd = input.as_raw_fd();
-                let _ = ops.remove(Events::empty_raw(fd));
-                self.input = None;
-            }
-            Ok(n) => self.push_input(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => warn!("virtio-console: input read failed: {e}"),
-        }
-    }
-
-    /// Watch the input again once the guest took some of what was pending.
-    fn resume_input(&mut self, ops: &mut EventOps) {
-        let Some(input) = self.input.as_ref().filter(|_| self.input_paused) else {
-            return;
-        };
-        if self.pending.len() >= MAX_PENDING_INPUT {
-            return;
-        }
-        let ev = Events::with_data_raw(input.as_raw_fd(), INPUT_DATA, EventSet::IN);
-        match ops.add(ev) {
-            Ok(()) => self.input_paused = false,
-            Err(e) => warn!("virtio-console: cannot watch input again: {e}"),
-        }
-    }
 }
 
-/// Write the device-readable buffers of `chain` to `output`.
-fn copy_out(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>, output: &mut dyn Write) {
+/// Write the device-readable buffers of `chain` to `output`; an error writing the
+/// output ends the copy (unreadable guest buffers are skipped with a warning).
+fn copy_out(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    output: &mut dyn Write,
+) -> std::io::Result<()> {
     let mut buf = [0u8; CHUNK];
     for d in chain.filter(|d| !d.is_write_only()) {
         let mut done = 0u32;
@@ -203,12 +186,11 @@ fn copy_out(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>, output: &mu
                 warn!("virtio-console: tx buffer {addr:#x}+{n} outside guest memory");
                 break;
             }
-            if let Err(e) = output.write_all(&buf[..n as usize]) {
-                warn!("virtio-console: output failed: {e}");
-            }
+            output.write_all(&buf[..n as usize])?;
             done += n;
         }
     }
+    Ok(())
 }
 
 /// Move the front of `pending` into the device-writable buffers of `chain`; returns
@@ -289,32 +271,7 @@ impl VirtioDevice for Console {
     }
 }
 
-impl MutEventSubscriber for Console {
-    fn init(&mut self, ops: &mut EventOps) {
-        self.activation.init(ops);
-        if let Some(input) = &self.input {
-            let ev = Events::with_data_raw(input.as_raw_fd(), INPUT_DATA, EventSet::IN);
-            if let Err(e) = ops.add(ev) {
-                warn!("virtio-console: cannot watch input: {e}");
-            }
-        }
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.data() == INPUT_DATA {
-            self.read_input(ops);
-            return;
-        }
-        match self.activation.handle(&events, ops) {
-            DeviceEvent::Queue(RX) => {
-                self.process_rx();
-                self.resume_input(ops);
-            }
-            DeviceEvent::Queue(TX) => self.process_tx(),
-            _ => {}
-        }
-    }
-}
-
+mod host;
+pub use host::{client_output, SOCKET_WRITE_TIMEOUT};
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
-use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
@@ -272,4 +272,115 @@ fn fast_input_is_paced_to_the_guest_not_dropped() {
     assert_eq!(got.len(), TOTAL, "input lost or stalled");
     assert!(got == pattern, "input reordered or corrupted");
     writer.join().unwrap().unwrap();
+}
+
+/// Run the event loop until `done` holds (or panic naming `what`).
+fn run_until(
+    em: &mut EventManager<Arc<Mutex<Console>>>,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    for _ in 0..100 {
+        if done() {
+            return;
+        }
+        em.run_with_timeout(20).unwrap();
+    }
+    assert!(done(), "timed out waiting for {what}");
+}
+
+/// Read exactly `n` bytes from `client`, or fail after a second.
+fn read_client(client: &mut UnixStream, n: usize) -> Vec<u8> {
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    let mut got = vec![0u8; n];
+    client.read_exact(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn a_listening_console_serves_one_client_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("console.sock");
+    let mem = test_mem();
+    let mut console = Console::listening(UnixListener::bind(&path).unwrap()).unwrap();
+    let (mut rx, mut tx, _irq, kicks) = on_test_rings(&mut console, &mem, true);
+    let console = Arc::new(Mutex::new(console));
+    let mut em = EventManager::<Arc<Mutex<Console>>>::new().unwrap();
+    em.add_subscriber(console.clone());
+    let mut desc = 0u16;
+    let mut output = |text: &[u8], tx: &mut TestRing, em: &mut EventManager<_>| {
+        let at = DATA + 0x1000 * u64::from(desc);
+        mem.write_slice(text, GuestAddress(at)).unwrap();
+        tx.post(desc % 16, &[(at, text.len() as u32, false)]);
+        desc += 1;
+        kicks[TX].write(1).unwrap();
+        let want = desc;
+        run_until(em, "the output", || tx.used_idx() == want);
+    };
+
+    // Nobody connected: the output is dropped, the guest's buffer returned.
+    output(b"nobody-hears-this", &mut tx, &mut em);
+    let mut a = UnixStream::connect(&path).unwrap();
+    run_until(&mut em, "client a", || console.lock().unwrap().has_client());
+    output(b"to-a", &mut tx, &mut em);
+    assert_eq!(read_client(&mut a, 4), b"to-a");
+    a.write_all(b"from-a").unwrap();
+    rx.post(0, &[(DATA + 0x20000, 64, true)]);
+    kicks[RX].write(1).unwrap();
+    run_until(&mut em, "input from a", || rx.used_idx() == 1);
+    assert_eq!(rx.used_entry(0), (0, 6));
+
+    // A second client waits in the backlog while the first is served.
+    let mut b = UnixStream::connect(&path).unwrap();
+    output(b"a-again", &mut tx, &mut em);
+    assert_eq!(read_client(&mut a, 7), b"a-again");
+    b.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        b.read(&mut byte).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    b.set_nonblocking(false).unwrap();
+
+    // a hangs up: b is served, and hears nothing said before it was.
+    drop(a);
+    em.run_with_timeout(20).unwrap(); // a's EOF
+    run_until(&mut em, "client b", || console.lock().unwrap().has_client());
+    output(b"to-b", &mut tx, &mut em);
+    assert_eq!(read_client(&mut b, 4), b"to-b");
+
+    // b stops reading: its output fails (EPIPE), and the next client is served.
+    b.shutdown(std::net::Shutdown::Read).unwrap();
+    let mut c = UnixStream::connect(&path).unwrap();
+    output(b"b-is-gone", &mut tx, &mut em);
+    run_until(&mut em, "client c", || console.lock().unwrap().has_client());
+    output(b"to-c", &mut tx, &mut em);
+    assert_eq!(read_client(&mut c, 4), b"to-c");
+}
+
+#[test]
+fn a_failing_output_is_given_up_once_and_the_guest_keeps_going() {
+    #[derive(Clone, Default)]
+    struct Broken(Arc<std::sync::atomic::AtomicUsize>);
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mem = test_mem();
+    let out = Broken::default();
+    let mut c = Console::new(Box::new(out.clone()), None).unwrap();
+    let (_rx, mut tx, _irq, _) = on_test_rings(&mut c, &mem, false);
+    for n in 0..3u16 {
+        tx.post(n * 2, &[(DATA, 8, false), (DATA + 0x100, 8, false)]);
+        c.process_tx();
+        assert_eq!(tx.used_idx(), n + 1, "guest buffer not returned");
+    }
+    assert_eq!(out.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -1,0 +1,173 @@
+//! The console's host side: reading input at the guest's pace, serving clients of a
+//! listening socket, and giving up on an output that fails.
+
+use std::io::{ErrorKind, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{info, warn};
+
+use super::{Console, CHUNK, MAX_PENDING_INPUT, RX, TX};
+use crate::virtio::activation::DeviceEvent;
+
+/// `Events::data` of the input fd and of the listening socket (queue events use their
+/// index, activation u32::MAX).
+const INPUT_DATA: u32 = u32::MAX - 1;
+const LISTENER_DATA: u32 = u32::MAX - 2;
+
+/// How long a write to a console socket may block the event loop before the peer is
+/// taken for stuck and dropped: the event loop serves every device.
+pub const SOCKET_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Console {
+    /// A console that listens on `listener` and serves one client at a time: output
+    /// goes to the client (and is dropped while none is connected), input comes from
+    /// it. When the client hangs up, stops reading or cannot be written, the next one
+    /// is accepted.
+    pub fn listening(listener: UnixListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let mut console = Console::new(Box::new(std::io::sink()), None)?;
+        console.listener = Some(listener);
+        Ok(console)
+    }
+
+    /// Whether a client of the listening socket is connected.
+    pub fn has_client(&self) -> bool {
+        self.listener.is_some() && self.input.is_some()
+    }
+
+    /// The output failed: say so once and drop the guest's output from now on (a
+    /// console must not stall the guest); a client of the listening socket is dropped.
+    pub(super) fn output_failed(&mut self, e: std::io::Error) {
+        if self.listener.is_some() {
+            info!("virtio-console: client output failed ({e}); dropping the client");
+            self.client_lost = true;
+        } else {
+            warn!("virtio-console: output failed ({e}); the guest's further output is dropped");
+        }
+        self.output = Box::new(std::io::sink());
+    }
+
+    fn watch(ops: &mut EventOps, fd: RawFd, data: u32, what: &str) {
+        if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+            warn!("virtio-console: cannot watch {what}: {e}");
+        }
+    }
+
+    fn read_input(&mut self, ops: &mut EventOps) {
+        let Some(input) = self.input.as_mut() else {
+            return;
+        };
+        let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
+        if room == 0 {
+            // Level-triggered: left in the loop, the readable fd would wake it forever.
+            let _ = ops.remove(Events::empty_raw(input.as_raw_fd()));
+            self.input_paused = true;
+            return;
+        }
+        let mut buf = [0u8; CHUNK];
+        match input.read(&mut buf[..room.min(CHUNK)]) {
+            Ok(0) => self.input_closed(ops),
+            Ok(n) => self.push_input(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                warn!("virtio-console: input read failed: {e}");
+                self.input_closed(ops);
+            }
+        }
+    }
+
+    /// EOF or a broken input: stop watching it (epoll would report it forever); a
+    /// listening console waits for the next client.
+    fn input_closed(&mut self, ops: &mut EventOps) {
+        if let Some(input) = self.input.take() {
+            let _ = ops.remove(Events::empty_raw(input.as_raw_fd()));
+        }
+        self.input_paused = false;
+        if let Some(listener) = &self.listener {
+            info!("virtio-console: client disconnected");
+            self.output = Box::new(std::io::sink());
+            self.client_lost = false;
+            Self::watch(ops, listener.as_raw_fd(), LISTENER_DATA, "the socket");
+        }
+    }
+
+    /// Take the next client of the listening socket.
+    fn accept(&mut self, ops: &mut EventOps) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) => {
+                warn!("virtio-console: cannot accept a client: {e}");
+                return;
+            }
+        };
+        let output = match client_output(&stream) {
+            Ok(output) => output,
+            Err(e) => {
+                warn!("virtio-console: cannot set up a client: {e}");
+                return;
+            }
+        };
+        // One client at a time: the next ones wait in the backlog.
+        let _ = ops.remove(Events::empty_raw(listener.as_raw_fd()));
+        info!("virtio-console: client connected");
+        Self::watch(ops, stream.as_raw_fd(), INPUT_DATA, "the client");
+        self.output = output;
+        self.input = Some(Box::new(stream));
+    }
+
+    /// Watch the input again once the guest took some of what was pending.
+    fn resume_input(&mut self, ops: &mut EventOps) {
+        let Some(input) = self.input.as_ref().filter(|_| self.input_paused) else {
+            return;
+        };
+        if self.pending.len() >= MAX_PENDING_INPUT {
+            return;
+        }
+        Self::watch(ops, input.as_raw_fd(), INPUT_DATA, "input");
+        self.input_paused = false;
+    }
+}
+
+/// The writing half of a console socket: blocking (the guest's output is not lost to a
+/// momentarily full socket), but never for longer than [`SOCKET_WRITE_TIMEOUT`].
+pub fn client_output(stream: &UnixStream) -> std::io::Result<Box<dyn Write + Send>> {
+    let output = stream.try_clone()?;
+    output.set_write_timeout(Some(SOCKET_WRITE_TIMEOUT))?;
+    Ok(Box::new(output))
+}
+
+impl MutEventSubscriber for Console {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.activation.init(ops);
+        if let Some(input) = &self.input {
+            Self::watch(ops, input.as_raw_fd(), INPUT_DATA, "input");
+        } else if let Some(listener) = &self.listener {
+            Self::watch(ops, listener.as_raw_fd(), LISTENER_DATA, "the socket");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            INPUT_DATA => self.read_input(ops),
+            LISTENER_DATA => self.accept(ops),
+            _ => match self.activation.handle(&events, ops) {
+                DeviceEvent::Queue(RX) => {
+                    self.process_rx();
+                    self.resume_input(ops);
+                }
+                DeviceEvent::Queue(TX) => self.process_tx(),
+                _ => {}
+            },
+        }
+        if self.client_lost {
+            self.input_closed(ops);
+        }
+    }
+}
