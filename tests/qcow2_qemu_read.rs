@@ -152,6 +152,7 @@ fn open_err(path: &Path) -> String {
         readonly: false,
         serial: None,
         aio: None,
+        cache: Default::default(),
     }) {
         Ok(_) => panic!("{} opened despite damage", path.display()),
         Err(e) => e.to_string(),

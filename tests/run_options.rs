@@ -82,6 +82,26 @@ fn disks_come_first() {
 }
 
 #[test]
+fn disk_cache_modes_are_accepted_and_bad_ones_named() {
+    let disk = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-options-cache.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    for cache in ["writeback", "unsafe"] {
+        let spec = format!("path={},cache={cache}", disk.display());
+        let run = run_probe(&format!("cache-{cache}"), &["--disk", &spec]);
+        assert_eq!(run.code(), Some(EXIT_BLOCK), "{cache}: {}", run.stderr());
+    }
+    let spec = format!("path={},cache=none", disk.display());
+    let run = run_probe("cache-none", &["--disk", &spec]);
+    assert_eq!(run.code(), Some(2), "clap usage error");
+    assert!(
+        run.stderr()
+            .contains("cache must be writeback or unsafe, not `none`"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
 fn bad_disks_fail_before_the_vm_starts_naming_the_file() {
     let run = run_probe(
         "disk-missing",

@@ -47,8 +47,10 @@ pub struct Args {
     pub nested: bool,
     /// A virtio-blk disk:
     /// path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID][,aio=threads|io_uring]
+    /// [,cache=writeback|unsafe]
     /// (aio, unless given: io_uring where the host allows it, for raw images and for the
-    /// reads of a qcow2 image's own data clusters; I/O threads for the rest).
+    /// reads of a qcow2 image's own data clusters; I/O threads for the rest. cache=unsafe
+    /// answers guest flushes without syncing: faster builds, lost on a host crash).
     /// Repeatable; the guest sees them as vda, vdb, ... in order.
     #[arg(long = "disk", value_name = "path=FILE,...", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,

@@ -70,6 +70,7 @@ pub fn open(path: &Path, format: Option<ImageFormat>, readonly: bool) -> Arc<dyn
         readonly,
         serial: None,
         aio: None,
+        cache: Default::default(),
     })
     .unwrap_or_else(|e| panic!("kiln cannot open {}: {e}", path.display()))
 }

@@ -167,11 +167,13 @@ impl VirtioDeviceConfig {
                     })?;
                 let io_uring = io_uring_wanted(cfg, disk.as_ref())?;
                 let serial = cfg.serial.clone();
+                let cache = cfg.cache;
                 let name = format!("virtio-blk {}", cfg.path.display());
                 Ok(Self::new(name, move || {
                     let mut blk =
                         Block::new(disk.clone(), serial.as_deref()).map_err(|e| e.to_string())?;
                     blk.set_io_uring(io_uring);
+                    blk.set_cache(cache);
                     Ok(blk)
                 }))
             }
@@ -380,6 +382,7 @@ mod tests {
             readonly: false,
             serial: None,
             aio: None,
+            cache: Default::default(),
         };
         let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk)).unwrap_err();
         assert!(err.to_string().starts_with("--disk "), "{err}");
@@ -393,6 +396,7 @@ mod tests {
             readonly: true,
             serial: Some("s1".into()),
             aio: None,
+            cache: Default::default(),
         };
         let blk = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk.clone())).unwrap();
         assert_eq!(blk.build().unwrap().device.lock().unwrap().device_type(), 2);
@@ -432,6 +436,7 @@ mod tests {
             readonly: false,
             serial: None,
             aio: Some(Aio::IoUring),
+            cache: Default::default(),
         };
         let disk = open_disk(&cfg).unwrap();
         assert!(io_uring_wanted(&cfg, disk.as_ref()).unwrap());
@@ -461,6 +466,7 @@ mod tests {
             readonly: false,
             serial: None,
             aio: Some(Aio::IoUring),
+            cache: Default::default(),
         };
         let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(cfg)).unwrap_err();
         let msg = err.to_string();
@@ -486,6 +492,7 @@ mod tests {
             readonly: false,
             serial: None,
             aio: Some(Aio::IoUring),
+            cache: Default::default(),
         };
         let results = std::thread::spawn(move || {
             // As a seccomp profile without io_uring does (this thread only).

@@ -43,6 +43,7 @@ pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> 
                 readonly: true,
                 serial: None,
                 aio: None,
+                cache: Default::default(),
             })?;
             Some((b.to_string_lossy().into_owned(), disk.format(), disk.size()))
         }

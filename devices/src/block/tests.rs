@@ -25,6 +25,7 @@ fn open(path: &Path, readonly: bool) -> Arc<dyn DiskBackend> {
         readonly,
         serial: None,
         aio: None,
+        cache: Default::default(),
     })
     .unwrap()
 }

@@ -115,6 +115,7 @@ fn qcow2_seeds() -> Vec<Vec<u8>> {
                 readonly: false,
                 serial: None,
                 aio: None,
+                cache: Default::default(),
             })
             .unwrap();
             d.write_at(&[0xab; 8192], 4096).unwrap();

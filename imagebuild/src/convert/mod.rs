@@ -58,6 +58,7 @@ pub fn convert(
         readonly: true,
         serial: None,
         aio: None,
+        cache: Default::default(),
     })
     .map_err(|source| ConvertError::Open {
         path: input.to_path_buf(),

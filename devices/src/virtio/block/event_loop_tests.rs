@@ -46,6 +46,7 @@ fn open(path: &Path, format: ImageFormat) -> Arc<dyn DiskBackend> {
         readonly: false,
         serial: None,
         aio: None,
+        cache: Default::default(),
     })
     .unwrap()
 }
@@ -168,6 +169,7 @@ fn qcow2_random_writes_discards_and_reads_match_a_copy() {
         readonly: false,
         serial: None,
         aio: None,
+        cache: Default::default(),
     })
     .unwrap();
     let dev = Block::new(disk, None).unwrap();
@@ -241,6 +243,7 @@ fn qcow2_random_writes_discards_and_reads_match_a_copy() {
         readonly: true,
         serial: None,
         aio: None,
+        cache: Default::default(),
     })
     .unwrap();
     let mut whole = vec![0u8; SIZE as usize];

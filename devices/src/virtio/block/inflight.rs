@@ -83,6 +83,7 @@ pub(super) struct Completion {
 struct JobContext {
     disk: Arc<dyn DiskBackend>,
     serial: Arc<[u8]>,
+    flushes: bool,
     mem: Arc<GuestMemory>,
     done: Sender<Completion>,
     event: Arc<EventFd>,
@@ -97,6 +98,7 @@ impl JobContext {
             disk: self.disk.as_ref(),
             serial: &self.serial,
             capacity: self.disk.size() / SECTOR_SIZE,
+            flushes: self.flushes,
         }
     }
 
@@ -221,6 +223,8 @@ pub struct ActiveConfig {
     pub interrupt: Arc<dyn VirtioInterrupt>,
     pub disk: Arc<dyn DiskBackend>,
     pub serial: Arc<[u8]>,
+    /// false (`cache=unsafe`): FLUSH succeeds at once, without touching the disk.
+    pub flushes: bool,
     pub completion_event: Arc<EventFd>,
     /// Most I/O threads; 0 runs every request on the event-loop thread.
     pub workers: usize,
@@ -259,6 +263,7 @@ impl Active {
             ctx: Arc::new(JobContext {
                 disk: cfg.disk,
                 serial: cfg.serial,
+                flushes: cfg.flushes,
                 mem: mem.clone(),
                 done,
                 event: cfg.completion_event,
@@ -365,10 +370,12 @@ impl Active {
 
     /// Route one parsed chain: answer it now, hold it (flush), or batch it for the disk.
     fn start(&mut self, head: u16, parsed: Parsed) {
+        let flush_ignored = |kind| kind == RequestType::Flush && !self.ctx.flushes;
         let disk_kind = match &parsed.request {
-            Ok(Request { kind, .. }) if needs_disk(*kind) => *kind,
+            Ok(Request { kind, .. }) if needs_disk(*kind) && !flush_ignored(*kind) => *kind,
             _ => {
-                // Malformed, GET_ID, unsupported: no disk I/O, answered on this thread.
+                // Malformed, GET_ID, unsupported, an ignored FLUSH: no disk I/O,
+                // answered on this thread.
                 let len = self.ctx.io().complete(&self.mem, parsed);
                 self.used.push((head, len));
                 return;

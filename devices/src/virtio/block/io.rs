@@ -16,6 +16,8 @@ pub struct IoContext<'a> {
     pub serial: &'a [u8],
     /// Disk size in sectors.
     pub capacity: u64,
+    /// Whether a FLUSH reaches the disk (false with `cache=unsafe`: it succeeds at once).
+    pub flushes: bool,
 }
 
 /// Outcome: the status byte and how many bytes the device wrote into the payload.
@@ -59,6 +61,7 @@ impl IoContext<'_> {
     pub fn execute(&self, mem: &GuestMemory, req: &Request) -> Outcome {
         match req.kind {
             RequestType::In | RequestType::Out => self.read_write(mem, req),
+            RequestType::Flush if !self.flushes => (OK, 0),
             RequestType::Flush => match self.disk.flush() {
                 Ok(()) => (OK, 0),
                 Err(e) => {

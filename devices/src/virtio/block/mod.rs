@@ -34,6 +34,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use self::inflight::{Active, ActiveConfig};
 use super::activation::{Activation, DeviceEvent};
 use super::{device_type, ActivateContext, ActivateError, VirtioDevice};
+use crate::block::config::Cache;
 use crate::block::{DiskBackend, SECTOR_SIZE};
 
 /// Descriptors per queue.
@@ -59,6 +60,7 @@ pub struct Block {
     workers: usize,
     inline_lone: bool,
     io_uring: bool,
+    cache: Cache,
     features: u64,
     acked_features: u64,
     config: Vec<u8>,
@@ -101,6 +103,7 @@ impl Block {
             workers,
             inline_lone: true,
             io_uring: true,
+            cache: Cache::Writeback,
             features,
             acked_features: 0,
             config,
@@ -123,6 +126,13 @@ impl Block {
     /// effect at the next activation.
     pub fn set_io_uring(&mut self, on: bool) {
         self.io_uring = on;
+    }
+
+    /// What a guest FLUSH does (default [`Cache::Writeback`]: metadata writeback and
+    /// fsync; [`Cache::Unsafe`]: nothing, it succeeds at once). Takes effect at the next
+    /// activation.
+    pub fn set_cache(&mut self, cache: Cache) {
+        self.cache = cache;
     }
 
     /// Whether the active queue submits through io_uring.
@@ -246,6 +256,7 @@ impl VirtioDevice for Block {
             workers: self.workers,
             inline_lone: self.inline_lone,
             io_uring: self.io_uring,
+            flushes: self.cache == Cache::Writeback,
         }));
         self.activation.activate(ctx.queue_events);
         Ok(())

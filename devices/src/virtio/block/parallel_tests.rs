@@ -97,6 +97,7 @@ pub(super) fn slow_disk(dir: &tempfile::TempDir, delay_ms: u64) -> Arc<SlowDisk>
         readonly: false,
         serial: None,
         aio: None,
+        cache: Default::default(),
     })
     .unwrap();
     Arc::new(SlowDisk {

@@ -34,6 +34,7 @@ fn fixture(readonly: bool) -> Fixture {
         readonly,
         serial: None,
         aio: None,
+        cache: Default::default(),
     })
     .unwrap();
     Fixture {

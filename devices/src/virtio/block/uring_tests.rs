@@ -10,6 +10,7 @@ use vm_memory::VolatileSlice;
 
 use super::harness::{Done, Harness, Op, QueueDriver};
 use super::*;
+use crate::block::config::Cache;
 use crate::block::raw::RawDisk;
 use crate::block::{DiskError, ImageFormat};
 use crate::test_support::deny_io_uring_on_this_thread;
@@ -380,4 +381,27 @@ fn without_io_uring_the_device_falls_back_to_io_threads() {
     assert!(!h.device().uses_io_uring());
     let mut h = Harness::new(Block::with_workers(disk, None, 0).unwrap(), 8, 4096).unwrap();
     assert!(!h.device().uses_io_uring());
+}
+
+#[test]
+fn with_cache_unsafe_a_flush_succeeds_without_reaching_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_image(&dir);
+    let fd = File::options().read(true).write(true).open(&path).unwrap();
+    let disk = ProbeDisk::new(&path, fd);
+    let mut dev = Block::new(disk.clone(), None).unwrap();
+    dev.set_cache(Cache::Unsafe);
+    let mut h = Harness::new(dev, 4, 4096).unwrap();
+    let slot = h.submit_write(0, &[0x5a; 4096]).unwrap().unwrap();
+    h.submit(Op::Flush, 0, 0).unwrap().unwrap();
+    h.kick().unwrap();
+    let done = wait_for(&mut h, 2);
+    assert!(done.iter().all(|d| d.status == OK), "{done:?}");
+    assert!(done.iter().any(|d| d.slot == slot));
+    assert!(
+        disk.at_flush.lock().unwrap().is_empty(),
+        "the flush reached the disk"
+    );
+    // The write itself did.
+    assert_eq!(&std::fs::read(&path).unwrap()[..4096], &[0x5a; 4096]);
 }

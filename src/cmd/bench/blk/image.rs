@@ -25,6 +25,7 @@ pub fn fill(path: &Path, size: u64) -> anyhow::Result<()> {
         readonly: false,
         serial: None,
         aio: None,
+        cache: Default::default(),
     })?;
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
     for off in (0..size).step_by(chunk.len()) {

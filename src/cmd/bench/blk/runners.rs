@@ -25,6 +25,7 @@ impl Line {
             readonly: !self.pattern.write,
             serial: None,
             aio: None,
+            cache: Default::default(),
         })?)
     }
 
