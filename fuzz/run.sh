@@ -18,6 +18,11 @@ done
 qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=512 "$seeds/v2.qcow2" 128K
 qemu-io -f qcow2 -c "write -P 1 0 4k" "$seeds/v2.qcow2" >/dev/null
 qemu-img convert -c -O qcow2 -o cluster_size=4096 "$seeds/c512.qcow2" "$seeds/compressed.qcow2"
+# Internal snapshots: the snapshot table and the L1 tables it points to.
+qemu-img create -q -f qcow2 -o cluster_size=4096 "$seeds/snapshot.qcow2" 128K
+qemu-io -f qcow2 -c "write -P 2 0 8k" "$seeds/snapshot.qcow2" >/dev/null
+qemu-img snapshot -c first "$seeds/snapshot.qcow2"
+qemu-io -f qcow2 -c "write -P 3 4k 8k" "$seeds/snapshot.qcow2" >/dev/null
 for t in qcow2_metadata qcow2_open; do
   mkdir -p "corpus/$t"
   cp "$seeds"/*.qcow2 "corpus/$t/"

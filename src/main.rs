@@ -148,15 +148,46 @@ fn main() -> ExitCode {
     match (subcmd.exec)(sub, start) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kiln: error: {e:#}");
+            eprintln!("kiln: error: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
 }
 
+/// The error and its causes joined by ": ", as `{:#}` prints them, but without a
+/// cause whose text the message already holds: many errors name their cause in their
+/// own message and also return it as `source()`.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chain_drops_causes_the_message_already_names() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let inner = anyhow::Error::new(io).context("disk.qcow2: No such file");
+        let e = inner.context("cannot check disk.qcow2");
+        assert_eq!(
+            error_chain(&e),
+            "cannot check disk.qcow2: disk.qcow2: No such file"
+        );
+        let plain = anyhow::anyhow!("root").context("outer");
+        assert_eq!(error_chain(&plain), "outer: root");
+    }
 
     #[test]
     fn command_line_is_consistent() {

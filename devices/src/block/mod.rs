@@ -9,6 +9,7 @@
 //!
 //! Callers open a disk with [`open_disk`] and never branch on the format afterwards.
 
+pub mod check;
 pub mod config;
 pub mod create;
 pub mod info;
@@ -57,6 +58,12 @@ pub enum DiskError {
         path.display()
     )]
     Refcount {
+        path: PathBuf,
+        #[source]
+        source: qcow2::refcheck::RefcountError,
+    },
+    #[error("{}: the check could not finish: {source}", path.display())]
+    CheckIncomplete {
         path: PathBuf,
         #[source]
         source: qcow2::refcheck::RefcountError,

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+mod check;
 mod convert;
 mod create;
 mod info;
@@ -16,6 +17,8 @@ pub enum Command {
     Info(info::Args),
     /// Convert between formats, optionally compressed.
     Convert(convert::Args),
+    /// Check a qcow2 image's refcounts (like `qemu-img check`, without repair).
+    Check(check::Args),
 }
 
 pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
@@ -23,5 +26,6 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
         Command::Create(args) => create::exec(args),
         Command::Info(args) => info::exec(args),
         Command::Convert(args) => convert::exec(args),
+        Command::Check(args) => check::exec(args),
     }
 }

@@ -1,11 +1,12 @@
-//! Refcount consistency check run before a qcow2 image is opened for writing.
+//! Refcount consistency: the check run before a qcow2 image is opened for writing, and
+//! the full count behind `kiln img check`.
 //!
 //! imago trusts the refcount blocks: a cluster in use whose refcount reads 0 would be
 //! handed out again by the allocator, and a free of such a cluster silently fails.
 //! Either way guest data is overwritten. So before writing, kiln counts the
 //! references from the header, refcount structures, the active L1/L2 tables and the
-//! data clusters (like `qemu-img check`, without snapshots, which only add refcounts)
-//! and refuses images where a cluster has more references than its refcount — or
+//! data clusters, including internal snapshots' (like `qemu-img check`), and refuses
+//! images where a cluster has more references than its refcount — or
 //! more than the refcount width can count (refcount overflow).
 
 use std::os::unix::fs::FileExt;
@@ -34,6 +35,8 @@ pub enum RefcountError {
         references: u64,
         bits: u32,
     },
+    #[error("{clusters} clusters are more than kiln counts ({MAX_CHECKED_CLUSTERS})")]
+    TooLarge { clusters: u64 },
     #[error(
         "the cluster at offset {offset} is in use ({references} references) but its refcount \
          is {refcount}; writing would overwrite it"
@@ -77,6 +80,16 @@ struct Counter<'a, S: MetadataSource + ?Sized> {
 }
 
 impl<S: MetadataSource + ?Sized> Counter<'_, S> {
+    fn past_end(&self, what: &'static str, offset: u64, len: u64) -> RefcountError {
+        HeaderError::PastEnd {
+            what,
+            offset,
+            len,
+            file_len: self.file_len,
+        }
+        .into()
+    }
+
     fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, RefcountError> {
         let mut buf = vec![0u8; len as usize];
         self.src
@@ -99,13 +112,7 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
             .checked_add(len)
             .filter(|&e| e <= self.file_len.next_multiple_of(self.h.cluster_size()));
         let Some(end) = end else {
-            return Err(HeaderError::PastEnd {
-                what,
-                offset,
-                len,
-                file_len: self.file_len,
-            }
-            .into());
+            return Err(self.past_end(what, offset, len));
         };
         let cb = self.h.cluster_bits;
         for c in (offset >> cb)..=((end.max(offset + 1) - 1) >> cb) {
@@ -116,7 +123,10 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
         Ok(())
     }
 
-    fn count_l2(&mut self, l2: &[u8]) -> Result<(), RefcountError> {
+    /// Count the clusters an L2 table points to; returns how many entries have data
+    /// in this image (normal or compressed).
+    fn count_l2(&mut self, l2: &[u8]) -> Result<u64, RefcountError> {
+        let mut allocated = 0;
         let cs = self.h.cluster_size();
         let cb = self.h.cluster_bits;
         for raw in l2.chunks_exact(8) {
@@ -129,11 +139,16 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
                 let sectors = ((entry >> shift) & ((1u64 << (cb - 8)) - 1)) + 1;
                 let len = (sectors * 512).saturating_sub(offset & 511);
                 self.reference("compressed cluster", offset, len.max(1))?;
+                allocated += 1;
                 continue;
             }
             let offset = entry & OFFSET_MASK;
-            if offset == 0 || self.h.data_file.is_some() {
+            if offset == 0 {
                 continue;
+            }
+            allocated += 1;
+            if self.h.data_file.is_some() {
+                continue; // the cluster is in the data file, which has no refcounts
             }
             if offset % cs != 0 {
                 return Err(HeaderError::Unaligned {
@@ -145,7 +160,7 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
             }
             self.reference("data cluster", offset, cs)?;
         }
-        Ok(())
+        Ok(allocated)
     }
 }
 
@@ -166,18 +181,145 @@ fn refcount_entry(block: &[u8], i: usize, bits: u32) -> u64 {
     }
 }
 
-/// Check that no cluster has more references than its refcount (or its refcount width).
-/// Call after [`Qcow2Header::check_layout`].
-pub fn check_refcounts<S: MetadataSource + ?Sized>(
+/// A cluster whose refcount disagrees with the references counted to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Host offset of the cluster in the image file.
+    pub offset: u64,
+    pub refcount: u64,
+    pub references: u64,
+}
+
+/// What a full count of an image's references found (see [`scan_refcounts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefcountScan {
+    /// Clusters referenced more often than their refcount says, or more often than
+    /// the refcount width can count: writing could overwrite them.
+    pub corruptions: Vec<Mismatch>,
+    /// Clusters whose refcount is higher than their references: space never freed.
+    pub leaks: Vec<Mismatch>,
+    /// Guest clusters with data in this image (normal or compressed, active L1).
+    pub allocated_clusters: u64,
+    /// End of the last cluster in use or with a refcount.
+    pub image_end_offset: u64,
+    /// Active L1 and L2 entries whose COPIED flag disagrees with their cluster's
+    /// refcount (set means "refcount 1, write in place"): also corruptions.
+    pub copied_flag_errors: Vec<CopiedFlagError>,
+    /// Width of a refcount, for messages.
+    pub refcount_bits: u32,
+}
+
+/// An active L1 or L2 entry with a wrong COPIED flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopiedFlagError {
+    /// "L2 cluster" (an L1 entry) or "data cluster" (an L2 entry).
+    pub what: &'static str,
+    pub entry: u64,
+    pub refcount: u64,
+}
+
+/// QCOW_OFLAG_COPIED: the cluster's refcount is exactly 1.
+const COPIED: u64 = 1 << 63;
+
+/// Most snapshots a qcow2 image may have (QEMU's limit).
+const MAX_SNAPSHOTS: u32 = 65536;
+/// Fixed part of a snapshot table entry.
+const SNAPSHOT_ENTRY_LEN: u64 = 40;
+
+impl<S: MetadataSource + ?Sized> Counter<'_, S> {
+    /// Count an L1 table at `offset` of `entries` entries, its L2 tables and their
+    /// clusters; returns the guest clusters with data.
+    fn count_l1(
+        &mut self,
+        what: &'static str,
+        offset: u64,
+        entries: u64,
+    ) -> Result<u64, RefcountError> {
+        if entries == 0 {
+            return Ok(0);
+        }
+        let len = entries.saturating_mul(8);
+        self.reference(what, offset, len)?;
+        let l1 = self.read(offset, len)?;
+        self.h.check_l1_table(&l1, self.file_len)?;
+        let mut allocated = 0;
+        for raw in l1.chunks_exact(8) {
+            let l2 = u64::from_be_bytes(raw.try_into().expect("chunk of 8")) & OFFSET_MASK;
+            if l2 == 0 {
+                continue;
+            }
+            self.reference("L2 table", l2, self.h.cluster_size())?;
+            let table = self.read(l2, self.h.cluster_size())?;
+            allocated += self.count_l2(&table)?;
+        }
+        Ok(allocated)
+    }
+
+    /// Count the snapshot table and every snapshot's L1 (internal snapshots share
+    /// clusters with the active image, and their refcounts include those references).
+    fn count_snapshots(&mut self) -> Result<(), RefcountError> {
+        let h = self.h;
+        if h.nb_snapshots == 0 {
+            return Ok(());
+        }
+        if h.nb_snapshots > MAX_SNAPSHOTS {
+            return Err(self.past_end(
+                "snapshot table",
+                h.snapshots_offset,
+                u64::from(h.nb_snapshots) * SNAPSHOT_ENTRY_LEN,
+            ));
+        }
+        let mut at = h.snapshots_offset;
+        for _ in 0..h.nb_snapshots {
+            let fixed = self.bounded_read("snapshot table", at, SNAPSHOT_ENTRY_LEN)?;
+            let be16 = |i: usize| u64::from(u16::from_be_bytes([fixed[i], fixed[i + 1]]));
+            let be32 =
+                |i: usize| u64::from(u32::from_be_bytes(fixed[i..i + 4].try_into().expect("4")));
+            let l1_offset = u64::from_be_bytes(fixed[0..8].try_into().expect("8"));
+            let (l1_entries, id_len, name_len, extra_len) = (be32(8), be16(12), be16(14), be32(36));
+            self.count_l1("snapshot L1 table", l1_offset, l1_entries)?;
+            let entry = (SNAPSHOT_ENTRY_LEN + extra_len + id_len + name_len).next_multiple_of(8);
+            at = at
+                .checked_add(entry)
+                .ok_or_else(|| self.past_end("snapshot table", at, entry))?;
+        }
+        self.reference(
+            "snapshot table",
+            h.snapshots_offset,
+            at - h.snapshots_offset,
+        )
+    }
+
+    /// Read `len` bytes at `offset` after checking they lie in the file.
+    fn bounded_read(
+        &self,
+        what: &'static str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, RefcountError> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.file_len)
+        {
+            return Err(self.past_end(what, offset, len));
+        }
+        self.read(offset, len)
+    }
+}
+
+/// Count every reference to every cluster of the image (header, refcount structures,
+/// active and snapshot L1/L2 tables, data clusters) and compare with the refcounts,
+/// like `qemu-img check` (persistent bitmaps are not counted). Metadata that points
+/// outside the file or is misaligned ends the scan with an error.
+pub fn scan_refcounts<S: MetadataSource + ?Sized>(
     src: &S,
     h: &Qcow2Header,
     file_len: u64,
-) -> Result<(), RefcountError> {
+) -> Result<RefcountScan, RefcountError> {
     let cs = h.cluster_size();
     let clusters = file_len.div_ceil(cs);
     if clusters > MAX_CHECKED_CLUSTERS {
-        log::warn!("qcow2: {clusters} clusters, skipping the refcount check");
-        return Ok(());
+        return Err(RefcountError::TooLarge { clusters });
     }
     let mut c = Counter {
         src,
@@ -218,45 +360,109 @@ pub fn check_refcounts<S: MetadataSource + ?Sized>(
         }
     }
 
-    // Active L1 and its L2 tables.
-    let l1_len = u64::from(h.l1_size) * 8;
-    if l1_len > 0 {
-        c.reference("L1 table", h.l1_table_offset, l1_len)?;
-        let l1 = c.read(h.l1_table_offset, l1_len)?;
-        h.check_l1_table(&l1, file_len)?;
-        for raw in l1.chunks_exact(8) {
-            let l2 = u64::from_be_bytes(raw.try_into().expect("chunk of 8")) & OFFSET_MASK;
-            if l2 == 0 {
-                continue;
-            }
-            c.reference("L2 table", l2, cs)?;
-            let table = c.read(l2, cs)?;
-            c.count_l2(&table)?;
-        }
-    }
+    let allocated_clusters = c.count_l1("L1 table", h.l1_table_offset, u64::from(h.l1_size))?;
+    c.count_snapshots()?;
 
+    let copied_flag_errors = copied_flag_errors(&c, &refcounts)?;
     let max = if bits == 64 {
         u64::MAX
     } else {
         (1u64 << bits) - 1
     };
-    for (i, (&refs, &rc)) in c.references.iter().zip(&refcounts).enumerate() {
-        let refs = u64::from(refs);
-        let offset = i as u64 * cs;
-        if refs > max {
-            return Err(RefcountError::Overflow {
-                offset,
-                references: refs,
-                bits,
-            });
+    let mut scan = RefcountScan {
+        corruptions: Vec::new(),
+        leaks: Vec::new(),
+        allocated_clusters,
+        image_end_offset: 0,
+        copied_flag_errors,
+        refcount_bits: bits,
+    };
+    for (i, (&references, &refcount)) in c.references.iter().zip(&refcounts).enumerate() {
+        let references = u64::from(references);
+        let m = Mismatch {
+            offset: i as u64 * cs,
+            refcount,
+            references,
+        };
+        if references > 0 || refcount > 0 {
+            scan.image_end_offset = m.offset + cs;
         }
-        if refs > rc {
-            return Err(RefcountError::TooSmall {
-                offset,
-                references: refs,
-                refcount: rc,
-            });
+        if references > max || references > refcount {
+            scan.corruptions.push(m);
+        } else if refcount > references {
+            scan.leaks.push(m);
         }
     }
-    Ok(())
+    Ok(scan)
+}
+
+/// The active L1 and L2 entries whose COPIED flag does not say whether their cluster's
+/// refcount is 1 (as `qemu-img check` checks them; snapshot tables carry no flags).
+fn copied_flag_errors<S: MetadataSource + ?Sized>(
+    c: &Counter<'_, S>,
+    refcounts: &[u64],
+) -> Result<Vec<CopiedFlagError>, RefcountError> {
+    let h = c.h;
+    let cs = h.cluster_size();
+    let refcount_at = |offset: u64| refcounts.get((offset / cs) as usize).copied().unwrap_or(0);
+    let mut errors = Vec::new();
+    let mut check = |what, entry: u64, offset: u64| {
+        let refcount = refcount_at(offset);
+        if (refcount == 1) != (entry & COPIED != 0) {
+            errors.push(CopiedFlagError {
+                what,
+                entry,
+                refcount,
+            });
+        }
+    };
+    let l1 = c.read(h.l1_table_offset, u64::from(h.l1_size) * 8)?;
+    for raw in l1.chunks_exact(8) {
+        let entry = u64::from_be_bytes(raw.try_into().expect("chunk of 8"));
+        let l2 = entry & OFFSET_MASK;
+        if l2 == 0 {
+            continue;
+        }
+        check("L2 cluster", entry, l2);
+        for raw in c.read(l2, cs)?.chunks_exact(8) {
+            let entry = u64::from_be_bytes(raw.try_into().expect("chunk of 8"));
+            let data = entry & OFFSET_MASK;
+            if entry & L2_COMPRESSED != 0 || data == 0 || h.data_file.is_some() {
+                continue;
+            }
+            check("data cluster", entry, data);
+        }
+    }
+    Ok(errors)
+}
+
+/// Check that no cluster has more references than its refcount (or its refcount
+/// width): the check before an image is opened for writing. Leaks are harmless there.
+/// Images too large to count are let through with a warning.
+pub fn check_refcounts<S: MetadataSource + ?Sized>(
+    src: &S,
+    h: &Qcow2Header,
+    file_len: u64,
+) -> Result<(), RefcountError> {
+    let scan = match scan_refcounts(src, h, file_len) {
+        Err(RefcountError::TooLarge { clusters }) => {
+            log::warn!("qcow2: {clusters} clusters, skipping the refcount check");
+            return Ok(());
+        }
+        other => other?,
+    };
+    let bits = scan.refcount_bits;
+    match scan.corruptions.first() {
+        None => Ok(()),
+        Some(m) if bits < 64 && m.references > (1u64 << bits) - 1 => Err(RefcountError::Overflow {
+            offset: m.offset,
+            references: m.references,
+            bits,
+        }),
+        Some(m) => Err(RefcountError::TooSmall {
+            offset: m.offset,
+            references: m.references,
+            refcount: m.refcount,
+        }),
+    }
 }

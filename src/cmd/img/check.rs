@@ -1,0 +1,149 @@
+//! `kiln img check FILE [--json]`: like `qemu-img check` without repair, with its
+//! messages, JSON field names and exit codes: 0 no errors, 2 corruptions, 3 leaked
+//! clusters only, 63 a format with nothing to check (raw), 1 the check could not run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use kiln_devices::block::check::{check_image, CheckOutcome, Findings, Qcow2Check};
+use kiln_devices::block::qcow2::refcheck::{Mismatch, RefcountScan};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image file.
+    file: PathBuf,
+    /// Print JSON (field names as `qemu-img check --output=json`).
+    #[arg(long)]
+    json: bool,
+}
+
+const EXIT_CORRUPT: u8 = 2;
+const EXIT_LEAKS: u8 = 3;
+const EXIT_UNSUPPORTED: u8 = 63;
+
+pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let outcome =
+        check_image(&args.file).with_context(|| format!("cannot check {}", args.file.display()))?;
+    let check = match outcome {
+        CheckOutcome::Qcow2(check) => check,
+        CheckOutcome::Unsupported(format) => {
+            eprintln!(
+                "kiln: {}: {format} images have no metadata to check",
+                args.file.display()
+            );
+            return Ok(ExitCode::from(EXIT_UNSUPPORTED));
+        }
+    };
+    let (corruptions, leaks) = match &check.findings {
+        Findings::Counted(scan) => (corruptions(scan), scan.leaks.len() as u64),
+        Findings::BadMetadata(_) => (1, 0),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&check))?);
+    } else {
+        print!("{}", to_text(&check));
+    }
+    Ok(if corruptions > 0 {
+        ExitCode::from(EXIT_CORRUPT)
+    } else if leaks > 0 {
+        ExitCode::from(EXIT_LEAKS)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn to_json(c: &Qcow2Check) -> serde_json::Value {
+    let mut v = json!({
+        "filename": c.filename.to_string_lossy(),
+        "format": "qcow2",
+        "check-errors": 0,
+        "total-clusters": c.total_clusters,
+    });
+    match &c.findings {
+        Findings::Counted(scan) => {
+            v["corruptions"] = json!(corruptions(scan));
+            v["leaks"] = json!(scan.leaks.len());
+            v["allocated-clusters"] = json!(scan.allocated_clusters);
+            v["image-end-offset"] = json!(scan.image_end_offset);
+        }
+        Findings::BadMetadata(e) => {
+            v["corruptions"] = json!(1);
+            v["leaks"] = json!(0);
+            v["error"] = json!(e.to_string());
+        }
+    }
+    v
+}
+
+fn to_text(c: &Qcow2Check) -> String {
+    let scan = match &c.findings {
+        Findings::Counted(scan) => scan,
+        Findings::BadMetadata(e) => {
+            return format!(
+                "ERROR {e}\n\n1 errors were found on the image.\n\
+                 Data may be corrupted, or further writes to the image may corrupt it.\n"
+            )
+        }
+    };
+    let mut out = String::new();
+    let line = |prefix: &str, m: &Mismatch| {
+        format!(
+            "{prefix} cluster {} refcount={} reference={}\n",
+            m.offset / c.cluster_size,
+            m.refcount,
+            m.references
+        )
+    };
+    for m in &scan.corruptions {
+        out += &line("ERROR", m);
+    }
+    for e in &scan.copied_flag_errors {
+        let kind = if e.what == "L2 cluster" {
+            "l1_entry"
+        } else {
+            "l2_entry"
+        };
+        out += &format!(
+            "ERROR OFLAG_COPIED {}: {kind}={:x} refcount={}\n",
+            e.what, e.entry, e.refcount
+        );
+    }
+    for m in &scan.leaks {
+        out += &line("Leaked", m);
+    }
+    out += &summary(scan);
+    let percent = 100.0 * scan.allocated_clusters as f64 / c.total_clusters.max(1) as f64;
+    out += &format!(
+        "{}/{} = {percent:.2}% allocated\nImage end offset: {}\n",
+        scan.allocated_clusters, c.total_clusters, scan.image_end_offset
+    );
+    out
+}
+
+/// Refcounts too small (or too wide) and wrong COPIED flags.
+fn corruptions(scan: &RefcountScan) -> u64 {
+    (scan.corruptions.len() + scan.copied_flag_errors.len()) as u64
+}
+
+fn summary(scan: &RefcountScan) -> String {
+    let (errors, leaks) = (corruptions(scan), scan.leaks.len());
+    if errors == 0 && leaks == 0 {
+        return "No errors were found on the image.\n".into();
+    }
+    let mut out = String::new();
+    if errors > 0 {
+        out += &format!(
+            "\n{errors} errors were found on the image.\n\
+             Data may be corrupted, or further writes to the image may corrupt it.\n"
+        );
+    }
+    if leaks > 0 {
+        out += &format!(
+            "\n{leaks} leaked clusters were found on the image.\n\
+             This means waste of disk space, but no harm to data.\n"
+        );
+    }
+    out
+}
