@@ -215,3 +215,38 @@ fn info_reports_dirty_image_and_missing_file() {
     let e = kiln_err(&["img", "info", p(&dir.path().join("nope.qcow2"))]);
     assert!(e.contains("nope.qcow2"), "{e}");
 }
+
+#[test]
+fn info_lists_internal_snapshots_as_qemu_img_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("snaps.qcow2");
+    let qemu = |args: &[&str]| {
+        let out = Command::new("qemu-img").args(args).output().unwrap();
+        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    qemu(&["create", "-q", "-f", "qcow2", p(&image), "8M"]);
+    assert!(kiln_info(&image).get("snapshots").is_none(), "none yet");
+    qemu(&["snapshot", "-c", "before-install", p(&image)]);
+    qemu(&["snapshot", "-c", "after", p(&image)]);
+    let (k, q) = (kiln_info(&image), qemu_info(&image));
+    assert_eq!(k["snapshots"].as_array().map(Vec::len), Some(2), "{k:#}");
+    assert_eq!(k["snapshots"], q["snapshots"]);
+    // The text table too: kiln prints dates in UTC, so qemu-img runs with TZ=UTC.
+    let table = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Snapshot list:"))
+            .take(4)
+            .map(str::to_owned)
+            .collect()
+    };
+    let kiln_text = kiln_ok(&["img", "info", p(&image)]);
+    let qemu_text = Command::new("qemu-img")
+        .env("TZ", "UTC")
+        .args(["info", p(&image)])
+        .output()
+        .unwrap();
+    let qemu_text = String::from_utf8(qemu_text.stdout).unwrap();
+    assert_eq!(table(&kiln_text).len(), 4, "{kiln_text}");
+    assert_eq!(table(&kiln_text), table(&qemu_text));
+}

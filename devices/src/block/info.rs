@@ -5,6 +5,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::qcow2::read_header;
+use super::qcow2::refcheck::RefcountError;
+use super::qcow2::snapshots::{read_snapshots, Snapshot};
 use super::{probe_format, DiskError, ImageFormat};
 
 /// qcow2-specific facts (qemu-img's "format-specific" data).
@@ -34,7 +36,8 @@ pub struct ImageInfo {
     pub full_backing_filename: Option<PathBuf>,
     pub backing_format: Option<String>,
     pub dirty: bool,
-    pub snapshots: u32,
+    /// Internal snapshots (qcow2).
+    pub snapshots: Vec<Snapshot>,
     pub qcow2: Option<Qcow2Info>,
 }
 
@@ -55,13 +58,13 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
         full_backing_filename: None,
         backing_format: None,
         dirty: false,
-        snapshots: 0,
+        snapshots: Vec::new(),
         qcow2: None,
     };
     if format == ImageFormat::Raw {
         return Ok(info);
     }
-    let (h, _) = read_header(path)?;
+    let (h, file_len) = read_header(path)?;
     use super::qcow2::header::incompat;
     info.virtual_size = h.size;
     info.cluster_size = Some(h.cluster_size());
@@ -72,7 +75,21 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
     info.backing_filename = h.backing_file.clone();
     info.backing_format = h.backing_format.clone();
     info.dirty = h.incompatible_features & incompat::DIRTY != 0;
-    info.snapshots = h.nb_snapshots;
+    if h.nb_snapshots > 0 {
+        let file = std::fs::File::open(path).map_err(|source| DiskError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        info.snapshots = read_snapshots(&file, &h, file_len)
+            .map_err(|e| match e {
+                RefcountError::Layout(source) => DiskError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                },
+                other => DiskError::Io(std::io::Error::other(other.to_string())),
+            })?
+            .0;
+    }
     info.qcow2 = Some(Qcow2Info {
         compat: h.compat(),
         refcount_bits: h.refcount_bits(),

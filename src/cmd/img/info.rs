@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kiln_devices::block::info::{image_info, ImageInfo};
+use kiln_devices::block::qcow2::snapshots::Snapshot;
 use serde_json::{json, Map, Value};
 
 #[derive(clap::Args)]
@@ -65,9 +66,81 @@ fn to_json(i: &ImageInfo) -> Value {
             "format-specific".into(),
             json!({"type": "qcow2", "data": data}),
         );
-        m.insert("snapshots".into(), json!(i.snapshots));
+        if !i.snapshots.is_empty() {
+            m.insert("snapshots".into(), snapshots_json(&i.snapshots));
+        }
     }
     Value::Object(m)
+}
+
+/// As `qemu-img info --output=json` lists them.
+fn snapshots_json(snapshots: &[Snapshot]) -> Value {
+    let list = snapshots.iter().map(|s| {
+        let mut v = json!({
+            "id": s.id,
+            "name": s.name,
+            "vm-state-size": s.vm_state_size,
+            "date-sec": s.date_sec,
+            "date-nsec": s.date_nsec,
+            "vm-clock-sec": s.vm_clock_nsec / 1_000_000_000,
+            "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
+        });
+        if let Some(icount) = s.icount {
+            v["icount"] = json!(icount);
+        }
+        v
+    });
+    Value::Array(list.collect())
+}
+
+/// The snapshot table of `qemu-img info` (dates in UTC).
+fn snapshots_text(snapshots: &[Snapshot]) -> String {
+    let mut s = format!(
+        "Snapshot list:\n{:<9} {:<17} {:>7} {:>19} {:>12} {:>10}\n",
+        "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT"
+    );
+    for snap in snapshots {
+        let clock_ms = snap.vm_clock_nsec / 1_000_000;
+        let clock = format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            clock_ms / 3_600_000,
+            clock_ms / 60_000 % 60,
+            clock_ms / 1000 % 60,
+            clock_ms % 1000
+        );
+        let icount = snap.icount.map(|n| n.to_string()).unwrap_or_default();
+        s += &format!(
+            "{:<9} {:<17} {:>7} {:>19} {:>12} {:>10}\n",
+            snap.id,
+            snap.name,
+            human(snap.vm_state_size),
+            utc_date(snap.date_sec),
+            clock,
+            icount
+        );
+    }
+    s
+}
+
+/// "YYYY-MM-DD HH:MM:SS" of a Unix time, in UTC (days to civil date: Howard
+/// Hinnant's algorithm).
+fn utc_date(secs: u32) -> String {
+    let (days, rem) = (i64::from(secs) / 86_400, i64::from(secs) % 86_400);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 fn human(bytes: u64) -> String {
@@ -124,6 +197,9 @@ fn to_text(i: &ImageInfo) -> String {
         if i.dirty {
             s += "    dirty: true (repair with `qemu-img check -r all`)\n";
         }
+    }
+    if !i.snapshots.is_empty() {
+        s += &snapshots_text(&i.snapshots);
     }
     s
 }

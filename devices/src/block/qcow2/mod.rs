@@ -28,6 +28,7 @@
 mod direct;
 pub mod header;
 pub mod refcheck;
+pub mod snapshots;
 
 use std::fs::File as StdFile;
 use std::io::Read;

@@ -12,6 +12,7 @@
 use std::os::unix::fs::FileExt;
 
 use super::header::{HeaderError, Qcow2Header};
+use super::snapshots::read_snapshots;
 
 /// Offset bits of L1/L2/reftable entries.
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -221,11 +222,6 @@ pub struct CopiedFlagError {
 /// QCOW_OFLAG_COPIED: the cluster's refcount is exactly 1.
 const COPIED: u64 = 1 << 63;
 
-/// Most snapshots a qcow2 image may have (QEMU's limit).
-const MAX_SNAPSHOTS: u32 = 65536;
-/// Fixed part of a snapshot table entry.
-const SNAPSHOT_ENTRY_LEN: u64 = 40;
-
 impl<S: MetadataSource + ?Sized> Counter<'_, S> {
     /// Count an L1 table at `offset` of `entries` entries, its L2 tables and their
     /// clusters; returns the guest clusters with data.
@@ -258,52 +254,14 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
     /// Count the snapshot table and every snapshot's L1 (internal snapshots share
     /// clusters with the active image, and their refcounts include those references).
     fn count_snapshots(&mut self) -> Result<(), RefcountError> {
-        let h = self.h;
-        if h.nb_snapshots == 0 {
+        if self.h.nb_snapshots == 0 {
             return Ok(());
         }
-        if h.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(self.past_end(
-                "snapshot table",
-                h.snapshots_offset,
-                u64::from(h.nb_snapshots) * SNAPSHOT_ENTRY_LEN,
-            ));
+        let (snapshots, table_len) = read_snapshots(self.src, self.h, self.file_len)?;
+        for s in &snapshots {
+            self.count_l1("snapshot L1 table", s.l1_table_offset, s.l1_entries)?;
         }
-        let mut at = h.snapshots_offset;
-        for _ in 0..h.nb_snapshots {
-            let fixed = self.bounded_read("snapshot table", at, SNAPSHOT_ENTRY_LEN)?;
-            let be16 = |i: usize| u64::from(u16::from_be_bytes([fixed[i], fixed[i + 1]]));
-            let be32 =
-                |i: usize| u64::from(u32::from_be_bytes(fixed[i..i + 4].try_into().expect("4")));
-            let l1_offset = u64::from_be_bytes(fixed[0..8].try_into().expect("8"));
-            let (l1_entries, id_len, name_len, extra_len) = (be32(8), be16(12), be16(14), be32(36));
-            self.count_l1("snapshot L1 table", l1_offset, l1_entries)?;
-            let entry = (SNAPSHOT_ENTRY_LEN + extra_len + id_len + name_len).next_multiple_of(8);
-            at = at
-                .checked_add(entry)
-                .ok_or_else(|| self.past_end("snapshot table", at, entry))?;
-        }
-        self.reference(
-            "snapshot table",
-            h.snapshots_offset,
-            at - h.snapshots_offset,
-        )
-    }
-
-    /// Read `len` bytes at `offset` after checking they lie in the file.
-    fn bounded_read(
-        &self,
-        what: &'static str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, RefcountError> {
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.file_len)
-        {
-            return Err(self.past_end(what, offset, len));
-        }
-        self.read(offset, len)
+        self.reference("snapshot table", self.h.snapshots_offset, table_len)
     }
 }
 
