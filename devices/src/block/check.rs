@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use super::lock::{Access, ImageLock};
 use super::qcow2::header::HeaderError;
 use super::qcow2::read_header;
 use super::qcow2::refcheck::{scan_refcounts, RefcountError, RefcountScan};
@@ -37,8 +38,15 @@ pub enum Findings {
 }
 
 /// Check `path`. Errors are what stops the check itself: the file cannot be opened
-/// or read, it is not a qcow2 image kiln understands, or it is too large to count.
-pub fn check_image(path: &Path) -> Result<CheckOutcome, DiskError> {
+/// or read, another process writes it (unless `force_share`, as qemu-img's `-U`: its
+/// metadata may then change under the count), it is not a qcow2 image kiln
+/// understands, or it is too large to count.
+pub fn check_image(path: &Path, force_share: bool) -> Result<CheckOutcome, DiskError> {
+    let _lock = if force_share {
+        None
+    } else {
+        Some(ImageLock::acquire(path, Access::Read)?)
+    };
     let format = probe_format(path)?;
     if format != ImageFormat::Qcow2 {
         return Ok(CheckOutcome::Unsupported(format));

@@ -13,6 +13,7 @@ pub mod check;
 pub mod config;
 pub mod create;
 pub mod info;
+pub mod lock;
 pub mod qcow2;
 pub mod raw;
 
@@ -68,6 +69,8 @@ pub enum DiskError {
         #[source]
         source: qcow2::refcheck::RefcountError,
     },
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     #[error("request of {len} bytes at offset {offset} goes beyond the disk size {size}")]
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("the disk is read-only")]

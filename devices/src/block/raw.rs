@@ -9,6 +9,7 @@ use std::path::Path;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::VolatileSlice;
 
+use super::lock::{Access, ImageLock};
 use super::{check_range, DiskBackend, DiskError, ImageFormat};
 
 /// A raw image file.
@@ -16,6 +17,7 @@ pub struct RawDisk {
     file: File,
     size: u64,
     read_only: bool,
+    _lock: ImageLock,
 }
 
 impl RawDisk {
@@ -25,6 +27,12 @@ impl RawDisk {
             path: path.to_owned(),
             source,
         };
+        let access = if read_only {
+            Access::Read
+        } else {
+            Access::ReadWrite
+        };
+        let lock = ImageLock::acquire(path, access)?;
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -35,6 +43,7 @@ impl RawDisk {
             file,
             size,
             read_only,
+            _lock: lock,
         })
     }
 

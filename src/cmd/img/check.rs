@@ -17,6 +17,10 @@ pub struct Args {
     /// Print JSON (field names as `qemu-img check --output=json`).
     #[arg(long)]
     json: bool,
+    /// Check even while another process writes the image (its metadata may change
+    /// under the count).
+    #[arg(short = 'U', long)]
+    force_share: bool,
 }
 
 const EXIT_CORRUPT: u8 = 2;
@@ -24,8 +28,8 @@ const EXIT_LEAKS: u8 = 3;
 const EXIT_UNSUPPORTED: u8 = 63;
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let outcome =
-        check_image(&args.file).with_context(|| format!("cannot check {}", args.file.display()))?;
+    let outcome = check_image(&args.file, args.force_share)
+        .with_context(|| format!("cannot check {}", args.file.display()))?;
     let check = match outcome {
         CheckOutcome::Qcow2(check) => check,
         CheckOutcome::Unsupported(format) => {

@@ -46,6 +46,7 @@ use imago::{
 use log::warn;
 use vm_memory::VolatileSlice;
 
+use super::lock::{Access, ImageLock};
 use super::{check_range, probe_format, DiskBackend, DiskError, ImageFormat};
 use direct::DirectReads;
 use header::{incompat, Qcow2Header};
@@ -67,6 +68,8 @@ pub struct Qcow2Disk {
     /// The image file, read-only, for reads of its data clusters that bypass imago
     /// (see [`DiskBackend::read_extent`]); `None` with an external data file.
     direct: Option<DirectReads>,
+    /// The image's and its backing files' locks, held while the disk is open.
+    _locks: Vec<ImageLock>,
 }
 
 /// Read and check the header of the qcow2 image at `path`.
@@ -205,7 +208,17 @@ pub fn check_chain(path: &Path, writable: bool) -> Result<Vec<(PathBuf, ImageFor
 impl Qcow2Disk {
     /// Open the image and its whole backing chain (backing images read-only).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
+        // Locked before anything is read: another writer could be changing it.
+        let access = if read_only {
+            Access::Read
+        } else {
+            Access::ReadWrite
+        };
+        let mut locks = vec![ImageLock::acquire(path, access)?];
         let chain = check_chain(path, !read_only)?;
+        for (backing, _) in &chain[1..] {
+            locks.push(ImageLock::acquire(backing, Access::Read)?);
+        }
         let (header, _) = read_header(path)?;
         let qcow2 = Qcow2::<File>::builder_path(path)
             .write(!read_only)
@@ -232,6 +245,7 @@ impl Qcow2Disk {
             has_backing: chain.len() > 1,
             cluster_size: header.cluster_size(),
             direct,
+            _locks: locks,
         })
     }
 

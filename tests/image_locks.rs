@@ -1,0 +1,195 @@
+//! Image locks shared with QEMU: kiln refuses an image QEMU is writing, QEMU refuses
+//! one kiln has open, and a backing file in use cannot be written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_devices::block::{open_disk, DiskConfig};
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("image-locks-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn qemu_img(args: &[&str]) -> std::process::Output {
+    Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img (run scripts/setup-host.sh)")
+}
+
+fn config(path: &Path, readonly: bool) -> DiskConfig {
+    DiskConfig {
+        path: path.to_owned(),
+        format: None,
+        readonly,
+        serial: None,
+        aio: None,
+        cache: Default::default(),
+    }
+}
+
+/// `qemu-io` holding `image` open read-write until killed.
+struct QemuHolding(Child);
+
+impl QemuHolding {
+    fn start(image: &Path) -> Self {
+        let log = image.with_extension("qemu-io.log");
+        let mut child = Command::new("qemu-io")
+            .args(["-c", "sleep 60000", image.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // Wait until it holds the write permission's lock byte. (Probing with
+        // `qemu-img info` instead would take locks that keep qemu-io from opening.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !write_lock_held(image) {
+            let exited = child.try_wait().unwrap();
+            let why = || std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(exited.is_none(), "qemu-io exited ({exited:?}): {}", why());
+            assert!(
+                Instant::now() < deadline,
+                "qemu-io never locked the image: {}",
+                why()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        QemuHolding(child)
+    }
+}
+
+impl Drop for QemuHolding {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether some process holds QEMU's "write permission" lock byte (101) of `image`;
+/// F_OFD_GETLK only asks, it takes no lock.
+fn write_lock_held(image: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(image).unwrap();
+    // SAFETY: flock is plain old data; all-zero is valid and completed below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 101;
+    fl.l_len = 1;
+    // SAFETY: F_OFD_GETLK reads and fills the valid flock; the descriptor is open.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    assert_eq!(rc, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+    fl.l_type != libc::F_UNLCK as libc::c_short
+}
+
+#[test]
+fn kiln_refuses_an_image_qemu_is_writing() {
+    let d = dir("qemu-writes");
+    let image = d.join("disk.qcow2");
+    assert!(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        image.to_str().unwrap(),
+        "16M"
+    ])
+    .status
+    .success());
+    let qemu = QemuHolding::start(&image);
+    for readonly in [false, true] {
+        let err = open_disk(&config(&image, readonly))
+            .err()
+            .expect("opened an image in use");
+        let text = err.to_string();
+        assert!(text.contains("in use by another process"), "{text}");
+        assert!(text.contains(image.to_str().unwrap()), "{text}");
+    }
+    // The same refusal from `kiln run`, before the VM starts.
+    let spec = format!("path={}", image.display());
+    let run = common::run_kiln(
+        "locked-disk",
+        &[
+            "run",
+            "--kernel",
+            "/nonexistent-kernel",
+            "--net",
+            "none",
+            "--disk",
+            &spec,
+        ],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("in use by another process"),
+        "{}",
+        run.stderr()
+    );
+    drop(qemu);
+    open_disk(&config(&image, false)).expect("free again once QEMU is gone");
+}
+
+#[test]
+fn qemu_refuses_images_kiln_has_open_including_backing_files() {
+    let d = dir("kiln-writes");
+    let base = d.join("base.qcow2");
+    let top = d.join("top.qcow2");
+    let (b, t) = (base.to_str().unwrap(), top.to_str().unwrap());
+    assert!(qemu_img(&["create", "-q", "-f", "qcow2", b, "16M"])
+        .status
+        .success());
+    assert!(
+        qemu_img(&["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", b, t])
+            .status
+            .success()
+    );
+    let disk = open_disk(&config(&top, false)).unwrap();
+    let info = qemu_img(&["info", t]);
+    assert!(!info.status.success());
+    let stderr = String::from_utf8_lossy(&info.stderr);
+    assert!(stderr.contains("lock"), "{stderr}");
+    // The backing file may be read, not written, while kiln uses it.
+    assert!(qemu_img(&["info", b]).status.success());
+    let write = Command::new("qemu-io")
+        .args(["-c", "write 0 4k", b])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&write.stdout) + String::from_utf8_lossy(&write.stderr);
+    assert!(
+        out.contains("lock"),
+        "qemu-io wrote a backing file in use: {out}"
+    );
+    // A second kiln open of the overlay is refused too.
+    assert!(open_disk(&config(&top, true)).is_err());
+    drop(disk);
+    assert!(qemu_img(&["info", t]).status.success());
+}
+
+#[test]
+fn img_check_waits_for_writers_unless_forced() {
+    let d = dir("check");
+    let image = d.join("disk.qcow2");
+    let path = image.to_str().unwrap();
+    assert!(qemu_img(&["create", "-q", "-f", "qcow2", path, "16M"])
+        .status
+        .success());
+    let _qemu = QemuHolding::start(&image);
+    let kiln = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kiln(&["img", "check", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
+    let out = kiln(&["img", "check", "-U", path]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
