@@ -1,13 +1,15 @@
 //! `kiln img check`: a qcow2 image's refcounts against the references to its clusters,
-//! reported as `qemu-img check` reports them. Read-only: nothing is repaired.
+//! reported as `qemu-img check` reports them, and optionally repaired (see
+//! `qcow2::repair`).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use super::lock::{Access, ImageLock};
-use super::qcow2::header::HeaderError;
+use super::qcow2::header::{incompat, HeaderError, Qcow2Header};
 use super::qcow2::read_header;
 use super::qcow2::refcheck::{scan_refcounts, RefcountError, RefcountScan};
+use super::qcow2::repair::{repair, RepairMode, Repaired};
 use super::{probe_format, DiskError, ImageFormat};
 
 /// What checking an image found.
@@ -25,6 +27,9 @@ pub struct Qcow2Check {
     pub cluster_size: u64,
     /// Guest clusters (virtual size over cluster size, rounded up).
     pub total_clusters: u64,
+    /// What a repair changed, if one was asked for and needed.
+    pub repaired: Option<Repaired>,
+    /// After the repair, if any.
     pub findings: Findings,
 }
 
@@ -37,43 +42,79 @@ pub enum Findings {
     BadMetadata(HeaderError),
 }
 
-/// Check `path`. Errors are what stops the check itself: the file cannot be opened
-/// or read, another process writes it (unless `force_share`, as qemu-img's `-U`: its
-/// metadata may then change under the count), it is not a qcow2 image kiln
-/// understands, or it is too large to count.
-pub fn check_image(path: &Path, force_share: bool) -> Result<CheckOutcome, DiskError> {
-    let _lock = if force_share {
-        None
-    } else {
-        Some(ImageLock::acquire(path, Access::Read)?)
+/// How to check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// Check even while another process writes the image (qemu-img's `-U`): its
+    /// metadata may change under the count. Not with `repair`.
+    pub force_share: bool,
+    pub repair: Option<RepairMode>,
+}
+
+/// Check `path`, and repair it if asked. Errors are what stops the check itself: the
+/// file cannot be opened, read or written, another process uses it, it is not a
+/// qcow2 image kiln understands, it is too large to count, or it cannot be repaired.
+pub fn check_image(path: &Path, options: CheckOptions) -> Result<CheckOutcome, DiskError> {
+    let access = match options.repair {
+        Some(_) => Some(Access::ReadWrite),
+        None if options.force_share => None,
+        None => Some(Access::Read),
     };
+    let _lock = access
+        .map(|access| ImageLock::acquire(path, access))
+        .transpose()?;
     let format = probe_format(path)?;
     if format != ImageFormat::Qcow2 {
         return Ok(CheckOutcome::Unsupported(format));
     }
-    let (header, file_len) = read_header(path)?;
-    let file = File::open(path).map_err(|source| DiskError::Open {
+    let open_err = |source| DiskError::Open {
         path: path.to_owned(),
         source,
-    })?;
-    let findings = match header.check_layout(file_len) {
-        Err(e) => Findings::BadMetadata(e),
-        Ok(()) => match scan_refcounts(&file, &header, file_len) {
-            Ok(scan) => Findings::Counted(scan),
-            Err(RefcountError::Layout(e)) => Findings::BadMetadata(e),
-            Err(source) => {
-                return Err(DiskError::CheckIncomplete {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-        },
     };
+    let incomplete = |source| DiskError::CheckIncomplete {
+        path: path.to_owned(),
+        source,
+    };
+    let (header, file_len) = read_header(path)?;
+    let file = File::open(path).map_err(open_err)?;
+    let mut findings = count(&file, &header, file_len).map_err(incomplete)?;
+    let mut repaired = None;
+    if let (Some(mode), Findings::Counted(scan)) = (options.repair, &findings) {
+        if needs_repair(&header, scan, mode) {
+            let writable = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(open_err)?;
+            let done = repair(&writable, &header, file_len, scan, mode).map_err(incomplete)?;
+            repaired = Some(done);
+            findings = count(&file, &header, file_len).map_err(incomplete)?;
+        }
+    }
     let cluster_size = header.cluster_size();
     Ok(CheckOutcome::Qcow2(Qcow2Check {
         filename: path.to_owned(),
         cluster_size,
         total_clusters: header.size.div_ceil(cluster_size),
+        repaired,
         findings,
     }))
+}
+
+fn count(file: &File, header: &Qcow2Header, file_len: u64) -> Result<Findings, RefcountError> {
+    if let Err(e) = header.check_layout(file_len) {
+        return Ok(Findings::BadMetadata(e));
+    }
+    match scan_refcounts(file, header, file_len) {
+        Ok(scan) => Ok(Findings::Counted(scan)),
+        Err(RefcountError::Layout(e)) => Ok(Findings::BadMetadata(e)),
+        Err(e) => Err(e),
+    }
+}
+
+fn needs_repair(header: &Qcow2Header, scan: &RefcountScan, mode: RepairMode) -> bool {
+    let errors = !scan.corruptions.is_empty()
+        || !scan.copied_flag_errors.is_empty()
+        || header.incompatible_features & incompat::DIRTY != 0;
+    !scan.leaks.is_empty() || (mode == RepairMode::All && errors)
 }

@@ -42,11 +42,17 @@ pub enum DiskError {
     #[error("{}: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
     #[error(
-        "{}: the image is marked {what}; repair it with `qemu-img check -r all {}`",
+        "{}: the image is marked {what}; repair it with {}`qemu-img check -r all {}`",
         path.display(),
+        if *kiln_repairs { format!("`kiln img check -r all {}` or ", path.display()) } else { String::new() },
         path.display()
     )]
-    NeedsRepair { path: PathBuf, what: &'static str },
+    NeedsRepair {
+        path: PathBuf,
+        what: &'static str,
+        /// `kiln img check -r all` can repair it (a dirty image; not one marked corrupt).
+        kiln_repairs: bool,
+    },
     #[error("{}: corrupt qcow2 image: {source}", path.display())]
     Corrupt {
         path: PathBuf,
@@ -54,7 +60,7 @@ pub enum DiskError {
         source: qcow2::header::HeaderError,
     },
     #[error(
-        "{}: {source}; repair it with `qemu-img check -r all {}`",
+        "{}: {source}; repair it with `kiln img check -r all {}` (or `qemu-img check -r all`)",
         path.display(),
         path.display()
     )]

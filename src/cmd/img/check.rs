@@ -1,13 +1,15 @@
-//! `kiln img check FILE [--json]`: like `qemu-img check` without repair, with its
+//! `kiln img check FILE [-r leaks|all] [--json]`: like `qemu-img check`, with its
 //! messages, JSON field names and exit codes: 0 no errors, 2 corruptions, 3 leaked
 //! clusters only, 63 a format with nothing to check (raw), 1 the check could not run.
+//! After a repair the codes describe the image as repaired.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kiln_devices::block::check::{check_image, CheckOutcome, Findings, Qcow2Check};
+use kiln_devices::block::check::{check_image, CheckOptions, CheckOutcome, Findings, Qcow2Check};
 use kiln_devices::block::qcow2::refcheck::{Mismatch, RefcountScan};
+use kiln_devices::block::qcow2::repair::{RepairMode, Repaired};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -19,8 +21,20 @@ pub struct Args {
     json: bool,
     /// Check even while another process writes the image (its metadata may change
     /// under the count).
-    #[arg(short = 'U', long)]
+    #[arg(short = 'U', long, conflicts_with = "repair")]
     force_share: bool,
+    /// Repair leaked clusters (leaks), or also refcounts too small, COPIED flags and
+    /// the dirty flag of a lazy-refcounts image (all). Back the image up first.
+    #[arg(short = 'r', long, value_name = "leaks|all", value_parser = parse_repair)]
+    repair: Option<RepairMode>,
+}
+
+fn parse_repair(s: &str) -> Result<RepairMode, String> {
+    match s {
+        "leaks" => Ok(RepairMode::Leaks),
+        "all" => Ok(RepairMode::All),
+        other => Err(format!("{other:?}: expected leaks or all")),
+    }
 }
 
 const EXIT_CORRUPT: u8 = 2;
@@ -28,7 +42,11 @@ const EXIT_LEAKS: u8 = 3;
 const EXIT_UNSUPPORTED: u8 = 63;
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let outcome = check_image(&args.file, args.force_share)
+    let options = CheckOptions {
+        force_share: args.force_share,
+        repair: args.repair,
+    };
+    let outcome = check_image(&args.file, options)
         .with_context(|| format!("cannot check {}", args.file.display()))?;
     let check = match outcome {
         CheckOutcome::Qcow2(check) => check,
@@ -65,6 +83,13 @@ fn to_json(c: &Qcow2Check) -> serde_json::Value {
         "check-errors": 0,
         "total-clusters": c.total_clusters,
     });
+    if let Some(r) = &c.repaired {
+        v["leaks-fixed"] = json!(r.leaks_fixed);
+        v["corruptions-fixed"] = json!(r.corruptions_fixed);
+        if !r.unfixable.is_empty() {
+            v["unfixable"] = json!(r.unfixable);
+        }
+    }
     match &c.findings {
         Findings::Counted(scan) => {
             v["corruptions"] = json!(corruptions(scan));
@@ -82,6 +107,29 @@ fn to_json(c: &Qcow2Check) -> serde_json::Value {
 }
 
 fn to_text(c: &Qcow2Check) -> String {
+    let mut out = c.repaired.as_ref().map(repair_text).unwrap_or_default();
+    out += &findings_text(c);
+    out
+}
+
+/// qemu-img check's account of a repair, before the second check.
+fn repair_text(r: &Repaired) -> String {
+    let mut out = String::new();
+    for why in &r.unfixable {
+        out += &format!("Could not repair: {why}\n");
+    }
+    out += &format!(
+        "The following inconsistencies were found and repaired:\n\n    \
+         {} leaked clusters\n    {} corruptions\n\n",
+        r.leaks_fixed, r.corruptions_fixed
+    );
+    if r.dirty_cleared {
+        out += "The dirty flag was cleared.\n";
+    }
+    out + "Double checking the fixed image now...\n"
+}
+
+fn findings_text(c: &Qcow2Check) -> String {
     let scan = match &c.findings {
         Findings::Counted(scan) => scan,
         Findings::BadMetadata(e) => {

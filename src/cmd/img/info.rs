@@ -195,7 +195,7 @@ fn to_text(i: &ImageInfo) -> String {
             q.extended_l2
         );
         if i.dirty {
-            s += "    dirty: true (repair with `qemu-img check -r all`)\n";
+            s += "    dirty: true (repair with `kiln img check -r all`)\n";
         }
     }
     if !i.snapshots.is_empty() {

@@ -17,7 +17,7 @@ pub enum Command {
     Info(info::Args),
     /// Convert between formats, optionally compressed.
     Convert(convert::Args),
-    /// Check a qcow2 image's refcounts (like `qemu-img check`, without repair).
+    /// Check a qcow2 image's refcounts and repair them (like `qemu-img check [-r]`).
     Check(check::Args),
 }
 

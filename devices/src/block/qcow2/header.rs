@@ -92,6 +92,8 @@ pub struct Qcow2Header {
     pub snapshots_offset: u64,
     pub incompatible_features: u64,
     pub compatible_features: u64,
+    /// Bit 0: persistent dirty bitmaps (whose clusters kiln does not count).
+    pub autoclear_features: u64,
     pub refcount_order: u32,
     pub compression_type: u8,
     pub backing_file: Option<String>,
@@ -149,6 +151,7 @@ impl Qcow2Header {
             snapshots_offset: be64(first, 64),
             incompatible_features: 0,
             compatible_features: 0,
+            autoclear_features: 0,
             refcount_order: 4,
             compression_type: 0,
             backing_file: None,
@@ -163,6 +166,7 @@ impl Qcow2Header {
             }
             h.incompatible_features = be64(first, 72);
             h.compatible_features = be64(first, 80);
+            h.autoclear_features = be64(first, 88);
             h.refcount_order = be32(first, 96);
             let header_len = be32(first, 100);
             if (header_len as usize) < V3_HEADER_MIN_LEN || header_len as usize > first.len() {

@@ -3,7 +3,8 @@
 //! Gaps in imago 0.2 and how kiln covers them:
 //! - dirty/corrupt bit, extended L2 entries, zstd compression: refused at open by
 //!   [`check_chain`] with an error that names the feature (and, for dirty/corrupt, the
-//!   `qemu-img check -r all` repair command); this applies to every image in the chain.
+//!   `kiln img check -r all` or `qemu-img check -r all` repair command); this applies
+//!   to every image in the chain.
 //! - discard does not free host space: kiln punches holes in the host file for the
 //!   clusters the image owns exclusively (refcount 1) before letting imago discard
 //!   them, under an exclusive lock so no concurrent write can land in them.
@@ -28,6 +29,7 @@
 mod direct;
 pub mod header;
 pub mod refcheck;
+pub mod repair;
 pub mod snapshots;
 
 use std::fs::File as StdFile;
@@ -104,12 +106,14 @@ fn check_features(path: &Path, h: &Qcow2Header) -> Result<(), DiskError> {
         return Err(DiskError::NeedsRepair {
             path: path.to_owned(),
             what: "corrupt",
+            kiln_repairs: false,
         });
     }
     if f & incompat::DIRTY != 0 {
         return Err(DiskError::NeedsRepair {
             path: path.to_owned(),
             what: "dirty (it was not closed cleanly and its refcounts may be stale)",
+            kiln_repairs: true,
         });
     }
     if f & incompat::EXTENDED_L2 != 0 {

@@ -15,7 +15,7 @@ use super::header::{HeaderError, Qcow2Header};
 use super::snapshots::read_snapshots;
 
 /// Offset bits of L1/L2/reftable entries.
-const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(super) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_COMPRESSED: u64 = 1 << 62;
 /// Images with more clusters than this are not checked (the tables would need > 1 GiB).
 pub const MAX_CHECKED_CLUSTERS: u64 = 64 << 20;
@@ -38,6 +38,8 @@ pub enum RefcountError {
     },
     #[error("{clusters} clusters are more than kiln counts ({MAX_CHECKED_CLUSTERS})")]
     TooLarge { clusters: u64 },
+    #[error("cannot repair: {0}")]
+    CannotRepair(String),
     #[error(
         "the cluster at offset {offset} is in use ({references} references) but its refcount \
          is {refcount}; writing would overwrite it"
@@ -216,11 +218,13 @@ pub struct CopiedFlagError {
     /// "L2 cluster" (an L1 entry) or "data cluster" (an L2 entry).
     pub what: &'static str,
     pub entry: u64,
+    /// Where the entry is in the image file.
+    pub at: u64,
     pub refcount: u64,
 }
 
 /// QCOW_OFLAG_COPIED: the cluster's refcount is exactly 1.
-const COPIED: u64 = 1 << 63;
+pub(super) const COPIED: u64 = 1 << 63;
 
 impl<S: MetadataSource + ?Sized> Counter<'_, S> {
     /// Count an L1 table at `offset` of `entries` entries, its L2 tables and their
@@ -364,31 +368,32 @@ fn copied_flag_errors<S: MetadataSource + ?Sized>(
     let cs = h.cluster_size();
     let refcount_at = |offset: u64| refcounts.get((offset / cs) as usize).copied().unwrap_or(0);
     let mut errors = Vec::new();
-    let mut check = |what, entry: u64, offset: u64| {
+    let mut check = |what, entry: u64, at: u64, offset: u64| {
         let refcount = refcount_at(offset);
         if (refcount == 1) != (entry & COPIED != 0) {
             errors.push(CopiedFlagError {
                 what,
                 entry,
+                at,
                 refcount,
             });
         }
     };
     let l1 = c.read(h.l1_table_offset, u64::from(h.l1_size) * 8)?;
-    for raw in l1.chunks_exact(8) {
+    for (i, raw) in l1.chunks_exact(8).enumerate() {
         let entry = u64::from_be_bytes(raw.try_into().expect("chunk of 8"));
         let l2 = entry & OFFSET_MASK;
         if l2 == 0 {
             continue;
         }
-        check("L2 cluster", entry, l2);
-        for raw in c.read(l2, cs)?.chunks_exact(8) {
+        check("L2 cluster", entry, h.l1_table_offset + 8 * i as u64, l2);
+        for (j, raw) in c.read(l2, cs)?.chunks_exact(8).enumerate() {
             let entry = u64::from_be_bytes(raw.try_into().expect("chunk of 8"));
             let data = entry & OFFSET_MASK;
             if entry & L2_COMPRESSED != 0 || data == 0 || h.data_file.is_some() {
                 continue;
             }
-            check("data cluster", entry, data);
+            check("data cluster", entry, l2 + 8 * j as u64, data);
         }
     }
     Ok(errors)

@@ -1,0 +1,240 @@
+//! `kiln img check -r leaks|all` on images damaged by hand from qemu-img's: after the
+//! repair `qemu-img check` finds nothing and `qemu-img compare` finds the guest data
+//! unchanged; a dirty lazy-refcounts image becomes usable again.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_devices::block::{open_disk, DiskConfig};
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (run scripts/setup-host.sh)"))
+}
+
+fn kiln(args: &[&str]) -> Output {
+    let out = run(env!("CARGO_BIN_EXE_kiln"), args);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{out:?}"
+    );
+    out
+}
+
+fn qemu_ok(args: &[&str]) {
+    let out = run("qemu-img", args);
+    assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("img-repair-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A 64 KiB-cluster image with data at three places, and a pristine copy of it.
+fn image(dir: &Path, name: &str, options: &str) -> (PathBuf, PathBuf) {
+    let image = dir.join(name);
+    let path = image.to_str().unwrap();
+    qemu_ok(&["create", "-q", "-f", "qcow2", "-o", options, path, "64M"]);
+    for (pattern, at) in [(0x11, "0"), (0x22, "5M"), (0x33, "40M")] {
+        let out = run(
+            "qemu-io",
+            &["-c", &format!("write -P {pattern} {at} 256k"), path],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    let copy = dir.join(format!("{name}.orig"));
+    std::fs::copy(&image, &copy).unwrap();
+    (image, copy)
+}
+
+fn be64_at(f: &std::fs::File, at: u64) -> u64 {
+    let mut be = [0u8; 8];
+    f.read_exact_at(&mut be, at).unwrap();
+    u64::from_be_bytes(be)
+}
+
+/// Overwrite the refcount of the cluster at host `offset` (64 KiB clusters, the first
+/// refcount block), for 16-bit or 1-bit refcounts.
+fn set_refcount(image: &Path, offset: u64, refcount: u16, bits: u32) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .unwrap();
+    let block = be64_at(&f, be64_at(&f, 48)) & 0x00ff_ffff_ffff_fe00;
+    let index = offset / 65536;
+    if bits == 16 {
+        f.write_all_at(&refcount.to_be_bytes(), block + 2 * index)
+            .unwrap();
+    } else {
+        // 1-bit entries, the first in the lowest bit of each byte.
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, block + index / 8).unwrap();
+        let bit = 1u8 << (index % 8);
+        byte[0] = if refcount == 0 {
+            byte[0] & !bit
+        } else {
+            byte[0] | bit
+        };
+        f.write_all_at(&byte, block + index / 8).unwrap();
+    }
+}
+
+/// Append one cluster that nothing uses, with refcount 1: a leak.
+fn leak_a_cluster(image: &Path, bits: u32) {
+    let end = std::fs::metadata(image).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+    f.set_len(end + 65536).unwrap();
+    set_refcount(image, end, 1, bits);
+}
+
+fn first_data_cluster(image: &Path) -> u64 {
+    let out = run(
+        "qemu-img",
+        &["map", "--output=json", image.to_str().unwrap()],
+    );
+    let map: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    map.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["data"] == true)
+        .and_then(|e| e["offset"].as_u64())
+        .expect("a data cluster")
+}
+
+/// qemu-img check finds nothing and the guest sees what it saw before the damage.
+fn assert_repaired(image: &Path, pristine: &Path) {
+    let out = run("qemu-img", &["check", image.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "qemu-img check after the repair: {out:?}"
+    );
+    qemu_ok(&[
+        "compare",
+        "-q",
+        pristine.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn leaks_are_repaired_with_16_and_1_bit_refcounts() {
+    let d = dir("leaks");
+    for (name, options, bits) in [
+        ("rc16.qcow2", "cluster_size=65536", 16),
+        ("rc1.qcow2", "cluster_size=65536,refcount_bits=1", 1),
+    ] {
+        let (img, pristine) = image(&d, name, options);
+        leak_a_cluster(&img, bits);
+        let path = img.to_str().unwrap();
+        assert_eq!(
+            kiln(&["img", "check", path]).status.code(),
+            Some(3),
+            "{name}"
+        );
+        let out = kiln(&["img", "check", "-r", "leaks", path]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stdout}");
+        assert!(stdout.contains("    1 leaked clusters"), "{stdout}");
+        assert!(
+            stdout.contains("No errors were found on the image."),
+            "{stdout}"
+        );
+        assert_repaired(&img, &pristine);
+    }
+}
+
+#[test]
+fn too_small_refcounts_need_all() {
+    let d = dir("all");
+    let (img, pristine) = image(&d, "corrupt.qcow2", "cluster_size=65536");
+    set_refcount(&img, first_data_cluster(&img), 0, 16);
+    let path = img.to_str().unwrap();
+    // Leaks only: the corruption stays, and says so.
+    let out = kiln(&["img", "check", "-r", "leaks", path]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = kiln(&["img", "check", "-r", "all", "--json", path]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{json:#}");
+    // The refcount; the COPIED flag agrees with it again once it is 1.
+    assert_eq!(json["corruptions-fixed"], 1, "{json:#}");
+    assert_eq!(json["corruptions"], 0, "{json:#}");
+    assert_repaired(&img, &pristine);
+    // -U cannot go with a repair.
+    assert_eq!(
+        kiln(&["img", "check", "-U", "-r", "all", path])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_dirty_lazy_refcounts_image_is_refused_then_repaired_and_usable() {
+    let d = dir("dirty");
+    let (img, pristine) = image(&d, "dirty.qcow2", "cluster_size=65536,lazy_refcounts=on");
+    // What a crash with lazy refcounts leaves: a refcount never written, the dirty bit.
+    set_refcount(&img, first_data_cluster(&img), 0, 16);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let features = be64_at(&f, 72) | 1;
+    f.write_all_at(&features.to_be_bytes(), 72).unwrap();
+    drop(f);
+    let config = DiskConfig {
+        path: img.clone(),
+        format: None,
+        readonly: false,
+        serial: None,
+        aio: None,
+        cache: Default::default(),
+    };
+    let err = open_disk(&config)
+        .err()
+        .expect("a dirty image opened")
+        .to_string();
+    assert!(err.contains("kiln img check -r all"), "{err}");
+
+    let out = kiln(&["img", "check", "-r", "all", img.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("The dirty flag was cleared."), "{stdout}");
+    assert_repaired(&img, &pristine);
+    let info = kiln(&["img", "info", "--json", img.to_str().unwrap()]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["dirty-flag"], false);
+    open_disk(&config).expect("the repaired image opens");
+}
+
+#[test]
+fn a_lost_copied_flag_is_restored() {
+    let d = dir("copied");
+    let (img, pristine) = image(&d, "copied.qcow2", "cluster_size=65536");
+    // Guest cluster 0 holds data: clear the COPIED flag of its L2 entry.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let l2 = be64_at(&f, be64_at(&f, 40)) & 0x00ff_ffff_ffff_fe00;
+    let entry = be64_at(&f, l2);
+    assert_ne!(entry & (1 << 63), 0, "qemu-img left COPIED clear");
+    f.write_all_at(&(entry & !(1 << 63)).to_be_bytes(), l2)
+        .unwrap();
+    drop(f);
+    let path = img.to_str().unwrap();
+    assert_eq!(kiln(&["img", "check", path]).status.code(), Some(2));
+    let out = kiln(&["img", "check", "-r", "all", "--json", path]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{json:#}");
+    assert_eq!(json["corruptions-fixed"], 1, "{json:#}");
+    assert_repaired(&img, &pristine);
+}
