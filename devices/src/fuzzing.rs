@@ -10,7 +10,8 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::block::qcow2::header::Qcow2Header;
-use crate::block::qcow2::refcheck::check_refcounts;
+use crate::block::qcow2::refcheck::{check_refcounts, scan_refcounts};
+use crate::block::qcow2::repair::{repair, RepairMode};
 use crate::block::{check_range, DiskBackend, DiskError, ImageFormat};
 use crate::virtio::block::Block;
 use crate::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
@@ -164,6 +165,23 @@ pub fn qcow2_metadata(data: &[u8]) {
         let _ = h.check_l1_table(l1, len);
     }
     let _ = check_refcounts(data, &h, len);
+    repair_a_copy(data, &h);
+}
+
+/// `kiln img check -r all` on a copy of the image: whatever the metadata says, the
+/// repair must end without a panic (what it cannot fix it reports).
+fn repair_a_copy(data: &[u8], h: &Qcow2Header) {
+    use std::io::Write;
+    let Ok((path, mut file)) = tempfile_in_shm() else {
+        return;
+    };
+    let len = data.len() as u64;
+    if file.write_all(data).is_ok() {
+        if let Ok(scan) = scan_refcounts(&file, h, len) {
+            let _ = repair(&file, h, len, &scan, RepairMode::All);
+        }
+    }
+    let _ = std::fs::remove_file(&path);
 }
 
 /// Fuzz the whole qcow2 open path including imago (header, L1/L2, refcounts, reads)
@@ -208,7 +226,12 @@ fn tempfile_in_shm() -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
-    let f = std::fs::File::create(&path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
     Ok((path, f))
 }
 

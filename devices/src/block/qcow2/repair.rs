@@ -138,8 +138,16 @@ fn set_refcount(file: &File, h: &Qcow2Header, cluster: u64, value: u64) -> std::
     if table_index >= u64::from(h.refcount_table_clusters) * cs / 8 {
         return Ok(false);
     }
+    // The scan checked these lie in the file; checked anyway, as hostile metadata.
+    let at_or_err = |base: u64, delta: u64| {
+        base.checked_add(delta)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))
+    };
     let mut raw = [0u8; 8];
-    file.read_exact_at(&mut raw, h.refcount_table_offset + 8 * table_index)?;
+    file.read_exact_at(
+        &mut raw,
+        at_or_err(h.refcount_table_offset, 8 * table_index)?,
+    )?;
     let block = u64::from_be_bytes(raw) & OFFSET_MASK;
     if block == 0 {
         return Ok(false);
@@ -148,11 +156,11 @@ fn set_refcount(file: &File, h: &Qcow2Header, cluster: u64, value: u64) -> std::
     if bits >= 8 {
         let bytes = (bits / 8) as usize;
         let be = value.to_be_bytes();
-        file.write_all_at(&be[8 - bytes..], block + index * bits / 8)?;
+        file.write_all_at(&be[8 - bytes..], at_or_err(block, index * bits / 8)?)?;
     } else {
         // Several entries per byte, the first in the lowest bits.
         let per_byte = 8 / bits;
-        let at = block + index / per_byte;
+        let at = at_or_err(block, index / per_byte)?;
         let shift = (index % per_byte) * bits;
         let mask = (((1u64 << bits) - 1) << shift) as u8;
         let mut byte = [0u8; 1];
