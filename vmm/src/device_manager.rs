@@ -502,7 +502,7 @@ mod tests {
                 VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(DiskConfig { aio: None, ..cfg }));
             (
                 explicit.map(drop).map_err(|e| e.to_string()),
-                default.is_ok(),
+                default.map(drop).map_err(|e| e.to_string()),
             )
         })
         .join()
@@ -514,7 +514,11 @@ mod tests {
             "{msg}"
         );
         // Without aio= the device falls back to threads instead.
-        assert!(results.1, "the default refused too");
+        assert!(
+            results.1.is_ok(),
+            "the default refused too: {:?}",
+            results.1
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

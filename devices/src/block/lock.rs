@@ -95,14 +95,33 @@ impl ImageLock {
         // ...or holds what we refuse to share.
         conflicts.push((PERM_BASE + PERM_WRITE, "keep others from writing it"));
         conflicts.push((PERM_BASE + PERM_RESIZE, "keep others from resizing it"));
-        for (byte, what) in conflicts {
-            if someone_else_locks(&file, byte).map_err(io)? {
-                return Err(in_use(path, what));
+        // A lock can outlive its holder's close for a moment: a process forking at
+        // that time holds the descriptor until its exec. Only a lock that stays is
+        // someone else's use of the image.
+        let mut attempt = 1;
+        loop {
+            let mut busy = None;
+            for &(byte, what) in &conflicts {
+                if someone_else_locks(&file, byte).map_err(io)? {
+                    busy = Some(what);
+                    break;
+                }
+            }
+            match busy {
+                None => return Ok(ImageLock { _file: Some(file) }),
+                Some(what) if attempt >= LOCK_ATTEMPTS => return Err(in_use(path, what)),
+                Some(_) => {
+                    std::thread::sleep(LOCK_RETRY);
+                    attempt += 1;
+                }
             }
         }
-        Ok(ImageLock { _file: Some(file) })
     }
 }
+
+/// How often, and how far apart, a conflict is looked at before it counts.
+const LOCK_ATTEMPTS: u32 = 5;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn in_use(path: &Path, what: &'static str) -> LockError {
     LockError::InUse {
@@ -186,5 +205,29 @@ mod tests {
         }
         drop(writer);
         ImageLock::acquire(&path, Access::ReadWrite).unwrap();
+    }
+
+    #[test]
+    fn a_lock_left_in_a_forking_child_for_a_moment_is_not_a_conflict() {
+        let (_dir, path) = image();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::process::Command::new("true").status();
+                }
+            })
+        };
+        let mut failures = 0;
+        for _ in 0..300 {
+            match ImageLock::acquire(&path, Access::ReadWrite) {
+                Ok(lock) => drop(lock),
+                Err(_) => failures += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        forker.join().unwrap();
+        assert_eq!(failures, 0, "closed locks taken for someone else's");
     }
 }
