@@ -257,6 +257,30 @@ fn metadata_past_the_end_raw_images_and_missing_files() {
     assert_eq!(out.status.code(), Some(63), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no metadata to check"));
 
+    // Extended L2 entries (16 bytes each) are refused, not misread.
+    let subclusters = d.join("subclusters.qcow2");
+    let sub = subclusters.to_str().unwrap();
+    let made = run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            sub,
+            "16M",
+        ],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let out = run(env!("CARGO_BIN_EXE_kiln"), &["img", "check", sub]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("extended L2"),
+        "{out:?}"
+    );
+
     let missing = d.join("missing.qcow2");
     let out = run(
         env!("CARGO_BIN_EXE_kiln"),

@@ -76,6 +76,13 @@ pub fn check_image(path: &Path, options: CheckOptions) -> Result<CheckOutcome, D
         source,
     };
     let (header, file_len) = read_header(path)?;
+    if header.incompatible_features & incompat::EXTENDED_L2 != 0 {
+        // Its L2 entries are 16 bytes: read as 8-byte ones, every count would be wrong.
+        return Err(DiskError::Unsupported {
+            path: path.to_owned(),
+            reason: "extended L2 entries (subclusters) are not supported".into(),
+        });
+    }
     let file = File::open(path).map_err(open_err)?;
     let mut findings = count(&file, &header, file_len).map_err(incomplete)?;
     let mut repaired = None;
