@@ -108,14 +108,27 @@ pub fn qemu_contents(image: &Path, dir: &Path) -> Vec<u8> {
     data
 }
 
-/// `qemu-img check` must find nothing wrong.
+/// `qemu-img check` must find nothing wrong, and neither must kiln's own count.
 pub fn assert_check_clean(image: &Path) {
+    use kiln_devices::block::check::{check_image, CheckOptions, CheckOutcome, Findings};
     let out = qemu_img(&["check", "-f", "qcow2", image.to_str().unwrap()]);
     assert!(
         out.contains("No errors were found"),
         "qemu-img check: {out}"
     );
     assert!(!out.contains("leaked"), "qemu-img check found leaks: {out}");
+    match check_image(image, CheckOptions::default()) {
+        Ok(CheckOutcome::Qcow2(c)) => match c.findings {
+            Findings::Counted(scan) => assert!(
+                scan.corruptions.is_empty()
+                    && scan.leaks.is_empty()
+                    && scan.copied_flag_errors.is_empty(),
+                "kiln img check disagrees with qemu-img check: {scan:?}"
+            ),
+            Findings::BadMetadata(e) => panic!("kiln img check: {e}"),
+        },
+        other => panic!("kiln img check: {other:?}"),
+    }
 }
 
 /// Deterministic pseudo-random numbers (xorshift64*), so failures reproduce.
