@@ -80,6 +80,19 @@ struct Counter<'a, S: MetadataSource + ?Sized> {
     h: &'a Qcow2Header,
     file_len: u64,
     references: Vec<u32>,
+    /// The refcounts the image stores, read before the tables are followed.
+    refcounts: Vec<u64>,
+    /// Active L1/L2 entries whose COPIED flag disagrees with `refcounts`.
+    copied_flag_errors: Vec<CopiedFlagError>,
+}
+
+/// The largest refcount `bits` wide.
+pub(super) fn max_refcount(bits: u32) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
 }
 
 impl<S: MetadataSource + ?Sized> Counter<'_, S> {
@@ -127,12 +140,13 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
     }
 
     /// Count the clusters an L2 table points to; returns how many entries have data
-    /// in this image (normal or compressed).
-    fn count_l2(&mut self, l2: &[u8]) -> Result<u64, RefcountError> {
+    /// in this image (normal or compressed). `active_at`: where the table is, if the
+    /// active L1 points to it (its COPIED flags are then checked).
+    fn count_l2(&mut self, l2: &[u8], active_at: Option<u64>) -> Result<u64, RefcountError> {
         let mut allocated = 0;
         let cs = self.h.cluster_size();
         let cb = self.h.cluster_bits;
-        for raw in l2.chunks_exact(8) {
+        for (j, raw) in l2.chunks_exact(8).enumerate() {
             let entry = u64::from_be_bytes(raw.try_into().expect("chunk of 8"));
             if entry & L2_COMPRESSED != 0 {
                 // Compressed descriptor: offset in the low (62 - (cb - 8)) bits, then the
@@ -162,8 +176,26 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
                 .into());
             }
             self.reference("data cluster", offset, cs)?;
+            if let Some(table) = active_at {
+                self.check_copied("data cluster", entry, table + 8 * j as u64, offset);
+            }
         }
         Ok(allocated)
+    }
+
+    /// Note an active entry whose COPIED flag does not say whether the refcount of the
+    /// cluster at `offset` is 1 (as `qemu-img check` does; snapshot tables carry no flags).
+    fn check_copied(&mut self, what: &'static str, entry: u64, at: u64, offset: u64) {
+        let cluster = offset / self.h.cluster_size();
+        let refcount = self.refcounts.get(cluster as usize).copied().unwrap_or(0);
+        if (refcount == 1) != (entry & COPIED != 0) {
+            self.copied_flag_errors.push(CopiedFlagError {
+                what,
+                entry,
+                at,
+                refcount,
+            });
+        }
     }
 }
 
@@ -228,12 +260,14 @@ pub(super) const COPIED: u64 = 1 << 63;
 
 impl<S: MetadataSource + ?Sized> Counter<'_, S> {
     /// Count an L1 table at `offset` of `entries` entries, its L2 tables and their
-    /// clusters; returns the guest clusters with data.
+    /// clusters; returns the guest clusters with data. The `active` L1's COPIED flags
+    /// are checked on the way.
     fn count_l1(
         &mut self,
         what: &'static str,
         offset: u64,
         entries: u64,
+        active: bool,
     ) -> Result<u64, RefcountError> {
         if entries == 0 {
             return Ok(0);
@@ -243,14 +277,18 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
         let l1 = self.read(offset, len)?;
         self.h.check_l1_table(&l1, self.file_len)?;
         let mut allocated = 0;
-        for raw in l1.chunks_exact(8) {
-            let l2 = u64::from_be_bytes(raw.try_into().expect("chunk of 8")) & OFFSET_MASK;
+        for (i, raw) in l1.chunks_exact(8).enumerate() {
+            let entry = u64::from_be_bytes(raw.try_into().expect("chunk of 8"));
+            let l2 = entry & OFFSET_MASK;
             if l2 == 0 {
                 continue;
             }
             self.reference("L2 table", l2, self.h.cluster_size())?;
+            if active {
+                self.check_copied("L2 cluster", entry, offset + 8 * i as u64, l2);
+            }
             let table = self.read(l2, self.h.cluster_size())?;
-            allocated += self.count_l2(&table)?;
+            allocated += self.count_l2(&table, active.then_some(l2))?;
         }
         Ok(allocated)
     }
@@ -263,7 +301,7 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
         }
         let (snapshots, table_len) = read_snapshots(self.src, self.h, self.file_len)?;
         for s in &snapshots {
-            self.count_l1("snapshot L1 table", s.l1_table_offset, s.l1_entries)?;
+            self.count_l1("snapshot L1 table", s.l1_table_offset, s.l1_entries, false)?;
         }
         self.reference("snapshot table", self.h.snapshots_offset, table_len)
     }
@@ -288,6 +326,8 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
         h,
         file_len,
         references: vec![0; clusters as usize],
+        refcounts: vec![0; clusters as usize],
+        copied_flag_errors: Vec::new(),
     };
     c.reference("header", 0, cs)?;
 
@@ -297,7 +337,6 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
     let rt = c.read(h.refcount_table_offset, rt_len)?;
     let bits = h.refcount_bits();
     let per_block = (cs * 8 / u64::from(bits)) as usize;
-    let mut refcounts = vec![0u64; clusters as usize];
     for (i, raw) in rt.chunks_exact(8).enumerate() {
         let rb = u64::from_be_bytes(raw.try_into().expect("chunk of 8")) & OFFSET_MASK;
         if rb == 0 {
@@ -315,31 +354,27 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
         let block = c.read(rb, cs)?;
         let first = i.saturating_mul(per_block);
         for j in 0..per_block {
-            match refcounts.get_mut(first.saturating_add(j)) {
+            match c.refcounts.get_mut(first.saturating_add(j)) {
                 Some(r) => *r = refcount_entry(&block, j, bits),
                 None => break,
             }
         }
     }
 
-    let allocated_clusters = c.count_l1("L1 table", h.l1_table_offset, u64::from(h.l1_size))?;
+    let l1_entries = u64::from(h.l1_size);
+    let allocated_clusters = c.count_l1("L1 table", h.l1_table_offset, l1_entries, true)?;
     c.count_snapshots()?;
 
-    let copied_flag_errors = copied_flag_errors(&c, &refcounts)?;
-    let max = if bits == 64 {
-        u64::MAX
-    } else {
-        (1u64 << bits) - 1
-    };
+    let max = max_refcount(bits);
     let mut scan = RefcountScan {
         corruptions: Vec::new(),
         leaks: Vec::new(),
         allocated_clusters,
         image_end_offset: 0,
-        copied_flag_errors,
+        copied_flag_errors: std::mem::take(&mut c.copied_flag_errors),
         refcount_bits: bits,
     };
-    for (i, (&references, &refcount)) in c.references.iter().zip(&refcounts).enumerate() {
+    for (i, (&references, &refcount)) in c.references.iter().zip(&c.refcounts).enumerate() {
         let references = u64::from(references);
         let m = Mismatch {
             offset: i as u64 * cs,
@@ -356,47 +391,6 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
         }
     }
     Ok(scan)
-}
-
-/// The active L1 and L2 entries whose COPIED flag does not say whether their cluster's
-/// refcount is 1 (as `qemu-img check` checks them; snapshot tables carry no flags).
-fn copied_flag_errors<S: MetadataSource + ?Sized>(
-    c: &Counter<'_, S>,
-    refcounts: &[u64],
-) -> Result<Vec<CopiedFlagError>, RefcountError> {
-    let h = c.h;
-    let cs = h.cluster_size();
-    let refcount_at = |offset: u64| refcounts.get((offset / cs) as usize).copied().unwrap_or(0);
-    let mut errors = Vec::new();
-    let mut check = |what, entry: u64, at: u64, offset: u64| {
-        let refcount = refcount_at(offset);
-        if (refcount == 1) != (entry & COPIED != 0) {
-            errors.push(CopiedFlagError {
-                what,
-                entry,
-                at,
-                refcount,
-            });
-        }
-    };
-    let l1 = c.read(h.l1_table_offset, u64::from(h.l1_size) * 8)?;
-    for (i, raw) in l1.chunks_exact(8).enumerate() {
-        let entry = u64::from_be_bytes(raw.try_into().expect("chunk of 8"));
-        let l2 = entry & OFFSET_MASK;
-        if l2 == 0 {
-            continue;
-        }
-        check("L2 cluster", entry, h.l1_table_offset + 8 * i as u64, l2);
-        for (j, raw) in c.read(l2, cs)?.chunks_exact(8).enumerate() {
-            let entry = u64::from_be_bytes(raw.try_into().expect("chunk of 8"));
-            let data = entry & OFFSET_MASK;
-            if entry & L2_COMPRESSED != 0 || data == 0 || h.data_file.is_some() {
-                continue;
-            }
-            check("data cluster", entry, l2 + 8 * j as u64, data);
-        }
-    }
-    Ok(errors)
 }
 
 /// Check that no cluster has more references than its refcount (or its refcount
@@ -417,7 +411,7 @@ pub fn check_refcounts<S: MetadataSource + ?Sized>(
     let bits = scan.refcount_bits;
     match scan.corruptions.first() {
         None => Ok(()),
-        Some(m) if bits < 64 && m.references > (1u64 << bits) - 1 => Err(RefcountError::Overflow {
+        Some(m) if m.references > max_refcount(bits) => Err(RefcountError::Overflow {
             offset: m.offset,
             references: m.references,
             bits,

@@ -17,7 +17,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::header::{incompat, Qcow2Header};
-use super::refcheck::{scan_refcounts, RefcountError, RefcountScan, COPIED, OFFSET_MASK};
+use super::refcheck::{
+    max_refcount, scan_refcounts, RefcountError, RefcountScan, COPIED, OFFSET_MASK,
+};
 
 /// What `qemu-img check -r` calls leaks and all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +63,7 @@ pub fn repair(
         }
     };
     let mut done = Repaired::default();
-    let max = if scan.refcount_bits == 64 {
-        u64::MAX
-    } else {
-        (1u64 << scan.refcount_bits) - 1
-    };
+    let max = max_refcount(scan.refcount_bits);
     let mut fix = |m: &super::refcheck::Mismatch| -> Result<bool, RefcountError> {
         if m.references > max {
             done.unfixable.push(format!(
