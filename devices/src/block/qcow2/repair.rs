@@ -41,7 +41,7 @@ pub struct Repaired {
 /// Header offset of the incompatible feature bits (version 3).
 const INCOMPATIBLE_FEATURES_AT: u64 = 72;
 /// Autoclear bit of persistent dirty bitmaps.
-const AUTOCLEAR_BITMAPS: u64 = 1;
+pub const AUTOCLEAR_BITMAPS: u64 = 1;
 
 /// Repair what `scan` found in the image open read-write as `file`.
 pub fn repair(
