@@ -9,7 +9,7 @@ use super::lock::{Access, ImageLock};
 use super::qcow2::header::{incompat, HeaderError, Qcow2Header};
 use super::qcow2::read_header;
 use super::qcow2::refcheck::{scan_refcounts, RefcountError, RefcountScan};
-use super::qcow2::repair::{repair, RepairMode, Repaired, AUTOCLEAR_BITMAPS};
+use super::qcow2::repair::{clear_incompatible, repair, RepairMode, Repaired, AUTOCLEAR_BITMAPS};
 use super::{probe_format, DiskError, ImageFormat};
 
 /// What checking an image found.
@@ -95,15 +95,31 @@ pub fn check_image(path: &Path, options: CheckOptions) -> Result<CheckOutcome, D
     let mut findings = count(&file, &header, file_len).map_err(incomplete)?;
     let mut repaired = None;
     if let (Some(mode), Findings::Counted(scan)) = (options.repair, &findings) {
-        if needs_repair(&header, scan, mode) {
+        let flags = header.incompatible_features & (incompat::DIRTY | incompat::CORRUPT);
+        let fixes = has_fixes(scan, mode);
+        if fixes || flags != 0 {
             let writable = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(path)
                 .map_err(open_err)?;
-            let done = repair(&writable, &header, file_len, scan, mode).map_err(incomplete)?;
+            let mut done = Repaired::default();
+            if fixes {
+                done = repair(&writable, &header, file_len, scan, mode).map_err(incomplete)?;
+                findings = count(&file, &header, file_len).map_err(incomplete)?;
+            }
+            // As qemu-img check -r: an image with no corruption left is clean again.
+            if flags != 0 && done.unfixable.is_empty() && !corrupt(&findings) {
+                clear_incompatible(&writable, &header, flags).map_err(|e| {
+                    incomplete(RefcountError::Read {
+                        offset: 0,
+                        message: format!("cannot write the header: {e}"),
+                    })
+                })?;
+                done.dirty_cleared = flags & incompat::DIRTY != 0;
+                done.corrupt_cleared = flags & incompat::CORRUPT != 0;
+            }
             repaired = Some(done);
-            findings = count(&file, &header, file_len).map_err(incomplete)?;
         }
     }
     let cluster_size = header.cluster_size();
@@ -127,9 +143,18 @@ fn count(file: &File, header: &Qcow2Header, file_len: u64) -> Result<Findings, R
     }
 }
 
-fn needs_repair(header: &Qcow2Header, scan: &RefcountScan, mode: RepairMode) -> bool {
-    let errors = !scan.corruptions.is_empty()
-        || !scan.copied_flag_errors.is_empty()
-        || header.incompatible_features & incompat::DIRTY != 0;
+/// Whether `mode` would change a refcount or a COPIED flag of the image `scan` counted.
+fn has_fixes(scan: &RefcountScan, mode: RepairMode) -> bool {
+    let errors = !scan.corruptions.is_empty() || !scan.copied_flag_errors.is_empty();
     !scan.leaks.is_empty() || (mode == RepairMode::All && errors)
+}
+
+/// Whether the count found anything `qemu-img check` calls a corruption.
+fn corrupt(findings: &Findings) -> bool {
+    match findings {
+        Findings::Counted(scan) => {
+            !scan.corruptions.is_empty() || !scan.copied_flag_errors.is_empty()
+        }
+        Findings::BadMetadata(_) => true,
+    }
 }

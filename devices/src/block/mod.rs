@@ -42,17 +42,12 @@ pub enum DiskError {
     #[error("{}: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
     #[error(
-        "{}: the image is marked {what}; repair it with {}`qemu-img check -r all {}`",
+        "{}: the image is marked {what}; repair it with `kiln img check -r all {}` \
+         (or `qemu-img check -r all`)",
         path.display(),
-        if *kiln_repairs { format!("`kiln img check -r all {}` or ", path.display()) } else { String::new() },
         path.display()
     )]
-    NeedsRepair {
-        path: PathBuf,
-        what: &'static str,
-        /// `kiln img check -r all` can repair it (a dirty image; not one marked corrupt).
-        kiln_repairs: bool,
-    },
+    NeedsRepair { path: PathBuf, what: &'static str },
     #[error("{}: corrupt qcow2 image: {source}", path.display())]
     Corrupt {
         path: PathBuf,

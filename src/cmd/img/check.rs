@@ -23,8 +23,9 @@ pub struct Args {
     /// under the count).
     #[arg(short = 'U', long, conflicts_with = "repair")]
     force_share: bool,
-    /// Repair leaked clusters (leaks), or also refcounts too small, COPIED flags and
-    /// the dirty flag of a lazy-refcounts image (all). Back the image up first.
+    /// Repair leaked clusters (leaks), or also refcounts too small and COPIED flags
+    /// (all). Either then clears the dirty and corrupt flags if no corruption is left.
+    /// Back the image up first.
     #[arg(short = 'r', long, value_name = "leaks|all", value_parser = parse_repair)]
     repair: Option<RepairMode>,
 }
@@ -89,6 +90,9 @@ fn to_json(c: &Qcow2Check) -> serde_json::Value {
         if !r.unfixable.is_empty() {
             v["unfixable"] = json!(r.unfixable);
         }
+        // kiln's own: whether the image is clean again (qemu-img says nothing).
+        v["dirty-flag-cleared"] = json!(r.dirty_cleared);
+        v["corrupt-flag-cleared"] = json!(r.corrupt_cleared);
     }
     match &c.findings {
         Findings::Counted(scan) => {
@@ -118,15 +122,23 @@ fn repair_text(r: &Repaired) -> String {
     for why in &r.unfixable {
         out += &format!("Could not repair: {why}\n");
     }
-    out += &format!(
-        "The following inconsistencies were found and repaired:\n\n    \
-         {} leaked clusters\n    {} corruptions\n\n",
-        r.leaks_fixed, r.corruptions_fixed
-    );
-    if r.dirty_cleared {
-        out += "The dirty flag was cleared.\n";
+    let fixed = r.leaks_fixed + r.corruptions_fixed > 0;
+    if fixed {
+        out += &format!(
+            "The following inconsistencies were found and repaired:\n\n    \
+             {} leaked clusters\n    {} corruptions\n\n",
+            r.leaks_fixed, r.corruptions_fixed
+        );
     }
-    out + "Double checking the fixed image now...\n"
+    for (cleared, flag) in [(r.dirty_cleared, "dirty"), (r.corrupt_cleared, "corrupt")] {
+        if cleared {
+            out += &format!("The {flag} flag was cleared.\n");
+        }
+    }
+    if fixed {
+        out += "Double checking the fixed image now...\n";
+    }
+    out
 }
 
 fn findings_text(c: &Qcow2Check) -> String {

@@ -105,15 +105,13 @@ fn check_features(path: &Path, h: &Qcow2Header) -> Result<(), DiskError> {
     if f & incompat::CORRUPT != 0 {
         return Err(DiskError::NeedsRepair {
             path: path.to_owned(),
-            what: "corrupt",
-            kiln_repairs: false,
+            what: "corrupt (QEMU found metadata it does not trust)",
         });
     }
     if f & incompat::DIRTY != 0 {
         return Err(DiskError::NeedsRepair {
             path: path.to_owned(),
             what: "dirty (it was not closed cleanly and its refcounts may be stale)",
-            kiln_repairs: true,
         });
     }
     if f & incompat::EXTENDED_L2 != 0 {

@@ -5,9 +5,12 @@
 //!   their references (space that was never freed becomes free).
 //! - all: also clusters whose refcount is below their references (the dangerous
 //!   case: a write could reuse them), then the COPIED flags of the active L1/L2
-//!   entries, then the dirty bit of a lazy-refcounts image.
+//!   entries.
 //!
-//! Only refcount entries, COPIED flags and the header's dirty bit are written, each
+//! After either, if the count finds no corruption left, the caller clears the dirty
+//! and corrupt bits with [`clear_incompatible`], as `qemu-img check -r` does.
+//!
+//! Only refcount entries, COPIED flags and the header's feature bits are written, each
 //! step synced before the next. What cannot be set in place (a cluster no refcount
 //! block covers, a count over the refcount width) is reported, not forced. Images
 //! with persistent bitmaps are refused: kiln does not count their clusters, so it
@@ -35,7 +38,9 @@ pub struct Repaired {
     pub corruptions_fixed: u64,
     /// Why some findings were left alone.
     pub unfixable: Vec<String>,
+    /// Header bits cleared after the repair (see [`clear_incompatible`]).
     pub dirty_cleared: bool,
+    pub corrupt_cleared: bool,
 }
 
 /// Header offset of the incompatible feature bits (version 3).
@@ -116,15 +121,21 @@ pub fn repair(
     }
     file.sync_all().map_err(write_err(0))?;
     done.corruptions_fixed = corruptions_fixed;
-
-    if h.incompatible_features & incompat::DIRTY != 0 && done.unfixable.is_empty() {
-        let features = h.incompatible_features & !incompat::DIRTY;
-        file.write_all_at(&features.to_be_bytes(), INCOMPATIBLE_FEATURES_AT)
-            .map_err(write_err(INCOMPATIBLE_FEATURES_AT))?;
-        file.sync_all().map_err(write_err(0))?;
-        done.dirty_cleared = true;
-    }
     Ok(done)
+}
+
+/// Clear `bits` (of [`incompat::DIRTY`] and [`incompat::CORRUPT`]) in the header of
+/// the image open read-write as `file`, and sync. Only for an image whose count found
+/// no corruption: the dirty bit says refcounts may be stale, the corrupt bit that
+/// QEMU found metadata it would not trust.
+pub fn clear_incompatible(file: &File, h: &Qcow2Header, bits: u64) -> std::io::Result<()> {
+    let bits = bits & (incompat::DIRTY | incompat::CORRUPT);
+    if h.version < 3 || h.incompatible_features & bits == 0 {
+        return Ok(());
+    }
+    let features = h.incompatible_features & !bits;
+    file.write_all_at(&features.to_be_bytes(), INCOMPATIBLE_FEATURES_AT)?;
+    file.sync_all()
 }
 
 /// Set the refcount of cluster number `cluster`; false if no refcount block covers it.
