@@ -25,12 +25,8 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
 
 fn config(path: &Path, readonly: bool) -> DiskConfig {
     DiskConfig {
-        path: path.to_owned(),
-        format: None,
         readonly,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(path.to_owned())
     }
 }
 

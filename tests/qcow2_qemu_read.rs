@@ -147,12 +147,8 @@ fn compressed_clusters() {
 
 fn open_err(path: &Path) -> String {
     match open_disk(&DiskConfig {
-        path: path.to_owned(),
         format: Some(ImageFormat::Qcow2),
-        readonly: false,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(path.to_owned())
     }) {
         Ok(_) => panic!("{} opened despite damage", path.display()),
         Err(e) => e.to_string(),

@@ -65,12 +65,9 @@ pub fn qemu_io(image: &Path, commands: &[&str]) -> String {
 
 pub fn open(path: &Path, format: Option<ImageFormat>, readonly: bool) -> Arc<dyn DiskBackend> {
     open_disk(&DiskConfig {
-        path: path.to_owned(),
         format,
         readonly,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(path.to_owned())
     })
     .unwrap_or_else(|e| panic!("kiln cannot open {}: {e}", path.display()))
 }

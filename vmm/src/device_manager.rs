@@ -376,14 +376,7 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
 
-        let disk = DiskConfig {
-            path: dir.join("absent.qcow2"),
-            format: None,
-            readonly: false,
-            serial: None,
-            aio: None,
-            cache: Default::default(),
-        };
+        let disk = DiskConfig::new(dir.join("absent.qcow2"));
         let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk)).unwrap_err();
         assert!(err.to_string().starts_with("--disk "), "{err}");
         assert!(err.to_string().contains("absent.qcow2"), "{err}");
@@ -391,12 +384,9 @@ mod tests {
         let raw = dir.join("disk.raw");
         std::fs::write(&raw, vec![0u8; 4096]).unwrap();
         let disk = DiskConfig {
-            path: raw,
-            format: None,
             readonly: true,
             serial: Some("s1".into()),
-            aio: None,
-            cache: Default::default(),
+            ..DiskConfig::new(raw)
         };
         let blk = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk.clone())).unwrap();
         assert_eq!(blk.build().unwrap().device.lock().unwrap().device_type(), 2);
@@ -431,12 +421,8 @@ mod tests {
         )
         .unwrap();
         let cfg = DiskConfig {
-            path: qcow2,
-            format: None,
-            readonly: false,
-            serial: None,
             aio: Some(Aio::IoUring),
-            cache: Default::default(),
+            ..DiskConfig::new(qcow2)
         };
         let disk = open_disk(&cfg).unwrap();
         assert!(io_uring_wanted(&cfg, disk.as_ref()).unwrap());
@@ -461,12 +447,8 @@ mod tests {
             .expect("qemu-img (qemu-utils) is needed by this test");
         assert!(made.success());
         let cfg = DiskConfig {
-            path: external,
-            format: None,
-            readonly: false,
-            serial: None,
             aio: Some(Aio::IoUring),
-            cache: Default::default(),
+            ..DiskConfig::new(external)
         };
         let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(cfg)).unwrap_err();
         let msg = err.to_string();
@@ -487,12 +469,8 @@ mod tests {
         let raw = dir.join("disk.raw");
         std::fs::write(&raw, vec![0u8; 4096]).unwrap();
         let cfg = DiskConfig {
-            path: raw,
-            format: None,
-            readonly: false,
-            serial: None,
             aio: Some(Aio::IoUring),
-            cache: Default::default(),
+            ..DiskConfig::new(raw)
         };
         let results = std::thread::spawn(move || {
             // As a seccomp profile without io_uring does (this thread only).

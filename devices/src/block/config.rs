@@ -80,6 +80,21 @@ pub struct DiskConfig {
     pub cache: Cache,
 }
 
+impl DiskConfig {
+    /// `path` with every option at its default, as `--disk path=FILE`: format detected,
+    /// read-write, no serial, io_uring where available, cache=writeback.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DiskConfig {
+            path: path.into(),
+            format: None,
+            readonly: false,
+            serial: None,
+            aio: None,
+            cache: Cache::Writeback,
+        }
+    }
+}
+
 /// What is wrong with a `--disk` option string.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DiskConfigError {

@@ -38,12 +38,8 @@ pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> 
         Some(b) => {
             let resolved = path.parent().unwrap_or(Path::new(".")).join(b);
             let disk = open_disk(&DiskConfig {
-                path: resolved,
-                format: None,
                 readonly: true,
-                serial: None,
-                aio: None,
-                cache: Default::default(),
+                ..DiskConfig::new(resolved)
             })?;
             Some((b.to_string_lossy().into_owned(), disk.format(), disk.size()))
         }

@@ -20,12 +20,8 @@ fn create(path: &Path, format: ImageFormat, size: u64) {
 
 fn open(path: &Path, readonly: bool) -> Arc<dyn DiskBackend> {
     open_disk(&DiskConfig {
-        path: path.to_owned(),
-        format: None,
         readonly,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(path.to_owned())
     })
     .unwrap()
 }

@@ -109,15 +109,7 @@ fn qcow2_seeds() -> Vec<Vec<u8>> {
                 },
             )
             .unwrap();
-            let d = crate::block::open_disk(&crate::block::DiskConfig {
-                path: p.clone(),
-                format: None,
-                readonly: false,
-                serial: None,
-                aio: None,
-                cache: Default::default(),
-            })
-            .unwrap();
+            let d = crate::block::open_disk(&crate::block::DiskConfig::new(p.clone())).unwrap();
             d.write_at(&[0xab; 8192], 4096).unwrap();
             d.write_at(&[0xcd; 512], 700 * 1024).unwrap();
             drop(d);

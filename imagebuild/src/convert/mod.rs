@@ -53,12 +53,8 @@ pub fn convert(
         return Err(ConvertError::CompressRaw);
     }
     let disk = open_disk(&DiskConfig {
-        path: input.to_path_buf(),
-        format: None,
         readonly: true,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(input.to_path_buf())
     })
     .map_err(|source| ConvertError::Open {
         path: input.to_path_buf(),

@@ -41,12 +41,8 @@ fn open(path: &Path, format: ImageFormat) -> Arc<dyn DiskBackend> {
     )
     .unwrap();
     open_disk(&DiskConfig {
-        path: path.to_owned(),
         format: Some(format),
-        readonly: false,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(path.to_owned())
     })
     .unwrap()
 }
@@ -164,12 +160,8 @@ fn qcow2_random_writes_discards_and_reads_match_a_copy() {
     )
     .unwrap();
     let disk = open_disk(&DiskConfig {
-        path: path.clone(),
         format: Some(ImageFormat::Qcow2),
-        readonly: false,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(path.clone())
     })
     .unwrap();
     let dev = Block::new(disk, None).unwrap();
@@ -238,12 +230,9 @@ fn qcow2_random_writes_discards_and_reads_match_a_copy() {
     }
     h.close().unwrap();
     let disk = open_disk(&DiskConfig {
-        path,
         format: Some(ImageFormat::Qcow2),
         readonly: true,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(path)
     })
     .unwrap();
     let mut whole = vec![0u8; SIZE as usize];

@@ -39,12 +39,9 @@ fn create(path: &Path, backing: Option<&Path>) {
 
 fn open(path: &Path, readonly: bool) -> Arc<dyn DiskBackend> {
     open_disk(&DiskConfig {
-        path: path.to_owned(),
         format: Some(ImageFormat::Qcow2),
         readonly,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(path.to_owned())
     })
     .unwrap()
 }

@@ -91,15 +91,7 @@ pub(super) fn slow_disk(dir: &tempfile::TempDir, delay_ms: u64) -> Arc<SlowDisk>
     let path = dir.path().join("disk.raw");
     let content: Vec<u8> = (0..DISK_SIZE).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, content).unwrap();
-    let inner = open_disk(&DiskConfig {
-        path,
-        format: None,
-        readonly: false,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
-    })
-    .unwrap();
+    let inner = open_disk(&DiskConfig::new(path)).unwrap();
     Arc::new(SlowDisk {
         inner,
         delay: Duration::from_millis(delay_ms),

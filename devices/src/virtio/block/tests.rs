@@ -29,12 +29,8 @@ fn fixture(readonly: bool) -> Fixture {
     let content: Vec<u8> = (0..DISK_SIZE).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, content).unwrap();
     let disk = open_disk(&DiskConfig {
-        path,
-        format: None,
         readonly,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
+        ..DiskConfig::new(path)
     })
     .unwrap();
     Fixture {

@@ -19,14 +19,7 @@ pub fn make_image(path: &Path, format: ImageFormat, size: u64) -> anyhow::Result
 
 /// Write every byte once so reads hit allocated data.
 pub fn fill(path: &Path, size: u64) -> anyhow::Result<()> {
-    let disk = open_disk(&DiskConfig {
-        path: path.to_owned(),
-        format: None,
-        readonly: false,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
-    })?;
+    let disk = open_disk(&DiskConfig::new(path.to_owned()))?;
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
     for off in (0..size).step_by(chunk.len()) {
         disk.write_at(&chunk[..chunk.len().min((size - off) as usize)], off)?;

@@ -20,12 +20,9 @@ const DEVICE_TIMEOUT: Duration = Duration::from_secs(120);
 impl Line {
     fn open(&self, image: &Path) -> anyhow::Result<Arc<dyn DiskBackend>> {
         Ok(open_disk(&DiskConfig {
-            path: image.to_owned(),
             format: Some(self.format),
             readonly: !self.pattern.write,
-            serial: None,
-            aio: None,
-            cache: Default::default(),
+            ..DiskConfig::new(image.to_owned())
         })?)
     }
 
