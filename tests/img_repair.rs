@@ -54,6 +54,24 @@ fn image(dir: &Path, name: &str, options: &str) -> (PathBuf, PathBuf) {
     (image, copy)
 }
 
+fn open_rw(image: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .unwrap()
+}
+
+/// `kiln img check` finds corruptions, and `-r all` leaves none: its JSON.
+fn check_then_repair_all(image: &Path) -> serde_json::Value {
+    let path = image.to_str().unwrap();
+    assert_eq!(kiln(&["img", "check", path]).status.code(), Some(2));
+    let out = kiln(&["img", "check", "-r", "all", "--json", path]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{json:#}");
+    json
+}
+
 fn be64_at(f: &std::fs::File, at: u64) -> u64 {
     let mut be = [0u8; 8];
     f.read_exact_at(&mut be, at).unwrap();
@@ -63,11 +81,7 @@ fn be64_at(f: &std::fs::File, at: u64) -> u64 {
 /// Overwrite the refcount of the cluster at host `offset` (64 KiB clusters, the first
 /// refcount block), for 16-bit or 1-bit refcounts.
 fn set_refcount(image: &Path, offset: u64, refcount: u16, bits: u32) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .unwrap();
+    let f = open_rw(image);
     let block = be64_at(&f, be64_at(&f, 48)) & 0x00ff_ffff_ffff_fe00;
     let index = offset / 65536;
     if bits == 16 {
@@ -182,11 +196,7 @@ fn a_dirty_lazy_refcounts_image_is_refused_then_repaired_and_usable() {
     let (img, pristine) = image(&d, "dirty.qcow2", "cluster_size=65536,lazy_refcounts=on");
     // What a crash with lazy refcounts leaves: a refcount never written, the dirty bit.
     set_refcount(&img, first_data_cluster(&img), 0, 16);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
+    let f = open_rw(&img);
     let features = be64_at(&f, 72) | 1;
     f.write_all_at(&features.to_be_bytes(), 72).unwrap();
     drop(f);
@@ -213,22 +223,14 @@ fn a_lost_copied_flag_is_restored() {
     let d = dir("copied");
     let (img, pristine) = image(&d, "copied.qcow2", "cluster_size=65536");
     // Guest cluster 0 holds data: clear the COPIED flag of its L2 entry.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
+    let f = open_rw(&img);
     let l2 = be64_at(&f, be64_at(&f, 40)) & 0x00ff_ffff_ffff_fe00;
     let entry = be64_at(&f, l2);
     assert_ne!(entry & (1 << 63), 0, "qemu-img left COPIED clear");
     f.write_all_at(&(entry & !(1 << 63)).to_be_bytes(), l2)
         .unwrap();
     drop(f);
-    let path = img.to_str().unwrap();
-    assert_eq!(kiln(&["img", "check", path]).status.code(), Some(2));
-    let out = kiln(&["img", "check", "-r", "all", "--json", path]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(0), "{json:#}");
+    let json = check_then_repair_all(&img);
     assert_eq!(json["corruptions-fixed"], 1, "{json:#}");
     assert_repaired(&img, &pristine);
 }
@@ -248,14 +250,7 @@ fn set_incompatible(image: &Path, bits: u64) {
 }
 
 fn disk_config(image: &Path) -> DiskConfig {
-    DiskConfig {
-        path: image.to_owned(),
-        format: None,
-        readonly: false,
-        serial: None,
-        aio: None,
-        cache: Default::default(),
-    }
+    DiskConfig::new(image.to_owned())
 }
 
 #[test]
@@ -317,7 +312,7 @@ fn the_corrupt_flag_stays_while_a_corruption_does() {
     let out = kiln(&["img", "check", "-r", "leaks", "--json", path]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(2), "{json:#}");
-    assert_eq!(json["corrupt-flag-cleared"], false, "{json:#}");
+    assert_ne!(json["corrupt-flag-cleared"], true, "{json:#}");
     assert_eq!(incompatible(&img) & CORRUPT, CORRUPT);
     // qemu-img fails this check (exit 1: it would rebuild the refcounts, which only
     // -r all may); either way the flag stays.
@@ -345,4 +340,59 @@ fn the_corrupt_flag_stays_while_a_corruption_does() {
         info["format-specific"]["data"]["corrupt"], false,
         "{info:#}"
     );
+}
+
+#[test]
+fn missing_or_broken_refcount_structures_are_rebuilt_by_all() {
+    let d = dir("rebuild");
+    for (name, options) in [
+        ("rc16.qcow2", "cluster_size=65536"),
+        ("rc1.qcow2", "cluster_size=65536,refcount_bits=1"),
+        ("c512.qcow2", "cluster_size=512"),
+    ] {
+        // A refcount table entry lost: no block counts the header, tables or data.
+        let (img, pristine) = image(&d, name, options);
+        let f = open_rw(&img);
+        f.write_all_at(&0u64.to_be_bytes(), be64_at(&f, 48))
+            .unwrap();
+        drop(f);
+        let path = img.to_str().unwrap();
+        let check = kiln(&["img", "check", "--json", path]);
+        assert_eq!(check.status.code(), Some(2), "{name}");
+        let found: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+        let leaks_only = kiln(&["img", "check", "-r", "leaks", path]);
+        assert_eq!(leaks_only.status.code(), Some(2), "{name}: {leaks_only:?}");
+        let out = kiln(&["img", "check", "-r", "all", path]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stdout}");
+        assert!(
+            stdout.contains("refcount structures were rebuilt"),
+            "{stdout}"
+        );
+        // The rebuilt structures count themselves: nothing is left for a second pass.
+        assert!(
+            stdout.contains(&format!(
+                "0 leaked clusters\n    {} corruptions",
+                found["corruptions"]
+            )),
+            "{name}: {found:#} then {stdout}"
+        );
+        assert_repaired(&img, &pristine);
+        assert_eq!(
+            kiln(&["img", "check", path]).status.code(),
+            Some(0),
+            "{name}"
+        );
+        open_disk(&disk_config(&img)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    // The header's refcount table offset misaligned: the table cannot be read at all.
+    let (img, pristine) = image(&d, "moved.qcow2", "cluster_size=65536");
+    let f = open_rw(&img);
+    f.write_all_at(&(be64_at(&f, 48) + 512).to_be_bytes(), 48)
+        .unwrap();
+    drop(f);
+    let json = check_then_repair_all(&img);
+    assert_eq!(json["refcounts-rebuilt"], true, "{json:#}");
+    assert_repaired(&img, &pristine);
 }

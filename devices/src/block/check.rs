@@ -9,7 +9,9 @@ use super::lock::{Access, ImageLock};
 use super::qcow2::header::{incompat, HeaderError, Qcow2Header};
 use super::qcow2::read_header;
 use super::qcow2::refcheck::{scan_refcounts, RefcountError, RefcountScan};
-use super::qcow2::repair::{clear_incompatible, repair, RepairMode, Repaired, AUTOCLEAR_BITMAPS};
+use super::qcow2::repair::{
+    clear_incompatible, rebuild_refcounts, repair, RepairMode, Repaired, AUTOCLEAR_BITMAPS,
+};
 use super::{probe_format, DiskError, ImageFormat};
 
 /// What checking an image found.
@@ -92,36 +94,11 @@ pub fn check_image(path: &Path, options: CheckOptions) -> Result<CheckOutcome, D
         });
     }
     let file = File::open(path).map_err(open_err)?;
-    let mut findings = count(&file, &header, file_len).map_err(incomplete)?;
-    let mut repaired = None;
-    if let (Some(mode), Findings::Counted(scan)) = (options.repair, &findings) {
-        let flags = header.incompatible_features & (incompat::DIRTY | incompat::CORRUPT);
-        let fixes = has_fixes(scan, mode);
-        if fixes || flags != 0 {
-            let writable = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(open_err)?;
-            let mut done = Repaired::default();
-            if fixes {
-                done = repair(&writable, &header, file_len, scan, mode).map_err(incomplete)?;
-                findings = count(&file, &header, file_len).map_err(incomplete)?;
-            }
-            // As qemu-img check -r: an image with no corruption left is clean again.
-            if flags != 0 && done.unfixable.is_empty() && !corrupt(&findings) {
-                clear_incompatible(&writable, &header, flags).map_err(|e| {
-                    incomplete(RefcountError::Read {
-                        offset: 0,
-                        message: format!("cannot write the header: {e}"),
-                    })
-                })?;
-                done.dirty_cleared = flags & incompat::DIRTY != 0;
-                done.corrupt_cleared = flags & incompat::CORRUPT != 0;
-            }
-            repaired = Some(done);
-        }
-    }
+    let findings = count(&file, &header, file_len).map_err(incomplete)?;
+    let (repaired, findings) = match options.repair {
+        Some(mode) => repair_image(path, &file, header.clone(), file_len, findings, mode)?,
+        None => (None, findings),
+    };
     let cluster_size = header.cluster_size();
     Ok(CheckOutcome::Qcow2(Qcow2Check {
         filename: path.to_owned(),
@@ -130,6 +107,90 @@ pub fn check_image(path: &Path, options: CheckOptions) -> Result<CheckOutcome, D
         repaired,
         findings,
     }))
+}
+
+/// Repair what the first count found, as `qemu-img check -r` does: in mode all,
+/// missing or broken refcount structures are rebuilt from the L1/L2 tables first;
+/// then wrong refcounts and COPIED flags are set; then, with no corruption left, the
+/// dirty and corrupt bits are cleared. Returns what changed (None: nothing to do)
+/// and the count of the image as it is now.
+fn repair_image(
+    path: &Path,
+    file: &File,
+    mut header: Qcow2Header,
+    mut file_len: u64,
+    mut findings: Findings,
+    mode: RepairMode,
+) -> Result<(Option<Repaired>, Findings), DiskError> {
+    let incomplete = |source| DiskError::CheckIncomplete {
+        path: path.to_owned(),
+        source,
+    };
+    let flags = header.incompatible_features & (incompat::DIRTY | incompat::CORRUPT);
+    let (rebuild, fixes) = match &findings {
+        Findings::Counted(scan) => (
+            mode == RepairMode::All && scan.uncovered > 0,
+            has_fixes(scan, mode),
+        ),
+        Findings::BadMetadata(_) => (mode == RepairMode::All, false),
+    };
+    if !(rebuild || fixes || (flags != 0 && !corrupt(&findings))) {
+        return Ok((None, findings));
+    }
+    let writable = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| DiskError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut done = Repaired::default();
+    if rebuild {
+        match rebuild_refcounts(&writable, &header, file_len) {
+            Ok(_) => {
+                done.refcounts_rebuilt = true;
+                done.corruptions_fixed += match &findings {
+                    // Everything the count called a corruption: the COPIED flags
+                    // were only wrong against the refcounts now replaced.
+                    Findings::Counted(scan) => {
+                        (scan.corruptions.len() + scan.copied_flag_errors.len()) as u64
+                    }
+                    Findings::BadMetadata(_) => 1,
+                };
+                (header, file_len) = read_header(path)?;
+                findings = count(file, &header, file_len).map_err(incomplete)?;
+            }
+            // The L1/L2 tables themselves are broken: nothing to rebuild from.
+            Err(RefcountError::Layout(_)) if matches!(findings, Findings::BadMetadata(_)) => {
+                return Ok((None, findings));
+            }
+            Err(e @ (RefcountError::Overflow { .. } | RefcountError::CannotRepair(_))) => {
+                done.unfixable.push(e.to_string());
+            }
+            Err(e) => return Err(incomplete(e)),
+        }
+    }
+    if let Findings::Counted(scan) = &findings {
+        if has_fixes(scan, mode) {
+            let more = repair(&writable, &header, file_len, scan, mode).map_err(incomplete)?;
+            done.leaks_fixed += more.leaks_fixed;
+            done.corruptions_fixed += more.corruptions_fixed;
+            done.unfixable.extend(more.unfixable);
+            findings = count(file, &header, file_len).map_err(incomplete)?;
+        }
+    }
+    if flags != 0 && done.unfixable.is_empty() && !corrupt(&findings) {
+        clear_incompatible(&writable, &header, flags).map_err(|e| {
+            incomplete(RefcountError::Read {
+                offset: 0,
+                message: format!("cannot write the header: {e}"),
+            })
+        })?;
+        done.dirty_cleared = flags & incompat::DIRTY != 0;
+        done.corrupt_cleared = flags & incompat::CORRUPT != 0;
+    }
+    Ok((Some(done), findings))
 }
 
 fn count(file: &File, header: &Qcow2Header, file_len: u64) -> Result<Findings, RefcountError> {

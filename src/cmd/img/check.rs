@@ -23,8 +23,8 @@ pub struct Args {
     /// under the count).
     #[arg(short = 'U', long, conflicts_with = "repair")]
     force_share: bool,
-    /// Repair leaked clusters (leaks), or also refcounts too small and COPIED flags
-    /// (all). Either then clears the dirty and corrupt flags if no corruption is left.
+    /// Repair leaked clusters (leaks), or also refcounts too small and COPIED flags,
+    /// rebuilding missing or broken refcount structures (all). Either then clears the dirty and corrupt flags if no corruption is left.
     /// Back the image up first.
     #[arg(short = 'r', long, value_name = "leaks|all", value_parser = parse_repair)]
     repair: Option<RepairMode>,
@@ -91,6 +91,7 @@ fn to_json(c: &Qcow2Check) -> serde_json::Value {
             v["unfixable"] = json!(r.unfixable);
         }
         // kiln's own: whether the image is clean again (qemu-img says nothing).
+        v["refcounts-rebuilt"] = json!(r.refcounts_rebuilt);
         v["dirty-flag-cleared"] = json!(r.dirty_cleared);
         v["corrupt-flag-cleared"] = json!(r.corrupt_cleared);
     }
@@ -123,6 +124,9 @@ fn repair_text(r: &Repaired) -> String {
         out += &format!("Could not repair: {why}\n");
     }
     let fixed = r.leaks_fixed + r.corruptions_fixed > 0;
+    if r.refcounts_rebuilt {
+        out += "The refcount structures were rebuilt from the L1 and L2 tables.\n";
+    }
     if fixed {
         out += &format!(
             "The following inconsistencies were found and repaired:\n\n    \

@@ -95,7 +95,19 @@ pub(super) fn max_refcount(bits: u32) -> u64 {
     }
 }
 
-impl<S: MetadataSource + ?Sized> Counter<'_, S> {
+impl<'a, S: MetadataSource + ?Sized> Counter<'a, S> {
+    fn new(src: &'a S, h: &'a Qcow2Header, file_len: u64, clusters: u64) -> Self {
+        Counter {
+            src,
+            h,
+            file_len,
+            references: vec![0; clusters as usize],
+            // Filled by `scan_refcounts` only; other counts compare nothing.
+            refcounts: Vec::new(),
+            copied_flag_errors: Vec::new(),
+        }
+    }
+
     fn past_end(&self, what: &'static str, offset: u64, len: u64) -> RefcountError {
         HeaderError::PastEnd {
             what,
@@ -200,7 +212,7 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
 }
 
 /// Decode entry `i` of a refcount block with `bits`-wide entries.
-fn refcount_entry(block: &[u8], i: usize, bits: u32) -> u64 {
+pub(super) fn refcount_entry(block: &[u8], i: usize, bits: u32) -> u64 {
     match bits {
         1 | 2 | 4 => {
             let per_byte = 8 / bits as usize;
@@ -242,6 +254,9 @@ pub struct RefcountScan {
     pub copied_flag_errors: Vec<CopiedFlagError>,
     /// Width of a refcount, for messages.
     pub refcount_bits: u32,
+    /// Clusters in use that no refcount block covers: only a rebuild of the refcount
+    /// structures can count them.
+    pub uncovered: u64,
 }
 
 /// An active L1 or L2 entry with a wrong COPIED flag.
@@ -321,27 +336,23 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
     if clusters > MAX_CHECKED_CLUSTERS {
         return Err(RefcountError::TooLarge { clusters });
     }
-    let mut c = Counter {
-        src,
-        h,
-        file_len,
-        references: vec![0; clusters as usize],
-        refcounts: vec![0; clusters as usize],
-        copied_flag_errors: Vec::new(),
-    };
+    let mut c = Counter::new(src, h, file_len, clusters);
+    c.refcounts = vec![0; clusters as usize];
     c.reference("header", 0, cs)?;
 
-    // Refcount table and blocks; remember the refcounts.
+    // Refcount table and blocks; remember the refcounts and which blocks exist.
     let rt_len = u64::from(h.refcount_table_clusters) * cs;
     c.reference("refcount table", h.refcount_table_offset, rt_len)?;
     let rt = c.read(h.refcount_table_offset, rt_len)?;
     let bits = h.refcount_bits();
     let per_block = (cs * 8 / u64::from(bits)) as usize;
+    let mut blocks = vec![false; rt.len() / 8];
     for (i, raw) in rt.chunks_exact(8).enumerate() {
         let rb = u64::from_be_bytes(raw.try_into().expect("chunk of 8")) & OFFSET_MASK;
         if rb == 0 {
             continue;
         }
+        blocks[i] = true;
         if rb % cs != 0 {
             return Err(HeaderError::Unaligned {
                 what: "refcount block",
@@ -373,6 +384,7 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
         image_end_offset: 0,
         copied_flag_errors: std::mem::take(&mut c.copied_flag_errors),
         refcount_bits: bits,
+        uncovered: 0,
     };
     for (i, (&references, &refcount)) in c.references.iter().zip(&c.refcounts).enumerate() {
         let references = u64::from(references);
@@ -384,6 +396,9 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
         if references > 0 || refcount > 0 {
             scan.image_end_offset = m.offset + cs;
         }
+        if references > 0 && !blocks.get(i / per_block).copied().unwrap_or(false) {
+            scan.uncovered += 1;
+        }
         if references > max || references > refcount {
             scan.corruptions.push(m);
         } else if refcount > references {
@@ -391,6 +406,26 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
         }
     }
     Ok(scan)
+}
+
+/// References to every cluster from the header, the active and snapshot L1/L2
+/// tables and their data: everything but the refcount structures, which is what a
+/// rebuilt refcount structure must count (see `repair::rebuild_refcounts`). Indexed by
+/// cluster number, for every cluster of the file.
+pub fn count_data_references<S: MetadataSource + ?Sized>(
+    src: &S,
+    h: &Qcow2Header,
+    file_len: u64,
+) -> Result<Vec<u32>, RefcountError> {
+    let clusters = file_len.div_ceil(h.cluster_size());
+    if clusters > MAX_CHECKED_CLUSTERS {
+        return Err(RefcountError::TooLarge { clusters });
+    }
+    let mut c = Counter::new(src, h, file_len, clusters);
+    c.reference("header", 0, h.cluster_size())?;
+    c.count_l1("L1 table", h.l1_table_offset, u64::from(h.l1_size), false)?;
+    c.count_snapshots()?;
+    Ok(c.references)
 }
 
 /// Check that no cluster has more references than its refcount (or its refcount
