@@ -128,6 +128,19 @@ fn kiln_refuses_an_image_qemu_is_writing() {
         "{}",
         run.stderr()
     );
+    // Nor may `kiln img resize` change it under QEMU.
+    let before = std::fs::metadata(&image).unwrap().len();
+    let resize = common::run_kiln(
+        "locked-resize",
+        &["img", "resize", image.to_str().unwrap(), "+16M"],
+    );
+    assert_eq!(resize.code(), Some(1), "{}", resize.stderr());
+    assert!(
+        resize.stderr().contains("in use by another process"),
+        "{}",
+        resize.stderr()
+    );
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), before);
     drop(qemu);
     open_disk(&config(&image, false)).expect("free again once QEMU is gone");
 }

@@ -16,6 +16,7 @@ pub mod info;
 pub mod lock;
 pub mod qcow2;
 pub mod raw;
+pub mod resize;
 
 use std::fs::File;
 use std::io::{self, Read};

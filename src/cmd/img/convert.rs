@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use kiln_devices::block::ImageFormat;
 use kiln_imagebuild::convert::{convert, ConvertOptions};
 
+use super::parse_format;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Input image (raw or qcow2, detected from its contents).
@@ -20,10 +22,6 @@ pub struct Args {
     /// Compress data clusters (deflate; qcow2 output only).
     #[arg(short = 'c', long)]
     compress: bool,
-}
-
-fn parse_format(s: &str) -> Result<ImageFormat, String> {
-    s.parse().map_err(|e| format!("{e}"))
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {

@@ -8,6 +8,7 @@ use kiln_devices::block::create::{create_image, CreateOptions};
 use kiln_devices::block::ImageFormat;
 
 use super::super::parse_size;
+use super::parse_format;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,10 +27,6 @@ pub struct Args {
     /// qcow2 cluster size (512 to 2M, a power of two).
     #[arg(long, value_parser = parse_size)]
     cluster_size: Option<u64>,
-}
-
-fn parse_format(s: &str) -> Result<ImageFormat, String> {
-    s.parse().map_err(|e| format!("{e}"))
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {

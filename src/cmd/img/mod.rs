@@ -6,8 +6,16 @@ mod check;
 mod convert;
 mod create;
 mod info;
+mod resize;
 
 pub(crate) use super::parse_size;
+
+use kiln_devices::block::ImageFormat;
+
+/// `--format` / `-O` values: qcow2 or raw.
+fn parse_format(s: &str) -> Result<ImageFormat, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -19,6 +27,8 @@ pub enum Command {
     Convert(convert::Args),
     /// Check a qcow2 image's refcounts and repair them (like `qemu-img check [-r]`).
     Check(check::Args),
+    /// Grow or shrink an image's virtual size (like `qemu-img resize`).
+    Resize(resize::Args),
 }
 
 pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
@@ -27,5 +37,6 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::exec(args),
         Command::Convert(args) => convert::exec(args),
         Command::Check(args) => check::exec(args),
+        Command::Resize(args) => resize::exec(args),
     }
 }

@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use imago::file::File;
+use imago::format::PreallocateMode;
 use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::{
@@ -265,6 +266,28 @@ impl Qcow2Disk {
         if let Some(direct) = &self.direct {
             direct.l2_used(offset, len);
         }
+    }
+
+    /// Change the virtual size to `new_size` and write the metadata back (see
+    /// `block::resize`). Growing zeroes the new range up to `zero_until` (zero
+    /// clusters) and leaves the rest unallocated; shrinking discards what lies beyond
+    /// the new end.
+    pub(crate) fn resize(&mut self, new_size: u64, zero_until: u64) -> Result<(), DiskError> {
+        self.writable()?;
+        let access = self.access.get_mut().unwrap_or_else(|e| e.into_inner());
+        if new_size < self.size {
+            access.resize_shrink(new_size)?;
+        } else {
+            let zeroed = zero_until.min(new_size);
+            if zeroed > self.size {
+                access.resize_grow(zeroed, PreallocateMode::Zero)?;
+            }
+            access.resize_grow(new_size, PreallocateMode::None)?;
+        }
+        access.flush()?;
+        access.sync()?;
+        self.size = new_size;
+        Ok(())
     }
 
     fn writable(&self) -> Result<(), DiskError> {

@@ -1,0 +1,157 @@
+//! `kiln img resize`: change an image's virtual size, as `qemu-img resize` does.
+//!
+//! - Raw images are truncated or extended (sparse).
+//! - Growing a qcow2 image leaves the new range unallocated, so it reads as zeroes,
+//!   with two exceptions that are zeroed explicitly (zero clusters), as QEMU does:
+//!   the range where a longer backing file would otherwise show through, and the rest
+//!   of a partly used last cluster.
+//! - Shrinking loses the data beyond the new end, so it needs `allow_shrink` (qemu-img's
+//!   `--shrink`); a qcow2 image frees the clusters it owned there.
+//! - qcow2 images with internal snapshots or persistent bitmaps are refused: both
+//!   record the old size, and kiln does not update them.
+//!
+//! The new size must be a multiple of 512 bytes, as for `kiln img create`.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use super::lock::{Access, ImageLock};
+use super::qcow2::repair::AUTOCLEAR_BITMAPS;
+use super::qcow2::{check_chain, read_header, Qcow2Disk};
+use super::{probe_format, DiskError, ImageFormat};
+
+/// The size asked for: as given, or relative to the current one (`+SIZE`, `-SIZE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewSize {
+    Absolute(u64),
+    Grow(u64),
+    Shrink(u64),
+}
+
+/// What a resize did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resized {
+    pub format: ImageFormat,
+    pub old_size: u64,
+    pub new_size: u64,
+}
+
+/// Resize the image at `path` (format detected unless given). Errors name the image
+/// and leave it unchanged, except for I/O errors during the resize itself.
+pub fn resize_image(
+    path: &Path,
+    format: Option<ImageFormat>,
+    size: NewSize,
+    allow_shrink: bool,
+) -> Result<Resized, DiskError> {
+    let invalid = |reason| refused(path, reason);
+    let open_err = |source| DiskError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let format = match format {
+        Some(f) => f,
+        None => probe_format(path)?,
+    };
+    // Each branch holds the image's lock from reading the old size to the end.
+    let (old_size, new_size) = match format {
+        ImageFormat::Raw => {
+            let _lock = ImageLock::acquire(path, Access::ReadWrite)?;
+            let old_size = std::fs::metadata(path).map_err(open_err)?.len();
+            let new_size = checked_new_size(path, old_size, size, allow_shrink)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(open_err)?;
+            file.set_len(new_size)
+                .and_then(|()| file.sync_all())
+                .map_err(open_err)?;
+            (old_size, new_size)
+        }
+        ImageFormat::Qcow2 => {
+            let mut disk = Qcow2Disk::open(path, false)?;
+            let (h, _) = read_header(path)?;
+            if h.nb_snapshots > 0 {
+                return Err(invalid(format!(
+                    "the image has {} internal snapshots, which record its size; \
+                     delete them first (`qemu-img snapshot -d`)",
+                    h.nb_snapshots
+                )));
+            }
+            if h.autoclear_features & AUTOCLEAR_BITMAPS != 0 {
+                return Err(invalid(
+                    "the image has persistent bitmaps, which kiln cannot resize".into(),
+                ));
+            }
+            let new_size = checked_new_size(path, h.size, size, allow_shrink)?;
+            let partial_cluster_end = h.size.next_multiple_of(h.cluster_size());
+            let zero_until = visible_backing_end(path)?.max(partial_cluster_end);
+            disk.resize(new_size, zero_until)?;
+            (h.size, new_size)
+        }
+    };
+    Ok(Resized {
+        format,
+        old_size,
+        new_size,
+    })
+}
+
+fn refused(path: &Path, reason: String) -> DiskError {
+    DiskError::Unsupported {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// The size `size` asks for, from `old_size`: in range, whole sectors, and not
+/// smaller unless shrinking is allowed.
+fn checked_new_size(
+    path: &Path,
+    old_size: u64,
+    size: NewSize,
+    allow_shrink: bool,
+) -> Result<u64, DiskError> {
+    let invalid = |reason| refused(path, reason);
+    let new_size = match size {
+        NewSize::Absolute(n) => Some(n),
+        NewSize::Grow(d) => old_size.checked_add(d),
+        NewSize::Shrink(d) => old_size.checked_sub(d),
+    }
+    .ok_or_else(|| {
+        invalid(format!(
+            "{size:?} is out of range for a {old_size}-byte image"
+        ))
+    })?;
+    if new_size % 512 != 0 {
+        return Err(invalid(format!(
+            "the new size {new_size} is not a multiple of 512 bytes"
+        )));
+    }
+    if new_size < old_size && !allow_shrink {
+        return Err(invalid(format!(
+            "shrinking from {old_size} to {new_size} bytes loses the data beyond {new_size}; \
+             pass --shrink to do it anyway"
+        )));
+    }
+    Ok(new_size)
+}
+
+/// The virtual size of the backing file of the qcow2 image at `path` (0 without one):
+/// up to there, a grown image would show the backing file's data.
+fn visible_backing_end(path: &Path) -> Result<u64, DiskError> {
+    let chain = check_chain(path, false)?;
+    let Some((backing, format)) = chain.get(1) else {
+        return Ok(0);
+    };
+    match format {
+        ImageFormat::Qcow2 => Ok(read_header(backing)?.0.size),
+        ImageFormat::Raw => File::open(backing)
+            .and_then(|f| f.metadata())
+            .map(|m| m.len())
+            .map_err(|source| DiskError::Open {
+                path: backing.clone(),
+                source,
+            }),
+    }
+}

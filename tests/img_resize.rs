@@ -1,0 +1,194 @@
+//! `kiln img resize` against `qemu-img resize`: copies of the same image grown and
+//! shrunk the same way by both compare equal and pass `qemu-img check`; a grown
+//! overlay does not show its longer backing file; refused resizes name the problem
+//! and leave the image byte for byte unchanged.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+mod qcow2_support;
+
+use common::Run;
+use qcow2_support::{qemu_img, tool};
+
+fn kiln(args: &[&str]) -> Run {
+    let run = common::run_kiln("img resize", args);
+    assert!(!run.stderr().contains("panicked"), "{}", run.stderr());
+    run
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("img-resize-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn virtual_size(image: &Path) -> u64 {
+    let info = qemu_img(&["info", "--output=json", "-U", s(image)]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    info["virtual-size"].as_u64().unwrap()
+}
+
+/// `qemu-img create -f FORMAT [-o OPTIONS] [-b BACKING -F qcow2] PATH SIZE`.
+fn create(format: &str, options: &str, backing: Option<&Path>, path: &Path, size: &str) {
+    let mut args = vec!["create", "-q", "-f", format];
+    if !options.is_empty() {
+        args.extend(["-o", options]);
+    }
+    if let Some(b) = backing {
+        args.extend(["-b", s(b), "-F", "qcow2"]);
+    }
+    args.extend([s(path), size]);
+    qemu_img(&args);
+}
+
+/// A 64 MiB image of `format` with data at the start, the middle and the end.
+fn image(dir: &Path, name: &str, format: &str, options: &str) -> PathBuf {
+    let path = dir.join(name);
+    create(format, options, None, &path, "64M");
+    for (pattern, at) in [(0x11, "0"), (0x22, "40M"), (0x33, "63M")] {
+        let cmd = format!("write -P {pattern} {at} 1M");
+        tool("qemu-io", &["-f", format, "-c", &cmd, s(&path)]);
+    }
+    path
+}
+
+#[test]
+fn grows_and_shrinks_as_qemu_img_does() {
+    let d = dir("steps");
+    for (name, format, options) in [
+        ("v3.qcow2", "qcow2", "cluster_size=65536"),
+        ("v2.qcow2", "qcow2", "compat=0.10,cluster_size=4096"),
+        ("disk.raw", "raw", ""),
+    ] {
+        let ours = image(&d, name, format, options);
+        let theirs = d.join(format!("qemu-{name}"));
+        std::fs::copy(&ours, &theirs).unwrap();
+        for step in ["+64M", "200M", "-100M", "48M", "+1G"] {
+            let shrink = step.starts_with('-') || step == "48M";
+            let flags: &[&str] = if shrink { &["--shrink"] } else { &[] };
+            let args = [
+                &["img", "resize", "--format", format],
+                flags,
+                &[s(&ours), step],
+            ];
+            let out = kiln(&args.concat());
+            assert_eq!(out.code(), Some(0), "{name} {step}: {}", out.stderr());
+            assert_eq!(out.stdout(), "Image resized.\n");
+            let qemu = [&["resize", "-q", "-f", format], flags, &[s(&theirs), step]];
+            qemu_img(&qemu.concat());
+            assert_eq!(virtual_size(&ours), virtual_size(&theirs), "{name} {step}");
+            qemu_img(&[
+                "compare",
+                "-q",
+                "-f",
+                format,
+                "-F",
+                format,
+                s(&ours),
+                s(&theirs),
+            ]);
+            if format == "qcow2" {
+                qemu_img(&["check", s(&ours)]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_grown_overlay_does_not_show_its_longer_backing_file() {
+    let d = dir("overlay");
+    let base = d.join("base.qcow2");
+    create("qcow2", "", None, &base, "128M");
+    tool("qemu-io", &["-c", "write -P 0x55 0 128M", s(&base)]);
+    for cluster in ["65536", "2M"] {
+        let overlay = d.join(format!("overlay-{cluster}.qcow2"));
+        let options = format!("cluster_size={cluster}");
+        create("qcow2", &options, Some(&base), &overlay, "63M");
+        let theirs = d.join(format!("qemu-overlay-{cluster}.qcow2"));
+        std::fs::copy(&overlay, &theirs).unwrap();
+        assert_eq!(
+            kiln(&["img", "resize", s(&overlay), "200M"]).code(),
+            Some(0)
+        );
+        qemu_img(&["resize", "-q", s(&theirs), "200M"]);
+        // The old data still shows the base; everything after the old end reads zero,
+        // also inside the last cluster the old size used only partly.
+        let reads = [
+            "read -P 0x55 0 63M",
+            "read -P 0 63M 65M",
+            "read -P 0 128M 72M",
+        ];
+        tool(
+            "qemu-io",
+            &[
+                "-r",
+                "-c",
+                reads[0],
+                "-c",
+                reads[1],
+                "-c",
+                reads[2],
+                s(&overlay),
+            ],
+        );
+        qemu_img(&["compare", "-q", s(&overlay), s(&theirs)]);
+        qemu_img(&["check", s(&overlay)]);
+    }
+}
+
+#[test]
+fn the_regrown_tail_of_a_partly_used_cluster_reads_zero() {
+    // Shrinking to 63M keeps the 2M cluster at 62M, with 1M of old data past the new
+    // end. Growing again must not bring that data back (qemu-img resize 10.0 does).
+    let d = dir("tail");
+    let img = d.join("tail.qcow2");
+    create("qcow2", "cluster_size=2M", None, &img, "64M");
+    tool("qemu-io", &["-c", "write -P 0x44 62M 2M", s(&img)]);
+    assert_eq!(
+        kiln(&["img", "resize", "--shrink", s(&img), "63M"]).code(),
+        Some(0)
+    );
+    let quiet = kiln(&["img", "resize", "-q", s(&img), "+1M"]);
+    assert_eq!((quiet.code(), quiet.stdout()), (Some(0), String::new()));
+    let reads = ["read -P 0x44 62M 1M", "read -P 0 63M 1M"];
+    tool("qemu-io", &["-r", "-c", reads[0], "-c", reads[1], s(&img)]);
+    qemu_img(&["check", s(&img)]);
+}
+
+#[test]
+fn refused_resizes_name_the_problem_and_change_nothing() {
+    let d = dir("refused");
+    let img = image(&d, "disk.qcow2", "qcow2", "cluster_size=65536");
+    let snap = image(&d, "snap.qcow2", "qcow2", "cluster_size=65536");
+    qemu_img(&["snapshot", "-c", "first", s(&snap)]);
+    for (image, args, why) in [
+        (&img, vec!["32M"], "--shrink"),
+        (&img, vec!["--shrink", "-128M"], "out of range"),
+        (&img, vec!["+1000"], "multiple of 512"),
+        (&snap, vec!["+1M"], "snapshots"),
+    ] {
+        let before = std::fs::read(image).unwrap();
+        let mut full = vec!["img", "resize", s(image)];
+        full.extend(&args);
+        let out = kiln(&full);
+        let stderr = out.stderr();
+        assert_eq!(out.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(s(image)), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+        assert!(
+            std::fs::read(image).unwrap() == before,
+            "{args:?} changed the image"
+        );
+    }
+    let missing = d.join("missing.qcow2");
+    let out = kiln(&["img", "resize", s(&missing), "1G"]);
+    assert_eq!(out.code(), Some(1));
+    assert!(out.stderr().contains(s(&missing)), "{}", out.stderr());
+    assert!(!missing.exists(), "a missing image was created");
+}
