@@ -157,7 +157,7 @@ fn main() -> ExitCode {
 /// The error and its causes joined by ": ", as `{:#}` prints them, but without a
 /// cause whose text the message already holds: many errors name their cause in their
 /// own message and also return it as `source()`.
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut message = String::new();
     for cause in e.chain() {
         let text = cause.to_string();

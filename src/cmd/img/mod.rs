@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 mod check;
+mod compare;
 mod convert;
 mod create;
 mod info;
@@ -29,6 +30,8 @@ pub enum Command {
     Check(check::Args),
     /// Grow or shrink an image's virtual size (like `qemu-img resize`).
     Resize(resize::Args),
+    /// Compare the contents two images show a guest (like `qemu-img compare`).
+    Compare(compare::Args),
 }
 
 pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
@@ -38,5 +41,6 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
         Command::Convert(args) => convert::exec(args),
         Command::Check(args) => check::exec(args),
         Command::Resize(args) => resize::exec(args),
+        Command::Compare(args) => compare::exec(args),
     }
 }
