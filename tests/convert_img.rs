@@ -206,3 +206,48 @@ fn images_spanning_several_l2_tables_convert_correctly() {
     assert!(qemu_img(&["check"], &[&out]).contains("No errors were found"));
     qemu_img(&["compare", "-f", "raw", "-F", "qcow2"], &[&input, &out]);
 }
+
+#[test]
+fn input_format_and_progress() {
+    let dir = tempdir();
+    let input = dir.path().join("in.raw");
+    let size = (32 << 20) + 512;
+    make_input(&input, size);
+    let q = dir.path().join("in.qcow2");
+    convert(&["-O", "qcow2"], &input, &q);
+
+    // -f raw reads the qcow2 file's own bytes, as `qemu-img convert -f raw` does.
+    let ours = dir.path().join("file-bytes.raw");
+    convert(&["-f", "raw", "-O", "raw", "-p"], &q, &ours);
+    let theirs = dir.path().join("file-bytes.qemu.raw");
+    qemu_img(&["convert", "-f", "raw", "-O", "raw"], &[&q, &theirs]);
+    assert_eq!(
+        std::fs::read(&ours).unwrap(),
+        std::fs::read(&theirs).unwrap()
+    );
+    let guest = dir.path().join("guest.raw");
+    convert(&["-O", "raw"], &q, &guest);
+    assert_eq!(
+        std::fs::read(&guest).unwrap(),
+        std::fs::read(&input).unwrap()
+    );
+
+    // Progress: every mebibyte, never backwards, ending at the whole size.
+    let mut seen = Vec::new();
+    let mut record = |done: u64, total: u64| seen.push((done, total));
+    kiln_imagebuild::convert::convert(
+        &input,
+        &dir.path().join("progress.qcow2"),
+        &mut kiln_imagebuild::convert::ConvertOptions {
+            format: kiln_devices::block::ImageFormat::Qcow2,
+            compress: false,
+            input_format: None,
+            progress: Some(&mut record),
+        },
+    )
+    .unwrap();
+    assert_eq!(seen.len(), 33, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    assert!(seen.iter().all(|&(_, total)| total == size));
+    assert_eq!(seen.last(), Some(&(size, size)));
+}

@@ -31,10 +31,18 @@ pub enum ConvertError {
     CompressRaw,
 }
 
-pub struct ConvertOptions {
+pub struct ConvertOptions<'a> {
+    /// Output format.
     pub format: ImageFormat,
     pub compress: bool,
+    /// Input format; detected from the contents when `None`.
+    pub input_format: Option<ImageFormat>,
+    /// Called with (bytes done, bytes in all) after every mebibyte and at the end.
+    pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
 }
+
+/// Input bytes between progress reports.
+const PROGRESS_EVERY: u64 = 1 << 20;
 
 /// Statistics of a conversion.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -47,13 +55,14 @@ pub struct ConvertStats {
 pub fn convert(
     input: &Path,
     output: &Path,
-    opts: &ConvertOptions,
+    opts: &mut ConvertOptions,
 ) -> Result<ConvertStats, ConvertError> {
     if opts.compress && opts.format != ImageFormat::Qcow2 {
         return Err(ConvertError::CompressRaw);
     }
     let disk = open_disk(&DiskConfig {
         readonly: true,
+        format: opts.input_format,
         ..DiskConfig::new(input.to_path_buf())
     })
     .map_err(|source| ConvertError::Open {
@@ -103,6 +112,11 @@ pub fn convert(
                     }
                 }
                 offset += CLUSTER_SIZE;
+                if let Some(report) = opts.progress.as_mut() {
+                    if offset % PROGRESS_EVERY == 0 || offset >= size {
+                        report(offset.min(size), size);
+                    }
+                }
             }
             match qcow2 {
                 Some(w) => {

@@ -1,10 +1,12 @@
-//! `kiln img convert IN OUT [-O qcow2|raw] [-c]`, like `qemu-img convert`. Input is read
-//! through kiln's block backends (raw or qcow2, probed); output is written by
-//! kiln-imagebuild's converter (sparse raw, or qcow2 with optional deflate clusters).
+//! `kiln img convert IN OUT [-f FMT] [-O qcow2|raw] [-c] [-p]`, like `qemu-img
+//! convert`. Input is read through kiln's block backends (raw or qcow2, probed unless
+//! `-f`); output is written by kiln-imagebuild's converter (sparse raw, or qcow2 with
+//! optional deflate clusters).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_devices::block::ImageFormat;
 use kiln_imagebuild::convert::{convert, ConvertOptions};
 
@@ -22,17 +24,45 @@ pub struct Args {
     /// Compress data clusters (deflate; qcow2 output only).
     #[arg(short = 'c', long)]
     compress: bool,
+    /// Input format (detected from its contents when not given).
+    #[arg(short = 'f', long = "format", value_parser = parse_format)]
+    input_format: Option<ImageFormat>,
+    /// Show a progress bar on stderr (when it is a terminal).
+    #[arg(short = 'p', long)]
+    progress: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let bar = args.progress.then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "converting {bar:30} {percent}% {bytes}/{total_bytes} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let mut report = |done: u64, total: u64| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    };
     let stats = convert(
         &args.input,
         &args.output,
-        &ConvertOptions {
+        &mut ConvertOptions {
             format: args.format,
             compress: args.compress,
+            input_format: args.input_format,
+            progress: Some(&mut report),
         },
-    )?;
+    );
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let stats = stats?;
     eprintln!(
         "kiln: wrote {} ({}, {} data clusters, {} zero clusters of 64 KiB)",
         args.output.display(),
