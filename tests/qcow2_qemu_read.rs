@@ -20,16 +20,7 @@ const PATTERNS: &[&str] = &[
 
 fn create(dir: &Path, name: &str, opts: &str, size: &str) -> PathBuf {
     let p = dir.join(name);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        opts,
-        p.to_str().unwrap(),
-        size,
-    ]);
+    qemu_create(&p, opts, size);
     p
 }
 

@@ -32,6 +32,15 @@ pub fn qemu_img(args: &[&str]) -> String {
     tool("qemu-img", args)
 }
 
+/// `qemu-img create -f qcow2 [-o OPTIONS] PATH SIZE`.
+pub fn qemu_create(path: &Path, options: &str, size: &str) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !options.is_empty() {
+        args.extend(["-o", options]);
+    }
+    qemu_img(&[&args[..], &[path.to_str().unwrap(), size]].concat());
+}
+
 /// `qemu-img create -f qcow2 -b BACKING -F BACKING_FORMAT OVERLAY`, with the backing file
 /// named relative to the overlay, as a chain built in one directory would be.
 pub fn qemu_overlay(backing_name: &str, backing_format: &str, overlay: &Path) {

@@ -7,6 +7,7 @@ mod compare;
 mod convert;
 mod create;
 mod info;
+mod rebase;
 mod resize;
 
 pub(crate) use super::parse_size;
@@ -32,6 +33,9 @@ pub enum Command {
     Resize(resize::Args),
     /// Compare the contents two images show a guest (like `qemu-img compare`).
     Compare(compare::Args),
+    /// Point a qcow2 image at another backing file, copying no data (like
+    /// `qemu-img rebase -u`).
+    Rebase(rebase::Args),
 }
 
 pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
@@ -42,5 +46,6 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::exec(args),
         Command::Resize(args) => resize::exec(args),
         Command::Compare(args) => compare::exec(args),
+        Command::Rebase(args) => rebase::exec(args),
     }
 }

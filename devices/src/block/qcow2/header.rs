@@ -9,10 +9,10 @@ pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
 const V2_HEADER_LEN: usize = 72;
 const V3_HEADER_MIN_LEN: usize = 104;
-const MAX_BACKING_NAME: u32 = 1023;
+pub(super) const MAX_BACKING_NAME: u32 = 1023;
 
-const EXT_END: u32 = 0;
-const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+pub(super) const EXT_END: u32 = 0;
+pub(super) const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_DATA_FILE: u32 = 0x4441_5441;
 
 /// Incompatible feature bits (qcow2 spec).
@@ -109,6 +109,46 @@ fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
+/// Where the header extensions of the header `first` start: after the fixed v2
+/// header, or after a v3 header's `header_length`, 8-byte aligned. Call only on bytes
+/// [`Qcow2Header::parse`] accepted.
+pub(super) fn extensions_start(first: &[u8]) -> usize {
+    match be32(first, 4) {
+        3 => (be32(first, 100) as usize).next_multiple_of(8),
+        _ => V2_HEADER_LEN,
+    }
+}
+
+/// The header extensions from byte `at` up to the end marker, as (type, data).
+pub(super) fn raw_extensions(
+    first: &[u8],
+    mut at: usize,
+) -> Result<Vec<(u32, &[u8])>, HeaderError> {
+    let mut found = Vec::new();
+    loop {
+        if at + 8 > first.len() {
+            // v2 images without extensions may end right after the header.
+            return if at >= first.len() {
+                Ok(found)
+            } else {
+                Err(HeaderError::Extension(at))
+            };
+        }
+        let kind = be32(first, at);
+        let len = be32(first, at + 4) as usize;
+        let data_start = at + 8;
+        let data_end = data_start
+            .checked_add(len)
+            .filter(|&e| e <= first.len())
+            .ok_or(HeaderError::Extension(at))?;
+        if kind == EXT_END {
+            return Ok(found);
+        }
+        found.push((kind, &first[data_start..data_end]));
+        at = data_start + len.next_multiple_of(8);
+    }
+}
+
 impl Qcow2Header {
     /// Parse the header from the start of the file. `first` should hold the first cluster
     /// (or the whole file, if shorter); extensions and the backing name must lie in it.
@@ -201,33 +241,16 @@ impl Qcow2Header {
         Ok(h)
     }
 
-    fn parse_extensions(&mut self, first: &[u8], mut at: usize) -> Result<(), HeaderError> {
-        loop {
-            if at + 8 > first.len() {
-                // v2 images without extensions may end right after the header.
-                return if at >= first.len() {
-                    Ok(())
-                } else {
-                    Err(HeaderError::Extension(at))
-                };
-            }
-            let kind = be32(first, at);
-            let len = be32(first, at + 4) as usize;
-            let data_start = at + 8;
-            let data_end = data_start
-                .checked_add(len)
-                .filter(|&e| e <= first.len())
-                .ok_or(HeaderError::Extension(at))?;
-            let data = &first[data_start..data_end];
+    fn parse_extensions(&mut self, first: &[u8], at: usize) -> Result<(), HeaderError> {
+        for (kind, data) in raw_extensions(first, at)? {
             let text = || String::from_utf8_lossy(data).into_owned();
             match kind {
-                EXT_END => return Ok(()),
                 EXT_BACKING_FORMAT => self.backing_format = Some(text()),
                 EXT_DATA_FILE => self.data_file = Some(text()),
                 _ => {}
             }
-            at = data_start + len.next_multiple_of(8);
         }
+        Ok(())
     }
 
     /// Bytes per cluster.

@@ -26,6 +26,7 @@
 //! loop, so it must not wait: where imago has probably not loaded the L2 table (see
 //! `direct`), or a discard holds the lock, the read goes through imago on an I/O thread.
 
+pub mod backing;
 mod direct;
 pub mod header;
 pub mod refcheck;
