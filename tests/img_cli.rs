@@ -212,6 +212,16 @@ fn info_reports_dirty_image_and_missing_file() {
     b[79] |= 1;
     std::fs::write(&img, &b).unwrap();
     assert_eq!(kiln_info(&img)["dirty-flag"], true);
+    // Marked corrupt too: the text says how to repair both.
+    b[79] |= 2;
+    std::fs::write(&img, &b).unwrap();
+    assert_eq!(kiln_info(&img)["format-specific"]["data"]["corrupt"], true);
+    let text = kiln_ok(&["img", "info", p(&img)]);
+    assert!(
+        text.contains("corrupt: true (repair with `kiln img check -r all`)")
+            && text.contains("dirty: true (repair with `kiln img check -r all`)"),
+        "{text}"
+    );
     let e = kiln_err(&["img", "info", p(&dir.path().join("nope.qcow2"))]);
     assert!(e.contains("nope.qcow2"), "{e}");
 }

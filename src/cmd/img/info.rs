@@ -191,7 +191,11 @@ fn to_text(i: &ImageInfo) -> String {
             q.compression_type,
             q.lazy_refcounts,
             q.refcount_bits,
-            q.corrupt,
+            if q.corrupt {
+                "true (repair with `kiln img check -r all`)"
+            } else {
+                "false"
+            },
             q.extended_l2
         );
         if i.dirty {
