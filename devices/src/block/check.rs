@@ -69,10 +69,7 @@ pub fn check_image(path: &Path, options: CheckOptions) -> Result<CheckOutcome, D
     if format != ImageFormat::Qcow2 {
         return Ok(CheckOutcome::Unsupported(format));
     }
-    let open_err = |source| DiskError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_err = DiskError::io(path);
     let incomplete = |source| DiskError::CheckIncomplete {
         path: path.to_owned(),
         source,
@@ -88,10 +85,7 @@ pub fn check_image(path: &Path, options: CheckOptions) -> Result<CheckOutcome, D
         None
     };
     if let Some(reason) = unsupported {
-        return Err(DiskError::Unsupported {
-            path: path.to_owned(),
-            reason: reason.into(),
-        });
+        return Err(DiskError::unsupported(path, reason));
     }
     let file = File::open(path).map_err(open_err)?;
     let findings = count(&file, &header, file_len).map_err(incomplete)?;
@@ -141,10 +135,7 @@ fn repair_image(
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|source| DiskError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(DiskError::io(path))?;
     let mut done = Repaired::default();
     if rebuild {
         match rebuild_refcounts(&writable, &header, file_len) {

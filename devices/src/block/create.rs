@@ -23,10 +23,7 @@ pub struct CreateOptions {
 
 /// Create the image at `path`, which must not exist. On failure nothing is left behind.
 pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> {
-    let invalid = |reason: String| DiskError::Unsupported {
-        path: path.to_owned(),
-        reason,
-    };
+    let invalid = |reason: String| DiskError::unsupported(path, reason);
     if opts.format == ImageFormat::Raw && opts.backing.is_some() {
         return Err(invalid("raw images cannot have a backing file".into()));
     }
@@ -60,10 +57,7 @@ pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> 
         )));
     }
 
-    let open_err = |source| DiskError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_err = DiskError::io(path);
     // create_new: never clobber an existing image.
     let file = OpenOptions::new()
         .read(true)
@@ -95,10 +89,7 @@ fn create_qcow2(
     backing: Option<(String, ImageFormat)>,
     cluster_size: Option<u64>,
 ) -> Result<(), DiskError> {
-    let open_err = |source| DiskError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_err = DiskError::io(path);
     let storage = File::create_open(StorageCreateOptions::new().filename(path).overwrite(true))
         .map_err(open_err)?;
     let mut builder = Qcow2::<File>::create_builder(storage).size(size);

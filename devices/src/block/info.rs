@@ -43,10 +43,7 @@ pub struct ImageInfo {
 
 /// Inspect the image at `path`.
 pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
-    let meta = std::fs::metadata(path).map_err(|source| DiskError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(DiskError::io(path))?;
     let format = probe_format(path)?;
     let mut info = ImageInfo {
         filename: path.to_owned(),
@@ -76,10 +73,7 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
     info.backing_format = h.backing_format.clone();
     info.dirty = h.incompatible_features & incompat::DIRTY != 0;
     if h.nb_snapshots > 0 {
-        let file = std::fs::File::open(path).map_err(|source| DiskError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        let file = std::fs::File::open(path).map_err(DiskError::io(path))?;
         info.snapshots = read_snapshots(&file, &h, file_len)
             .map_err(|e| match e {
                 RefcountError::Layout(source) => DiskError::Corrupt {

@@ -37,6 +37,17 @@ pub enum Access {
     ReadWrite,
 }
 
+impl Access {
+    /// What an opener that is (or is not) `read_only` does.
+    pub fn for_read_only(read_only: bool) -> Self {
+        if read_only {
+            Access::Read
+        } else {
+            Access::ReadWrite
+        }
+    }
+}
+
 /// Why an image could not be locked.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {

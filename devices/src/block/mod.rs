@@ -82,6 +82,24 @@ pub enum DiskError {
     Io(#[from] io::Error),
 }
 
+impl DiskError {
+    /// `path` cannot be used for `reason` (bad input or a feature kiln lacks).
+    pub fn unsupported(path: &Path, reason: impl Into<String>) -> Self {
+        DiskError::Unsupported {
+            path: path.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// For `map_err`: an I/O error opening, reading or writing `path`.
+    pub fn io(path: &Path) -> impl Fn(io::Error) -> Self + Copy + '_ {
+        move |source| DiskError::Open {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 /// One open disk image. All methods take `&self` so worker threads can share it.
 pub trait DiskBackend: Send + Sync {
     /// The image format.
@@ -158,10 +176,7 @@ pub fn open_disk(config: &DiskConfig) -> Result<Arc<dyn DiskBackend>, DiskError>
 
 /// Detect the format of the image at `path` from its first bytes.
 pub fn probe_format(path: &Path) -> Result<ImageFormat, DiskError> {
-    let open_err = |source| DiskError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_err = DiskError::io(path);
     let mut file = File::open(path).map_err(open_err)?;
     let mut magic = [0u8; 4];
     let mut got = 0;

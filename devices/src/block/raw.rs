@@ -23,16 +23,8 @@ pub struct RawDisk {
 impl RawDisk {
     /// Open `path`; the disk size is the file size at open time.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
-        let open_err = |source| DiskError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let access = if read_only {
-            Access::Read
-        } else {
-            Access::ReadWrite
-        };
-        let lock = ImageLock::acquire(path, access)?;
+        let open_err = DiskError::io(path);
+        let lock = ImageLock::acquire(path, Access::for_read_only(read_only))?;
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)

@@ -44,11 +44,8 @@ pub fn resize_image(
     size: NewSize,
     allow_shrink: bool,
 ) -> Result<Resized, DiskError> {
-    let invalid = |reason| refused(path, reason);
-    let open_err = |source| DiskError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let invalid = |reason: String| DiskError::unsupported(path, reason);
+    let open_err = DiskError::io(path);
     let format = match format {
         Some(f) => f,
         None => probe_format(path)?,
@@ -97,13 +94,6 @@ pub fn resize_image(
     })
 }
 
-fn refused(path: &Path, reason: String) -> DiskError {
-    DiskError::Unsupported {
-        path: path.to_owned(),
-        reason,
-    }
-}
-
 /// The size `size` asks for, from `old_size`: in range, whole sectors, and not
 /// smaller unless shrinking is allowed.
 fn checked_new_size(
@@ -112,7 +102,7 @@ fn checked_new_size(
     size: NewSize,
     allow_shrink: bool,
 ) -> Result<u64, DiskError> {
-    let invalid = |reason| refused(path, reason);
+    let invalid = |reason: String| DiskError::unsupported(path, reason);
     let new_size = match size {
         NewSize::Absolute(n) => Some(n),
         NewSize::Grow(d) => old_size.checked_add(d),
@@ -149,9 +139,6 @@ fn visible_backing_end(path: &Path) -> Result<u64, DiskError> {
         ImageFormat::Raw => File::open(backing)
             .and_then(|f| f.metadata())
             .map(|m| m.len())
-            .map_err(|source| DiskError::Open {
-                path: backing.clone(),
-                source,
-            }),
+            .map_err(DiskError::io(backing)),
     }
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use super::header::{
     extensions_start, raw_extensions, Qcow2Header, EXT_BACKING_FORMAT, EXT_END, MAX_BACKING_NAME,
 };
-use super::{check_features, read_header};
+use super::{check_features, read_header, read_header_cluster};
 use crate::block::lock::{Access, ImageLock};
 use crate::block::{DiskError, ImageFormat};
 
@@ -24,24 +24,17 @@ pub fn set_backing_file(
     path: &Path,
     backing: Option<(&str, ImageFormat)>,
 ) -> Result<(), DiskError> {
-    let refused = |reason: String| DiskError::Unsupported {
-        path: path.to_owned(),
-        reason,
-    };
-    let io_err = |source| DiskError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let refused = |reason: String| DiskError::unsupported(path, reason);
+    let io_err = DiskError::io(path);
     let _lock = ImageLock::acquire(path, Access::ReadWrite)?;
-    let (h, file_len) = read_header(path)?;
+    let (h, _) = read_header(path)?;
     check_features(path, &h)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(io_err)?;
-    let mut first = vec![0u8; file_len.min(h.cluster_size()) as usize];
-    file.read_exact_at(&mut first, 0).map_err(io_err)?;
+    let first = read_header_cluster(&file, &h).map_err(io_err)?;
 
     let name = backing.map_or("", |(name, _)| name);
     if name.len() > MAX_BACKING_NAME as usize {

@@ -199,7 +199,6 @@ impl Qcow2Header {
             data_file: None,
         };
 
-        let mut ext_start = V2_HEADER_LEN;
         if version == 3 {
             if first.len() < V3_HEADER_MIN_LEN {
                 return Err(HeaderError::TooShort(first.len()));
@@ -215,7 +214,6 @@ impl Qcow2Header {
             if header_len as usize > V3_HEADER_MIN_LEN {
                 h.compression_type = first[V3_HEADER_MIN_LEN];
             }
-            ext_start = (header_len as usize).next_multiple_of(8);
             if h.refcount_order > 6 {
                 return Err(HeaderError::RefcountOrder(h.refcount_order));
             }
@@ -237,7 +235,7 @@ impl Qcow2Header {
             h.backing_file = Some(name.to_owned());
         }
 
-        h.parse_extensions(first, ext_start)?;
+        h.parse_extensions(first, extensions_start(first))?;
         Ok(h)
     }
 

@@ -78,10 +78,7 @@ pub struct Qcow2Disk {
 
 /// Read and check the header of the qcow2 image at `path`.
 pub fn read_header(path: &Path) -> Result<(Qcow2Header, u64), DiskError> {
-    let open_err = |source| DiskError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_err = DiskError::io(path);
     let corrupt = |source| DiskError::Corrupt {
         path: path.to_owned(),
         source,
@@ -97,13 +94,19 @@ pub fn read_header(path: &Path) -> Result<(Qcow2Header, u64), DiskError> {
     Ok((header, file_len))
 }
 
+/// The header cluster of the image open as `file` (the whole file, if shorter): where
+/// the header, its extensions and the backing file name live.
+pub(super) fn read_header_cluster(file: &StdFile, h: &Qcow2Header) -> std::io::Result<Vec<u8>> {
+    let len = file.metadata()?.len();
+    let mut first = vec![0u8; len.min(h.cluster_size()) as usize];
+    file.read_exact_at(&mut first, 0)?;
+    Ok(first)
+}
+
 /// Refuse what imago cannot open correctly, naming the feature.
 fn check_features(path: &Path, h: &Qcow2Header) -> Result<(), DiskError> {
     let f = h.incompatible_features;
-    let unsupported = |reason: String| DiskError::Unsupported {
-        path: path.to_owned(),
-        reason,
-    };
+    let unsupported = |reason: String| DiskError::unsupported(path, reason);
     if f & incompat::CORRUPT != 0 {
         return Err(DiskError::NeedsRepair {
             path: path.to_owned(),
@@ -151,10 +154,10 @@ pub fn check_chain(path: &Path, writable: bool) -> Result<Vec<(PathBuf, ImageFor
     let mut current = path.to_owned();
     loop {
         if chain.len() > MAX_CHAIN_DEPTH {
-            return Err(DiskError::Unsupported {
-                path: path.to_owned(),
-                reason: format!("backing chain deeper than {MAX_CHAIN_DEPTH} (a loop?)"),
-            });
+            return Err(DiskError::unsupported(
+                path,
+                format!("backing chain deeper than {MAX_CHAIN_DEPTH} (a loop?)"),
+            ));
         }
         let (h, file_len) = read_header(&current)?;
         check_features(&current, &h)?;
@@ -166,16 +169,10 @@ pub fn check_chain(path: &Path, writable: bool) -> Result<Vec<(PathBuf, ImageFor
         let mut l1 = vec![0u8; h.l1_size as usize * 8];
         StdFile::open(&current)
             .and_then(|f| f.read_exact_at(&mut l1, h.l1_table_offset))
-            .map_err(|source| DiskError::Open {
-                path: current.clone(),
-                source,
-            })?;
+            .map_err(DiskError::io(&current))?;
         h.check_l1_table(&l1, file_len).map_err(corrupt)?;
         if writable && chain.len() == 1 {
-            let file = StdFile::open(&current).map_err(|source| DiskError::Open {
-                path: current.clone(),
-                source,
-            })?;
+            let file = StdFile::open(&current).map_err(DiskError::io(&current))?;
             refcheck::check_refcounts(&file, &h, file_len).map_err(|source| {
                 DiskError::Refcount {
                     path: current.clone(),
@@ -193,16 +190,16 @@ pub fn check_chain(path: &Path, writable: bool) -> Result<Vec<(PathBuf, ImageFor
             Some("qcow2") => ImageFormat::Qcow2,
             Some("raw") | Some("file") => ImageFormat::Raw,
             Some(other) => {
-                return Err(DiskError::Unsupported {
-                    path: current.clone(),
-                    reason: format!("backing file format `{other}` is not supported"),
-                })
+                return Err(DiskError::unsupported(
+                    &current,
+                    format!("backing file format `{other}` is not supported"),
+                ))
             }
             None => probe_format(&next)?,
         };
         chain.push((next.clone(), format));
         if format == ImageFormat::Raw {
-            StdFile::open(&next).map_err(|source| DiskError::Open { path: next, source })?;
+            StdFile::open(&next).map_err(DiskError::io(&next))?;
             return Ok(chain);
         }
         current = next;
@@ -213,12 +210,7 @@ impl Qcow2Disk {
     /// Open the image and its whole backing chain (backing images read-only).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
         // Locked before anything is read: another writer could be changing it.
-        let access = if read_only {
-            Access::Read
-        } else {
-            Access::ReadWrite
-        };
-        let mut locks = vec![ImageLock::acquire(path, access)?];
+        let mut locks = vec![ImageLock::acquire(path, Access::for_read_only(read_only))?];
         let chain = check_chain(path, !read_only)?;
         for (backing, _) in &chain[1..] {
             locks.push(ImageLock::acquire(backing, Access::Read)?);
@@ -227,16 +219,10 @@ impl Qcow2Disk {
         let qcow2 = Qcow2::<File>::builder_path(path)
             .write(!read_only)
             .open(PermissiveImplicitOpenGate::default())
-            .map_err(|source| DiskError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(DiskError::io(path))?;
         let access = FormatAccess::new(qcow2);
         let direct = if header.incompatible_features & incompat::DATA_FILE == 0 {
-            let file = StdFile::open(path).map_err(|source| DiskError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+            let file = StdFile::open(path).map_err(DiskError::io(path))?;
             Some(DirectReads::new(file, header.cluster_bits))
         } else {
             None

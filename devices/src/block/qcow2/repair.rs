@@ -24,6 +24,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::header::{incompat, Qcow2Header};
+use super::read_header_cluster;
 use super::refcheck::{
     count_data_references, max_refcount, scan_refcounts, RefcountError, RefcountScan, COPIED,
     OFFSET_MASK,
@@ -292,13 +293,10 @@ fn header_unchanged_but_refcounts(
     h: &Qcow2Header,
     fields: &[u8; 12],
 ) -> Result<(), RefcountError> {
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut first = vec![0u8; len.min(h.cluster_size()) as usize];
-    file.read_exact_at(&mut first, 0)
-        .map_err(|e| RefcountError::Read {
-            offset: 0,
-            message: e.to_string(),
-        })?;
+    let mut first = read_header_cluster(file, h).map_err(|e| RefcountError::Read {
+        offset: 0,
+        message: e.to_string(),
+    })?;
     let at = REFCOUNT_TABLE_AT as usize;
     first
         .get_mut(at..at + fields.len())
