@@ -4,19 +4,16 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod qcow2_support;
+
+use qcow2_support::run;
 
 use serde_json::Value;
 
 const EXIT_CORRUPT: i32 = 2;
 const EXIT_LEAKS: i32 = 3;
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (run scripts/setup-host.sh)"))
-}
 
 fn qemu(args: &[&str]) -> String {
     let out = run("qemu-img", args);

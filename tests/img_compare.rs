@@ -3,18 +3,11 @@
 //! offset of the first mismatch.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod qcow2_support;
 
-use qcow2_support::{qemu_img, qemu_overlay, tool};
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (run scripts/setup-host.sh)"))
-}
+use qcow2_support::{qemu_img, qemu_overlay, run, tool};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -5,16 +5,13 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod qcow2_support;
+
+use qcow2_support::run;
 
 use kiln_devices::block::{open_disk, DiskConfig};
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (run scripts/setup-host.sh)"))
-}
 
 fn kiln(args: &[&str]) -> Output {
     let out = run(env!("CARGO_BIN_EXE_kiln"), args);

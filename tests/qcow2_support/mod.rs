@@ -2,19 +2,24 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Arc;
 
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, ImageFormat};
 
-/// Run a QEMU tool; panics (test failure) with its output when it fails or is missing.
-pub fn tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
+/// Run `program` and return what it did; panics only when it cannot start.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
         .args(args)
         .output()
         .unwrap_or_else(|e| {
             panic!("cannot run {program} ({e}); install qemu-utils with scripts/setup-host.sh")
-        });
+        })
+}
+
+/// Run a QEMU tool; panics (test failure) with its output when it fails or is missing.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
