@@ -107,10 +107,10 @@ fn quiet_and_errors() {
     let raw = d.join("b.raw");
     std::fs::write(&raw, vec![0u8; 4096]).unwrap();
     let out = kiln(&["img", "compare", "-F", "qcow2", s(&a), s(&raw)]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(s(&raw)) && stderr.contains("not a qcow2 image"),
+        "{stderr}"
     );
 }
