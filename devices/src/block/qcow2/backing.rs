@@ -12,7 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::header::{
-    extensions_start, raw_extensions, Qcow2Header, EXT_BACKING_FORMAT, EXT_END, MAX_BACKING_NAME,
+    extensions_start, field, raw_extensions, Qcow2Header, EXT_BACKING_FORMAT, EXT_END,
+    MAX_BACKING_NAME,
 };
 use super::{check_features, read_header, read_header_cluster};
 use crate::block::lock::{Access, ImageLock};
@@ -76,8 +77,9 @@ pub fn set_backing_file(
         Some(_) => (name_at as u64, name.len() as u32),
         None => (0, 0),
     };
-    new[8..16].copy_from_slice(&offset.to_be_bytes());
-    new[16..20].copy_from_slice(&len.to_be_bytes());
+    let (offset_at, len_at) = (field::BACKING_FILE_OFFSET, field::BACKING_FILE_SIZE);
+    new[offset_at..offset_at + 8].copy_from_slice(&offset.to_be_bytes());
+    new[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
 
     let mut expected = h.clone();
     expected.backing_file = backing.map(|(name, _)| name.to_owned());

@@ -7,8 +7,34 @@
 /// "QFI\xfb"
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
-const V2_HEADER_LEN: usize = 72;
-const V3_HEADER_MIN_LEN: usize = 104;
+/// Byte offsets of the fixed header fields (qcow2 spec, "Header"), big-endian.
+pub(super) mod field {
+    pub const VERSION: usize = 4;
+    /// Backing file name: offset (u64), then length (u32).
+    pub const BACKING_FILE_OFFSET: usize = 8;
+    pub const BACKING_FILE_SIZE: usize = 16;
+    pub const CLUSTER_BITS: usize = 20;
+    pub const SIZE: usize = 24;
+    pub const CRYPT_METHOD: usize = 32;
+    pub const L1_SIZE: usize = 36;
+    pub const L1_TABLE_OFFSET: usize = 40;
+    /// Refcount table: offset (u64), then length in clusters (u32).
+    pub const REFCOUNT_TABLE_OFFSET: usize = 48;
+    pub const REFCOUNT_TABLE_CLUSTERS: usize = 56;
+    pub const NB_SNAPSHOTS: usize = 60;
+    pub const SNAPSHOTS_OFFSET: usize = 64;
+    /// Version 3 only from here on.
+    pub const INCOMPATIBLE_FEATURES: usize = 72;
+    pub const COMPATIBLE_FEATURES: usize = 80;
+    pub const AUTOCLEAR_FEATURES: usize = 88;
+    pub const REFCOUNT_ORDER: usize = 96;
+    pub const HEADER_LENGTH: usize = 100;
+    /// The optional byte after the 104-byte minimum.
+    pub const COMPRESSION_TYPE: usize = 104;
+}
+
+const V2_HEADER_LEN: usize = field::INCOMPATIBLE_FEATURES;
+const V3_HEADER_MIN_LEN: usize = field::COMPRESSION_TYPE;
 pub(super) const MAX_BACKING_NAME: u32 = 1023;
 
 pub(super) const EXT_END: u32 = 0;
@@ -113,8 +139,8 @@ fn be64(b: &[u8], at: usize) -> u64 {
 /// header, or after a v3 header's `header_length`, 8-byte aligned. Call only on bytes
 /// [`Qcow2Header::parse`] accepted.
 pub(super) fn extensions_start(first: &[u8]) -> usize {
-    match be32(first, 4) {
-        3 => (be32(first, 100) as usize).next_multiple_of(8),
+    match be32(first, field::VERSION) {
+        3 => (be32(first, field::HEADER_LENGTH) as usize).next_multiple_of(8),
         _ => V2_HEADER_LEN,
     }
 }
@@ -163,15 +189,15 @@ impl Qcow2Header {
         if first.len() < V2_HEADER_LEN {
             return Err(HeaderError::TooShort(first.len()));
         }
-        let version = be32(first, 4);
+        let version = be32(first, field::VERSION);
         if version != 2 && version != 3 {
             return Err(HeaderError::Version(version));
         }
-        let cluster_bits = be32(first, 20);
+        let cluster_bits = be32(first, field::CLUSTER_BITS);
         if !(9..=21).contains(&cluster_bits) {
             return Err(HeaderError::ClusterBits(cluster_bits));
         }
-        let crypt = be32(first, 32);
+        let crypt = be32(first, field::CRYPT_METHOD);
         if crypt != 0 {
             return Err(HeaderError::Encrypted(crypt));
         }
@@ -182,13 +208,13 @@ impl Qcow2Header {
         let mut h = Qcow2Header {
             version,
             cluster_bits,
-            size: be64(first, 24),
-            l1_size: be32(first, 36),
-            l1_table_offset: be64(first, 40),
-            refcount_table_offset: be64(first, 48),
-            refcount_table_clusters: be32(first, 56),
-            nb_snapshots: be32(first, 60),
-            snapshots_offset: be64(first, 64),
+            size: be64(first, field::SIZE),
+            l1_size: be32(first, field::L1_SIZE),
+            l1_table_offset: be64(first, field::L1_TABLE_OFFSET),
+            refcount_table_offset: be64(first, field::REFCOUNT_TABLE_OFFSET),
+            refcount_table_clusters: be32(first, field::REFCOUNT_TABLE_CLUSTERS),
+            nb_snapshots: be32(first, field::NB_SNAPSHOTS),
+            snapshots_offset: be64(first, field::SNAPSHOTS_OFFSET),
             incompatible_features: 0,
             compatible_features: 0,
             autoclear_features: 0,
@@ -203,24 +229,24 @@ impl Qcow2Header {
             if first.len() < V3_HEADER_MIN_LEN {
                 return Err(HeaderError::TooShort(first.len()));
             }
-            h.incompatible_features = be64(first, 72);
-            h.compatible_features = be64(first, 80);
-            h.autoclear_features = be64(first, 88);
-            h.refcount_order = be32(first, 96);
-            let header_len = be32(first, 100);
+            h.incompatible_features = be64(first, field::INCOMPATIBLE_FEATURES);
+            h.compatible_features = be64(first, field::COMPATIBLE_FEATURES);
+            h.autoclear_features = be64(first, field::AUTOCLEAR_FEATURES);
+            h.refcount_order = be32(first, field::REFCOUNT_ORDER);
+            let header_len = be32(first, field::HEADER_LENGTH);
             if (header_len as usize) < V3_HEADER_MIN_LEN || header_len as usize > first.len() {
                 return Err(HeaderError::HeaderLength(header_len));
             }
             if header_len as usize > V3_HEADER_MIN_LEN {
-                h.compression_type = first[V3_HEADER_MIN_LEN];
+                h.compression_type = first[field::COMPRESSION_TYPE];
             }
             if h.refcount_order > 6 {
                 return Err(HeaderError::RefcountOrder(h.refcount_order));
             }
         }
 
-        let backing_offset = be64(first, 8);
-        let backing_len = be32(first, 16);
+        let backing_offset = be64(first, field::BACKING_FILE_OFFSET);
+        let backing_len = be32(first, field::BACKING_FILE_SIZE);
         if backing_offset != 0 {
             let end = backing_offset.checked_add(u64::from(backing_len));
             if backing_len > MAX_BACKING_NAME || end.is_none_or(|e| e > first.len() as u64) {

@@ -23,7 +23,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use super::header::{incompat, Qcow2Header};
+use super::header::{field, incompat, Qcow2Header};
 use super::read_header_cluster;
 use super::refcheck::{
     count_data_references, max_refcount, scan_refcounts, RefcountError, RefcountScan, COPIED,
@@ -51,8 +51,6 @@ pub struct Repaired {
     pub corrupt_cleared: bool,
 }
 
-/// Header offset of the incompatible feature bits (version 3).
-const INCOMPATIBLE_FEATURES_AT: u64 = 72;
 /// Autoclear bit of persistent dirty bitmaps.
 pub const AUTOCLEAR_BITMAPS: u64 = 1;
 
@@ -132,7 +130,7 @@ pub fn clear_incompatible(file: &File, h: &Qcow2Header, bits: u64) -> std::io::R
         return Ok(());
     }
     let features = h.incompatible_features & !bits;
-    file.write_all_at(&features.to_be_bytes(), INCOMPATIBLE_FEATURES_AT)?;
+    file.write_all_at(&features.to_be_bytes(), field::INCOMPATIBLE_FEATURES as u64)?;
     file.sync_all()
 }
 
@@ -207,7 +205,8 @@ fn encode_refcount(block: &mut [u8], i: usize, bits: u32, value: u64) {
 
 /// Header offset of the refcount table's offset (u64), followed by its length in
 /// clusters (u32).
-const REFCOUNT_TABLE_AT: u64 = 48;
+const REFCOUNT_TABLE_AT: u64 = field::REFCOUNT_TABLE_OFFSET as u64;
+const _: () = assert!(field::REFCOUNT_TABLE_CLUSTERS == field::REFCOUNT_TABLE_OFFSET + 8);
 
 /// Build new refcount structures from the references the L1/L2 tables, snapshots and
 /// header make, as `qemu-img check -r all` does when refcount blocks are missing or
@@ -253,10 +252,7 @@ pub fn rebuild_refcounts(
         RefcountError::CannotRepair(format!("a refcount table of {table} clusters is too large"))
     })?;
     let table_at = first_new * cs;
-    let mut header = [0u8; 12];
-    header[..8].copy_from_slice(&table_at.to_be_bytes());
-    header[8..].copy_from_slice(&table_clusters.to_be_bytes());
-    header_unchanged_but_refcounts(file, h, &header)?;
+    header_unchanged_but_refcounts(file, h, table_at, table_clusters)?;
     let end = first_new + table + blocks;
     let mut table_bytes = vec![0u8; (table * cs) as usize];
     let mut block = vec![0u8; cs as usize];
@@ -279,20 +275,31 @@ pub fn rebuild_refcounts(
     file.write_all_at(&table_bytes, table_at)
         .map_err(write_err(table_at))?;
     file.sync_all().map_err(write_err(0))?;
-    file.write_all_at(&header, REFCOUNT_TABLE_AT)
+    let fields = refcount_table_fields(table_at, table_clusters);
+    file.write_all_at(&fields, REFCOUNT_TABLE_AT)
         .map_err(write_err(REFCOUNT_TABLE_AT))?;
     file.sync_all().map_err(write_err(0))?;
     Ok(table + blocks)
 }
 
-/// Refuse to write `fields` over the refcount table fields if that would change
-/// anything else the header says (hostile metadata, such as a backing file name,
-/// can overlap them): the rebuild must not damage what it does not repair.
+/// The header's refcount table fields as they sit at [`REFCOUNT_TABLE_AT`].
+fn refcount_table_fields(table_at: u64, table_clusters: u32) -> [u8; 12] {
+    let mut fields = [0u8; 12];
+    fields[..8].copy_from_slice(&table_at.to_be_bytes());
+    fields[8..].copy_from_slice(&table_clusters.to_be_bytes());
+    fields
+}
+
+/// Refuse to write the new table's place and size over the header if that would
+/// change anything else the header says (hostile metadata, such as a backing file
+/// name, can overlap them): the rebuild must not damage what it does not repair.
 fn header_unchanged_but_refcounts(
     file: &File,
     h: &Qcow2Header,
-    fields: &[u8; 12],
+    table_at: u64,
+    table_clusters: u32,
 ) -> Result<(), RefcountError> {
+    let fields = refcount_table_fields(table_at, table_clusters);
     let mut first = read_header_cluster(file, h).map_err(|e| RefcountError::Read {
         offset: 0,
         message: e.to_string(),
@@ -301,10 +308,10 @@ fn header_unchanged_but_refcounts(
     first
         .get_mut(at..at + fields.len())
         .ok_or_else(|| RefcountError::CannotRepair("the header is too short".into()))?
-        .copy_from_slice(fields);
+        .copy_from_slice(&fields);
     let mut expected = h.clone();
-    expected.refcount_table_offset = u64::from_be_bytes(fields[..8].try_into().expect("8"));
-    expected.refcount_table_clusters = u32::from_be_bytes(fields[8..].try_into().expect("4"));
+    expected.refcount_table_offset = table_at;
+    expected.refcount_table_clusters = table_clusters;
     match Qcow2Header::parse(&first) {
         Ok(patched) if patched == expected => Ok(()),
         _ => Err(RefcountError::CannotRepair(
