@@ -49,17 +49,17 @@ pub fn qemu_create(path: &Path, options: &str, size: &str) {
 /// `qemu-img create -f qcow2 -b BACKING -F BACKING_FORMAT OVERLAY`, with the backing file
 /// named relative to the overlay, as a chain built in one directory would be.
 pub fn qemu_overlay(backing_name: &str, backing_format: &str, overlay: &Path) {
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        backing_name,
-        "-F",
-        backing_format,
-        overlay.to_str().unwrap(),
-    ]);
+    qemu_overlay_with("", backing_name, backing_format, overlay);
+}
+
+/// [`qemu_overlay`] with `-o OPTIONS` (as "compat=0.10,cluster_size=512") unless empty.
+pub fn qemu_overlay_with(options: &str, backing_name: &str, backing_format: &str, overlay: &Path) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !options.is_empty() {
+        args.extend(["-o", options]);
+    }
+    args.extend(["-b", backing_name, "-F", backing_format]);
+    qemu_img(&[&args[..], &[overlay.to_str().unwrap()]].concat());
 }
 
 pub fn qemu_io(image: &Path, commands: &[&str]) -> String {

@@ -17,6 +17,7 @@ pub mod info;
 pub mod lock;
 pub mod qcow2;
 pub mod raw;
+pub mod rebase;
 pub mod resize;
 
 use std::fs::File;

@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_devices::block::ImageFormat;
 use kiln_imagebuild::convert::{convert, ConvertOptions};
 
 use super::parse_format;
+use super::progress::Progress;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,22 +33,8 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let bar = args.progress.then(|| {
-        let bar = ProgressBar::new(0);
-        bar.set_draw_target(ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "converting {bar:30} {percent}% {bytes}/{total_bytes} eta {eta}",
-        ) {
-            bar.set_style(style);
-        }
-        bar
-    });
-    let mut report = |done: u64, total: u64| {
-        if let Some(bar) = &bar {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    };
+    let bar = Progress::new(args.progress, "converting");
+    let mut report = |done: u64, total: u64| bar.report(done, total);
     let stats = convert(
         &args.input,
         &args.output,
@@ -59,9 +45,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             progress: Some(&mut report),
         },
     );
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    drop(bar);
     let stats = stats?;
     eprintln!(
         "kiln: wrote {} ({}, {} data clusters, {} zero clusters of 64 KiB)",

@@ -7,6 +7,7 @@ mod compare;
 mod convert;
 mod create;
 mod info;
+mod progress;
 mod rebase;
 mod resize;
 
@@ -33,8 +34,8 @@ pub enum Command {
     Resize(resize::Args),
     /// Compare the contents two images show a guest (like `qemu-img compare`).
     Compare(compare::Args),
-    /// Point a qcow2 image at another backing file, copying no data (like
-    /// `qemu-img rebase -u`).
+    /// Point a qcow2 image at another backing file, copying what differs first (like
+    /// `qemu-img rebase`; `-u` copies nothing).
     Rebase(rebase::Args),
 }
 

@@ -277,6 +277,34 @@ impl Qcow2Disk {
         Ok(())
     }
 
+    pub(crate) fn cluster_size(&self) -> u64 {
+        self.cluster_size
+    }
+
+    /// Whether this image's own layer decides what `offset` reads (a data, zero or
+    /// compressed cluster), rather than leaving it to the backing file (or to zero,
+    /// without one); and for how many bytes from `offset`, at most `len`, that holds.
+    pub(crate) fn layer_extent(&self, offset: u64, len: u64) -> Result<(bool, u64), DiskError> {
+        check_range(offset, len, self.size)?;
+        let access = self.shared();
+        let (mapping, mapped) = access.get_shallow_mapping(offset, len)?;
+        let owned = !matches!(
+            mapping,
+            ShallowMapping::Indirect { .. }
+                | ShallowMapping::Zero {
+                    explicit: false,
+                    ..
+                }
+        );
+        if mapped == 0 || matches!(mapping, ShallowMapping::Eof { .. }) {
+            // Within the virtual size (checked above): imago would have to be wrong.
+            return Err(DiskError::Io(std::io::Error::other(format!(
+                "no mapping for offset {offset}, inside the image"
+            ))));
+        }
+        Ok((owned, mapped.min(len)))
+    }
+
     fn writable(&self) -> Result<(), DiskError> {
         if self.read_only {
             Err(DiskError::ReadOnly)

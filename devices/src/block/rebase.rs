@@ -1,0 +1,153 @@
+//! `kiln img rebase` in safe mode, as `qemu-img rebase` without `-u`: before a qcow2
+//! image names another backing file (or none), every cluster it leaves to its backing
+//! file and where the old chain and the new backing file differ is copied into the
+//! image. So the guest sees the same bytes before and after, whatever the new
+//! backing file holds.
+//!
+//! Order, so that an interruption leaves a usable image: the copies are written and
+//! synced while the image still names its old backing file (they hold what that file
+//! shows there, so nothing changes for a reader), and only then is the header
+//! rewritten (see [`set_backing_file`]).
+
+use std::path::{Path, PathBuf};
+
+use super::qcow2::backing::set_backing_file;
+use super::qcow2::Qcow2Disk;
+use super::{open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat};
+
+/// Bytes compared at a time (whole clusters, at least one).
+const CHUNK: u64 = 1 << 20;
+
+/// What a safe rebase wrote into the image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RebaseStats {
+    /// Clusters copied from the old backing chain because the new one differs there.
+    pub copied_clusters: u64,
+    /// Clusters made zero clusters: the old chain reads zero there, the new one not.
+    pub zeroed_clusters: u64,
+}
+
+/// The new backing file named in the header, and its path from the caller's directory.
+pub struct NewBacking<'a> {
+    /// As written in the image: relative to the image's directory unless absolute.
+    pub name: &'a str,
+    pub format: ImageFormat,
+}
+
+impl NewBacking<'_> {
+    /// Where the file is, seen from the current directory.
+    pub fn path_from(&self, image: &Path) -> PathBuf {
+        let dir = image.parent().unwrap_or_else(|| Path::new("."));
+        dir.join(self.name)
+    }
+}
+
+/// Rebase the qcow2 image at `path` onto `backing` (or onto none), copying what
+/// differs first. `progress` hears (bytes examined, virtual size) after each chunk.
+pub fn rebase_safe(
+    path: &Path,
+    backing: Option<&NewBacking<'_>>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RebaseStats, DiskError> {
+    if probe_format(path)? != ImageFormat::Qcow2 {
+        return Err(DiskError::unsupported(path, "not a qcow2 image"));
+    }
+    // Opens the old chain too: its data is what must survive.
+    let image = Qcow2Disk::open(path, false)?;
+    let new = match backing {
+        Some(b) => {
+            let mut config = DiskConfig::new(b.path_from(path));
+            config.format = Some(b.format);
+            config.readonly = true;
+            Some(open_disk(&config)?)
+        }
+        None => None,
+    };
+    let stats = copy_differences(&image, new.as_deref(), progress)?;
+    image.flush()?;
+    drop(new);
+    drop(image);
+    set_backing_file(path, backing.map(|b| (b.name, b.format)))?;
+    Ok(stats)
+}
+
+/// Copy into `image` every cluster its backing chain shows and `new` (zero past its
+/// end, or everywhere without one) does not.
+fn copy_differences(
+    image: &Qcow2Disk,
+    new: Option<&dyn DiskBackend>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RebaseStats, DiskError> {
+    let size = image.size();
+    let cluster = image.cluster_size();
+    let chunk = CHUNK.next_multiple_of(cluster);
+    let mut old_buf = vec![0u8; chunk as usize];
+    let mut new_buf = vec![0u8; chunk as usize];
+    let mut stats = RebaseStats::default();
+    let mut offset = 0;
+    while offset < size {
+        let chunk_end = (offset + chunk).min(size);
+        while offset < chunk_end {
+            let (owned, len) = image.layer_extent(offset, chunk_end - offset)?;
+            if !owned {
+                let old = &mut old_buf[..len as usize];
+                let new_data = &mut new_buf[..len as usize];
+                image.read_at(old, offset)?;
+                read_or_zero(new, new_data, offset)?;
+                copy_differing_clusters(image, offset, old, new_data, &mut stats)?;
+            }
+            offset += len;
+        }
+        progress(offset, size);
+    }
+    Ok(stats)
+}
+
+/// Read `buf.len()` bytes at `offset` from `disk`; what lies past its end (or all,
+/// without a disk) reads zero.
+fn read_or_zero(
+    disk: Option<&dyn DiskBackend>,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), DiskError> {
+    buf.fill(0);
+    let Some(disk) = disk else {
+        return Ok(());
+    };
+    let readable = disk.size().saturating_sub(offset).min(buf.len() as u64) as usize;
+    if readable > 0 {
+        disk.read_at(&mut buf[..readable], offset)?;
+    }
+    Ok(())
+}
+
+/// Write the clusters of `old` (at `offset`) that differ from `new` into `image`:
+/// zero clusters where `old` is all zero, else its data.
+fn copy_differing_clusters(
+    image: &Qcow2Disk,
+    offset: u64,
+    old: &[u8],
+    new: &[u8],
+    stats: &mut RebaseStats,
+) -> Result<(), DiskError> {
+    let cluster = image.cluster_size();
+    let mut at = 0usize;
+    while at < old.len() {
+        // Up to the next cluster boundary, so each write covers at most one cluster.
+        let pos = offset + at as u64;
+        let boundary = (pos / cluster + 1) * cluster;
+        let end = ((boundary - offset) as usize).min(old.len());
+        let (old_part, new_part) = (&old[at..end], &new[at..end]);
+        if old_part != new_part {
+            if old_part.iter().all(|&b| b == 0) {
+                image.write_zeroes(pos, old_part.len() as u64, false)?;
+                stats.zeroed_clusters += 1;
+            } else {
+                image.write_at(old_part, pos)?;
+                stats.copied_clusters += 1;
+            }
+        }
+        at = end;
+    }
+    Ok(())
+}
