@@ -83,6 +83,10 @@ dd if=/dev/vda of=/tmp/back bs=65536 skip=16 count=16 2>/dev/null
 cmp /tmp/pat /tmp/back && echo VDA-CMP=ok || echo VDA-CMP=fail
 dd if=/dev/vda of=/tmp/back bs=65536 skip=128 count=16 2>/dev/null
 cmp /tmp/vdb /tmp/back && echo VDA-CMP2=ok || echo VDA-CMP2=fail
+echo "VDA-CACHE=$(cat /sys/block/vda/cache_type)"
+echo "write through" > /sys/block/vda/cache_type
+echo "VDA-CACHE2=$(cat /sys/block/vda/cache_type) $(cat /sys/block/vda/queue/write_cache)"
+dd if=/tmp/pat of=/dev/vda bs=65536 seek=256 count=1 oflag=direct 2>/dev/null && echo VDA-WT-WRITE=ok
 echo "VDB-MD5=$(md5sum /tmp/vdb)"
 if dd if=/tmp/pat of=/dev/vdb bs=4096 count=1 conv=fsync 2>/dev/null; then echo VDB-WRITE=accepted; else echo VDB-WRITE=refused; fi
 dd if=/dev/vdc of=/tmp/vdc bs=65536 count=16 2>/dev/null
@@ -183,8 +187,19 @@ fn disks_console_and_rng_in_one_boot() {
         |key: &str| guest_value(&stdout, key).unwrap_or_else(|| panic!("no {key}= in {context}"));
     assert_eq!(get("VDA-SERIAL"), "kiln-vda-42");
     assert_eq!(get("VDA-SECTORS"), (64 * MIB / 512).to_string());
-    // Negotiated features, one character per bit: the driver took VIRTIO_RING_F_EVENT_IDX.
+    // Negotiated features, one character per bit: the driver took VIRTIO_RING_F_EVENT_IDX
+    // and VIRTIO_BLK_F_CONFIG_WCE, so it can switch the cache mode (cache_type)...
     assert_eq!(get("VDA-FEATURES").chars().nth(29), Some('1'), "{context}");
+    assert_eq!(get("VDA-FEATURES").chars().nth(11), Some('1'), "{context}");
+    // ... which starts writeback, and reads back writethrough (from the device's
+    // config space) once set; the block layer then sends no more flushes.
+    assert_eq!(get("VDA-CACHE"), "write back", "{context}");
+    assert_eq!(
+        get("VDA-CACHE2"),
+        "write through write through",
+        "{context}"
+    );
+    assert_eq!(get("VDA-WT-WRITE"), "ok", "{context}");
     assert_eq!(
         get("VDB-RO"),
         "1",
@@ -232,6 +247,10 @@ fn disks_console_and_rng_in_one_boot() {
     assert!(vda_bytes[..MIB].iter().all(|&b| b == 0), "before the write");
     assert!(vda_bytes[MIB..2 * MIB].iter().all(|&b| b == 0x5a));
     assert!(vda_bytes[2 * MIB..8 * MIB].iter().all(|&b| b == 0));
+    // The writethrough write, at 16 MiB.
+    assert!(vda_bytes[16 * MIB..16 * MIB + 65536]
+        .iter()
+        .all(|&b| b == 0x5a));
     assert!(
         vda_bytes[8 * MIB..9 * MIB] == vdb_data[..MIB],
         "vdb copy on vda"

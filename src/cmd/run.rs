@@ -50,7 +50,9 @@ pub struct Args {
     /// [,cache=writeback|unsafe]
     /// (aio, unless given: io_uring where the host allows it, for raw images and for the
     /// reads of a qcow2 image's own data clusters; I/O threads for the rest. cache=unsafe
-    /// answers guest flushes without syncing: faster builds, lost on a host crash).
+    /// answers guest flushes without syncing: faster builds, lost on a host crash. With
+    /// cache=writeback the guest may switch to writethrough, as with QEMU's config-wce:
+    /// /sys/block/vdX/cache_type in Linux).
     /// Repeatable; the guest sees them as vda, vdb, ... in order.
     #[arg(long = "disk", value_name = "path=FILE,...", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,

@@ -14,7 +14,7 @@ use super::harness::{Done, Harness, Op, QueueDriver};
 use super::parallel_tests::{
     data_buf, request, slow_disk, status_of, SlowDisk, DISK_SIZE, IOERR, OK, STATUSES,
 };
-use super::tests::settle;
+use super::tests::{activate_blk, settle};
 use super::*;
 use crate::block::{DiskError, ImageFormat};
 use crate::virtio::test_utils::*;
@@ -34,7 +34,7 @@ fn flush_waits_for_writes_of_an_earlier_notification_but_not_for_reads() {
         .unwrap();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
     let mut dev = Block::with_workers(disk.clone(), None, 4).unwrap();
-    activate(&mut dev, &mem, &[&vq]);
+    activate_blk(&mut dev, &mem, &[&vq]);
     add_requests(
         &vq,
         &[
@@ -106,7 +106,7 @@ fn failures_and_hostile_chains_in_the_async_path() {
     let mem = test_mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
     let mut dev = Block::with_workers(disk, Some("ser"), 4).unwrap();
-    activate(&mut dev, &mem, &[&vq]);
+    activate_blk(&mut dev, &mem, &[&vq]);
     let capacity = DISK_SIZE / 512;
     mem.write_obj(0xeeu8, GuestAddress(STATUSES + 4)).unwrap();
     let mut id_req = request(&mem, 6, VIRTIO_BLK_T_GET_ID, 0, true);
@@ -166,7 +166,7 @@ fn reset_with_requests_in_flight_finishes_running_and_drops_queued_ones() {
     let mem = test_mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
     let mut dev = Block::with_workers(disk.clone(), None, 2).unwrap();
-    activate(&mut dev, &mem, &[&vq]);
+    activate_blk(&mut dev, &mem, &[&vq]);
     let reqs: Vec<_> = (0..8)
         .map(|i| (i, request(&mem, i, VIRTIO_BLK_T_IN, sector_of(i), true)))
         .collect();
@@ -197,13 +197,13 @@ fn reset_with_requests_in_flight_finishes_running_and_drops_queued_ones() {
 
     // Re-activation works, and dropping the device mid-flight joins its workers.
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
-    activate(&mut dev, &mem, &[&vq]);
+    activate_blk(&mut dev, &mem, &[&vq]);
     add_requests(&vq, &reqs);
     dev.process_queue();
     settle(&mut dev);
     assert_eq!(used_idx(&vq), 8);
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
-    activate(&mut dev, &mem, &[&vq]);
+    activate_blk(&mut dev, &mem, &[&vq]);
     add_requests(&vq, &reqs);
     dev.process_queue();
     drop(dev);
@@ -219,7 +219,7 @@ fn lone_request_runs_inline_and_others_on_workers() {
         let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         let mut dev = Block::with_workers(disk.clone(), None, 4).unwrap();
         dev.set_inline_lone_requests(inline);
-        activate(&mut dev, &mem, &[&vq]);
+        activate_blk(&mut dev, &mem, &[&vq]);
         add_requests(&vq, &[(0, request(&mem, 0, VIRTIO_BLK_T_IN, 4, true))]);
         dev.process_queue();
         if inline {

@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::harness::wait_readable;
 use super::parallel_tests::{data_buf, request, slow_disk, status_of, SlowDisk, OK};
-use super::tests::settle;
+use super::tests::{activate_blk, settle};
 use super::*;
 use crate::block::{DiskError, ImageFormat};
 use crate::virtio::test_utils::*;
@@ -143,7 +143,7 @@ fn requests_of_several_notifications_are_in_flight_together() {
     let mem = test_mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
     let mut dev = Block::with_workers(disk.clone(), None, 16).unwrap();
-    activate(&mut dev, &mem, &[&vq]);
+    activate_blk(&mut dev, &mem, &[&vq]);
     for batch in 0..3u16 {
         let reqs: Vec<_> = (batch * 4..batch * 4 + 4)
             .map(|i| (i, request(&mem, i, VIRTIO_BLK_T_IN, sector_of(i), true)))
@@ -178,7 +178,7 @@ fn completions_are_published_by_the_event_loop_on_the_completion_event() {
         .collect();
     add_requests(&vq, &reqs);
     let mut dev = Block::with_workers(disk.clone(), None, 4).unwrap();
-    let irq = activate(&mut dev, &mem, &[&vq]);
+    let irq = activate_blk(&mut dev, &mem, &[&vq]);
     dev.process_queue();
     assert_eq!(
         (used_idx(&vq), dev.in_flight()),
@@ -324,7 +324,7 @@ fn driver_can_suppress_interrupts() {
     let mem = test_mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
     let mut dev = Block::with_workers(disk, None, 2).unwrap();
-    let irq = activate(&mut dev, &mem, &[&vq]);
+    let irq = activate_blk(&mut dev, &mem, &[&vq]);
     set_avail_flags(&mem, &vq, VRING_AVAIL_F_NO_INTERRUPT as u16);
     add_requests(
         &vq,
@@ -358,7 +358,7 @@ fn avail_index_beyond_the_queue_size_does_not_hang() {
     let mem = test_mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
     let mut dev = Block::with_workers(disk, None, 2).unwrap();
-    activate(&mut dev, &mem, &[&vq]);
+    activate_blk(&mut dev, &mem, &[&vq]);
     vq.avail().idx().store(100);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -15,7 +15,7 @@ use crate::virtio::VirtioDevice;
 /// request run inline so each kick completes its requests.
 fn harness(event_idx: bool) -> (tempfile::TempDir, Harness) {
     let dir = tempfile::tempdir().unwrap();
-    let mut dev = Block::with_workers(slow_disk(&dir, 0), None, 0).unwrap();
+    let dev = Block::with_workers(slow_disk(&dir, 0), None, 0).unwrap();
     let offered = dev.device_features();
     assert_ne!(
         offered & (1 << VIRTIO_RING_F_EVENT_IDX),
@@ -27,8 +27,7 @@ fn harness(event_idx: bool) -> (tempfile::TempDir, Harness) {
     } else {
         offered & !(1 << VIRTIO_RING_F_EVENT_IDX)
     };
-    dev.ack_features(wanted);
-    (dir, Harness::new(dev, 4, 4096).unwrap())
+    (dir, Harness::with_features(dev, 4, 4096, wanted).unwrap())
 }
 
 fn read(h: &mut Harness, n: u64) {

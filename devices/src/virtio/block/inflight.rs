@@ -84,6 +84,8 @@ struct JobContext {
     disk: Arc<dyn DiskBackend>,
     serial: Arc<[u8]>,
     flushes: bool,
+    /// The driver's cache mode: true for writethrough (see `Block`).
+    writethrough: Arc<AtomicBool>,
     mem: Arc<GuestMemory>,
     done: Sender<Completion>,
     event: Arc<EventFd>,
@@ -99,7 +101,13 @@ impl JobContext {
             serial: &self.serial,
             capacity: self.disk.size() / SECTOR_SIZE,
             flushes: self.flushes,
+            writethrough: self.writes_through(),
         }
+    }
+
+    /// Whether writes must be flushed before they complete.
+    fn writes_through(&self) -> bool {
+        self.flushes && self.writethrough.load(Ordering::Acquire)
     }
 
     /// Run the request and write its status; a request that panics gets IOERR.
@@ -225,6 +233,9 @@ pub struct ActiveConfig {
     pub serial: Arc<[u8]>,
     /// false (`cache=unsafe`): FLUSH succeeds at once, without touching the disk.
     pub flushes: bool,
+    /// The driver's cache mode, which it may change while the queue runs: true for
+    /// writethrough, where every write is flushed before it completes.
+    pub writethrough: Arc<AtomicBool>,
     pub completion_event: Arc<EventFd>,
     /// Most I/O threads; 0 runs every request on the event-loop thread.
     pub workers: usize,
@@ -264,6 +275,7 @@ impl Active {
                 disk: cfg.disk,
                 serial: cfg.serial,
                 flushes: cfg.flushes,
+                writethrough: cfg.writethrough,
                 mem: mem.clone(),
                 done,
                 event: cfg.completion_event,
@@ -453,7 +465,9 @@ impl Active {
         };
         let rw = matches!(req.kind, RequestType::In | RequestType::Out);
         let writable = req.kind == RequestType::In || !self.ctx.disk.is_read_only();
-        if !rw || !writable || req.data_len == 0 {
+        // A writethrough write flushes after it: the pool does both (see `IoContext`).
+        let flushed_write = req.kind == RequestType::Out && self.ctx.writes_through();
+        if !rw || !writable || flushed_write || req.data_len == 0 {
             return Some(p);
         }
         let Some(offset) = self.ctx.io().transfer_offset(req) else {

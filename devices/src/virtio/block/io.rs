@@ -18,6 +18,9 @@ pub struct IoContext<'a> {
     pub capacity: u64,
     /// Whether a FLUSH reaches the disk (false with `cache=unsafe`: it succeeds at once).
     pub flushes: bool,
+    /// Each write is flushed before it completes: the driver chose a writethrough cache
+    /// (see `Block::writethrough`) and FLUSH reaches the disk.
+    pub writethrough: bool,
 }
 
 /// Outcome: the status byte and how many bytes the device wrote into the payload.
@@ -57,8 +60,28 @@ impl IoContext<'_> {
         written.saturating_add(1)
     }
 
-    /// Run a well-formed request.
+    /// Run a well-formed request; in writethrough mode a successful write is flushed
+    /// before it completes (a failed flush fails the write).
     pub fn execute(&self, mem: &GuestMemory, req: &Request) -> Outcome {
+        let outcome = self.execute_cached(mem, req);
+        let write = matches!(
+            req.kind,
+            RequestType::Out | RequestType::Discard | RequestType::WriteZeroes
+        );
+        if write && outcome.0 == OK && self.writethrough {
+            if let Err(e) = self.disk.flush() {
+                warn!(
+                    "virtio-blk: flush after a writethrough {:?} failed: {e}",
+                    req.kind
+                );
+                return (IOERR, 0);
+            }
+        }
+        outcome
+    }
+
+    /// Run a well-formed request as a writeback cache would.
+    fn execute_cached(&self, mem: &GuestMemory, req: &Request) -> Outcome {
         match req.kind {
             RequestType::In | RequestType::Out => self.read_write(mem, req),
             RequestType::Flush if !self.flushes => (OK, 0),

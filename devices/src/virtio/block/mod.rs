@@ -22,6 +22,7 @@ pub mod request;
 pub mod uring;
 pub mod workers;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -46,6 +47,9 @@ pub const MAX_DISCARD_SEGMENTS: u32 = 1;
 /// Largest discard / write-zeroes per segment, in sectors (keeps each one bounded).
 pub const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
 
+/// Offset of `writeback` in struct virtio_blk_config: 1 writeback, 0 writethrough.
+const CONFIG_WRITEBACK: usize = 32;
+
 /// `Events::data` of the completion event (queue events use their index, activation u32::MAX).
 const COMPLETION_DATA: u32 = 0x424c_4b00;
 
@@ -64,6 +68,9 @@ pub struct Block {
     features: u64,
     acked_features: u64,
     config: Vec<u8>,
+    /// The cache mode the driver sees (see [`Block::writethrough`]), shared with the
+    /// queue's requests: the driver may switch it while they run.
+    writethrough: Arc<AtomicBool>,
     activation: Activation,
     /// Workers write it when they finish a request; lives as long as the device.
     completion_event: Arc<EventFd>,
@@ -92,7 +99,9 @@ impl Block {
         if disk.is_read_only() {
             features |= bit(VIRTIO_BLK_F_RO);
         } else {
-            features |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+            features |= bit(VIRTIO_BLK_F_DISCARD)
+                | bit(VIRTIO_BLK_F_WRITE_ZEROES)
+                | bit(VIRTIO_BLK_F_CONFIG_WCE);
         }
         let mut serial = serial.unwrap_or("").as_bytes().to_vec();
         serial.truncate(VIRTIO_BLK_ID_BYTES as usize);
@@ -107,6 +116,8 @@ impl Block {
             features,
             acked_features: 0,
             config,
+            // Until the driver negotiates FLUSH (see `Block::writethrough`).
+            writethrough: Arc::new(AtomicBool::new(true)),
             activation: Activation::new()?,
             completion_event: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             active: None,
@@ -133,6 +144,28 @@ impl Block {
     /// activation.
     pub fn set_cache(&mut self, cache: Cache) {
         self.cache = cache;
+    }
+
+    /// Whether the device runs its cache writethrough (each write flushed before it
+    /// completes) rather than writeback (data durable at FLUSH), as the driver chose:
+    /// - with VIRTIO_BLK_F_CONFIG_WCE, through the `writeback` config field (Linux:
+    ///   /sys/block/vdX/cache_type), writeback at reset;
+    /// - else writeback if it negotiated VIRTIO_BLK_F_FLUSH, writethrough if not: a
+    ///   driver that cannot flush must get durable writes (QEMU decides the same way).
+    ///
+    /// With `cache=unsafe` nothing is flushed either way.
+    pub fn writethrough(&self) -> bool {
+        self.writethrough.load(Ordering::Acquire)
+    }
+
+    fn update_cache_mode(&mut self) {
+        let acked = |f| self.acked_features & bit(f) != 0;
+        let through = if acked(VIRTIO_BLK_F_CONFIG_WCE) {
+            self.config[CONFIG_WRITEBACK] == 0
+        } else {
+            !acked(VIRTIO_BLK_F_FLUSH)
+        };
+        self.writethrough.store(through, Ordering::Release);
     }
 
     /// Whether the active queue submits through io_uring.
@@ -193,6 +226,7 @@ fn config_space(capacity: u64) -> Vec<u8> {
     c[44..48].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
     c[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
     c[52..56].copy_from_slice(&MAX_DISCARD_SEGMENTS.to_le_bytes());
+    c[CONFIG_WRITEBACK] = 1;
     c[56] = 1; // write_zeroes_may_unmap
     c
 }
@@ -212,6 +246,10 @@ impl VirtioDevice for Block {
 
     fn ack_features(&mut self, features: u64) {
         self.acked_features = features & self.features;
+        // virtio 1.2 §5.2.5.2: a configurable cache without FLUSH starts writethrough.
+        let flush = self.acked_features & bit(VIRTIO_BLK_F_FLUSH) != 0;
+        self.config[CONFIG_WRITEBACK] = u8::from(flush);
+        self.update_cache_mode();
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -224,9 +262,27 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        // Nothing is writable without VIRTIO_BLK_F_CONFIG_WCE, which kiln does not offer.
-        warn!("virtio-blk: driver wrote read-only config space at {offset:#x}");
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `writeback` is writable, and only with VIRTIO_BLK_F_CONFIG_WCE.
+        let wce = self.acked_features & bit(VIRTIO_BLK_F_CONFIG_WCE) != 0;
+        match data {
+            [mode] if wce && offset == CONFIG_WRITEBACK as u64 => {
+                self.config[CONFIG_WRITEBACK] = u8::from(*mode != 0);
+                self.update_cache_mode();
+                log::info!(
+                    "virtio-blk: the driver set a {} cache",
+                    if *mode != 0 {
+                        "writeback"
+                    } else {
+                        "writethrough"
+                    }
+                );
+            }
+            _ => warn!(
+                "virtio-blk: driver wrote {} bytes of read-only config space at {offset:#x}",
+                data.len()
+            ),
+        }
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
@@ -257,6 +313,7 @@ impl VirtioDevice for Block {
             inline_lone: self.inline_lone,
             io_uring: self.io_uring,
             flushes: self.cache == Cache::Writeback,
+            writethrough: self.writethrough.clone(),
         }));
         self.activation.activate(ctx.queue_events);
         Ok(())
@@ -267,6 +324,7 @@ impl VirtioDevice for Block {
         // workers, so no request touches guest memory after this returns. Finished but
         // unpublished requests are forgotten with the ring.
         self.active = None;
+        // The cache mode follows at the next negotiation (`ack_features`).
         self.acked_features = 0;
         true
     }
@@ -300,6 +358,8 @@ impl MutEventSubscriber for Block {
 mod async_fault_tests;
 #[cfg(test)]
 mod async_tests;
+#[cfg(test)]
+mod cache_mode_tests;
 #[cfg(test)]
 mod event_idx_tests;
 #[cfg(test)]

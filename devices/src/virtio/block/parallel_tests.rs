@@ -7,6 +7,7 @@ use virtio_bindings::bindings::virtio_blk::*;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, VolatileSlice};
 
+use super::tests::activate_blk;
 use super::*;
 use crate::block::{open_disk, DiskConfig, DiskError, ImageFormat};
 use crate::virtio::test_utils::*;
@@ -144,7 +145,7 @@ fn run_all<'m>(
     }
     vq.add_desc_chains(&descs, 0).unwrap();
     let mut dev = Block::with_workers(disk, None, workers).unwrap();
-    let irq = activate(&mut dev, mem, &[&vq]);
+    let irq = activate_blk(&mut dev, mem, &[&vq]);
     dev.process_queue();
     super::tests::settle(&mut dev);
     (vq, irq)
@@ -279,7 +280,7 @@ fn reset_stops_io_threads_and_reactivation_works() {
         let mut descs = chain(0, &request(&mem, 0, VIRTIO_BLK_T_IN, 1, true));
         descs.extend(chain(3, &request(&mem, 1, VIRTIO_BLK_T_IN, 2, true)));
         vq.add_desc_chains(&descs, 0).unwrap();
-        activate(&mut dev, &mem, &[&vq]);
+        activate_blk(&mut dev, &mem, &[&vq]);
         assert_eq!(
             dev.io_threads(),
             0,

@@ -61,13 +61,24 @@ fn run(
     vq.add_desc_chains(descs, 0).unwrap();
     f.mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
     let mut dev = Block::new(f.disk.clone(), serial).unwrap();
-    let irq = activate(&mut dev, &f.mem, &[&vq]);
+    let irq = activate_blk(&mut dev, &f.mem, &[&vq]);
     dev.process_queue();
     settle(&mut dev);
     assert_eq!(used_idx(&vq), 1, "request was not returned to the driver");
     let (head, len) = used(&vq, 0);
     assert_eq!(head, 0);
     (len, status(&f.mem), irq)
+}
+
+/// Negotiate as a driver that polls the used ring would (FLUSH, so a writeback
+/// cache), then activate `dev` on `vqs`.
+pub(super) fn activate_blk(
+    dev: &mut Block,
+    mem: &GuestMemory,
+    vqs: &[&MockSplitQueue<GuestMemory>],
+) -> Arc<CountingInterrupt> {
+    dev.ack_features(harness::polling_driver_features(dev));
+    activate(dev, mem, vqs)
 }
 
 /// Wait for every request in flight to come back through the completion event.
@@ -419,7 +430,7 @@ fn many_requests_one_interrupt() {
     vq.add_desc_chains(&descs, 0).unwrap();
     // Inline: the four flushes complete within the one call, so one interrupt.
     let mut dev = Block::with_workers(f.disk.clone(), None, 0).unwrap();
-    let irq = activate(&mut dev, &f.mem, &[&vq]);
+    let irq = activate_blk(&mut dev, &f.mem, &[&vq]);
     dev.process_queue();
     assert_eq!(used_idx(&vq), 4);
     assert_eq!(irq.used_count(), 1);

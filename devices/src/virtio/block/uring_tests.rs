@@ -24,7 +24,7 @@ fn pattern(offset: u64) -> u8 {
     (offset % 253) as u8
 }
 
-fn raw_image(dir: &tempfile::TempDir) -> PathBuf {
+pub(super) fn raw_image(dir: &tempfile::TempDir) -> PathBuf {
     let path = dir.path().join("disk.raw");
     let content: Vec<u8> = (0..DISK_SIZE).map(pattern).collect();
     std::fs::write(&path, content).unwrap();
@@ -139,14 +139,14 @@ fn a_full_queue_stays_in_flight_for_thousands_of_requests() {
 
 /// A raw disk whose passthrough fd is `fd` (not necessarily the file it reads through),
 /// recording what the file held when a flush came.
-struct ProbeDisk {
+pub(super) struct ProbeDisk {
     raw: RawDisk,
     fd: File,
-    at_flush: Mutex<Vec<Vec<u8>>>,
+    pub(super) at_flush: Mutex<Vec<Vec<u8>>>,
 }
 
 impl ProbeDisk {
-    fn new(path: &Path, fd: File) -> Arc<Self> {
+    pub(super) fn new(path: &Path, fd: File) -> Arc<Self> {
         Arc::new(ProbeDisk {
             raw: RawDisk::open(path, false).unwrap(),
             fd,

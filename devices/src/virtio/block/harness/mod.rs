@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::VolatileSlice;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -155,6 +156,12 @@ pub trait QueueDriver {
     }
 }
 
+/// What a driver that polls the used ring negotiates: all the device offers (FLUSH
+/// among it, so the cache is writeback) but the event indexes, which it does not keep.
+pub fn polling_driver_features(dev: &Block) -> u64 {
+    dev.device_features() & !(1 << VIRTIO_RING_F_EVENT_IDX)
+}
+
 /// A [`Block`] device with an in-process, single-threaded driver of queue depth `depth`.
 pub struct Harness {
     driver: Driver,
@@ -167,11 +174,23 @@ impl Harness {
     pub const MAX_DEPTH: usize = Driver::MAX_DEPTH;
 
     /// Activate `dev` on a fresh queue with `depth` request slots of up to `slot_bytes`
-    /// of data each.
+    /// of data each, negotiating [`polling_driver_features`].
     pub fn new(dev: Block, depth: usize, slot_bytes: usize) -> Result<Self, HarnessError> {
+        let features = polling_driver_features(&dev);
+        Self::with_features(dev, depth, slot_bytes, features)
+    }
+
+    /// [`Harness::new`] negotiating `features` (those of them the device offers).
+    pub fn with_features(
+        dev: Block,
+        depth: usize,
+        slot_bytes: usize,
+        features: u64,
+    ) -> Result<Self, HarnessError> {
         let (driver, queue) = Driver::new(depth, slot_bytes)?;
         let interrupts = Arc::new(CountingInterrupt::default());
         let mut dev = dev;
+        dev.ack_features(features & dev.device_features());
         dev.activate(ActivateContext {
             mem: driver.memory().clone(),
             queues: vec![queue],
