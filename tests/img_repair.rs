@@ -393,3 +393,44 @@ fn missing_or_broken_refcount_structures_are_rebuilt_by_all() {
     assert_eq!(json["refcounts-rebuilt"], true, "{json:#}");
     assert_repaired(&img, &pristine);
 }
+
+#[test]
+fn persistent_bitmaps_keep_their_clusters_through_both_repairs() {
+    let d = dir("bitmaps");
+    let (img, pristine) = image(&d, "bitmaps.qcow2", "cluster_size=512");
+    let path = img.to_str().unwrap();
+    for bitmap in ["b0", "b1"] {
+        qemu_ok(&["bitmap", "--add", "-g", "512", path, bitmap]);
+    }
+    // Written while the bitmaps are enabled: their tables get data clusters.
+    let out = run("qemu-io", &["-c", "write -P 0x66 8M 3M", path]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::copy(&img, &pristine).unwrap();
+    let bitmaps = || {
+        let info = run("qemu-img", &["info", "--output=json", path]);
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        info["format-specific"]["data"]["bitmaps"].clone()
+    };
+    let before = bitmaps();
+    assert_eq!(before.as_array().map(Vec::len), Some(2), "{before:#}");
+
+    // A leak is freed, and no bitmap cluster with it.
+    leak_a_cluster(&img, 16);
+    let out = kiln(&["img", "check", "-r", "leaks", path]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_repaired(&img, &pristine);
+
+    // A refcount table entry lost: the rebuilt blocks count the bitmaps too.
+    let f = open_rw(&img);
+    f.write_all_at(&0u64.to_be_bytes(), be64_at(&f, 48))
+        .unwrap();
+    drop(f);
+    let found: serde_json::Value =
+        serde_json::from_slice(&kiln(&["img", "check", "--json", path]).stdout).unwrap();
+    let json = check_then_repair_all(&img);
+    assert_eq!(json["refcounts-rebuilt"], true, "{json:#}");
+    // Nothing was left for the pass after the rebuild (the bitmaps' clusters among it).
+    assert_eq!(json["corruptions-fixed"], found["corruptions"], "{json:#}");
+    assert_repaired(&img, &pristine);
+    assert_eq!(bitmaps(), before);
+}

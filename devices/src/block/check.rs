@@ -9,9 +9,7 @@ use super::lock::{Access, ImageLock};
 use super::qcow2::header::{incompat, HeaderError, Qcow2Header};
 use super::qcow2::read_header;
 use super::qcow2::refcheck::{scan_refcounts, RefcountError, RefcountScan};
-use super::qcow2::repair::{
-    clear_incompatible, rebuild_refcounts, repair, RepairMode, Repaired, AUTOCLEAR_BITMAPS,
-};
+use super::qcow2::repair::{clear_incompatible, rebuild_refcounts, repair, RepairMode, Repaired};
 use super::{probe_format, DiskError, ImageFormat};
 
 /// What checking an image found.
@@ -78,9 +76,6 @@ pub fn check_image(path: &Path, options: CheckOptions) -> Result<CheckOutcome, D
     let unsupported = if header.incompatible_features & incompat::EXTENDED_L2 != 0 {
         // Its L2 entries are 16 bytes: read as 8-byte ones, every count would be wrong.
         Some("extended L2 entries (subclusters) are not supported")
-    } else if header.autoclear_features & AUTOCLEAR_BITMAPS != 0 {
-        // Their clusters are not counted, so they would show as leaks.
-        Some("persistent dirty bitmaps are not supported (their clusters are not counted)")
     } else {
         None
     };

@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use super::lock::{Access, ImageLock};
-use super::qcow2::repair::AUTOCLEAR_BITMAPS;
+use super::qcow2::bitmaps::AUTOCLEAR_BITMAPS;
 use super::qcow2::{check_chain, read_header, Qcow2Disk};
 use super::{probe_format, DiskError, ImageFormat};
 

@@ -40,6 +40,7 @@ pub(super) const MAX_BACKING_NAME: u32 = 1023;
 pub(super) const EXT_END: u32 = 0;
 pub(super) const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_DATA_FILE: u32 = 0x4441_5441;
+const EXT_BITMAPS: u32 = 0x2385_2875;
 
 /// Incompatible feature bits (qcow2 spec).
 pub mod incompat {
@@ -81,6 +82,8 @@ pub enum HeaderError {
     BackingNameUtf8,
     #[error("header extension at offset {0} runs past the first cluster")]
     Extension(usize),
+    #[error("the bitmaps header extension is {0} bytes, not 24")]
+    BitmapsExtension(usize),
     #[error("virtual size {size} needs {needed} L1 entries but l1_size is {l1_size}")]
     L1TooSmall {
         size: u64,
@@ -118,13 +121,22 @@ pub struct Qcow2Header {
     pub snapshots_offset: u64,
     pub incompatible_features: u64,
     pub compatible_features: u64,
-    /// Bit 0: persistent dirty bitmaps (whose clusters kiln does not count).
+    /// Bit 0: the persistent dirty bitmaps extension is valid (see `bitmaps`).
     pub autoclear_features: u64,
     pub refcount_order: u32,
     pub compression_type: u8,
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
     pub data_file: Option<String>,
+    pub bitmaps: Option<BitmapsExtension>,
+}
+
+/// The bitmaps header extension: where the bitmap directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BitmapsExtension {
+    pub count: u32,
+    pub directory_size: u64,
+    pub directory_offset: u64,
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -223,6 +235,7 @@ impl Qcow2Header {
             backing_file: None,
             backing_format: None,
             data_file: None,
+            bitmaps: None,
         };
 
         if version == 3 {
@@ -271,6 +284,14 @@ impl Qcow2Header {
             match kind {
                 EXT_BACKING_FORMAT => self.backing_format = Some(text()),
                 EXT_DATA_FILE => self.data_file = Some(text()),
+                EXT_BITMAPS if data.len() >= 24 => {
+                    self.bitmaps = Some(BitmapsExtension {
+                        count: be32(data, 0),
+                        directory_size: be64(data, 8),
+                        directory_offset: be64(data, 16),
+                    })
+                }
+                EXT_BITMAPS => return Err(HeaderError::BitmapsExtension(data.len())),
                 _ => {}
             }
         }

@@ -27,6 +27,7 @@
 //! `direct`), or a discard holds the lock, the read goes through imago on an I/O thread.
 
 pub mod backing;
+pub mod bitmaps;
 mod direct;
 pub mod header;
 pub mod refcheck;
@@ -216,6 +217,14 @@ impl Qcow2Disk {
             locks.push(ImageLock::acquire(backing, Access::Read)?);
         }
         let (header, _) = read_header(path)?;
+        if !read_only && bitmaps::bitmaps_in_force(&header).is_some() {
+            // imago clears the autoclear bit on writing, as a program unaware of
+            // bitmaps must: QEMU then treats every bitmap as inconsistent.
+            warn!(
+                "{}: its persistent dirty bitmaps become inconsistent when kiln writes it",
+                path.display()
+            );
+        }
         let qcow2 = Qcow2::<File>::builder_path(path)
             .write(!read_only)
             .open(PermissiveImplicitOpenGate::default())

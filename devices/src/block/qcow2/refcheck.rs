@@ -11,6 +11,7 @@
 
 use std::os::unix::fs::FileExt;
 
+use super::bitmaps::{bitmaps_in_force, data_clusters, read_directory};
 use super::header::{HeaderError, Qcow2Header};
 use super::snapshots::read_snapshots;
 
@@ -320,12 +321,39 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
         }
         self.reference("snapshot table", self.h.snapshots_offset, table_len)
     }
+
+    /// Count the persistent bitmaps' directory, tables and data clusters.
+    fn count_bitmaps(&mut self) -> Result<(), RefcountError> {
+        let Some(ext) = bitmaps_in_force(self.h) else {
+            return Ok(());
+        };
+        let cs = self.h.cluster_size();
+        let tables = read_directory(self.src, ext, self.file_len)?;
+        self.reference("bitmap directory", ext.directory_offset, ext.directory_size)?;
+        for t in tables {
+            let len = t.entries.saturating_mul(8);
+            self.reference("bitmap table", t.offset, len)?;
+            let table = self.read(t.offset, len)?;
+            for offset in data_clusters(&table) {
+                if offset % cs != 0 {
+                    return Err(HeaderError::Unaligned {
+                        what: "bitmap data cluster",
+                        offset,
+                        cluster_size: cs,
+                    }
+                    .into());
+                }
+                self.reference("bitmap data cluster", offset, cs)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Count every reference to every cluster of the image (header, refcount structures,
-/// active and snapshot L1/L2 tables, data clusters) and compare with the refcounts,
-/// like `qemu-img check` (persistent bitmaps are not counted). Metadata that points
-/// outside the file or is misaligned ends the scan with an error.
+/// active and snapshot L1/L2 tables, data clusters, persistent bitmaps) and compare
+/// with the refcounts, like `qemu-img check`. Metadata that points outside the file or
+/// is misaligned ends the scan with an error.
 pub fn scan_refcounts<S: MetadataSource + ?Sized>(
     src: &S,
     h: &Qcow2Header,
@@ -375,6 +403,7 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
     let l1_entries = u64::from(h.l1_size);
     let allocated_clusters = c.count_l1("L1 table", h.l1_table_offset, l1_entries, true)?;
     c.count_snapshots()?;
+    c.count_bitmaps()?;
 
     let max = max_refcount(bits);
     let mut scan = RefcountScan {
@@ -409,7 +438,7 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
 }
 
 /// References to every cluster from the header, the active and snapshot L1/L2
-/// tables and their data: everything but the refcount structures, which is what a
+/// tables and their data, and the persistent bitmaps: everything but the refcount structures, which is what a
 /// rebuilt refcount structure must count (see `repair::rebuild_refcounts`). Indexed by
 /// cluster number, for every cluster of the file.
 pub fn count_data_references<S: MetadataSource + ?Sized>(
@@ -425,6 +454,7 @@ pub fn count_data_references<S: MetadataSource + ?Sized>(
     c.reference("header", 0, h.cluster_size())?;
     c.count_l1("L1 table", h.l1_table_offset, u64::from(h.l1_size), false)?;
     c.count_snapshots()?;
+    c.count_bitmaps()?;
     Ok(c.references)
 }
 

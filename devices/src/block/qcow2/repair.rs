@@ -51,9 +51,6 @@ pub struct Repaired {
     pub corrupt_cleared: bool,
 }
 
-/// Autoclear bit of persistent dirty bitmaps.
-pub const AUTOCLEAR_BITMAPS: u64 = 1;
-
 /// Repair what `scan` found in the image open read-write as `file`.
 pub fn repair(
     file: &File,
@@ -62,7 +59,6 @@ pub fn repair(
     scan: &RefcountScan,
     mode: RepairMode,
 ) -> Result<Repaired, RefcountError> {
-    refuse_bitmaps(h)?;
     let mut done = Repaired::default();
     let max = max_refcount(scan.refcount_bits);
     let mut fix = |m: &super::refcheck::Mismatch| -> Result<bool, RefcountError> {
@@ -132,16 +128,6 @@ pub fn clear_incompatible(file: &File, h: &Qcow2Header, bits: u64) -> std::io::R
     let features = h.incompatible_features & !bits;
     file.write_all_at(&features.to_be_bytes(), field::INCOMPATIBLE_FEATURES as u64)?;
     file.sync_all()
-}
-
-/// Persistent bitmaps' clusters are not counted: a repair would take them for leaks.
-fn refuse_bitmaps(h: &Qcow2Header) -> Result<(), RefcountError> {
-    if h.autoclear_features & AUTOCLEAR_BITMAPS != 0 {
-        return Err(RefcountError::CannotRepair(
-            "the image has persistent bitmaps, whose clusters kiln does not count".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// The error of a failed write at `offset` of the image.
@@ -219,7 +205,6 @@ pub fn rebuild_refcounts(
     h: &Qcow2Header,
     file_len: u64,
 ) -> Result<u64, RefcountError> {
-    refuse_bitmaps(h)?;
     let references = count_data_references(file, h, file_len)?;
     let bits = h.refcount_bits();
     let max = max_refcount(bits);

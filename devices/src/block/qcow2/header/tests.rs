@@ -127,6 +127,34 @@ fn reads_backing_name_and_extensions() {
 }
 
 #[test]
+fn reads_the_bitmaps_extension_and_refuses_a_short_one() {
+    let mut b = image();
+    let ext = 112;
+    put32(&mut b, 100, ext as u32);
+    put32(&mut b, ext, EXT_BITMAPS);
+    put32(&mut b, ext + 4, 24);
+    put32(&mut b, ext + 8, 2);
+    put64(&mut b, ext + 16, 96);
+    put64(&mut b, ext + 24, 0x3000);
+    put32(&mut b, ext + 32, EXT_END);
+    put32(&mut b, ext + 36, 0);
+    let h = Qcow2Header::parse(&b).unwrap();
+    let want = BitmapsExtension {
+        count: 2,
+        directory_size: 96,
+        directory_offset: 0x3000,
+    };
+    assert_eq!(h.bitmaps, Some(want));
+    // 16 bytes, then the end marker.
+    put32(&mut b, ext + 4, 16);
+    put64(&mut b, ext + 24, 0);
+    assert_eq!(
+        Qcow2Header::parse(&b),
+        Err(HeaderError::BitmapsExtension(16))
+    );
+}
+
+#[test]
 fn l1_entries_checked() {
     let b = image();
     let h = Qcow2Header::parse(&b).unwrap();
