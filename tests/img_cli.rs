@@ -260,3 +260,51 @@ fn info_lists_internal_snapshots_as_qemu_img_does() {
     assert_eq!(table(&kiln_text).len(), 4, "{kiln_text}");
     assert_eq!(table(&kiln_text), table(&qemu_text));
 }
+
+#[test]
+fn info_lists_persistent_bitmaps_as_qemu_img_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("bitmaps.qcow2");
+    let qemu = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    qemu(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p(&image), "16M"],
+    );
+    qemu("qemu-img", &["bitmap", "--add", p(&image), "nightly"]);
+    qemu(
+        "qemu-img",
+        &["bitmap", "--add", "-g", "1M", p(&image), "weekly"],
+    );
+    qemu("qemu-img", &["bitmap", "--disable", p(&image), "weekly"]);
+    let bitmaps = |v: &Value| v["format-specific"]["data"]["bitmaps"].clone();
+    let (k, q) = (kiln_info(&image), qemu_info(&image));
+    assert_eq!(bitmaps(&k).as_array().map(Vec::len), Some(2), "{k:#}");
+    assert_eq!(bitmaps(&k), bitmaps(&q));
+    // The text block, from "Format specific information:" on.
+    let specific = |text: &str| -> String {
+        let at = text
+            .find("Format specific information:")
+            .unwrap_or(text.len());
+        text[at..].to_owned()
+    };
+    let kiln_text = kiln_ok(&["img", "info", p(&image)]);
+    let qemu_text = qemu("qemu-img", &["info", p(&image)]);
+    assert!(kiln_text.contains("name: weekly"), "{kiln_text}");
+    assert_eq!(specific(&kiln_text), specific(&qemu_text));
+
+    // Written by a program unaware of bitmaps (the autoclear bit cleared): stale,
+    // and listed by neither.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &0u64.to_be_bytes(), 88).unwrap();
+    drop(f);
+    let (k, q) = (kiln_info(&image), qemu_info(&image));
+    assert_eq!(bitmaps(&k), Value::Null, "{k:#}");
+    assert_eq!(bitmaps(&k), bitmaps(&q));
+}

@@ -4,6 +4,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::qcow2::bitmaps::{bitmaps_in_force, read_directory, Bitmap};
 use super::qcow2::read_header;
 use super::qcow2::refcheck::RefcountError;
 use super::qcow2::snapshots::{read_snapshots, Snapshot};
@@ -38,6 +39,8 @@ pub struct ImageInfo {
     pub dirty: bool,
     /// Internal snapshots (qcow2).
     pub snapshots: Vec<Snapshot>,
+    /// Persistent dirty bitmaps in force (qcow2).
+    pub bitmaps: Vec<Bitmap>,
     pub qcow2: Option<Qcow2Info>,
 }
 
@@ -56,6 +59,7 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
         backing_format: None,
         dirty: false,
         snapshots: Vec::new(),
+        bitmaps: Vec::new(),
         qcow2: None,
     };
     if format == ImageFormat::Raw {
@@ -72,17 +76,22 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
     info.backing_filename = h.backing_file.clone();
     info.backing_format = h.backing_format.clone();
     info.dirty = h.incompatible_features & incompat::DIRTY != 0;
-    if h.nb_snapshots > 0 {
+    let metadata_err = |e| match e {
+        RefcountError::Layout(source) => DiskError::Corrupt {
+            path: path.to_owned(),
+            source,
+        },
+        other => DiskError::Io(std::io::Error::other(other.to_string())),
+    };
+    let bitmaps = bitmaps_in_force(&h);
+    if h.nb_snapshots > 0 || bitmaps.is_some() {
         let file = std::fs::File::open(path).map_err(DiskError::io(path))?;
-        info.snapshots = read_snapshots(&file, &h, file_len)
-            .map_err(|e| match e {
-                RefcountError::Layout(source) => DiskError::Corrupt {
-                    path: path.to_owned(),
-                    source,
-                },
-                other => DiskError::Io(std::io::Error::other(other.to_string())),
-            })?
-            .0;
+        if h.nb_snapshots > 0 {
+            info.snapshots = read_snapshots(&file, &h, file_len).map_err(metadata_err)?.0;
+        }
+        if let Some(ext) = bitmaps {
+            info.bitmaps = read_directory(&file, ext, file_len).map_err(metadata_err)?;
+        }
     }
     info.qcow2 = Some(Qcow2Info {
         compat: h.compat(),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kiln_devices::block::info::{image_info, ImageInfo};
+use kiln_devices::block::qcow2::bitmaps::Bitmap;
 use kiln_devices::block::qcow2::snapshots::Snapshot;
 use serde_json::{json, Map, Value};
 
@@ -62,6 +63,14 @@ fn to_json(i: &ImageInfo) -> Value {
         if let Some(d) = &q.data_file {
             data["data-file"] = json!(d);
         }
+        if !i.bitmaps.is_empty() {
+            let list: Vec<Value> = i
+                .bitmaps
+                .iter()
+                .map(|b| json!({"name": b.name, "granularity": b.granularity, "flags": b.flag_names()}))
+                .collect();
+            data["bitmaps"] = Value::Array(list);
+        }
         m.insert(
             "format-specific".into(),
             json!({"type": "qcow2", "data": data}),
@@ -71,6 +80,25 @@ fn to_json(i: &ImageInfo) -> Value {
         }
     }
     Value::Object(m)
+}
+
+/// As `qemu-img info` lists them under "Format specific information".
+fn bitmaps_text(bitmaps: &[Bitmap]) -> String {
+    if bitmaps.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("    bitmaps:\n");
+    for (i, b) in bitmaps.iter().enumerate() {
+        s += &format!("        [{i}]:\n            flags:\n");
+        for (j, flag) in b.flag_names().iter().enumerate() {
+            s += &format!("                [{j}]: {flag}\n");
+        }
+        s += &format!(
+            "            name: {}\n            granularity: {}\n",
+            b.name, b.granularity
+        );
+    }
+    s
 }
 
 /// As `qemu-img info --output=json` lists them.
@@ -186,10 +214,11 @@ fn to_text(i: &ImageInfo) -> String {
     if let Some(q) = &i.qcow2 {
         s += &format!(
             "Format specific information:\n    compat: {}\n    compression type: {}\n    \
-             lazy refcounts: {}\n    refcount bits: {}\n    corrupt: {}\n    extended l2: {}\n",
+             lazy refcounts: {}\n{}    refcount bits: {}\n    corrupt: {}\n    extended l2: {}\n",
             q.compat,
             q.compression_type,
             q.lazy_refcounts,
+            bitmaps_text(&i.bitmaps),
             q.refcount_bits,
             if q.corrupt {
                 "true (repair with `kiln img check -r all`)"

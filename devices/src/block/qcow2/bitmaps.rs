@@ -1,6 +1,7 @@
 //! Persistent dirty bitmaps (qcow2 spec, "Bitmaps extension" and "Bitmap directory"):
 //! the clusters they use, which the refcount check and the refcount rebuild count as
-//! `qemu-img check` does. Their contents mean nothing to kiln.
+//! `qemu-img check` does, and what `kiln img info` lists. Their contents mean nothing
+//! to kiln.
 //!
 //! As in QEMU, the extension counts only while the header's autoclear bit 0 is set:
 //! a program unaware of bitmaps that wrote the image cleared it, and the bitmaps are
@@ -17,11 +18,36 @@ const MAX_DIRECTORY_SIZE: u64 = 64 << 20;
 /// The fixed part of a directory entry.
 const ENTRY_FIXED_LEN: u64 = 24;
 
-/// Where one bitmap's table lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BitmapTable {
-    pub offset: u64,
-    pub entries: u64,
+/// Directory entry flag: the bitmap was open for writing and may be inconsistent.
+const FLAG_IN_USE: u32 = 1 << 0;
+/// Directory entry flag: QEMU updates the bitmap on writes.
+const FLAG_AUTO: u32 = 1 << 1;
+
+/// One bitmap of the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bitmap {
+    pub name: String,
+    /// Bytes of guest data per bit.
+    pub granularity: u64,
+    pub in_use: bool,
+    pub auto: bool,
+    /// Where its table lies, and how many 8-byte entries it has.
+    pub table_offset: u64,
+    pub table_entries: u64,
+}
+
+impl Bitmap {
+    /// Its flags as `qemu-img info` names them.
+    pub fn flag_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.in_use {
+            names.push("in-use");
+        }
+        if self.auto {
+            names.push("auto");
+        }
+        names
+    }
 }
 
 /// The extension, if the image has one in force.
@@ -31,13 +57,13 @@ pub fn bitmaps_in_force(h: &Qcow2Header) -> Option<&BitmapsExtension> {
         .filter(|_| h.autoclear_features & AUTOCLEAR_BITMAPS != 0)
 }
 
-/// The bitmap tables the directory of `ext` lists. A directory that runs past the end
-/// of the file, past QEMU's limits, or off its own end is refused.
+/// The bitmaps the directory of `ext` lists. A directory that runs past the end of the
+/// file, past QEMU's limits, or off its own end is refused.
 pub fn read_directory<S: MetadataSource + ?Sized>(
     src: &S,
     ext: &BitmapsExtension,
     file_len: u64,
-) -> Result<Vec<BitmapTable>, RefcountError> {
+) -> Result<Vec<Bitmap>, RefcountError> {
     let past_end = |offset, len| HeaderError::PastEnd {
         what: "bitmap directory",
         offset,
@@ -57,7 +83,7 @@ pub fn read_directory<S: MetadataSource + ?Sized>(
             offset,
             message: e.to_string(),
         })?;
-    let mut tables = Vec::with_capacity(ext.count as usize);
+    let mut bitmaps = Vec::with_capacity(ext.count as usize);
     let mut at = 0usize;
     for _ in 0..ext.count {
         let fixed = dir
@@ -65,21 +91,29 @@ pub fn read_directory<S: MetadataSource + ?Sized>(
             .ok_or_else(|| past_end(offset + at as u64, ENTRY_FIXED_LEN))?;
         let be32 =
             |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
-        let table_offset = u64::from_be_bytes(fixed[..8].try_into().expect("8 bytes"));
         let name_len = u64::from(u16::from_be_bytes([fixed[18], fixed[19]]));
         let extra_len = u64::from(be32(20));
-        tables.push(BitmapTable {
-            offset: table_offset,
-            entries: u64::from(be32(8)),
-        });
         let entry = (ENTRY_FIXED_LEN + extra_len + name_len).next_multiple_of(8);
-        at = usize::try_from(entry)
+        let end = usize::try_from(entry)
             .ok()
             .and_then(|e| at.checked_add(e))
             .filter(|&end| end <= dir.len())
             .ok_or_else(|| past_end(offset + at as u64, entry))?;
+        let name_at = at + (ENTRY_FIXED_LEN + extra_len) as usize;
+        let name = &dir[name_at..name_at + name_len as usize];
+        let flags = be32(12);
+        bitmaps.push(Bitmap {
+            name: String::from_utf8_lossy(name).into_owned(),
+            // Out-of-range values (QEMU allows 9..=31) still must not overflow.
+            granularity: 1u64 << fixed[17].min(63),
+            in_use: flags & FLAG_IN_USE != 0,
+            auto: flags & FLAG_AUTO != 0,
+            table_offset: u64::from_be_bytes(fixed[..8].try_into().expect("8 bytes")),
+            table_entries: u64::from(be32(8)),
+        });
+        at = end;
     }
-    Ok(tables)
+    Ok(bitmaps)
 }
 
 /// The data clusters a bitmap table (`table`, as read) points to. Entries with no
@@ -125,10 +159,26 @@ mod tests {
         let mut dir = entry(0x2000, 3, "first", 0);
         dir.extend(entry(0x3000, 40, "second-bitmap", 4));
         file[1024..1024 + dir.len()].copy_from_slice(&dir);
-        let tables = read_directory(&file[..], &ext(2, dir.len() as u64, 1024), 4096).unwrap();
-        let want =
-            [(0x2000, 3), (0x3000, 40)].map(|(offset, entries)| BitmapTable { offset, entries });
-        assert_eq!(tables, want);
+        let bitmaps = read_directory(&file[..], &ext(2, dir.len() as u64, 1024), 4096).unwrap();
+        let got: Vec<_> = bitmaps
+            .iter()
+            .map(|b| {
+                (
+                    b.name.as_str(),
+                    b.table_offset,
+                    b.table_entries,
+                    b.granularity,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("first", 0x2000, 3, 65536),
+                ("second-bitmap", 0x3000, 40, 65536)
+            ]
+        );
+        assert_eq!(bitmaps[0].flag_names(), ["auto"]);
     }
 
     #[test]

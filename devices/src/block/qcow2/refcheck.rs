@@ -328,12 +328,12 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
             return Ok(());
         };
         let cs = self.h.cluster_size();
-        let tables = read_directory(self.src, ext, self.file_len)?;
+        let bitmaps = read_directory(self.src, ext, self.file_len)?;
         self.reference("bitmap directory", ext.directory_offset, ext.directory_size)?;
-        for t in tables {
-            let len = t.entries.saturating_mul(8);
-            self.reference("bitmap table", t.offset, len)?;
-            let table = self.read(t.offset, len)?;
+        for b in bitmaps {
+            let len = b.table_entries.saturating_mul(8);
+            self.reference("bitmap table", b.table_offset, len)?;
+            let table = self.read(b.table_offset, len)?;
             for offset in data_clusters(&table) {
                 if offset % cs != 0 {
                     return Err(HeaderError::Unaligned {
