@@ -122,7 +122,63 @@ fn create_refuses_bad_input() {
     assert!(e.contains("missing.qcow2"), "{e}");
     let e = kiln_err(&["img", "create", p(&n)]);
     assert!(e.contains("size"), "{e}");
+    // qemu-img's -o options: what kiln cannot create is refused by name.
+    for (options, why) in [
+        ("compat=0.10", "compat=1.1"),
+        ("refcount_bits=1", "refcount_bits=16"),
+        ("preallocation=full", "preallocation=off"),
+        ("lazy_refcounts=on", "lazy_refcounts=off"),
+        ("encrypt.format=luks", "unknown option"),
+        ("cluster_size", "key=value"),
+        ("cluster_size=3k", "3072"),
+    ] {
+        let e = kiln_err(&["img", "create", "-o", options, p(&n), "1M"]);
+        assert!(e.contains(why), "-o {options}: {e}");
+    }
+    let e = kiln_err(&["img", "create", "-F", "qcow2", p(&n), "1M"]);
+    assert!(e.contains("backing format without a backing file"), "{e}");
     assert!(!n.exists(), "failed create left {} behind", n.display());
+}
+
+#[test]
+fn create_takes_qemu_img_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![0u8; 2 << 20]).unwrap();
+    // The same options to both tools give the same image.
+    let ours = dir.path().join("ours.qcow2");
+    let theirs = dir.path().join("theirs.qcow2");
+    let options = "cluster_size=4096,compat=1.1,lazy_refcounts=off,backing_file=base.raw";
+    let args = |image| ["create", "-f", "qcow2", "-o", options, "-F", "raw", image];
+    kiln_ok(&[&["img"][..], &args(p(&ours))].concat());
+    let made = Command::new("qemu-img")
+        .args(args(p(&theirs)))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (k, q) = (qemu_info(&ours), qemu_info(&theirs));
+    for field in [
+        "virtual-size",
+        "cluster-size",
+        "backing-filename",
+        "backing-filename-format",
+    ] {
+        assert_eq!(k[field], q[field], "{field}");
+    }
+    assert_eq!(k["cluster-size"], 4096);
+    assert_eq!(k["backing-filename-format"], "raw");
+    // backing_fmt in -o, and the later -o winning, as in qemu-img.
+    let again = dir.path().join("again.qcow2");
+    let o = [
+        "-o",
+        "backing_file=base.raw,backing_fmt=raw",
+        "-o",
+        "cluster_size=8k",
+    ];
+    kiln_ok(&[&["img", "create"], &o[..], &[p(&again)]].concat());
+    let info = qemu_info(&again);
+    assert_eq!(info["cluster-size"], 8192);
+    assert_eq!(info["backing-filename-format"], "raw");
 }
 
 #[test]

@@ -85,6 +85,7 @@ fn kiln_created_image_survives_random_ops() {
                 format: ImageFormat::Qcow2,
                 size: Some(SIZE),
                 backing: None,
+                backing_format: None,
                 cluster_size: Some(cluster),
             },
         )

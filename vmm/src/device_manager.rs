@@ -416,6 +416,7 @@ mod tests {
                 format: kiln_devices::block::ImageFormat::Qcow2,
                 size: Some(1 << 20),
                 backing: None,
+                backing_format: None,
                 cluster_size: None,
             },
         )

@@ -17,6 +17,8 @@ pub struct CreateOptions {
     pub size: Option<u64>,
     /// Backing image, stored as given (relative names are relative to the new image).
     pub backing: Option<PathBuf>,
+    /// The backing image's format; detected from its contents when not given.
+    pub backing_format: Option<ImageFormat>,
     /// qcow2 cluster size; 64 KiB when not given.
     pub cluster_size: Option<u64>,
 }
@@ -24,6 +26,9 @@ pub struct CreateOptions {
 /// Create the image at `path`, which must not exist. On failure nothing is left behind.
 pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> {
     let invalid = |reason: String| DiskError::unsupported(path, reason);
+    if opts.backing.is_none() && opts.backing_format.is_some() {
+        return Err(invalid("a backing format without a backing file".into()));
+    }
     if opts.format == ImageFormat::Raw && opts.backing.is_some() {
         return Err(invalid("raw images cannot have a backing file".into()));
     }
@@ -36,6 +41,7 @@ pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> 
             let resolved = path.parent().unwrap_or(Path::new(".")).join(b);
             let disk = open_disk(&DiskConfig {
                 readonly: true,
+                format: opts.backing_format,
                 ..DiskConfig::new(resolved)
             })?;
             Some((b.to_string_lossy().into_owned(), disk.format(), disk.size()))

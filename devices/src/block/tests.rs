@@ -12,6 +12,7 @@ fn create(path: &Path, format: ImageFormat, size: u64) {
             format,
             size: Some(size),
             backing: None,
+            backing_format: None,
             cluster_size: None,
         },
     )
@@ -164,6 +165,7 @@ fn create_refuses_existing_file_and_bad_options() {
         format: ImageFormat::Qcow2,
         size: Some(1 << 20),
         backing: None,
+        backing_format: None,
         cluster_size: None,
     };
     assert!(create_image(&path, &opts).is_err());
@@ -199,6 +201,7 @@ fn qcow2_backing_chain_and_info() {
             format: ImageFormat::Qcow2,
             size: None,
             backing: Some("base.raw".into()),
+            backing_format: None,
             cluster_size: Some(4096),
         },
     )

@@ -105,6 +105,7 @@ fn qcow2_seeds() -> Vec<Vec<u8>> {
                     format: ImageFormat::Qcow2,
                     size: Some(1 << 20),
                     backing: None,
+                    backing_format: None,
                     cluster_size: Some(cs),
                 },
             )

@@ -36,6 +36,7 @@ fn open(path: &Path, format: ImageFormat) -> Arc<dyn DiskBackend> {
             format,
             size: Some(BLOCK * BLOCKS),
             backing: None,
+            backing_format: None,
             cluster_size: None,
         },
     )
@@ -155,6 +156,7 @@ fn qcow2_random_writes_discards_and_reads_match_a_copy() {
             format: ImageFormat::Qcow2,
             size: Some(SIZE),
             backing: None,
+            backing_format: None,
             cluster_size: Some(CLUSTER),
         },
     )

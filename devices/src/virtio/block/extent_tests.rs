@@ -31,6 +31,7 @@ fn create(path: &Path, backing: Option<&Path>) {
             format: ImageFormat::Qcow2,
             size: Some(16 * CLUSTER),
             backing: backing.map(Path::to_owned),
+            backing_format: None,
             cluster_size: Some(CLUSTER),
         },
     )

@@ -12,6 +12,7 @@ pub fn make_image(path: &Path, format: ImageFormat, size: u64) -> anyhow::Result
         format,
         size: Some(size),
         backing: None,
+        backing_format: None,
         cluster_size: None,
     };
     create_image(path, &opts).with_context(|| format!("cannot create {}", path.display()))

@@ -12,6 +12,7 @@ fn image() -> Vec<u8> {
             format: ImageFormat::Qcow2,
             size: Some(1 << 20),
             backing: None,
+            backing_format: None,
             cluster_size: Some(4096),
         },
     )
