@@ -7,11 +7,7 @@ use std::process::Output;
 
 mod qcow2_support;
 
-use qcow2_support::{qemu_img, qemu_overlay, run, tool};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use qcow2_support::{qemu_img, qemu_overlay, run, s, tool};
 
 /// Both tools on the same pair: equal exit codes and standard output.
 fn assert_same_verdict(a: &Path, b: &Path, expect: i32) -> String {

@@ -8,23 +8,12 @@
 //! - refused rebases change nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-mod common;
 mod qcow2_support;
 
-use qcow2_support::{qemu_create, qemu_img, qemu_io, qemu_overlay, qemu_overlay_with, tool};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn kiln(args: &[&str]) -> Output {
-    let out = common::kiln().args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    out
-}
+use qcow2_support::{
+    fresh_dir, kiln, qemu_create, qemu_img, qemu_io, qemu_overlay, qemu_overlay_with, s, tool,
+};
 
 fn backing_fields(image: &Path) -> (serde_json::Value, serde_json::Value) {
     let info: serde_json::Value =
@@ -36,10 +25,7 @@ fn backing_fields(image: &Path) -> (serde_json::Value, serde_json::Value) {
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("img-rebase-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    fresh_dir("img-rebase", name)
 }
 
 #[test]

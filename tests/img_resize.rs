@@ -9,7 +9,7 @@ mod common;
 mod qcow2_support;
 
 use common::Run;
-use qcow2_support::{qemu_img, tool};
+use qcow2_support::{fresh_dir, qemu_img, s, tool};
 
 fn kiln(args: &[&str]) -> Run {
     let run = common::run_kiln("img resize", args);
@@ -18,14 +18,7 @@ fn kiln(args: &[&str]) -> Run {
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("img-resize-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    fresh_dir("img-resize", name)
 }
 
 fn virtual_size(image: &Path) -> u64 {

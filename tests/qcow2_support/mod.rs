@@ -1,11 +1,32 @@
 //! Helpers for the qcow2 tests that check kiln's backend against QEMU's tools.
 #![allow(dead_code)] // each test binary uses a subset
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, ImageFormat};
+
+/// A path as command lines take it.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `kiln ARGS`: what it did, which must not be a panic whatever it answers.
+pub fn kiln(args: &[&str]) -> Output {
+    let out = run(env!("CARGO_BIN_EXE_kiln"), args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    out
+}
+
+/// An empty directory `PREFIX-NAME` in the tests' scratch space.
+pub fn fresh_dir(prefix: &str, name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
 
 /// Run `program` and return what it did; panics only when it cannot start.
 pub fn run(program: &str, args: &[&str]) -> Output {

@@ -10,6 +10,7 @@
 //! Callers open a disk with [`open_disk`] and never branch on the format afterwards.
 
 pub mod check;
+pub mod commit;
 pub mod compare;
 pub mod config;
 pub mod create;

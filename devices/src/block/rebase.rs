@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use super::qcow2::backing::set_backing_file;
-use super::qcow2::Qcow2Disk;
+use super::qcow2::{LayerExtent, Qcow2Disk};
 use super::{open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
 /// Bytes compared at a time (whole clusters, at least one).
@@ -88,8 +88,8 @@ fn copy_differences(
     while offset < size {
         let chunk_end = (offset + chunk).min(size);
         while offset < chunk_end {
-            let (owned, len) = image.layer_extent(offset, chunk_end - offset)?;
-            if !owned {
+            let (kind, len) = image.layer_extent(offset, chunk_end - offset)?;
+            if kind == LayerExtent::Backing {
                 let old = &mut old_buf[..len as usize];
                 let new_data = &mut new_buf[..len as usize];
                 image.read_at(old, offset)?;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 mod check;
+mod commit;
 mod compare;
 mod convert;
 mod create;
@@ -32,6 +33,9 @@ pub enum Command {
     Check(check::Args),
     /// Grow or shrink an image's virtual size (like `qemu-img resize`).
     Resize(resize::Args),
+    /// Write a qcow2 overlay's data into its backing file and empty it (like
+    /// `qemu-img commit`).
+    Commit(commit::Args),
     /// Compare the contents two images show a guest (like `qemu-img compare`).
     Compare(compare::Args),
     /// Point a qcow2 image at another backing file, copying what differs first (like
@@ -46,6 +50,7 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
         Command::Convert(args) => convert::exec(args),
         Command::Check(args) => check::exec(args),
         Command::Resize(args) => resize::exec(args),
+        Command::Commit(args) => commit::exec(args),
         Command::Compare(args) => compare::exec(args),
         Command::Rebase(args) => rebase::exec(args),
     }

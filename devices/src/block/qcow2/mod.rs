@@ -56,6 +56,17 @@ use super::{check_range, probe_format, DiskBackend, DiskError, ImageFormat};
 use direct::DirectReads;
 use header::{incompat, Qcow2Header};
 
+/// What an image's own layer holds at some offset (see [`Qcow2Disk::layer_extent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerExtent {
+    /// Nothing: the backing file shows through (or zero, without one).
+    Backing,
+    /// Zero clusters: zero whatever the backing file holds.
+    Zero,
+    /// Data (plain or compressed clusters).
+    Data,
+}
+
 /// Deepest backing chain kiln follows (a loop in the chain would otherwise never end).
 pub const MAX_CHAIN_DEPTH: usize = 32;
 
@@ -210,11 +221,30 @@ pub fn check_chain(path: &Path, writable: bool) -> Result<Vec<(PathBuf, ImageFor
 impl Qcow2Disk {
     /// Open the image and its whole backing chain (backing images read-only).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
+        Self::open_layers(path, read_only, true)
+    }
+
+    /// Open only the image's own layer, as if it had no backing file (what it leaves to
+    /// its backing file reads as zero), locking only it; for `kiln img commit`, which
+    /// writes the backing file meanwhile. The chain is still checked. Returns the
+    /// image and the backing file the header names, if any.
+    pub(crate) fn open_top_layer(
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(Self, Option<(PathBuf, ImageFormat)>), DiskError> {
+        let disk = Self::open_layers(path, read_only, false)?;
+        let backing = check_chain(path, false)?.into_iter().nth(1);
+        Ok((disk, backing))
+    }
+
+    fn open_layers(path: &Path, read_only: bool, with_backing: bool) -> Result<Self, DiskError> {
         // Locked before anything is read: another writer could be changing it.
         let mut locks = vec![ImageLock::acquire(path, Access::for_read_only(read_only))?];
         let chain = check_chain(path, !read_only)?;
-        for (backing, _) in &chain[1..] {
-            locks.push(ImageLock::acquire(backing, Access::Read)?);
+        if with_backing {
+            for (backing, _) in &chain[1..] {
+                locks.push(ImageLock::acquire(backing, Access::Read)?);
+            }
         }
         let (header, _) = read_header(path)?;
         if !read_only && bitmaps::bitmaps_in_force(&header).is_some() {
@@ -225,8 +255,11 @@ impl Qcow2Disk {
                 path.display()
             );
         }
-        let qcow2 = Qcow2::<File>::builder_path(path)
-            .write(!read_only)
+        let mut builder = Qcow2::<File>::builder_path(path).write(!read_only);
+        if !with_backing {
+            builder = builder.backing(None);
+        }
+        let qcow2 = builder
             .open(PermissiveImplicitOpenGate::default())
             .map_err(DiskError::io(path))?;
         let access = FormatAccess::new(qcow2);
@@ -241,7 +274,7 @@ impl Qcow2Disk {
             access: RwLock::new(access),
             read_only,
             v2: header.version == 2,
-            has_backing: chain.len() > 1,
+            has_backing: with_backing && chain.len() > 1,
             cluster_size: header.cluster_size(),
             direct,
             _locks: locks,
@@ -290,28 +323,42 @@ impl Qcow2Disk {
         self.cluster_size
     }
 
-    /// Whether this image's own layer decides what `offset` reads (a data, zero or
-    /// compressed cluster), rather than leaving it to the backing file (or to zero,
-    /// without one); and for how many bytes from `offset`, at most `len`, that holds.
-    pub(crate) fn layer_extent(&self, offset: u64, len: u64) -> Result<(bool, u64), DiskError> {
+    /// What this image's own layer holds at `offset`, and for how many bytes from
+    /// there (at most `len`) that holds.
+    pub(crate) fn layer_extent(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<(LayerExtent, u64), DiskError> {
         check_range(offset, len, self.size)?;
         let access = self.shared();
         let (mapping, mapped) = access.get_shallow_mapping(offset, len)?;
-        let owned = !matches!(
-            mapping,
+        let kind = match mapping {
             ShallowMapping::Indirect { .. }
-                | ShallowMapping::Zero {
-                    explicit: false,
-                    ..
-                }
-        );
+            | ShallowMapping::Zero {
+                explicit: false, ..
+            } => LayerExtent::Backing,
+            ShallowMapping::Zero { .. } => LayerExtent::Zero,
+            _ => LayerExtent::Data,
+        };
         if mapped == 0 || matches!(mapping, ShallowMapping::Eof { .. }) {
             // Within the virtual size (checked above): imago would have to be wrong.
             return Err(DiskError::Io(std::io::Error::other(format!(
                 "no mapping for offset {offset}, inside the image"
             ))));
         }
-        Ok((owned, mapped.min(len)))
+        Ok((kind, mapped.min(len)))
+    }
+
+    /// Make every cluster fall through to the backing file again, as
+    /// `qemu-img commit` leaves an overlay, and write the metadata back.
+    pub(crate) fn make_empty(&self) -> Result<(), DiskError> {
+        self.writable()?;
+        let mut access = self.exclusive();
+        Self::punch_owned_clusters(&access, 0, self.size);
+        access.discard_to_backing(0, self.size)?;
+        access.flush()?;
+        Ok(access.sync()?)
     }
 
     fn writable(&self) -> Result<(), DiskError> {
