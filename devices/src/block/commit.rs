@@ -97,7 +97,7 @@ fn copy_own_layer(
                     base.write_zeroes(offset, len, true)?;
                     done.zero_bytes += len;
                 }
-                LayerExtent::Data => {
+                LayerExtent::Data { .. } => {
                     let data = &mut buf[..len as usize];
                     overlay.read_at(data, offset)?;
                     base.write_at(data, offset)?;

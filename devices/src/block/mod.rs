@@ -16,6 +16,7 @@ pub mod config;
 pub mod create;
 pub mod info;
 pub mod lock;
+pub mod map;
 pub mod qcow2;
 pub mod raw;
 pub mod rebase;

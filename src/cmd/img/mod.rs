@@ -8,6 +8,7 @@ mod compare;
 mod convert;
 mod create;
 mod info;
+mod map;
 mod progress;
 mod rebase;
 mod resize;
@@ -27,6 +28,8 @@ pub enum Command {
     Create(create::Args),
     /// Show an image's format, sizes and backing chain.
     Info(info::Args),
+    /// Show where each range of an image comes from (like `qemu-img map`).
+    Map(map::Args),
     /// Convert between formats, optionally compressed.
     Convert(convert::Args),
     /// Check a qcow2 image's refcounts and repair them (like `qemu-img check [-r]`).
@@ -47,6 +50,7 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Create(args) => create::exec(args),
         Command::Info(args) => info::exec(args),
+        Command::Map(args) => map::exec(args),
         Command::Convert(args) => convert::exec(args),
         Command::Check(args) => check::exec(args),
         Command::Resize(args) => resize::exec(args),

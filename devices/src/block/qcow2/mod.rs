@@ -63,8 +63,9 @@ pub enum LayerExtent {
     Backing,
     /// Zero clusters: zero whatever the backing file holds.
     Zero,
-    /// Data (plain or compressed clusters).
-    Data,
+    /// Data: plain clusters at `host` (in the image or its data file), or compressed
+    /// ones (`None`).
+    Data { host: Option<u64> },
 }
 
 /// Deepest backing chain kiln follows (a loop in the chain would otherwise never end).
@@ -339,7 +340,8 @@ impl Qcow2Disk {
                 explicit: false, ..
             } => LayerExtent::Backing,
             ShallowMapping::Zero { .. } => LayerExtent::Zero,
-            _ => LayerExtent::Data,
+            ShallowMapping::Raw { offset, .. } => LayerExtent::Data { host: Some(offset) },
+            _ => LayerExtent::Data { host: None },
         };
         if mapped == 0 || matches!(mapping, ShallowMapping::Eof { .. }) {
             // Within the virtual size (checked above): imago would have to be wrong.
