@@ -97,13 +97,30 @@ fn text(out: &Output) -> (String, String) {
 
 #[test]
 fn pvh_boot_with_two_vcpus_reaches_init_and_powers_off() {
-    let initrd = initramfs_with_test("pvh", "echo KILN-NPROC=$(nproc)\n");
+    // Also a disk with two request queues: Linux sets up one per vCPU (/sys/block/
+    // vda/mq/0 and 1) and its I/O goes through them. No pipelines (see blk_guest.rs).
+    let script = r#"echo KILN-NPROC=$(nproc)
+set -- /sys/block/vda/mq/*
+echo KILN-MQ=$#
+dd if=/dev/zero of=/tmp/z bs=4096 count=64 2>/dev/null
+tr '\000' '\132' < /tmp/z > /tmp/pattern
+dd if=/tmp/pattern of=/dev/vda bs=4096 conv=fsync 2>/dev/null
+echo 3 > /proc/sys/vm/drop_caches
+dd if=/dev/vda of=/tmp/back bs=4096 count=64 2>/dev/null
+cmp /tmp/pattern /tmp/back && echo KILN-MQ-CMP=ok
+"#;
+    let initrd = initramfs_with_test("pvh", script);
+    let scratch = initrd.with_file_name("mq.raw");
+    std::fs::write(&scratch, vec![0u8; 4 << 20]).unwrap();
+    let disk = format!("path={},format=raw,num-queues=2", scratch.display());
     let vmlinux = kernel_dir().join("vmlinux");
     let (out, took) = kiln(&[
         "-v",
         "run",
         "--net",
         "none",
+        "--disk",
+        &disk,
         "--kernel",
         vmlinux.to_str().unwrap(),
         "--initrd",
@@ -123,6 +140,13 @@ fn pvh_boot_with_two_vcpus_reaches_init_and_powers_off() {
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("KILN-INIT-OK"), "{stdout}");
     assert!(stdout.contains("KILN-NPROC=2"), "{stdout}");
+    assert!(stdout.contains("KILN-MQ=2"), "{stdout}");
+    assert!(stdout.contains("KILN-MQ-CMP=ok"), "{stdout}");
+    let written = std::fs::read(&scratch).unwrap();
+    assert!(
+        written[..256 << 10].iter().all(|&b| b == 0x5a),
+        "the guest's write"
+    );
     assert!(stdout.contains("KILN-TEST-EXIT=0"), "{stdout}");
     assert!(stderr.contains("kiln: boot-timer: "), "{stderr}");
 }

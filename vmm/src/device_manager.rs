@@ -168,12 +168,14 @@ impl VirtioDeviceConfig {
                 let io_uring = io_uring_wanted(cfg, disk.as_ref())?;
                 let serial = cfg.serial.clone();
                 let cache = cfg.cache;
+                let num_queues = cfg.num_queues;
                 let name = format!("virtio-blk {}", cfg.path.display());
                 Ok(Self::new(name, move || {
                     let mut blk =
                         Block::new(disk.clone(), serial.as_deref()).map_err(|e| e.to_string())?;
                     blk.set_io_uring(io_uring);
                     blk.set_cache(cache);
+                    blk.set_num_queues(num_queues).map_err(|e| e.to_string())?;
                     Ok(blk)
                 }))
             }

@@ -38,6 +38,9 @@ impl FromStr for ImageFormat {
     }
 }
 
+/// Most request queues a disk may have (`num-queues`).
+pub const MAX_QUEUES: u16 = 64;
+
 /// Longest serial virtio-blk can report (VIRTIO_BLK_ID_BYTES).
 pub const MAX_SERIAL_LEN: usize = 20;
 
@@ -66,7 +69,7 @@ pub enum Cache {
 }
 
 /// One disk: `path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID]
-/// [,aio=threads|io_uring][,cache=writeback|unsafe]`.
+/// [,aio=threads|io_uring][,cache=writeback|unsafe][,num-queues=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
@@ -78,6 +81,9 @@ pub struct DiskConfig {
     /// `None`: io_uring where the host allows it (see [`Aio::IoUring`]), else threads.
     pub aio: Option<Aio>,
     pub cache: Cache,
+    /// Request queues offered to the guest (QEMU's `num-queues`); Linux uses up to one
+    /// per vCPU.
+    pub num_queues: u16,
 }
 
 impl DiskConfig {
@@ -91,6 +97,7 @@ impl DiskConfig {
             serial: None,
             aio: None,
             cache: Cache::Writeback,
+            num_queues: 1,
         }
     }
 }
@@ -103,7 +110,8 @@ pub enum DiskConfigError {
     #[error("disk option `{0}` is not KEY=VALUE")]
     NotKeyValue(String),
     #[error(
-        "unknown disk option key `{0}` (expected path, format, readonly, serial, aio or cache)"
+        "unknown disk option key `{0}` (expected path, format, readonly, serial, aio, cache \
+         or num-queues)"
     )]
     UnknownKey(String),
     #[error("disk option `{0}` given twice")]
@@ -120,6 +128,8 @@ pub enum DiskConfigError {
     Cache(String),
     #[error("disk path is empty")]
     EmptyPath,
+    #[error("num-queues must be 1 to {MAX_QUEUES}, not `{0}`")]
+    NumQueues(String),
 }
 
 impl FromStr for DiskConfig {
@@ -132,6 +142,7 @@ impl FromStr for DiskConfig {
         let mut serial = None;
         let mut aio = None;
         let mut cache = None;
+        let mut num_queues = None;
         for item in s.split(',') {
             let (key, value) = item
                 .split_once('=')
@@ -180,6 +191,14 @@ impl FromStr for DiskConfig {
                     };
                     cache.replace(v).map_or(Ok(()), |_| Err(duplicate()))?
                 }
+                "num-queues" => {
+                    let n = value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| (1..=MAX_QUEUES).contains(n))
+                        .ok_or_else(|| DiskConfigError::NumQueues(value.to_owned()))?;
+                    num_queues.replace(n).map_or(Ok(()), |_| Err(duplicate()))?
+                }
                 other => return Err(DiskConfigError::UnknownKey(other.to_owned())),
             }
         }
@@ -190,6 +209,7 @@ impl FromStr for DiskConfig {
             serial,
             aio,
             cache: cache.unwrap_or_default(),
+            num_queues: num_queues.unwrap_or(1),
         })
     }
 }
@@ -208,9 +228,12 @@ mod tests {
         assert!(c.readonly);
         assert_eq!(c.serial.as_deref(), Some("disk-1"));
         assert_eq!(c.aio, Some(Aio::Threads));
-        let c: DiskConfig = "path=a.raw,aio=io_uring,cache=unsafe".parse().unwrap();
+        let c: DiskConfig = "path=a.raw,aio=io_uring,cache=unsafe,num-queues=4"
+            .parse()
+            .unwrap();
         assert_eq!(c.aio, Some(Aio::IoUring));
         assert_eq!(c.cache, Cache::Unsafe);
+        assert_eq!(c.num_queues, 4);
     }
 
     #[test]
@@ -221,6 +244,7 @@ mod tests {
         assert_eq!(c.serial, None);
         assert_eq!(c.aio, None);
         assert_eq!(c.cache, Cache::Writeback);
+        assert_eq!(c.num_queues, 1);
     }
 
     #[test]
@@ -244,6 +268,13 @@ mod tests {
         );
         assert_eq!(e("path=a,readonly"), NotKeyValue("readonly".into()));
         assert_eq!(e("path="), EmptyPath);
+        for n in ["0", "65", "two", "-1"] {
+            assert_eq!(e(&format!("path=a,num-queues={n}")), NumQueues(n.into()));
+        }
+        assert_eq!(
+            e("path=a,num-queues=2,num-queues=2"),
+            Duplicate("num-queues".into())
+        );
         assert_eq!(
             e("path=a,serial=123456789012345678901"),
             SerialTooLong("123456789012345678901".into())

@@ -219,6 +219,8 @@ pub struct Active {
     flushes: VecDeque<Pending>,
     /// Popping stopped at the in-flight limit; completions resume it.
     throttled: bool,
+    /// The queue's index, for its interrupts.
+    index: u16,
     /// Scratch: requests popped in this pass, and used entries to publish.
     batch: Vec<Pending>,
     used: Vec<(u16, u32)>,
@@ -242,6 +244,8 @@ pub struct ActiveConfig {
     pub inline_lone: bool,
     /// Try an io_uring for IN/OUT when the disk is a raw file (and `workers` > 0).
     pub io_uring: bool,
+    /// The queue's index, for its interrupts.
+    pub index: u16,
 }
 
 impl Active {
@@ -293,6 +297,7 @@ impl Active {
             writes: BTreeSet::new(),
             flushes: VecDeque::new(),
             throttled: false,
+            index: cfg.index,
             batch: Vec::new(),
             used: Vec::new(),
         }
@@ -568,7 +573,7 @@ impl Active {
             &mut self.queue,
             &self.mem,
             self.interrupt.as_ref(),
-            0,
+            self.index,
             device,
         );
     }

@@ -40,6 +40,7 @@ use crate::block::{DiskBackend, SECTOR_SIZE};
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
+pub use crate::block::config::MAX_QUEUES;
 /// Data segments per request we advertise (the header and status take two descriptors).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Discard / write-zeroes segments per request.
@@ -49,6 +50,8 @@ pub const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
 
 /// Offset of `writeback` in struct virtio_blk_config: 1 writeback, 0 writethrough.
 const CONFIG_WRITEBACK: usize = 32;
+/// Offset of `num_queues` (u16), valid with VIRTIO_BLK_F_MQ.
+const CONFIG_NUM_QUEUES: usize = 34;
 
 /// `Events::data` of the completion event (queue events use their index, activation u32::MAX).
 const COMPLETION_DATA: u32 = 0x424c_4b00;
@@ -74,7 +77,10 @@ pub struct Block {
     activation: Activation,
     /// Workers write it when they finish a request; lives as long as the device.
     completion_event: Arc<EventFd>,
-    active: Option<Active>,
+    /// One size per request queue offered.
+    queue_sizes: Vec<u16>,
+    /// The queues the driver set up, by index (see [`Block::set_num_queues`]).
+    active: Vec<Option<Active>>,
 }
 
 impl Block {
@@ -120,8 +126,34 @@ impl Block {
             writethrough: Arc::new(AtomicBool::new(true)),
             activation: Activation::new()?,
             completion_event: Arc::new(EventFd::new(EFD_NONBLOCK)?),
-            active: None,
+            queue_sizes: vec![QUEUE_SIZE],
+            active: Vec::new(),
         })
+    }
+
+    /// Offer `n` request queues (VIRTIO_BLK_F_MQ when more than one, 1 to
+    /// [`MAX_QUEUES`]); the driver may set up fewer. Requests on different queues run
+    /// side by side, each queue with its own pipeline and a share of the I/O threads.
+    /// Call before the driver negotiates.
+    pub fn set_num_queues(&mut self, n: u16) -> std::io::Result<()> {
+        if n == 0 || n > MAX_QUEUES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("virtio-blk: {n} queues is outside 1..={MAX_QUEUES}"),
+            ));
+        }
+        self.queue_sizes = vec![QUEUE_SIZE; usize::from(n)];
+        if n > 1 {
+            self.features |= bit(VIRTIO_BLK_F_MQ);
+        } else {
+            self.features &= !bit(VIRTIO_BLK_F_MQ);
+        }
+        self.config[CONFIG_NUM_QUEUES..CONFIG_NUM_QUEUES + 2].copy_from_slice(&n.to_le_bytes());
+        Ok(())
+    }
+
+    fn actives(&self) -> impl Iterator<Item = &Active> {
+        self.active.iter().flatten()
     }
 
     /// Whether a lone small request (nothing else in flight) runs on the event-loop
@@ -170,7 +202,7 @@ impl Block {
 
     /// Whether the active queue submits through io_uring.
     pub fn uses_io_uring(&self) -> bool {
-        self.active.as_ref().is_some_and(Active::uses_io_uring)
+        self.actives().any(Active::uses_io_uring)
     }
 
     /// Capacity in sectors, as the driver sees it.
@@ -180,12 +212,12 @@ impl Block {
 
     /// I/O threads currently running (0 before activation and after reset).
     pub fn io_threads(&self) -> usize {
-        self.active.as_ref().map_or(0, Active::threads)
+        self.actives().map(Active::threads).sum()
     }
 
     /// Requests taken from the ring and not yet returned to the driver.
     pub fn in_flight(&self) -> usize {
-        self.active.as_ref().map_or(0, Active::in_flight)
+        self.actives().map(Active::in_flight).sum()
     }
 
     /// Readable when workers finished requests; then call [`Block::process_completions`].
@@ -194,11 +226,19 @@ impl Block {
         &self.completion_event
     }
 
-    /// Start every available request (up to the in-flight limit) without waiting for
-    /// the disk; publish what already finished. Called from the event loop on a queue
-    /// notification; public for tests and VMMs that poll.
+    /// Start every available request (up to the in-flight limit) of every queue
+    /// without waiting for the disk; publish what already finished. Public for tests
+    /// and VMMs that poll.
     pub fn process_queue(&mut self) {
-        if let Some(active) = self.active.as_mut() {
+        for active in self.active.iter_mut().flatten() {
+            active.process_queue();
+        }
+    }
+
+    /// [`Block::process_queue`] for queue `index` only: the event loop's answer to
+    /// its notification.
+    pub fn process_queue_index(&mut self, index: usize) {
+        if let Some(Some(active)) = self.active.get_mut(index) {
             active.process_queue();
         }
     }
@@ -209,7 +249,7 @@ impl Block {
     pub fn process_completions(&mut self) {
         // EAGAIN: nothing counted since the last read; looking anyway is harmless.
         let _ = self.completion_event.read();
-        if let Some(active) = self.active.as_mut() {
+        for active in self.active.iter_mut().flatten() {
             active.process_completions();
         }
     }
@@ -237,7 +277,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
+        &self.queue_sizes
     }
 
     fn device_features(&self) -> u64 {
@@ -286,35 +326,49 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let mut queues = ctx.queues;
-        if queues.len() != 1 {
+        let offered = self.queue_sizes.len();
+        if ctx.queues.len() != offered {
             return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 1,
+                got: ctx.queues.len(),
+                want: offered,
             });
         }
-        let mut queue = queues.remove(0);
-        if !queue.ready() {
-            return Err(ActivateError::InvalidQueue(0));
+        // A driver may set up fewer queues than offered (Linux: one per vCPU), but
+        // always the first ones.
+        let ready = ctx.queues.iter().take_while(|q| q.ready()).count();
+        if ready == 0 || ctx.queues[ready..].iter().any(|q| q.ready()) {
+            return Err(ActivateError::InvalidQueue(ready));
         }
-        // virtio 1.2 §2.7.10: with EVENT_IDX the driver says through used_event when it
-        // wants an interrupt, and the device through avail_event when it wants a kick.
-        queue.set_event_idx(self.acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0);
         // Dropping the old state (if any) joins its threads.
-        self.active = None;
-        self.active = Some(Active::new(ActiveConfig {
-            mem: ctx.mem,
-            queue,
-            interrupt: ctx.interrupt,
-            disk: self.disk.clone(),
-            serial: self.serial.clone(),
-            completion_event: self.completion_event.clone(),
-            workers: self.workers,
-            inline_lone: self.inline_lone,
-            io_uring: self.io_uring,
-            flushes: self.cache == Cache::Writeback,
-            writethrough: self.writethrough.clone(),
-        }));
+        self.active.clear();
+        // Ring reads of a qcow2 image bypass the format on a mapping that a discard on
+        // another queue could free: with several queues they go through the format.
+        let io_uring = self.io_uring && (ready == 1 || !self.disk.extents_move());
+        let workers = self.workers.div_ceil(ready);
+        for (index, mut queue) in ctx.queues.into_iter().enumerate() {
+            if index >= ready {
+                self.active.push(None);
+                continue;
+            }
+            // virtio 1.2 §2.7.10: with EVENT_IDX the driver says through used_event when
+            // it wants an interrupt, and the device through avail_event when it wants a
+            // kick.
+            queue.set_event_idx(self.acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0);
+            self.active.push(Some(Active::new(ActiveConfig {
+                mem: ctx.mem.clone(),
+                queue,
+                interrupt: ctx.interrupt.clone(),
+                disk: self.disk.clone(),
+                serial: self.serial.clone(),
+                completion_event: self.completion_event.clone(),
+                workers,
+                inline_lone: self.inline_lone,
+                io_uring,
+                flushes: self.cache == Cache::Writeback,
+                writethrough: self.writethrough.clone(),
+                index: index as u16,
+            })));
+        }
         self.activation.activate(ctx.queue_events);
         Ok(())
     }
@@ -323,7 +377,7 @@ impl VirtioDevice for Block {
         // Dropping the queue state discards the requests not started and joins the
         // workers, so no request touches guest memory after this returns. Finished but
         // unpublished requests are forgotten with the ring.
-        self.active = None;
+        self.active.clear();
         // The cache mode follows at the next negotiation (`ack_features`).
         self.acked_features = 0;
         true
@@ -348,8 +402,8 @@ impl MutEventSubscriber for Block {
             self.process_completions();
             return;
         }
-        if let DeviceEvent::Queue(0) = self.activation.handle(&events, ops) {
-            self.process_queue();
+        if let DeviceEvent::Queue(index) = self.activation.handle(&events, ops) {
+            self.process_queue_index(index);
         }
     }
 }
@@ -366,6 +420,8 @@ mod event_idx_tests;
 mod event_loop_tests;
 #[cfg(test)]
 mod extent_tests;
+#[cfg(test)]
+mod mq_tests;
 #[cfg(test)]
 mod parallel_tests;
 #[cfg(test)]
