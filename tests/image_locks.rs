@@ -201,4 +201,21 @@ fn img_check_waits_for_writers_unless_forced() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
     let out = kiln(&["img", "check", "-U", path]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // So do compare (exit 2 for an error there) and map.
+    let copy = d.join("copy.qcow2");
+    std::fs::copy(&image, &copy).unwrap();
+    let c = copy.to_str().unwrap();
+    for (args, refused) in [
+        (vec!["img", "compare", path, c], 2),
+        (vec!["img", "map", path], 1),
+    ] {
+        let out = kiln(&args);
+        assert_eq!(out.status.code(), Some(refused), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("in use"),
+            "{out:?}"
+        );
+        let out = kiln(&[&args[..2], &["-U"], &args[2..]].concat());
+        assert_eq!(out.status.code(), Some(0), "{args:?} -U: {out:?}");
+    }
 }

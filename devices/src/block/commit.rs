@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use super::lock::Access;
 use super::qcow2::{LayerExtent, Qcow2Disk};
 use super::resize::{resize_image, NewSize};
 use super::{open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat};
@@ -38,7 +39,12 @@ pub fn commit(
     if probe_format(path)? != ImageFormat::Qcow2 {
         return Err(DiskError::unsupported(path, "not a qcow2 image"));
     }
-    let (overlay, backing) = Qcow2Disk::open_top_layer(path, keep_overlay)?;
+    let access = if keep_overlay {
+        Access::Read
+    } else {
+        Access::ReadWrite
+    };
+    let (overlay, backing) = Qcow2Disk::open_top_layer(path, access)?;
     let Some((base_path, base_format)) = backing else {
         return Err(DiskError::unsupported(
             path,

@@ -84,6 +84,9 @@ pub struct DiskConfig {
     /// Request queues offered to the guest (QEMU's `num-queues`); Linux uses up to one
     /// per vCPU.
     pub num_queues: u16,
+    /// Read-only and keeping nobody from writing (qemu-img's `-U`); for image commands,
+    /// not `--disk`: a guest must not read an image that changes under it.
+    pub force_share: bool,
 }
 
 impl DiskConfig {
@@ -98,6 +101,7 @@ impl DiskConfig {
             aio: None,
             cache: Cache::Writeback,
             num_queues: 1,
+            force_share: false,
         }
     }
 }
@@ -210,6 +214,7 @@ impl FromStr for DiskConfig {
             aio,
             cache: cache.unwrap_or_default(),
             num_queues: num_queues.unwrap_or(1),
+            force_share: false,
         })
     }
 }

@@ -35,6 +35,9 @@ const SHARED_BASE: i64 = 200;
 pub enum Access {
     Read,
     ReadWrite,
+    /// Read while others may write or resize it (qemu-img's `-U`, force-share): what
+    /// it reads may be inconsistent, but nobody is kept from anything.
+    ReadShared,
 }
 
 impl Access {
@@ -84,8 +87,11 @@ impl ImageLock {
         if access == Access::ReadWrite {
             held.push(PERM_BASE + PERM_WRITE);
         }
-        let unshared = [SHARED_BASE + PERM_WRITE, SHARED_BASE + PERM_RESIZE];
-        for &byte in held.iter().chain(&unshared) {
+        let unshared: &[i64] = match access {
+            Access::ReadShared => &[],
+            _ => &[SHARED_BASE + PERM_WRITE, SHARED_BASE + PERM_RESIZE],
+        };
+        for &byte in held.iter().chain(unshared) {
             match set_read_lock(&file, byte) {
                 Ok(()) => {}
                 Err(e) if unsupported(&e) => {
@@ -104,8 +110,10 @@ impl ImageLock {
             conflicts.push((SHARED_BASE + PERM_WRITE, "write it"));
         }
         // ...or holds what we refuse to share.
-        conflicts.push((PERM_BASE + PERM_WRITE, "keep others from writing it"));
-        conflicts.push((PERM_BASE + PERM_RESIZE, "keep others from resizing it"));
+        if access != Access::ReadShared {
+            conflicts.push((PERM_BASE + PERM_WRITE, "keep others from writing it"));
+            conflicts.push((PERM_BASE + PERM_RESIZE, "keep others from resizing it"));
+        }
         // A lock can outlive its holder's close for a moment: a process forking at
         // that time holds the descriptor until its exec. Only a lock that stays is
         // someone else's use of the image.
@@ -216,6 +224,21 @@ mod tests {
         }
         drop(writer);
         ImageLock::acquire(&path, Access::ReadWrite).unwrap();
+    }
+
+    #[test]
+    fn a_shared_reader_keeps_nobody_out_and_is_kept_out_by_nobody() {
+        let (_dir, path) = image();
+        let writer = ImageLock::acquire(&path, Access::ReadWrite).unwrap();
+        let shared = ImageLock::acquire(&path, Access::ReadShared).unwrap();
+        drop(writer);
+        // The shared reader does not keep a writer out either.
+        let writer = ImageLock::acquire(&path, Access::ReadWrite).unwrap();
+        drop((writer, shared));
+        // An ordinary reader still does.
+        let reader = ImageLock::acquire(&path, Access::Read).unwrap();
+        assert!(ImageLock::acquire(&path, Access::ReadWrite).is_err());
+        drop(reader);
     }
 
     #[test]

@@ -75,11 +75,13 @@ enum Status {
 }
 
 impl Layer {
-    fn open(path: &Path, format: ImageFormat) -> Result<Self, DiskError> {
+    fn open(path: &Path, format: ImageFormat, access: Access) -> Result<Self, DiskError> {
         Ok(match format {
-            ImageFormat::Qcow2 => Layer::Qcow2(Box::new(Qcow2Disk::open_top_layer(path, true)?.0)),
+            ImageFormat::Qcow2 => {
+                Layer::Qcow2(Box::new(Qcow2Disk::open_top_layer(path, access)?.0))
+            }
             ImageFormat::Raw => {
-                let lock = ImageLock::acquire(path, Access::Read)?;
+                let lock = ImageLock::acquire(path, access)?;
                 let file = File::open(path).map_err(DiskError::io(path))?;
                 let size = file.metadata().map_err(DiskError::io(path))?.len();
                 Layer::Raw {
@@ -147,8 +149,18 @@ fn raw_status(file: &File, size: u64, offset: u64, len: u64) -> Result<(Status, 
 }
 
 /// The map of the image at `path` (format detected unless given), every byte of its
-/// virtual size covered once, in order.
-pub fn map_image(path: &Path, format: Option<ImageFormat>) -> Result<Vec<MapEntry>, DiskError> {
+/// virtual size covered once, in order. With `force_share` (qemu-img's `-U`) images
+/// others are writing are mapped too, as they are at that moment.
+pub fn map_image(
+    path: &Path,
+    format: Option<ImageFormat>,
+    force_share: bool,
+) -> Result<Vec<MapEntry>, DiskError> {
+    let access = if force_share {
+        Access::ReadShared
+    } else {
+        Access::Read
+    };
     let format = match format {
         Some(f) => f,
         None => probe_format(path)?,
@@ -159,7 +171,7 @@ pub fn map_image(path: &Path, format: Option<ImageFormat>) -> Result<Vec<MapEntr
     };
     let layers = chain
         .iter()
-        .map(|(p, f)| Layer::open(p, *f))
+        .map(|(p, f)| Layer::open(p, *f, access))
         .collect::<Result<Vec<_>, _>>()?;
     let size = layers[0].size();
     let mut entries: Vec<MapEntry> = Vec::new();

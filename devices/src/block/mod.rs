@@ -171,9 +171,20 @@ pub fn open_disk(config: &DiskConfig) -> Result<Arc<dyn DiskBackend>, DiskError>
         Some(f) => f,
         None => probe_format(&config.path)?,
     };
+    let access = match (config.readonly, config.force_share) {
+        (true, true) => lock::Access::ReadShared,
+        (true, false) => lock::Access::Read,
+        (false, false) => lock::Access::ReadWrite,
+        (false, true) => {
+            return Err(DiskError::unsupported(
+                &config.path,
+                "sharing an image with writers (force-share) needs read-only access",
+            ))
+        }
+    };
     Ok(match format {
-        ImageFormat::Raw => Arc::new(raw::RawDisk::open(&config.path, config.readonly)?),
-        ImageFormat::Qcow2 => Arc::new(qcow2::Qcow2Disk::open(&config.path, config.readonly)?),
+        ImageFormat::Raw => Arc::new(raw::RawDisk::open_with(&config.path, access)?),
+        ImageFormat::Qcow2 => Arc::new(qcow2::Qcow2Disk::open_with(&config.path, access)?),
     })
 }
 

@@ -23,8 +23,14 @@ pub struct RawDisk {
 impl RawDisk {
     /// Open `path`; the disk size is the file size at open time.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
+        Self::open_with(path, Access::for_read_only(read_only))
+    }
+
+    /// [`RawDisk::open`] for `access` ([`Access::ReadShared`]: qemu-img's `-U`).
+    pub fn open_with(path: &Path, access: Access) -> Result<Self, DiskError> {
+        let read_only = access != Access::ReadWrite;
         let open_err = DiskError::io(path);
-        let lock = ImageLock::acquire(path, Access::for_read_only(read_only))?;
+        let lock = ImageLock::acquire(path, access)?;
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)

@@ -228,3 +228,32 @@ fn qcow2_backing_chain_and_info() {
         Some(dir.path().join("base.raw"))
     );
 }
+
+#[test]
+fn force_share_needs_read_only_and_reads_under_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, format) in [("a.raw", ImageFormat::Raw), ("a.qcow2", ImageFormat::Qcow2)] {
+        let path = dir.path().join(name);
+        create(&path, format, 1 << 20);
+        let writer = open(&path, false);
+        writer.write_at(&[7u8; 512], 0).unwrap();
+        writer.flush().unwrap();
+        let shared = DiskConfig {
+            readonly: true,
+            force_share: true,
+            ..DiskConfig::new(&path)
+        };
+        let reader = open_disk(&shared).unwrap();
+        let mut got = [0u8; 512];
+        reader.read_at(&mut got, 0).unwrap();
+        assert_eq!(got, [7u8; 512], "{name}");
+        drop((reader, writer));
+        let err = open_disk(&DiskConfig {
+            readonly: false,
+            ..shared
+        })
+        .err()
+        .expect("force-share with write access accepted");
+        assert!(err.to_string().contains("read-only"), "{name}: {err}");
+    }
+}

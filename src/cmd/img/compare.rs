@@ -1,4 +1,4 @@
-//! `kiln img compare [-f FMT] [-F FMT] [-q] A B`, as `qemu-img compare` (without
+//! `kiln img compare [-f FMT] [-F FMT] [-q] [-U] A B`, as `qemu-img compare` (without
 //! its strict mode): exit 0 identical, 1 different, 2 the comparison could not run.
 
 use std::path::PathBuf;
@@ -25,6 +25,9 @@ pub struct Args {
     /// Print nothing; the exit code says it.
     #[arg(short, long)]
     quiet: bool,
+    /// Compare images others are writing (a running VM's disk), as they are now.
+    #[arg(short = 'U', long)]
+    force_share: bool,
 }
 
 const EXIT_DIFFERENT: u8 = 1;
@@ -46,6 +49,7 @@ fn compare(args: &Args) -> anyhow::Result<ExitCode> {
         open_disk(&DiskConfig {
             format,
             readonly: true,
+            force_share: args.force_share,
             ..DiskConfig::new(path)
         })
         .with_context(|| format!("cannot open {}", path.display()))

@@ -1,4 +1,4 @@
-//! `kiln img map [-f FMT] [--output human|json] FILE`, as `qemu-img map`: where each
+//! `kiln img map [-f FMT] [-U] [--output human|json] FILE`, as `qemu-img map`: where each
 //! range of the guest's view comes from (which layer, data or zero, at which host
 //! offset), in qemu-img's two formats.
 
@@ -27,10 +27,13 @@ pub struct Args {
     /// human: the data ranges and their host offsets; json: every range.
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
+    /// Map an image others are writing (a running VM's disk), as it is now.
+    #[arg(short = 'U', long)]
+    force_share: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let entries = map_image(&args.file, args.format)
+    let entries = map_image(&args.file, args.format, args.force_share)
         .with_context(|| format!("cannot map {}", args.file.display()))?;
     let text = match args.output {
         Output::Json => json(&entries),

@@ -222,7 +222,13 @@ pub fn check_chain(path: &Path, writable: bool) -> Result<Vec<(PathBuf, ImageFor
 impl Qcow2Disk {
     /// Open the image and its whole backing chain (backing images read-only).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
-        Self::open_layers(path, read_only, true)
+        Self::open_layers(path, Access::for_read_only(read_only), true)
+    }
+
+    /// [`Qcow2Disk::open`] for `access`: with [`Access::ReadShared`] read-only, and
+    /// taking no lock that keeps others from writing the chain (qemu-img's `-U`).
+    pub fn open_with(path: &Path, access: Access) -> Result<Self, DiskError> {
+        Self::open_layers(path, access, true)
     }
 
     /// Open only the image's own layer, as if it had no backing file (what it leaves to
@@ -231,20 +237,25 @@ impl Qcow2Disk {
     /// image and the backing file the header names, if any.
     pub(crate) fn open_top_layer(
         path: &Path,
-        read_only: bool,
+        access: Access,
     ) -> Result<(Self, Option<(PathBuf, ImageFormat)>), DiskError> {
-        let disk = Self::open_layers(path, read_only, false)?;
+        let disk = Self::open_layers(path, access, false)?;
         let backing = check_chain(path, false)?.into_iter().nth(1);
         Ok((disk, backing))
     }
 
-    fn open_layers(path: &Path, read_only: bool, with_backing: bool) -> Result<Self, DiskError> {
+    fn open_layers(path: &Path, access: Access, with_backing: bool) -> Result<Self, DiskError> {
+        let read_only = access != Access::ReadWrite;
         // Locked before anything is read: another writer could be changing it.
-        let mut locks = vec![ImageLock::acquire(path, Access::for_read_only(read_only))?];
+        let mut locks = vec![ImageLock::acquire(path, access)?];
         let chain = check_chain(path, !read_only)?;
+        let backing_access = match access {
+            Access::ReadShared => Access::ReadShared,
+            _ => Access::Read,
+        };
         if with_backing {
             for (backing, _) in &chain[1..] {
-                locks.push(ImageLock::acquire(backing, Access::Read)?);
+                locks.push(ImageLock::acquire(backing, backing_access)?);
             }
         }
         let (header, _) = read_header(path)?;
