@@ -23,6 +23,10 @@ qemu-img create -q -f qcow2 -o cluster_size=4096 "$seeds/snapshot.qcow2" 128K
 qemu-io -f qcow2 -c "write -P 2 0 8k" "$seeds/snapshot.qcow2" >/dev/null
 qemu-img snapshot -c first "$seeds/snapshot.qcow2"
 qemu-io -f qcow2 -c "write -P 3 4k 8k" "$seeds/snapshot.qcow2" >/dev/null
+# Persistent bitmaps: the bitmap directory, tables and data clusters.
+qemu-img create -q -f qcow2 -o cluster_size=512 "$seeds/bitmaps.qcow2" 128K
+qemu-img bitmap --add -g 512 "$seeds/bitmaps.qcow2" b0
+qemu-io -f qcow2 -c "write -P 4 0 16k" "$seeds/bitmaps.qcow2" >/dev/null
 for t in qcow2_metadata qcow2_open; do
   mkdir -p "corpus/$t"
   cp "$seeds"/*.qcow2 "corpus/$t/"

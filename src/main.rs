@@ -37,7 +37,8 @@ const SUBCOMMANDS: &[Subcmd] = &[
     },
     Subcmd {
         name: "img",
-        about: "Create, inspect, check, resize, compare, rebase and convert disk images.",
+        about:
+            "Create, inspect, map, check, resize, compare, rebase, commit and convert disk images.",
         build: Build::Group(cmd::img::Command::augment_subcommands),
         exec: |m, _| cmd::img::exec(typed(m)),
     },

@@ -234,7 +234,9 @@ impl Qcow2Disk {
     /// Open only the image's own layer, as if it had no backing file (what it leaves to
     /// its backing file reads as zero), locking only it; for `kiln img commit`, which
     /// writes the backing file meanwhile. The chain is still checked. Returns the
-    /// image and the backing file the header names, if any.
+    /// image and the backing file the header names, if any. Guest writes through it
+    /// would fill partial clusters from zeroes instead of the backing file: only
+    /// [`Qcow2Disk::make_empty`] writes through it.
     pub(crate) fn open_top_layer(
         path: &Path,
         access: Access,

@@ -14,6 +14,9 @@
 //! [`uring`] and `DiskBackend::read_extent`).
 //! With VIRTIO_RING_F_EVENT_IDX negotiated, the driver's used_event decides when to
 //! interrupt and the device's avail_event when to kick (virtio-queue keeps both).
+//! With VIRTIO_BLK_F_MQ each request queue the driver sets up has its own pipeline
+//! (see [`Block::set_num_queues`]); with VIRTIO_BLK_F_CONFIG_WCE the driver chooses
+//! between a writeback and a writethrough cache (see [`Block::writethrough`]).
 
 pub mod harness;
 pub mod inflight;
@@ -38,9 +41,10 @@ use super::{device_type, ActivateContext, ActivateError, VirtioDevice};
 use crate::block::config::Cache;
 use crate::block::{DiskBackend, SECTOR_SIZE};
 
+pub use crate::block::config::MAX_QUEUES;
+
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
-pub use crate::block::config::MAX_QUEUES;
 /// Data segments per request we advertise (the header and status take two descriptors).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Discard / write-zeroes segments per request.
@@ -181,7 +185,7 @@ impl Block {
     /// Whether the device runs its cache writethrough (each write flushed before it
     /// completes) rather than writeback (data durable at FLUSH), as the driver chose:
     /// - with VIRTIO_BLK_F_CONFIG_WCE, through the `writeback` config field (Linux:
-    ///   /sys/block/vdX/cache_type), writeback at reset;
+    ///   /sys/block/vdX/cache_type), which starts writeback when FLUSH is negotiated;
     /// - else writeback if it negotiated VIRTIO_BLK_F_FLUSH, writethrough if not: a
     ///   driver that cannot flush must get durable writes (QEMU decides the same way).
     ///
@@ -200,7 +204,7 @@ impl Block {
         self.writethrough.store(through, Ordering::Release);
     }
 
-    /// Whether the active queue submits through io_uring.
+    /// Whether an active queue submits through io_uring.
     pub fn uses_io_uring(&self) -> bool {
         self.actives().any(Active::uses_io_uring)
     }
