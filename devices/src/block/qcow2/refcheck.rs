@@ -152,12 +152,25 @@ impl<'a, S: MetadataSource + ?Sized> Counter<'a, S> {
         Ok(())
     }
 
+    /// Count one reference to the cluster at `offset`, which must be cluster-aligned.
+    fn reference_cluster(&mut self, what: &'static str, offset: u64) -> Result<(), RefcountError> {
+        let cluster_size = self.h.cluster_size();
+        if offset % cluster_size != 0 {
+            return Err(HeaderError::Unaligned {
+                what,
+                offset,
+                cluster_size,
+            }
+            .into());
+        }
+        self.reference(what, offset, cluster_size)
+    }
+
     /// Count the clusters an L2 table points to; returns how many entries have data
     /// in this image (normal or compressed). `active_at`: where the table is, if the
     /// active L1 points to it (its COPIED flags are then checked).
     fn count_l2(&mut self, l2: &[u8], active_at: Option<u64>) -> Result<u64, RefcountError> {
         let mut allocated = 0;
-        let cs = self.h.cluster_size();
         let cb = self.h.cluster_bits;
         for (j, raw) in l2.chunks_exact(8).enumerate() {
             let entry = u64::from_be_bytes(raw.try_into().expect("chunk of 8"));
@@ -180,15 +193,7 @@ impl<'a, S: MetadataSource + ?Sized> Counter<'a, S> {
             if self.h.data_file.is_some() {
                 continue; // the cluster is in the data file, which has no refcounts
             }
-            if offset % cs != 0 {
-                return Err(HeaderError::Unaligned {
-                    what: "data cluster",
-                    offset,
-                    cluster_size: cs,
-                }
-                .into());
-            }
-            self.reference("data cluster", offset, cs)?;
+            self.reference_cluster("data cluster", offset)?;
             if let Some(table) = active_at {
                 self.check_copied("data cluster", entry, table + 8 * j as u64, offset);
             }
@@ -327,7 +332,6 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
         let Some(ext) = bitmaps_in_force(self.h) else {
             return Ok(());
         };
-        let cs = self.h.cluster_size();
         let bitmaps = read_directory(self.src, ext, self.file_len)?;
         self.reference("bitmap directory", ext.directory_offset, ext.directory_size)?;
         for b in bitmaps {
@@ -335,15 +339,7 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
             self.reference("bitmap table", b.table_offset, len)?;
             let table = self.read(b.table_offset, len)?;
             for offset in data_clusters(&table) {
-                if offset % cs != 0 {
-                    return Err(HeaderError::Unaligned {
-                        what: "bitmap data cluster",
-                        offset,
-                        cluster_size: cs,
-                    }
-                    .into());
-                }
-                self.reference("bitmap data cluster", offset, cs)?;
+                self.reference_cluster("bitmap data cluster", offset)?;
             }
         }
         Ok(())
@@ -381,15 +377,7 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
             continue;
         }
         blocks[i] = true;
-        if rb % cs != 0 {
-            return Err(HeaderError::Unaligned {
-                what: "refcount block",
-                offset: rb,
-                cluster_size: cs,
-            }
-            .into());
-        }
-        c.reference("refcount block", rb, cs)?;
+        c.reference_cluster("refcount block", rb)?;
         let block = c.read(rb, cs)?;
         let first = i.saturating_mul(per_block);
         for j in 0..per_block {
