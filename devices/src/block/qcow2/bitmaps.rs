@@ -7,7 +7,7 @@
 //! a program unaware of bitmaps that wrote the image cleared it, and the bitmaps are
 //! stale (QEMU then ignores them, and their clusters are leaks).
 
-use super::header::{BitmapsExtension, HeaderError, Qcow2Header};
+use super::header::{be16, be32, be64, BitmapsExtension, HeaderError, Qcow2Header};
 use super::refcheck::{MetadataSource, RefcountError, OFFSET_MASK};
 
 /// Autoclear bit: the bitmaps extension is valid.
@@ -89,10 +89,8 @@ pub fn read_directory<S: MetadataSource + ?Sized>(
         let fixed = dir
             .get(at..at + ENTRY_FIXED_LEN as usize)
             .ok_or_else(|| past_end(offset + at as u64, ENTRY_FIXED_LEN))?;
-        let be32 =
-            |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
-        let name_len = u64::from(u16::from_be_bytes([fixed[18], fixed[19]]));
-        let extra_len = u64::from(be32(20));
+        let name_len = u64::from(be16(fixed, 18));
+        let extra_len = u64::from(be32(fixed, 20));
         let entry = (ENTRY_FIXED_LEN + extra_len + name_len).next_multiple_of(8);
         let end = usize::try_from(entry)
             .ok()
@@ -101,15 +99,15 @@ pub fn read_directory<S: MetadataSource + ?Sized>(
             .ok_or_else(|| past_end(offset + at as u64, entry))?;
         let name_at = at + (ENTRY_FIXED_LEN + extra_len) as usize;
         let name = &dir[name_at..name_at + name_len as usize];
-        let flags = be32(12);
+        let flags = be32(fixed, 12);
         bitmaps.push(Bitmap {
             name: String::from_utf8_lossy(name).into_owned(),
             // Out-of-range values (QEMU allows 9..=31) still must not overflow.
             granularity: 1u64 << fixed[17].min(63),
             in_use: flags & FLAG_IN_USE != 0,
             auto: flags & FLAG_AUTO != 0,
-            table_offset: u64::from_be_bytes(fixed[..8].try_into().expect("8 bytes")),
-            table_entries: u64::from(be32(8)),
+            table_offset: be64(fixed, 0),
+            table_entries: u64::from(be32(fixed, 8)),
         });
         at = end;
     }
@@ -121,7 +119,7 @@ pub fn read_directory<S: MetadataSource + ?Sized>(
 pub fn data_clusters(table: &[u8]) -> impl Iterator<Item = u64> + '_ {
     table
         .chunks_exact(8)
-        .map(|raw| u64::from_be_bytes(raw.try_into().expect("chunk of 8")) & OFFSET_MASK)
+        .map(|raw| be64(raw, 0) & OFFSET_MASK)
         .filter(|&offset| offset != 0)
 }
 

@@ -139,11 +139,16 @@ pub struct BitmapsExtension {
     pub directory_offset: u64,
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+/// Big-endian fields of qcow2 metadata at byte `at` of `b` (which must hold them).
+pub(super) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+pub(super) fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
+pub(super) fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 

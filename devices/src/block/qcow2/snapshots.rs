@@ -2,7 +2,7 @@
 //! the refcount check (snapshots share clusters with the active image) and by
 //! `kiln img info`, which lists them as `qemu-img info` does.
 
-use super::header::{HeaderError, Qcow2Header};
+use super::header::{be16, be32, be64, HeaderError, Qcow2Header};
 use super::refcheck::{MetadataSource, RefcountError};
 
 /// Most snapshots a qcow2 image may have (QEMU's limit).
@@ -56,27 +56,24 @@ pub fn read_snapshots<S: MetadataSource + ?Sized>(
     let mut at = h.snapshots_offset;
     for _ in 0..h.nb_snapshots {
         let f = read(at, FIXED_LEN)?;
-        let be16 = |i: usize| u64::from(u16::from_be_bytes([f[i], f[i + 1]]));
-        let be32 = |i: usize| u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
-        let be64 =
-            |b: &[u8], i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let (id_len, name_len, extra_len) = (be16(12), be16(14), u64::from(be32(36)));
+        let (id_len, name_len) = (u64::from(be16(&f, 12)), u64::from(be16(&f, 14)));
+        let extra_len = u64::from(be32(&f, 36));
         let var_len = extra_len + id_len + name_len;
         let var = read(at + FIXED_LEN, var_len)?;
         let (extra, strings) = var.split_at(extra_len as usize);
         let (id, name) = strings.split_at(id_len as usize);
         snapshots.push(Snapshot {
             l1_table_offset: be64(&f, 0),
-            l1_entries: u64::from(be32(8)),
+            l1_entries: u64::from(be32(&f, 8)),
             id: String::from_utf8_lossy(id).into_owned(),
             name: String::from_utf8_lossy(name).into_owned(),
-            date_sec: be32(16),
-            date_nsec: be32(20),
+            date_sec: be32(&f, 16),
+            date_nsec: be32(&f, 20),
             vm_clock_nsec: be64(&f, 24),
             vm_state_size: if extra.len() >= 8 {
                 be64(extra, 0)
             } else {
-                u64::from(be32(32))
+                u64::from(be32(&f, 32))
             },
             icount: (extra.len() >= 24)
                 .then(|| be64(extra, 16))
