@@ -15,9 +15,6 @@ use super::qcow2::{LayerExtent, Qcow2Disk};
 use super::resize::{resize_image, NewSize};
 use super::{open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
-/// Bytes copied at a time.
-const CHUNK: u64 = 1 << 20;
-
 /// What a commit did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Committed {
@@ -90,29 +87,21 @@ fn copy_own_layer(
     done: &mut Committed,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), DiskError> {
-    let size = overlay.size();
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut offset = 0;
-    while offset < size {
-        let chunk_end = (offset + CHUNK).min(size);
-        while offset < chunk_end {
-            let (kind, len) = overlay.layer_extent(offset, chunk_end - offset)?;
-            match kind {
-                LayerExtent::Backing => {}
-                LayerExtent::Zero => {
-                    base.write_zeroes(offset, len, true)?;
-                    done.zero_bytes += len;
-                }
-                LayerExtent::Data { .. } => {
-                    let data = &mut buf[..len as usize];
-                    overlay.read_at(data, offset)?;
-                    base.write_at(data, offset)?;
-                    done.data_bytes += len;
-                }
+    let mut buf = vec![0u8; overlay.walk_chunk() as usize];
+    overlay.walk_own_layer(progress, |kind, offset, len| {
+        match kind {
+            LayerExtent::Backing => {}
+            LayerExtent::Zero => {
+                base.write_zeroes(offset, len, true)?;
+                done.zero_bytes += len;
             }
-            offset += len;
+            LayerExtent::Data { .. } => {
+                let data = &mut buf[..len as usize];
+                overlay.read_at(data, offset)?;
+                base.write_at(data, offset)?;
+                done.data_bytes += len;
+            }
         }
-        progress(offset, size);
-    }
-    Ok(())
+        Ok(())
+    })
 }

@@ -15,9 +15,6 @@ use super::qcow2::backing::set_backing_file;
 use super::qcow2::{LayerExtent, Qcow2Disk};
 use super::{open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
-/// Bytes compared at a time (whole clusters, at least one).
-const CHUNK: u64 = 1 << 20;
-
 /// What a safe rebase wrote into the image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RebaseStats {
@@ -78,28 +75,19 @@ fn copy_differences(
     new: Option<&dyn DiskBackend>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RebaseStats, DiskError> {
-    let size = image.size();
-    let cluster = image.cluster_size();
-    let chunk = CHUNK.next_multiple_of(cluster);
-    let mut old_buf = vec![0u8; chunk as usize];
-    let mut new_buf = vec![0u8; chunk as usize];
+    let chunk = image.walk_chunk() as usize;
+    let (mut old_buf, mut new_buf) = (vec![0u8; chunk], vec![0u8; chunk]);
     let mut stats = RebaseStats::default();
-    let mut offset = 0;
-    while offset < size {
-        let chunk_end = (offset + chunk).min(size);
-        while offset < chunk_end {
-            let (kind, len) = image.layer_extent(offset, chunk_end - offset)?;
-            if kind == LayerExtent::Backing {
-                let old = &mut old_buf[..len as usize];
-                let new_data = &mut new_buf[..len as usize];
-                image.read_at(old, offset)?;
-                read_or_zero(new, new_data, offset)?;
-                copy_differing_clusters(image, offset, old, new_data, &mut stats)?;
-            }
-            offset += len;
+    image.walk_own_layer(progress, |kind, offset, len| {
+        if kind != LayerExtent::Backing {
+            return Ok(());
         }
-        progress(offset, size);
-    }
+        let old = &mut old_buf[..len as usize];
+        let new_data = &mut new_buf[..len as usize];
+        image.read_at(old, offset)?;
+        read_or_zero(new, new_data, offset)?;
+        copy_differing_clusters(image, offset, old, new_data, &mut stats)
+    })?;
     Ok(stats)
 }
 

@@ -222,13 +222,13 @@ pub fn check_chain(path: &Path, writable: bool) -> Result<Vec<(PathBuf, ImageFor
 impl Qcow2Disk {
     /// Open the image and its whole backing chain (backing images read-only).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
-        Self::open_layers(path, Access::for_read_only(read_only), true)
+        Ok(Self::open_layers(path, Access::for_read_only(read_only), true)?.0)
     }
 
     /// [`Qcow2Disk::open`] for `access`: with [`Access::ReadShared`] read-only, and
     /// taking no lock that keeps others from writing the chain (qemu-img's `-U`).
     pub fn open_with(path: &Path, access: Access) -> Result<Self, DiskError> {
-        Self::open_layers(path, access, true)
+        Ok(Self::open_layers(path, access, true)?.0)
     }
 
     /// Open only the image's own layer, as if it had no backing file (what it leaves to
@@ -241,12 +241,17 @@ impl Qcow2Disk {
         path: &Path,
         access: Access,
     ) -> Result<(Self, Option<(PathBuf, ImageFormat)>), DiskError> {
-        let disk = Self::open_layers(path, access, false)?;
-        let backing = check_chain(path, false)?.into_iter().nth(1);
-        Ok((disk, backing))
+        let (disk, chain) = Self::open_layers(path, access, false)?;
+        Ok((disk, chain.into_iter().nth(1)))
     }
 
-    fn open_layers(path: &Path, access: Access, with_backing: bool) -> Result<Self, DiskError> {
+    /// Open the image (with its backing chain or without) and return it with the chain
+    /// `check_chain` found, top first.
+    fn open_layers(
+        path: &Path,
+        access: Access,
+        with_backing: bool,
+    ) -> Result<(Self, Vec<(PathBuf, ImageFormat)>), DiskError> {
         let read_only = access != Access::ReadWrite;
         // Locked before anything is read: another writer could be changing it.
         let mut locks = vec![ImageLock::acquire(path, access)?];
@@ -283,7 +288,7 @@ impl Qcow2Disk {
         } else {
             None
         };
-        Ok(Qcow2Disk {
+        let disk = Qcow2Disk {
             size: access.size(),
             access: RwLock::new(access),
             read_only,
@@ -292,7 +297,8 @@ impl Qcow2Disk {
             cluster_size: header.cluster_size(),
             direct,
             _locks: locks,
-        })
+        };
+        Ok((disk, chain))
     }
 
     fn shared(&self) -> std::sync::RwLockReadGuard<'_, FormatAccess<File>> {
@@ -363,6 +369,35 @@ impl Qcow2Disk {
             ))));
         }
         Ok((kind, mapped.min(len)))
+    }
+
+    /// Bytes [`Qcow2Disk::walk_own_layer`] hands over at most at a time: 1 MiB, rounded
+    /// up to whole clusters.
+    pub(crate) fn walk_chunk(&self) -> u64 {
+        (1u64 << 20).next_multiple_of(self.cluster_size)
+    }
+
+    /// Call `each(kind, offset, len)` for every run of the image's own layer (see
+    /// [`Qcow2Disk::layer_extent`]), in order and within chunks of
+    /// [`Qcow2Disk::walk_chunk`] bytes that start on cluster boundaries; `progress`
+    /// hears (bytes walked, virtual size) after each chunk.
+    pub(crate) fn walk_own_layer(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+        mut each: impl FnMut(LayerExtent, u64, u64) -> Result<(), DiskError>,
+    ) -> Result<(), DiskError> {
+        let chunk = self.walk_chunk();
+        let mut offset = 0;
+        while offset < self.size {
+            let chunk_end = (offset + chunk).min(self.size);
+            while offset < chunk_end {
+                let (kind, len) = self.layer_extent(offset, chunk_end - offset)?;
+                each(kind, offset, len)?;
+                offset += len;
+            }
+            progress(offset, self.size);
+        }
+        Ok(())
     }
 
     /// Make every cluster fall through to the backing file again, as
