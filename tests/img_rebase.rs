@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 mod qcow2_support;
 
 use qcow2_support::{
-    fresh_dir, kiln, qemu_create, qemu_img, qemu_io, qemu_overlay, qemu_overlay_with, s, tool,
+    fresh_dir, kiln, own_layer, qemu_create, qemu_img, qemu_io, qemu_overlay, qemu_overlay_with, s,
+    tool,
 };
 
 fn backing_fields(image: &Path) -> (serde_json::Value, serde_json::Value) {
@@ -66,30 +67,6 @@ fn a_moved_backing_file_is_followed_as_with_qemu_img() {
         qemu_img(&["compare", "-q", s(&ours), s(&theirs)]);
         qemu_img(&["check", s(&ours)]);
     }
-}
-
-/// The ranges the image decides itself (data or zero clusters, not what its backing
-/// file shows; adjacent ones merged, as map splits where host offsets jump), and how
-/// many bytes of them are data, as `qemu-img map` sees them.
-fn own_ranges(image: &Path) -> (Vec<(u64, u64)>, u64) {
-    let map: serde_json::Value =
-        serde_json::from_str(&qemu_img(&["map", "--output=json", "-U", s(image)])).unwrap();
-    let own: Vec<&serde_json::Value> = map
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["depth"] == 0 && e["present"] == true)
-        .collect();
-    let field = |e: &serde_json::Value, f: &str| e[f].as_u64().unwrap();
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for (start, len) in own.iter().map(|e| (field(e, "start"), field(e, "length"))) {
-        match ranges.last_mut() {
-            Some((s, l)) if *s + *l == start => *l += len,
-            _ => ranges.push((start, len)),
-        }
-    }
-    let data = own.iter().filter(|e| e["data"] == true);
-    (ranges, data.map(|e| field(e, "length")).sum())
 }
 
 #[test]
@@ -159,7 +136,7 @@ fn a_safe_rebase_keeps_what_the_guest_sees_as_qemu_img_does() {
         // Only what differs was copied, where qemu-img copies it. Where only the new
         // base has data, qemu-img writes zeroes as data, kiln a zero cluster (v3).
         let ((our_ranges, our_data), (their_ranges, their_data)) =
-            (own_ranges(&ours), own_ranges(&theirs));
+            (own_layer(&ours), own_layer(&theirs));
         assert_eq!(our_ranges, their_ranges, "{name}");
         let zero_clusters = if name == "v3" { 2 * (64 << 10) } else { 0 };
         assert_eq!(our_data + zero_clusters, their_data, "{name}");

@@ -28,6 +28,30 @@ pub fn fresh_dir(prefix: &str, name: &str) -> PathBuf {
     d
 }
 
+/// The ranges the image decides itself (data or zero clusters, not what its backing
+/// file shows; adjacent ones merged, as map splits where host offsets jump), and how
+/// many bytes of them are data, as `qemu-img map` sees them.
+pub fn own_layer(image: &Path) -> (Vec<(u64, u64)>, u64) {
+    let map: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["map", "--output=json", "-U", s(image)])).unwrap();
+    let own: Vec<&serde_json::Value> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["depth"] == 0 && e["present"] == true)
+        .collect();
+    let field = |e: &serde_json::Value, f: &str| e[f].as_u64().unwrap();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for (start, len) in own.iter().map(|e| (field(e, "start"), field(e, "length"))) {
+        match ranges.last_mut() {
+            Some((s, l)) if *s + *l == start => *l += len,
+            _ => ranges.push((start, len)),
+        }
+    }
+    let data = own.iter().filter(|e| e["data"] == true);
+    (ranges, data.map(|e| field(e, "length")).sum())
+}
+
 /// Run `program` and return what it did; panics only when it cannot start.
 pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
