@@ -38,8 +38,15 @@ fn mq_is_offered_with_more_than_one_queue() {
     assert_eq!(dev.device_features() & bit(VIRTIO_BLK_F_MQ), 0);
     assert_eq!(dev.queue_max_sizes().len(), 1);
     for bad in [0, MAX_QUEUES + 1] {
-        assert!(dev.set_num_queues(bad).is_err(), "{bad} queues accepted");
+        let err = dev
+            .set_num_queues(bad)
+            .expect_err("bad queue count accepted");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains(&format!("{bad} queues")), "{err}");
+        assert!(err.to_string().contains("1..=64"), "{err}");
     }
+    // A refused count leaves the offer as it was.
+    assert_eq!(dev.queue_max_sizes().len(), 1);
 }
 
 #[test]
