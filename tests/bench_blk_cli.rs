@@ -167,6 +167,13 @@ fn device_thread_runs_every_line_through_the_event_loop() {
     assert_eq!(lines.len(), 8);
     for l in lines {
         assert!(ops(&l["runners"]["device"]) > 0.0, "{l}");
+        // 64 KiB lines run a quarter of --count; 4 KiB lines all of it.
+        let expected = if l["pattern"] == "64k-seq-read" {
+            64
+        } else {
+            256
+        };
+        assert_eq!(l["requests"], expected, "{l}");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
