@@ -239,10 +239,8 @@ fn input_format_and_progress() {
         &input,
         &dir.path().join("progress.qcow2"),
         &mut kiln_imagebuild::convert::ConvertOptions {
-            format: kiln_devices::block::ImageFormat::Qcow2,
-            compress: false,
-            input_format: None,
             progress: Some(&mut record),
+            ..kiln_imagebuild::convert::ConvertOptions::new(kiln_devices::block::ImageFormat::Qcow2)
         },
     )
     .unwrap();

@@ -1,25 +1,30 @@
 //! `kiln img convert`: copy any image kiln's block layer reads (raw or qcow2, with
-//! backing chains) into a fresh raw (sparse) or qcow2 (optionally deflate-compressed)
-//! image. The output is written to a temporary file renamed at the end, so a failure
-//! leaves nothing at the destination.
+//! backing chains) into a fresh raw (sparse) or qcow2 image: version 3 or 2, any
+//! cluster size, optionally deflate-compressed, optionally over a backing file. With a
+//! backing file, only the clusters whose contents differ from it are written, so the
+//! output shows the input's bytes whatever the backing file holds. The output is
+//! written to a temporary file renamed at the end, so a failure leaves nothing at the
+//! destination.
 
 mod qcow2_writer;
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use kiln_devices::block::{open_disk, DiskConfig, DiskError, ImageFormat};
+use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
 use crate::atomic::{write_atomically, AtomicError};
-use qcow2_writer::Qcow2Writer;
-pub use qcow2_writer::CLUSTER_SIZE;
+use qcow2_writer::{Qcow2Layout, Qcow2Writer, DEFAULT_CLUSTER_BITS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     #[error("cannot open input {path}: {source}")]
     Open { path: PathBuf, source: DiskError },
-    #[error("reading input {path} at byte {offset}: {source}")]
+    #[error("cannot open backing file {path}: {source}")]
+    Backing { path: PathBuf, source: DiskError },
+    #[error("reading {path} at byte {offset}: {source}")]
     Read {
         path: PathBuf,
         offset: u64,
@@ -27,8 +32,10 @@ pub enum ConvertError {
     },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
-    #[error("compression (-c) needs qcow2 output")]
-    CompressRaw,
+    #[error("{0} needs qcow2 output")]
+    NeedsQcow2(&'static str),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub struct ConvertOptions<'a> {
@@ -37,19 +44,120 @@ pub struct ConvertOptions<'a> {
     pub compress: bool,
     /// Input format; detected from the contents when `None`.
     pub input_format: Option<ImageFormat>,
+    /// qcow2 cluster size (512 B to 2 MiB, a power of two); 64 KiB when `None`.
+    pub cluster_size: Option<u64>,
+    /// Make a version 2 (compat=0.10) qcow2 image instead of version 3.
+    pub compat_v2: bool,
+    /// qcow2 backing file, stored as given (a relative name is relative to the
+    /// output's directory). Only clusters whose contents differ from it are written.
+    pub backing: Option<PathBuf>,
+    /// The backing file's format; detected from its contents when `None`.
+    pub backing_format: Option<ImageFormat>,
     /// Called with (bytes done, bytes in all) after every mebibyte and at the end.
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
 }
 
-/// Input bytes between progress reports.
-const PROGRESS_EVERY: u64 = 1 << 20;
+impl ConvertOptions<'_> {
+    /// A plain conversion to `format`: 64 KiB clusters, version 3, no backing file.
+    pub fn new(format: ImageFormat) -> Self {
+        ConvertOptions {
+            format,
+            compress: false,
+            input_format: None,
+            cluster_size: None,
+            compat_v2: false,
+            backing: None,
+            backing_format: None,
+            progress: None,
+        }
+    }
+}
+
+/// Bytes read at a time (at least one cluster), and between progress reports.
+const CHUNK: u64 = 1 << 20;
 
 /// Statistics of a conversion.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ConvertStats {
     pub virtual_size: u64,
+    pub cluster_size: u64,
+    /// Clusters written with data.
     pub data_clusters: u64,
+    /// Clusters that read as zeroes without data: unallocated, or zero clusters
+    /// over a backing file.
     pub zero_clusters: u64,
+    /// Clusters left to the backing file, which holds the same bytes.
+    pub backing_clusters: u64,
+}
+
+/// The backing file as the header names it, opened from the output's directory.
+struct Backing {
+    name: String,
+    path: PathBuf,
+    disk: Arc<dyn DiskBackend>,
+}
+
+fn check_options(opts: &ConvertOptions) -> Result<u32, ConvertError> {
+    if opts.format != ImageFormat::Qcow2 {
+        let qcow2_only = [
+            (opts.compress, "compression (-c)"),
+            (opts.cluster_size.is_some(), "a cluster size"),
+            (opts.compat_v2, "compat=0.10"),
+            (opts.backing.is_some(), "a backing file"),
+        ];
+        if let Some((_, what)) = qcow2_only.iter().find(|(asked, _)| *asked) {
+            return Err(ConvertError::NeedsQcow2(what));
+        }
+    }
+    if opts.backing.is_none() && opts.backing_format.is_some() {
+        return Err(ConvertError::Invalid(
+            "a backing format without a backing file".into(),
+        ));
+    }
+    let cluster = opts.cluster_size.unwrap_or(1 << DEFAULT_CLUSTER_BITS);
+    if !cluster.is_power_of_two() || !(512..=2 << 20).contains(&cluster) {
+        return Err(ConvertError::Invalid(format!(
+            "cluster size {cluster} is not a power of two from 512 to 2097152 (2 MiB)"
+        )));
+    }
+    Ok(cluster.trailing_zeros())
+}
+
+fn open_backing(output: &Path, opts: &ConvertOptions) -> Result<Option<Backing>, ConvertError> {
+    let Some(name) = &opts.backing else {
+        return Ok(None);
+    };
+    let Some(text) = name.to_str() else {
+        return Err(ConvertError::Invalid(format!(
+            "backing file name {} is not UTF-8",
+            name.display()
+        )));
+    };
+    let path = output.parent().unwrap_or(Path::new(".")).join(name);
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(&path, output) {
+        return Err(ConvertError::Invalid(format!(
+            "{} would be its own backing file",
+            output.display()
+        )));
+    }
+    let disk = open_disk(&DiskConfig {
+        readonly: true,
+        format: opts.backing_format,
+        ..DiskConfig::new(path.clone())
+    })
+    .map_err(|source| ConvertError::Backing {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(Backing {
+        name: text.to_owned(),
+        path,
+        disk,
+    }))
 }
 
 pub fn convert(
@@ -57,9 +165,7 @@ pub fn convert(
     output: &Path,
     opts: &mut ConvertOptions,
 ) -> Result<ConvertStats, ConvertError> {
-    if opts.compress && opts.format != ImageFormat::Qcow2 {
-        return Err(ConvertError::CompressRaw);
-    }
+    let cluster_bits = check_options(opts)?;
     let disk = open_disk(&DiskConfig {
         readonly: true,
         format: opts.input_format,
@@ -69,6 +175,7 @@ pub fn convert(
         path: input.to_path_buf(),
         source,
     })?;
+    let backing = open_backing(output, opts)?;
     let size = disk.size();
     let write_err = |source| ConvertError::Write {
         path: output.to_path_buf(),
@@ -77,55 +184,44 @@ pub fn convert(
     let result = write_atomically(
         output,
         |file: &mut File| -> Result<ConvertStats, ConvertError> {
-            let mut stats = ConvertStats {
-                virtual_size: size,
-                ..Default::default()
-            };
             // `&File` is Write + Seek, so the qcow2 writer and raw writes can share it.
             let file: &File = file;
-            let mut qcow2 = match opts.format {
-                ImageFormat::Qcow2 => {
-                    Some(Qcow2Writer::new(file, size, opts.compress).map_err(write_err)?)
-                }
+            let qcow2 = match opts.format {
+                ImageFormat::Qcow2 => Some(
+                    Qcow2Writer::new(
+                        file,
+                        Qcow2Layout {
+                            size,
+                            cluster_bits,
+                            version: if opts.compat_v2 { 2 } else { 3 },
+                            compress: opts.compress,
+                            backing: backing.as_ref().map(|b| (b.name.clone(), b.disk.format())),
+                        },
+                    )
+                    .map_err(write_err)?,
+                ),
                 ImageFormat::Raw => None,
             };
-            let mut buf = vec![0u8; CLUSTER_SIZE as usize];
-            let mut offset = 0u64;
-            while offset < size {
-                let n = (size - offset).min(CLUSTER_SIZE) as usize;
-                buf[n..].fill(0);
-                disk.read_at(&mut buf[..n], offset)
-                    .map_err(|source| ConvertError::Read {
-                        path: input.to_path_buf(),
-                        offset,
-                        source,
-                    })?;
-                if buf.iter().all(|b| *b == 0) {
-                    stats.zero_clusters += 1;
-                } else {
-                    stats.data_clusters += 1;
-                    match qcow2.as_mut() {
-                        Some(w) => w
-                            .write_cluster(offset / CLUSTER_SIZE, &buf)
-                            .map_err(write_err)?,
-                        None => write_raw(file, offset, &buf[..n]).map_err(write_err)?,
-                    }
-                }
-                offset += CLUSTER_SIZE;
-                if let Some(report) = opts.progress.as_mut() {
-                    if offset % PROGRESS_EVERY == 0 || offset >= size {
-                        report(offset.min(size), size);
-                    }
-                }
-            }
-            match qcow2 {
+            let mut copy = Copy {
+                input: (input, disk.as_ref()),
+                backing: backing.as_ref(),
+                output: (output, file),
+                qcow2,
+                stats: ConvertStats {
+                    virtual_size: size,
+                    cluster_size: 1 << cluster_bits,
+                    ..Default::default()
+                },
+            };
+            copy.run(opts.progress.as_mut())?;
+            match copy.qcow2 {
                 Some(w) => {
                     w.finish().map_err(write_err)?;
                 }
                 // Holes for the zero clusters: setting the length leaves them unallocated.
                 None => file.set_len(size).map_err(write_err)?,
             }
-            Ok(stats)
+            Ok(copy.stats)
         },
     );
     result.map_err(|e| match e {
@@ -134,6 +230,107 @@ pub fn convert(
             write_err(source)
         }
     })
+}
+
+/// One conversion's reading and writing.
+struct Copy<'a> {
+    input: (&'a Path, &'a dyn DiskBackend),
+    backing: Option<&'a Backing>,
+    output: (&'a Path, &'a File),
+    qcow2: Option<Qcow2Writer<&'a File>>,
+    stats: ConvertStats,
+}
+
+impl Copy<'_> {
+    fn run(
+        &mut self,
+        mut progress: Option<&mut &mut dyn FnMut(u64, u64)>,
+    ) -> Result<(), ConvertError> {
+        let size = self.stats.virtual_size;
+        let cluster = self.stats.cluster_size;
+        let chunk = CHUNK.max(cluster);
+        let mut data = vec![0u8; chunk as usize];
+        let mut under = vec![0u8; chunk as usize];
+        let mut offset = 0u64;
+        while offset < size {
+            let n = (size - offset).min(chunk);
+            // Past the end, the last cluster reads as zeroes.
+            data.fill(0);
+            read(self.input, &mut data[..n as usize], offset)?;
+            if let Some(b) = self.backing {
+                under.fill(0);
+                let end = b.disk.size().clamp(offset, offset + n);
+                // Past the backing file's end it reads as zeroes.
+                if end > offset {
+                    read(
+                        (&b.path, b.disk.as_ref()),
+                        &mut under[..(end - offset) as usize],
+                        offset,
+                    )?;
+                }
+            }
+            for (i, bytes) in data[..n.next_multiple_of(cluster) as usize]
+                .chunks(cluster as usize)
+                .enumerate()
+            {
+                let at = offset + i as u64 * cluster;
+                let below = &under[i * cluster as usize..][..cluster as usize];
+                self.cluster(at, bytes, below)
+                    .map_err(|source| ConvertError::Write {
+                        path: self.output.0.to_owned(),
+                        source,
+                    })?;
+            }
+            offset += n;
+            if let Some(report) = progress.as_mut() {
+                report(offset, size);
+            }
+        }
+        Ok(())
+    }
+
+    /// Store the cluster at guest offset `at`, which holds `bytes` over `below` (the
+    /// backing file's bytes, zeroes without one).
+    fn cluster(&mut self, at: u64, bytes: &[u8], below: &[u8]) -> io::Result<()> {
+        let zero = bytes.iter().all(|b| *b == 0);
+        if self.backing.is_some() && bytes == below {
+            self.stats.backing_clusters += 1;
+            return Ok(());
+        }
+        let index = at / self.stats.cluster_size;
+        match self.qcow2.as_mut() {
+            Some(w) if zero && self.backing.is_some() && w.has_zero_clusters() => {
+                w.zero_cluster(index)?;
+                self.stats.zero_clusters += 1;
+            }
+            // Without a backing file, zeroes need nothing; over one, a version 2
+            // image can only hide it with zeroes as data.
+            _ if zero && self.backing.is_none() => self.stats.zero_clusters += 1,
+            Some(w) => {
+                w.write_cluster(index, bytes)?;
+                self.stats.data_clusters += 1;
+            }
+            None => {
+                let len = (self.stats.virtual_size - at).min(bytes.len() as u64);
+                write_raw(self.output.1, at, &bytes[..len as usize])?;
+                self.stats.data_clusters += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read(
+    (path, disk): (&Path, &dyn DiskBackend),
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), ConvertError> {
+    disk.read_at(buf, offset)
+        .map_err(|source| ConvertError::Read {
+            path: path.to_owned(),
+            offset,
+            source,
+        })
 }
 
 fn write_raw(mut file: &File, offset: u64, data: &[u8]) -> io::Result<()> {

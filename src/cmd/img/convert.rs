@@ -1,7 +1,13 @@
-//! `kiln img convert IN OUT [-f FMT] [-O qcow2|raw] [-c] [-p]`, like `qemu-img
-//! convert`. Input is read through kiln's block backends (raw or qcow2, probed unless
-//! `-f`); output is written by kiln-imagebuild's converter (sparse raw, or qcow2 with
-//! optional deflate clusters).
+//! `kiln img convert IN OUT [-f FMT] [-O qcow2|raw] [-c] [-p] [-o OPTIONS]
+//! [-B BACKING [-F FMT]]`, like `qemu-img convert`. Input is read through kiln's block
+//! backends (raw or qcow2, probed unless `-f`); output is written by kiln-imagebuild's
+//! converter (sparse raw, or qcow2 with optional deflate clusters, any cluster size,
+//! version 2 or 3, and a backing file).
+//!
+//! With a backing file, qemu-img copies the input's own layer and trusts the backing
+//! file to match the rest. kiln compares instead: it writes every cluster whose
+//! contents differ from the backing file's, so the output always shows the input's
+//! bytes, whatever the two images' histories.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +15,8 @@ use std::process::ExitCode;
 use kiln_devices::block::ImageFormat;
 use kiln_imagebuild::convert::{convert, ConvertOptions};
 
-use super::parse_format;
 use super::progress::Progress;
+use super::{options, parse_format};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,29 +36,52 @@ pub struct Args {
     /// Show a progress bar on stderr (when it is a terminal).
     #[arg(short = 'p', long)]
     progress: bool,
+    /// Backing file of the output (qcow2); a relative name is relative to OUT's
+    /// directory. Only clusters that differ from it are written.
+    #[arg(short = 'B', long = "backing")]
+    backing: Option<PathBuf>,
+    /// The backing file's format (detected from its contents when not given).
+    #[arg(short = 'F', long = "backing-format", value_parser = parse_format)]
+    backing_format: Option<ImageFormat>,
+    /// qcow2 creation options as qemu-img takes them, comma-separated: cluster_size,
+    /// compat (1.1 or 0.10), backing_file, backing_fmt; and refcount_bits=16,
+    /// lazy_refcounts=off, preallocation=off, extended_l2=off, compression_type=zlib,
+    /// which are what kiln writes. Repeatable.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let options = options::parse(&args.options, "convert", true)?;
     let bar = Progress::new(args.progress, "converting");
     let mut report = |done: u64, total: u64| bar.report(done, total);
     let stats = convert(
         &args.input,
         &args.output,
         &mut ConvertOptions {
-            format: args.format,
             compress: args.compress,
             input_format: args.input_format,
+            cluster_size: options.cluster_size,
+            compat_v2: options.compat_v2,
+            backing: options.backing_file.or(args.backing),
+            backing_format: options.backing_fmt.or(args.backing_format),
             progress: Some(&mut report),
+            ..ConvertOptions::new(args.format)
         },
     );
     drop(bar);
     let stats = stats?;
+    let backing = match stats.backing_clusters {
+        0 => String::new(),
+        n => format!(", {n} left to the backing file"),
+    };
     eprintln!(
-        "kiln: wrote {} ({}, {} data clusters, {} zero clusters of 64 KiB)",
+        "kiln: wrote {} ({}, {} data clusters, {} zero clusters{backing}, of {} bytes)",
         args.output.display(),
         args.format,
         stats.data_clusters,
-        stats.zero_clusters
+        stats.zero_clusters,
+        stats.cluster_size
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,18 +1,16 @@
 //! `kiln img create [-f FMT] [-b BASE [-F FMT]] [-o OPTIONS] FILE [SIZE]`, with
-//! qemu-img's option names. `-o` takes the qcow2 creation options kiln can honour;
-//! values kiln cannot produce (version 2 images, other refcount widths, ...) are
-//! refused by name rather than ignored, so a script never gets an image other than
-//! the one it asked for.
+//! qemu-img's option names. `-o` takes the qcow2 creation options kiln can honour
+//! (see [`options`]); version 2 images come from `kiln img convert` only.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use kiln_devices::block::create::{create_image, CreateOptions};
 use kiln_devices::block::ImageFormat;
 
 use super::super::parse_size;
-use super::parse_format;
+use super::{options, parse_format};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,53 +40,11 @@ pub struct Args {
     options: Vec<String>,
 }
 
-/// Values kiln's images always have: accepted when asked for, refused otherwise.
-const FIXED: [(&str, &[&str]); 6] = [
-    ("compat", &["1.1", "v3"]),
-    ("refcount_bits", &["16"]),
-    ("lazy_refcounts", &["off", "false"]),
-    ("preallocation", &["off"]),
-    ("extended_l2", &["off", "false"]),
-    ("compression_type", &["zlib"]),
-];
-
-/// Apply `-o key=value,...` to `args`.
-fn apply_options(args: &mut Args, options: &str) -> anyhow::Result<()> {
-    for option in options.split(',').filter(|o| !o.is_empty()) {
-        let Some((key, value)) = option.split_once('=') else {
-            bail!("-o {option}: expected key=value");
-        };
-        match key {
-            "cluster_size" => {
-                args.cluster_size = Some(parse_size(value).map_err(anyhow::Error::msg)?)
-            }
-            "backing_file" => args.backing = Some(value.into()),
-            "backing_fmt" => {
-                args.backing_format = Some(parse_format(value).map_err(anyhow::Error::msg)?)
-            }
-            _ => match FIXED.iter().find(|(k, _)| *k == key) {
-                Some((_, allowed)) if allowed.contains(&value) => {}
-                Some((_, allowed)) => bail!(
-                    "-o {key}={value}: kiln creates only {key}={} images",
-                    allowed[0]
-                ),
-                None => {
-                    let known: Vec<&str> = ["cluster_size", "backing_file", "backing_fmt"]
-                        .into_iter()
-                        .chain(FIXED.iter().map(|(k, _)| *k))
-                        .collect();
-                    bail!("-o {key}: unknown option (kiln knows {})", known.join(", "))
-                }
-            },
-        }
-    }
-    Ok(())
-}
-
 pub fn exec(mut args: Args) -> anyhow::Result<ExitCode> {
-    for options in std::mem::take(&mut args.options) {
-        apply_options(&mut args, &options)?;
-    }
+    let options = options::parse(&args.options, "create", false)?;
+    args.cluster_size = options.cluster_size.or(args.cluster_size);
+    args.backing = options.backing_file.or(args.backing);
+    args.backing_format = options.backing_fmt.or(args.backing_format);
     let opts = CreateOptions {
         format: args.format,
         size: args.size,

@@ -9,6 +9,7 @@ mod convert;
 mod create;
 mod info;
 mod map;
+mod options;
 mod progress;
 mod rebase;
 mod resize;
