@@ -24,7 +24,7 @@ boot_timer_magic=123
 applets=(sh ash mount umount cat echo printf test '[' dd cmp grep sed awk head tail wc
   ls mkdir rm cp mv ln touch sync sleep usleep poweroff reboot halt nproc uname
   hexdump od xxd md5sum sha256sum udhcpc wget nc ip ifconfig route ping
-  dmesg sysctl true false seq tr cut env stat mknod chmod blockdev)
+  dmesg sysctl true false seq tr cut env stat mknod chmod blockdev stty)
 
 log() { echo "build-initramfs: $*" >&2; }
 

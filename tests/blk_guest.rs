@@ -4,8 +4,8 @@
 //! Each boot costs 45-100 s on PVM hosts, so the checks are batched into two boots:
 //! - `disks_console_and_rng_in_one_boot`: three disks (a qcow2 from `kiln img create`,
 //!   a read-only raw disk, a qcow2 overlay on a qemu-img-made backing file), a
-//!   virtio-console to a file and the default virtio-rng, both round their rings with
-//!   EVENT_IDX;
+//!   virtio-console to a file with a set size (which hvc0's tty takes) and the default
+//!   virtio-rng, both round their rings with EVENT_IDX;
 //! - `ext4_qcow2_as_root_filesystem`: no initramfs, the root filesystem is an ext4
 //!   image converted to qcow2.
 
@@ -97,6 +97,11 @@ exec 3> /dev/hvc0
 i=0
 while [ $i -lt 300 ]; do echo "KILN-HVC-LINE-$i" >&3; i=$((i+1)); done
 exec 3>&-
+exec 4< /dev/hvc0
+i=0
+while [ $i -lt 10 ]; do HVC_SIZE=$(stty size <&4); [ "$HVC_SIZE" = "45 123" ] && break; sleep 1; i=$((i+1)); done
+exec 4<&-
+echo "HVC-SIZE=$HVC_SIZE"
 for d in /sys/bus/virtio/devices/*; do echo "VIRTIO-$(cat $d/device)-FEATURES=$(cat $d/features)"; done
 echo "RNG=$(cat /sys/class/misc/hw_random/rng_current)"
 dd if=/dev/hwrng of=/tmp/rng bs=4096 count=16 iflag=fullblock 2>/dev/null
@@ -147,7 +152,7 @@ fn disks_console_and_rng_in_one_boot() {
     let disk_vda = format!("path={},format=qcow2,serial=kiln-vda-42", vda.display());
     let disk_vdb = format!("path={},format=raw,readonly=on", vdb.display());
     let disk_vdc = format!("path={}", vdc.display());
-    let console = format!("virtio,file={}", console_log.display());
+    let console = format!("virtio,file={},size=123x45", console_log.display());
     let run = run_kiln(
         "blk-guest three disks",
         &[
@@ -224,6 +229,10 @@ fn disks_console_and_rng_in_one_boot() {
         let features = get(&format!("VIRTIO-{device}-FEATURES"));
         assert_eq!(features.chars().nth(29), Some('1'), "{device}: {context}");
     }
+    // The console's size reached hvc0's tty: F_SIZE taken (bit 0), rows then columns.
+    let console_features = get("VIRTIO-0x0003-FEATURES");
+    assert_eq!(console_features.chars().next(), Some('1'), "{context}");
+    assert_eq!(get("HVC-SIZE"), "45 123", "{context}");
     assert_eq!(get("RNG"), "virtio_rng.0", "{context}");
     assert_eq!(get("RNG-BYTES"), "65536", "{context}");
 

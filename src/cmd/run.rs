@@ -9,7 +9,7 @@ use anyhow::Context;
 use kiln_devices::block::DiskConfig;
 use kiln_devices::virtio::net::NetConfig;
 use kiln_vmm::cpu::{CpuConfig, CustomTemplate, GuestCpu, Topology};
-use kiln_vmm::device_manager::{ConsoleOutput, VirtioDeviceConfig, VirtioSpec};
+use kiln_vmm::device_manager::{ConsoleOutput, ConsoleSpec, VirtioDeviceConfig, VirtioSpec};
 use kiln_vmm::{EntryChoice, OnReset, SerialOutput, VmConfig, VmExitStatus};
 
 use super::parse_size;
@@ -60,9 +60,11 @@ pub struct Args {
     /// A virtio-console (guest /dev/hvc0): virtio (to stdout), virtio,file=PATH or
     /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too);
     /// with ,server=on kiln listens there instead and serves one client at a time
-    /// (output is dropped while none is connected).
+    /// (output is dropped while none is connected). ,size=COLSxROWS gives the guest a
+    /// terminal size; a console on a terminal's stdout gives that terminal's, kept
+    /// current as it is resized.
     #[arg(long, value_parser = parse_console)]
-    pub console: Option<ConsoleOutput>,
+    pub console: Option<ConsoleSpec>,
     /// A virtio-net card: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (passt),
     /// tap=NAME[,create=on] or none; each may end with ,mac=xx:xx:xx:xx:xx:xx.
     /// Repeatable, one card each (eth0, eth1, ...). Without --net: user.
@@ -140,32 +142,51 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
         .map_err(|e: kiln_devices::virtio::net::NetConfigError| e.to_string())
 }
 
-fn parse_console(s: &str) -> Result<ConsoleOutput, String> {
+fn parse_console(s: &str) -> Result<ConsoleSpec, String> {
     let bad = || {
-        format!("{s:?}: expected virtio, virtio,file=PATH or virtio,socket=PATH[,server=on|off]")
+        format!(
+            "{s:?}: expected virtio, virtio,file=PATH or virtio,socket=PATH[,server=on|off], \
+             each optionally with ,size=COLSxROWS"
+        )
     };
     let mut parts = s.split(',');
     if parts.next() != Some("virtio") {
         return Err(bad());
     }
-    let (mut file, mut socket, mut server) = (None, None, None);
+    let (mut file, mut socket, mut server, mut size) = (None, None, None, None);
     for part in parts {
         match part.split_once('=') {
             Some(("file", p)) if !p.is_empty() && file.is_none() => file = Some(p),
             Some(("socket", p)) if !p.is_empty() && socket.is_none() => socket = Some(p),
             Some(("server", "on")) if server.is_none() => server = Some(true),
             Some(("server", "off")) if server.is_none() => server = Some(false),
+            Some(("size", v)) if size.is_none() => size = Some(parse_console_size(v)?),
             _ => return Err(bad()),
         }
     }
-    match (file, socket, server) {
-        (None, None, None) => Ok(ConsoleOutput::Stdout),
-        (Some(p), None, None) => Ok(ConsoleOutput::File(p.into())),
-        (None, Some(p), Some(true)) => Ok(ConsoleOutput::SocketServer(p.into())),
-        (None, Some(p), None | Some(false)) => Ok(ConsoleOutput::Socket(p.into())),
-        (_, _, Some(_)) if socket.is_none() => Err(format!("{s:?}: server= needs socket=PATH")),
-        _ => Err(bad()),
+    let output = match (file, socket, server) {
+        (None, None, None) => ConsoleOutput::Stdout,
+        (Some(p), None, None) => ConsoleOutput::File(p.into()),
+        (None, Some(p), Some(true)) => ConsoleOutput::SocketServer(p.into()),
+        (None, Some(p), None | Some(false)) => ConsoleOutput::Socket(p.into()),
+        (_, _, Some(_)) if socket.is_none() => {
+            return Err(format!("{s:?}: server= needs socket=PATH"))
+        }
+        _ => return Err(bad()),
+    };
+    Ok(ConsoleSpec { output, size })
+}
+
+/// `COLSxROWS`, each 1 to 65535.
+fn parse_console_size(v: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("size={v}: expected COLSxROWS, each 1 to 65535 (as 80x24)");
+    let (cols, rows) = v.split_once('x').ok_or_else(bad)?;
+    let cols: u16 = cols.parse().map_err(|_| bad())?;
+    let rows: u16 = rows.parse().map_err(|_| bad())?;
+    if cols == 0 || rows == 0 {
+        return Err(bad());
     }
+    Ok((cols, rows))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -321,23 +342,40 @@ mod tests {
 
     #[test]
     fn console_cpus_and_cpu_options() {
-        assert_eq!(parse_console("virtio"), Ok(ConsoleOutput::Stdout));
+        let out = |s: &str| parse_console(s).map(|c| c.output);
+        assert_eq!(out("virtio"), Ok(ConsoleOutput::Stdout));
         assert_eq!(
-            parse_console("virtio,file=/tmp/c"),
+            out("virtio,file=/tmp/c"),
             Ok(ConsoleOutput::File("/tmp/c".into()))
         );
         assert_eq!(
-            parse_console("virtio,socket=/tmp/s"),
+            out("virtio,socket=/tmp/s"),
             Ok(ConsoleOutput::Socket("/tmp/s".into()))
         );
         assert_eq!(
-            parse_console("virtio,socket=/tmp/s,server=on"),
+            out("virtio,socket=/tmp/s,server=on"),
             Ok(ConsoleOutput::SocketServer("/tmp/s".into()))
         );
         assert_eq!(
-            parse_console("virtio,socket=/tmp/s,server=off"),
+            out("virtio,socket=/tmp/s,server=off"),
             Ok(ConsoleOutput::Socket("/tmp/s".into()))
         );
+        assert_eq!(parse_console("virtio").unwrap().size, None);
+        let sized = parse_console("virtio,size=132x43,file=/tmp/c").unwrap();
+        assert_eq!(
+            (sized.output, sized.size),
+            (ConsoleOutput::File("/tmp/c".into()), Some((132, 43)))
+        );
+        for bad in [
+            "size=0x24",
+            "size=80",
+            "size=80x70000",
+            "size=80x24,size=80x24",
+            "size=ax b",
+        ] {
+            let err = parse_console(&format!("virtio,{bad}")).unwrap_err();
+            assert!(err.contains("COLSxROWS"), "{bad}: {err}");
+        }
         let err = parse_console("virtio,server=on").unwrap_err();
         assert!(err.contains("needs socket="), "{err}");
         assert!(parse_console("virtio,socket=/tmp/s,server=yes").is_err());

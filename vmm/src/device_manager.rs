@@ -22,7 +22,9 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kiln_devices::block::config::Aio;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError};
 use kiln_devices::virtio::block::{uring, Block};
-use kiln_devices::virtio::console::{client_output, Console, ConsoleInput};
+use kiln_devices::virtio::console::{
+    client_output, Console, ConsoleInput, ConsoleSize, SizeSource,
+};
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
 use kiln_devices::virtio::rng::Rng;
@@ -34,6 +36,7 @@ use crate::bus::Bus;
 use crate::console_socket::ListeningSocket;
 use crate::layout::{IOAPIC_LAST_PIN, VIRTIO_IRQ_START, VIRTIO_MMIO_END, VIRTIO_MMIO_START};
 use crate::memory::GuestMemory;
+use crate::terminal_size::following_terminal;
 
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -102,11 +105,28 @@ pub enum ConsoleOutput {
     SocketServer(PathBuf),
 }
 
+/// The virtio-console as the user asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleSpec {
+    pub output: ConsoleOutput,
+    /// Columns and rows to offer the guest (VIRTIO_CONSOLE_F_SIZE). Without one, a
+    /// console on stdout offers the terminal's size, kept current on SIGWINCH, and
+    /// other consoles offer none.
+    pub size: Option<ConsoleSize>,
+}
+
+impl ConsoleSpec {
+    /// A console to `output`, sized as the default says.
+    pub fn new(output: ConsoleOutput) -> Self {
+        ConsoleSpec { output, size: None }
+    }
+}
+
 /// A virtio device as the user asked for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VirtioSpec {
     Disk(DiskConfig),
-    Console(ConsoleOutput),
+    Console(ConsoleSpec),
     /// A NIC; `NetConfig::None` (`--net none`) attaches nothing and is not a valid spec.
     Net(NetConfig),
     Rng,
@@ -204,38 +224,52 @@ fn net(cfg: &NetConfig) -> Result<VirtioDeviceConfig, SpecError> {
     }))
 }
 
-fn console(out: &ConsoleOutput) -> Result<VirtioDeviceConfig, SpecError> {
+fn console(spec: &ConsoleSpec) -> Result<VirtioDeviceConfig, SpecError> {
     let err = |path: &PathBuf| {
         let path = path.clone();
         move |error| SpecError::Console { path, error }
     };
-    match out {
-        ConsoleOutput::Stdout => Ok(VirtioDeviceConfig::new("virtio-console", || {
-            Console::new(Box::new(std::io::stdout()), None).map_err(|e| e.to_string())
-        })),
+    let size = spec.size;
+    let on_stdout = spec.output == ConsoleOutput::Stdout;
+    let sized = move |console: std::io::Result<Console>| -> Result<Console, String> {
+        let console = console.map_err(|e| e.to_string())?;
+        let source = match size {
+            Some(size) => Some(SizeSource::fixed(size)),
+            None if on_stdout => following_terminal(libc::STDOUT_FILENO).transpose(),
+            None => None,
+        };
+        match source {
+            Some(source) => Ok(console.with_size(source.map_err(|e| e.to_string())?)),
+            None => Ok(console),
+        }
+    };
+    let new = |make: Box<dyn Fn() -> std::io::Result<Console> + Send + Sync>| {
+        VirtioDeviceConfig::new("virtio-console", move || sized(make()))
+    };
+    match &spec.output {
+        ConsoleOutput::Stdout => Ok(new(Box::new(|| {
+            Console::new(Box::new(std::io::stdout()), None)
+        }))),
         ConsoleOutput::File(path) => {
             let file = File::create(path).map_err(err(path))?;
-            Ok(VirtioDeviceConfig::new("virtio-console", move || {
-                let out: Box<dyn Write + Send> =
-                    Box::new(file.try_clone().map_err(|e| e.to_string())?);
-                Console::new(out, None).map_err(|e| e.to_string())
-            }))
+            Ok(new(Box::new(move || {
+                let out: Box<dyn Write + Send> = Box::new(file.try_clone()?);
+                Console::new(out, None)
+            })))
         }
         ConsoleOutput::Socket(path) => {
             let stream = UnixStream::connect(path).map_err(err(path))?;
-            Ok(VirtioDeviceConfig::new("virtio-console", move || {
-                let output = client_output(&stream).map_err(|e| e.to_string())?;
-                let input: Box<dyn ConsoleInput> =
-                    Box::new(stream.try_clone().map_err(|e| e.to_string())?);
-                Console::new(output, Some(input)).map_err(|e| e.to_string())
-            }))
+            Ok(new(Box::new(move || {
+                let output = client_output(&stream)?;
+                let input: Box<dyn ConsoleInput> = Box::new(stream.try_clone()?);
+                Console::new(output, Some(input))
+            })))
         }
         ConsoleOutput::SocketServer(path) => {
             let socket = ListeningSocket::bind(path).map_err(err(path))?;
-            Ok(VirtioDeviceConfig::new("virtio-console", move || {
-                let listener = socket.listener().map_err(|e| e.to_string())?;
-                Console::listening(listener).map_err(|e| e.to_string())
-            }))
+            Ok(new(Box::new(move || {
+                Console::listening(socket.listener()?)
+            })))
         }
     }
 }
@@ -361,8 +395,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("console.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let console = VirtioDeviceConfig::from_spec(&VirtioSpec::Console(ConsoleOutput::Socket(
-            sock.clone(),
+        let console = VirtioDeviceConfig::from_spec(&VirtioSpec::Console(ConsoleSpec::new(
+            ConsoleOutput::Socket(sock.clone()),
         )))
         .unwrap();
         // Each build (first boot, reboot) gets its own device over the same stream.
@@ -372,8 +406,8 @@ mod tests {
         assert_eq!(second.device.lock().unwrap().device_type(), 3);
 
         let missing = dir.join("no.sock");
-        let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Console(ConsoleOutput::Socket(
-            missing.clone(),
+        let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Console(ConsoleSpec::new(
+            ConsoleOutput::Socket(missing.clone()),
         )))
         .unwrap_err();
         assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");

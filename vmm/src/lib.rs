@@ -23,6 +23,7 @@ mod platform;
 pub mod pvm;
 pub mod serial;
 mod stop_signal;
+pub mod terminal_size;
 pub mod vcpu;
 pub mod vcpu_exit;
 pub mod vm;

@@ -146,6 +146,7 @@ pub fn client_output(stream: &UnixStream) -> std::io::Result<Box<dyn Write + Sen
 impl MutEventSubscriber for Console {
     fn init(&mut self, ops: &mut EventOps) {
         self.activation.init(ops);
+        self.watch_size(ops);
         if let Some(input) = &self.input {
             Self::watch(ops, input.as_raw_fd(), INPUT_DATA, "input");
         } else if let Some(listener) = &self.listener {
@@ -157,6 +158,7 @@ impl MutEventSubscriber for Console {
         match events.data() {
             INPUT_DATA => self.read_input(ops),
             LISTENER_DATA => self.accept(ops),
+            super::size::SIZE_DATA => self.refresh_size(),
             _ => match self.activation.handle(&events, ops) {
                 DeviceEvent::Queue(RX) => {
                     self.process_rx();

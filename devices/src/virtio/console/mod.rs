@@ -1,4 +1,5 @@
-//! virtio-console (virtio 1.2 §5.3) with one port, which Linux names hvc0.
+//! virtio-console (virtio 1.2 §5.3) with one port, which Linux names hvc0, and its
+//! size when the VMM gives one (VIRTIO_CONSOLE_F_SIZE, size.rs).
 //!
 //! Like vm-superio's serial, the device only knows a `Write` for the guest's output and
 //! an optional readable file descriptor for its input, so the VMM decides whether that
@@ -60,6 +61,9 @@ pub struct Console {
     /// The output failed: the client is dropped at the next event.
     client_lost: bool,
     pending: VecDeque<u8>,
+    /// Columns and rows, with F_SIZE (see size.rs).
+    size: ConsoleSize,
+    size_source: Option<SizeSource>,
     acked_features: u64,
     activation: Activation,
     active: Option<Active>,
@@ -77,6 +81,8 @@ impl Console {
             listener: None,
             client_lost: false,
             pending: VecDeque::new(),
+            size: (0, 0),
+            size_source: None,
             acked_features: 0,
             activation: Activation::new()?,
             active: None,
@@ -230,16 +236,22 @@ impl VirtioDevice for Console {
     }
 
     fn device_features(&self) -> u64 {
-        FEATURES
+        FEATURES | self.size_features()
     }
 
     fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & FEATURES;
+        self.acked_features = features & self.device_features();
     }
 
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        // cols, rows, max_nr_ports, emerg_wr: meaningful only with features we do not offer.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // cols and rows with F_SIZE; max_nr_ports and emerg_wr belong to features not
+        // offered. Past the end reads as zeroes.
         data.fill(0);
+        let config = self.config_bytes();
+        if let Some(tail) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) {
+            let n = tail.len().min(data.len());
+            data[..n].copy_from_slice(&tail[..n]);
+        }
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
@@ -261,6 +273,7 @@ impl VirtioDevice for Console {
             interrupt: ctx.interrupt,
         });
         self.activation.activate(ctx.queue_events);
+        self.announce_size();
         Ok(())
     }
 
@@ -272,6 +285,8 @@ impl VirtioDevice for Console {
 }
 
 mod host;
+mod size;
 pub use host::{client_output, SOCKET_WRITE_TIMEOUT};
+pub use size::{ConsoleSize, SizeSource, F_SIZE};
 #[cfg(test)]
 mod tests;

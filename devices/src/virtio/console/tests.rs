@@ -384,3 +384,94 @@ fn a_failing_output_is_given_up_once_and_the_guest_keeps_going() {
     }
     assert_eq!(out.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A size source whose size the test sets.
+fn settable_size(initial: ConsoleSize) -> (SizeSource, Arc<Mutex<ConsoleSize>>, EventFd) {
+    let size = Arc::new(Mutex::new(initial));
+    let shared = size.clone();
+    let changed = EventFd::new(EFD_NONBLOCK).unwrap();
+    let signal = changed.try_clone().unwrap();
+    let source = SizeSource {
+        changed,
+        query: Box::new(move || Some(*shared.lock().unwrap())),
+    };
+    (source, size, signal)
+}
+
+fn config(c: &Console, offset: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0xffu8; len];
+    c.read_config(offset, &mut data);
+    data
+}
+
+#[test]
+fn size_is_offered_only_with_a_source_and_read_from_config() {
+    let plain = Console::new(Box::new(std::io::sink()), None).unwrap();
+    assert_eq!(plain.device_features() & F_SIZE, 0);
+    assert_eq!(config(&plain, 0, 4), [0; 4]);
+
+    let (source, _, _) = settable_size((132, 43));
+    let sized = Console::new(Box::new(std::io::sink()), None)
+        .unwrap()
+        .with_size(source);
+    assert_ne!(sized.device_features() & F_SIZE, 0);
+    assert_eq!(config(&sized, 0, 4), [132, 0, 43, 0]);
+    assert_eq!(config(&sized, 2, 2), [43, 0], "rows alone");
+    // max_nr_ports and emerg_wr read zero; past the end too, and nothing panics.
+    assert_eq!(config(&sized, 4, 8), [0; 8]);
+    assert_eq!(config(&sized, 10, 6), [0; 6]);
+    assert_eq!(config(&sized, u64::MAX, 4), [0; 4]);
+    let fixed = Console::new(Box::new(std::io::sink()), None)
+        .unwrap()
+        .with_size(SizeSource::fixed((80, 24)).unwrap());
+    assert_eq!(fixed.size(), (80, 24));
+}
+
+#[test]
+fn the_driver_hears_the_size_at_start_and_on_every_change() {
+    let mem = test_mem();
+    let (rx, tx) = queues(&mem);
+    let (source, size, signal) = settable_size((80, 24));
+    let console = Arc::new(Mutex::new(
+        Console::new(Box::new(std::io::sink()), None)
+            .unwrap()
+            .with_size(source),
+    ));
+    let mut em = EventManager::<Arc<Mutex<Console>>>::new().unwrap();
+    em.add_subscriber(console.clone());
+    let irq = {
+        let mut c = console.lock().unwrap();
+        let offered = c.device_features();
+        c.ack_features(offered);
+        activate(&mut *c, &mem, &[&rx, &tx])
+    };
+    // Linux reads a single port's size only on a configuration change.
+    assert_eq!(irq.config.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    *size.lock().unwrap() = (200, 50);
+    signal.write(1).unwrap();
+    em.run_with_timeout(100).unwrap();
+    assert_eq!(config(&console.lock().unwrap(), 0, 4), [200, 0, 50, 0]);
+    assert_eq!(irq.config.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // A signal without a change (SIGWINCH for another reason) is not passed on.
+    signal.write(1).unwrap();
+    em.run_with_timeout(100).unwrap();
+    assert_eq!(irq.config.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_driver_without_f_size_gets_no_size_interrupts() {
+    let mem = test_mem();
+    let (rx, tx) = queues(&mem);
+    let (source, size, _) = settable_size((80, 24));
+    let mut c = Console::new(Box::new(std::io::sink()), None)
+        .unwrap()
+        .with_size(source);
+    c.ack_features(c.device_features() & !F_SIZE);
+    let irq = activate(&mut c, &mem, &[&rx, &tx]);
+    *size.lock().unwrap() = (100, 30);
+    c.refresh_size();
+    assert_eq!(c.size(), (100, 30));
+    assert_eq!(irq.config.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
