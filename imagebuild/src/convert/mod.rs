@@ -6,16 +6,18 @@
 //! written to a temporary file renamed at the end, so a failure leaves nothing at the
 //! destination.
 
+mod gather;
 mod qcow2_writer;
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
 use crate::atomic::{write_atomically, AtomicError};
+use gather::Gather;
 use qcow2_writer::{Qcow2Layout, Qcow2Writer, DEFAULT_CLUSTER_BITS};
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +209,7 @@ pub fn convert(
                 backing: backing.as_ref(),
                 output: (output, file),
                 qcow2,
+                raw_gather: Gather::default(),
                 stats: ConvertStats {
                     virtual_size: size,
                     cluster_size: 1 << cluster_bits,
@@ -219,7 +222,10 @@ pub fn convert(
                     w.finish().map_err(write_err)?;
                 }
                 // Holes for the zero clusters: setting the length leaves them unallocated.
-                None => file.set_len(size).map_err(write_err)?,
+                None => {
+                    copy.raw_gather.flush(&mut &*file).map_err(write_err)?;
+                    file.set_len(size).map_err(write_err)?
+                }
             }
             Ok(copy.stats)
         },
@@ -238,6 +244,8 @@ struct Copy<'a> {
     backing: Option<&'a Backing>,
     output: (&'a Path, &'a File),
     qcow2: Option<Qcow2Writer<&'a File>>,
+    /// Raw output's data runs (qcow2 output gathers its own).
+    raw_gather: Gather,
     stats: ConvertStats,
 }
 
@@ -312,7 +320,9 @@ impl Copy<'_> {
             }
             None => {
                 let len = (self.stats.virtual_size - at).min(bytes.len() as u64);
-                write_raw(self.output.1, at, &bytes[..len as usize])?;
+                let mut file = self.output.1;
+                self.raw_gather
+                    .write_at(&mut file, at, &bytes[..len as usize])?;
                 self.stats.data_clusters += 1;
             }
         }
@@ -331,9 +341,4 @@ fn read(
             offset,
             source,
         })
-}
-
-fn write_raw(mut file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
-    file.seek(SeekFrom::Start(offset))?;
-    file.write_all(data)
 }

@@ -13,6 +13,8 @@ use std::io::{self, Seek, SeekFrom, Write};
 use flate2::{Compress, Compression, FlushCompress, Status};
 use kiln_devices::block::ImageFormat;
 
+use super::gather::Gather;
+
 pub const DEFAULT_CLUSTER_BITS: u32 = 16;
 const MIN_CLUSTER_BITS: u32 = 9;
 const MAX_CLUSTER_BITS: u32 = 21;
@@ -50,6 +52,8 @@ pub struct Qcow2Writer<W: Write + Seek> {
     next_byte: u64,
     l2: BTreeMap<u64, Vec<u64>>,
     refcounts: Vec<u16>,
+    /// Data, then metadata, is written in order: gathered into few writes.
+    gather: Gather,
 }
 
 fn div_ceil(a: u64, b: u64) -> u64 {
@@ -99,6 +103,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
             next_byte: 0,
             l2: BTreeMap::new(),
             refcounts: Vec::new(),
+            gather: Gather::default(),
         };
         // The header must fit its cluster with the backing file's name; check now, not
         // after every data cluster is written.
@@ -153,8 +158,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         let entry = match compressed {
             Some(c) => {
                 let off = self.next_byte;
-                self.out.seek(SeekFrom::Start(off))?;
-                self.out.write_all(&c)?;
+                self.gather.write_at(&mut self.out, off, &c)?;
                 let end = off + c.len() as u64;
                 for host in off / cluster..=(end - 1) / cluster {
                     self.add_ref(host);
@@ -166,8 +170,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
             }
             None => {
                 let off = self.next_byte.next_multiple_of(cluster);
-                self.out.seek(SeekFrom::Start(off))?;
-                self.out.write_all(data)?;
+                self.gather.write_at(&mut self.out, off, data)?;
                 self.add_ref(off / cluster);
                 self.next_byte = off + cluster;
                 OFLAG_COPIED | off
@@ -204,8 +207,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         let tables = std::mem::take(&mut self.l2);
         for (l1_index, table) in &tables {
             let off = cluster * cluster_size;
-            self.out.seek(SeekFrom::Start(off))?;
-            self.out.write_all(&be_u64s(table))?;
+            self.gather.write_at(&mut self.out, off, &be_u64s(table))?;
             self.add_ref(cluster);
             l1[*l1_index as usize] = OFLAG_COPIED | off;
             cluster += 1;
@@ -226,12 +228,12 @@ impl<W: Write + Seek> Qcow2Writer<W> {
             let off = (cluster + b as u64) * cluster_size;
             reftable[b] = off;
             let block: Vec<u8> = chunk.iter().flat_map(|r| r.to_be_bytes()).collect();
-            self.out.seek(SeekFrom::Start(off))?;
-            self.out.write_all(&block)?;
+            self.gather.write_at(&mut self.out, off, &block)?;
         }
         let reftable_off = (cluster + blocks) * cluster_size;
-        self.out.seek(SeekFrom::Start(reftable_off))?;
-        self.out.write_all(&be_u64s(&reftable))?;
+        self.gather
+            .write_at(&mut self.out, reftable_off, &be_u64s(&reftable))?;
+        self.gather.flush(&mut self.out)?;
 
         self.out.seek(SeekFrom::Start(cluster_size))?;
         self.out.write_all(&be_u64s(&l1))?;
