@@ -2,11 +2,13 @@
 //! backing chains) into a fresh raw (sparse) or qcow2 image: version 3 or 2, any
 //! cluster size, optionally deflate-compressed, optionally over a backing file. With a
 //! backing file, only the clusters whose contents differ from it are written, so the
-//! output shows the input's bytes whatever the backing file holds. The output is
+//! output shows the input's bytes whatever the backing file holds. Ranges the images'
+//! maps say read zero are not read (see known_zero.rs). The output is
 //! written to a temporary file renamed at the end, so a failure leaves nothing at the
 //! destination.
 
 mod gather;
+mod known_zero;
 mod qcow2_writer;
 
 use std::fs::File;
@@ -18,6 +20,7 @@ use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFo
 
 use crate::atomic::{write_atomically, AtomicError};
 use gather::Gather;
+use known_zero::KnownZero;
 use qcow2_writer::{Qcow2Layout, Qcow2Writer, DEFAULT_CLUSTER_BITS};
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,30 @@ struct Backing {
     name: String,
     path: PathBuf,
     disk: Arc<dyn DiskBackend>,
+}
+
+/// An image read by a conversion, and where it is known to read zero.
+struct Source<'a> {
+    path: &'a Path,
+    disk: &'a dyn DiskBackend,
+    zero: KnownZero,
+}
+
+impl Source<'_> {
+    /// Fill `buf` from `offset`, without reading what is known to be zero.
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<(), ConvertError> {
+        if self.zero.covers(offset, offset + buf.len() as u64) {
+            buf.fill(0);
+            return Ok(());
+        }
+        self.disk
+            .read_at(buf, offset)
+            .map_err(|source| ConvertError::Read {
+                path: self.path.to_owned(),
+                offset,
+                source,
+            })
+    }
 }
 
 fn check_options(opts: &ConvertOptions) -> Result<u32, ConvertError> {
@@ -205,8 +232,16 @@ pub fn convert(
                 ImageFormat::Raw => None,
             };
             let mut copy = Copy {
-                input: (input, disk.as_ref()),
-                backing: backing.as_ref(),
+                input: Source {
+                    path: input,
+                    disk: disk.as_ref(),
+                    zero: KnownZero::of(input, opts.input_format),
+                },
+                backing: backing.as_ref().map(|b| Source {
+                    path: &b.path,
+                    disk: b.disk.as_ref(),
+                    zero: KnownZero::of(&b.path, Some(b.disk.format())),
+                }),
                 output: (output, file),
                 qcow2,
                 raw_gather: Gather::default(),
@@ -240,8 +275,8 @@ pub fn convert(
 
 /// One conversion's reading and writing.
 struct Copy<'a> {
-    input: (&'a Path, &'a dyn DiskBackend),
-    backing: Option<&'a Backing>,
+    input: Source<'a>,
+    backing: Option<Source<'a>>,
     output: (&'a Path, &'a File),
     qcow2: Option<Qcow2Writer<&'a File>>,
     /// Raw output's data runs (qcow2 output gathers its own).
@@ -262,37 +297,67 @@ impl Copy<'_> {
         let mut offset = 0u64;
         while offset < size {
             let n = (size - offset).min(chunk);
-            // Past the end, the last cluster reads as zeroes.
-            data.fill(0);
-            read(self.input, &mut data[..n as usize], offset)?;
-            if let Some(b) = self.backing {
-                under.fill(0);
-                let end = b.disk.size().clamp(offset, offset + n);
-                // Past the backing file's end it reads as zeroes.
-                if end > offset {
-                    read(
-                        (&b.path, b.disk.as_ref()),
-                        &mut under[..(end - offset) as usize],
-                        offset,
-                    )?;
+            if self.reads_zero_over_zero(offset, n) {
+                // Nothing to read, compare or write: the common case of sparse images.
+                let clusters = n.div_ceil(cluster);
+                match self.backing {
+                    Some(_) => self.stats.backing_clusters += clusters,
+                    None => self.stats.zero_clusters += clusters,
                 }
-            }
-            for (i, bytes) in data[..n.next_multiple_of(cluster) as usize]
-                .chunks(cluster as usize)
-                .enumerate()
-            {
-                let at = offset + i as u64 * cluster;
-                let below = &under[i * cluster as usize..][..cluster as usize];
-                self.cluster(at, bytes, below)
-                    .map_err(|source| ConvertError::Write {
-                        path: self.output.0.to_owned(),
-                        source,
-                    })?;
+            } else {
+                self.copy_chunk(offset, n, &mut data, &mut under)?;
             }
             offset += n;
             if let Some(report) = progress.as_mut() {
                 report(offset, size);
             }
+        }
+        Ok(())
+    }
+
+    /// Whether `[offset, offset + len)` is known to read zero in the input and in the
+    /// backing file (if any).
+    fn reads_zero_over_zero(&mut self, offset: u64, len: u64) -> bool {
+        let end = offset + len;
+        self.input.zero.covers(offset, end)
+            && self
+                .backing
+                .as_mut()
+                .is_none_or(|b| b.disk.size() <= offset || b.zero.covers(offset, end))
+    }
+
+    /// Read `n` bytes at `offset` of the input (into `data`) and of the backing file
+    /// (into `under`), and store them cluster by cluster.
+    fn copy_chunk(
+        &mut self,
+        offset: u64,
+        n: u64,
+        data: &mut [u8],
+        under: &mut [u8],
+    ) -> Result<(), ConvertError> {
+        let cluster = self.stats.cluster_size;
+        // Past the end, the last cluster reads as zeroes.
+        data.fill(0);
+        self.input.read(&mut data[..n as usize], offset)?;
+        if let Some(b) = self.backing.as_mut() {
+            under.fill(0);
+            let end = b.disk.size().clamp(offset, offset + n);
+            // Past the backing file's end it reads as zeroes.
+            if end > offset {
+                b.read(&mut under[..(end - offset) as usize], offset)?;
+            }
+        }
+        for (i, bytes) in data[..n.next_multiple_of(cluster) as usize]
+            .chunks(cluster as usize)
+            .enumerate()
+        {
+            let at = offset + i as u64 * cluster;
+            let below = &under[i * cluster as usize..][..cluster as usize];
+            self.cluster(at, bytes, below)
+                .map_err(|source| ConvertError::Write {
+                    path: self.output.0.to_owned(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -328,17 +393,4 @@ impl Copy<'_> {
         }
         Ok(())
     }
-}
-
-fn read(
-    (path, disk): (&Path, &dyn DiskBackend),
-    buf: &mut [u8],
-    offset: u64,
-) -> Result<(), ConvertError> {
-    disk.read_at(buf, offset)
-        .map_err(|source| ConvertError::Read {
-            path: path.to_owned(),
-            offset,
-            source,
-        })
 }
