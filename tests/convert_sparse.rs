@@ -1,12 +1,14 @@
-//! `kiln img convert` reads only what an image holds: a 16 GiB chain (a qcow2 overlay on
-//! a sparse raw file) with a few MiB of data converts reading about that much, and the
-//! output is still exact where zero clusters hide backing data. Alone in its test binary, so the process's read
+//! `kiln img convert` and `kiln img compare` read only what images hold: a 16 GiB chain
+//! (a qcow2 overlay on a sparse raw file) with a few MiB of data converts and compares
+//! reading about that much, and the output is still exact where zero clusters hide
+//! backing data. Alone in its test binary, so the process's read
 //! counter (/proc/self/io rchar) counts only this conversion.
 
 mod qcow2_support;
 
 use std::os::unix::fs::FileExt;
 
+use kiln_devices::block::compare::compare_disks;
 use kiln_devices::block::ImageFormat;
 use kiln_imagebuild::convert::{convert, ConvertOptions};
 use qcow2_support::*;
@@ -44,5 +46,12 @@ fn sparse_chains_convert_reading_only_their_data() {
         // would be 16 GiB.
         assert!(read < 64 << 20, "{name}: read {read} bytes");
         qemu_img(&["compare", "-q", s(&top), s(&out)]);
+
+        let (a, b) = (open(&top, None, true), open(&out, None, true));
+        let before = bytes_read();
+        let same = compare_disks((&top, a.as_ref()), (&out, b.as_ref()), false).unwrap();
+        let read = bytes_read() - before;
+        assert_eq!(same.mismatch, None, "{name}");
+        assert!(read < 64 << 20, "compare {name}: read {read} bytes");
     }
 }

@@ -2,10 +2,12 @@
 //! `qemu-img compare` decides without its strict mode. Images of different sizes
 //! are identical when the larger one reads as zeroes past the smaller one's end. A
 //! mismatch is reported at the start of the first differing 512-byte sector, as
-//! qemu-img reports it.
+//! qemu-img reports it. Ranges both images' maps say read zero are not read (see
+//! [`KnownZero`]), as qemu-img skips them by their block status.
 
 use std::path::{Path, PathBuf};
 
+use super::known_zero::KnownZero;
 use super::{DiskBackend, DiskError, SECTOR_SIZE};
 
 /// Bytes read from each image at a time.
@@ -28,46 +30,82 @@ pub struct CompareError {
     pub source: DiskError,
 }
 
-/// Compare the images `a` and `b` (opened from the paths given, which only name them
-/// in errors).
+/// One side of a comparison.
+struct Side<'a> {
+    path: &'a Path,
+    disk: &'a dyn DiskBackend,
+    zero: KnownZero,
+}
+
+impl<'a> Side<'a> {
+    fn new((path, disk): (&'a Path, &'a dyn DiskBackend), force_share: bool) -> Self {
+        let zero = KnownZero::of(path, Some(disk.format()), force_share);
+        Side { path, disk, zero }
+    }
+
+    /// Whether `[offset, offset + len)` is known to read zero.
+    fn known_zero(&mut self, offset: u64, len: usize) -> bool {
+        self.zero.covers(offset, offset + len as u64)
+    }
+
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<(), CompareError> {
+        if self.known_zero(offset, buf.len()) {
+            buf.fill(0);
+            return Ok(());
+        }
+        self.disk
+            .read_at(buf, offset)
+            .map_err(|source| CompareError {
+                path: self.path.to_owned(),
+                source,
+            })
+    }
+}
+
+/// Compare the images `a` and `b` (opened from the paths given, which name them in
+/// errors and are mapped to skip what reads zero; `force_share` maps images others
+/// are writing, as `-U` opened them).
 pub fn compare_disks(
     a: (&Path, &dyn DiskBackend),
     b: (&Path, &dyn DiskBackend),
+    force_share: bool,
 ) -> Result<Comparison, CompareError> {
-    let (size_a, size_b) = (a.1.size(), b.1.size());
+    let (mut a, mut b) = (Side::new(a, force_share), Side::new(b, force_share));
+    let (size_a, size_b) = (a.disk.size(), b.disk.size());
     let common = size_a.min(size_b);
     let mut buf_a = vec![0u8; CHUNK as usize];
     let mut buf_b = vec![0u8; CHUNK as usize];
-    let read = |(path, disk): (&Path, &dyn DiskBackend), buf: &mut [u8], offset: u64| {
-        disk.read_at(buf, offset).map_err(|source| CompareError {
-            path: path.to_owned(),
-            source,
-        })
-    };
     let mut offset = 0;
     while offset < common {
         let len = (common - offset).min(CHUNK) as usize;
-        read(a, &mut buf_a[..len], offset)?;
-        read(b, &mut buf_b[..len], offset)?;
-        if let Some(i) = first_difference(&buf_a[..len], &buf_b[..len]) {
-            return Ok(Comparison {
-                size_mismatch: size_a != size_b,
-                mismatch: Some(sector_start(offset + i as u64)),
-            });
+        // Both zero: equal without a look. (Both sides are asked, so that each one's
+        // queries stay in order.)
+        let (zero_a, zero_b) = (a.known_zero(offset, len), b.known_zero(offset, len));
+        if !(zero_a && zero_b) {
+            a.read(&mut buf_a[..len], offset)?;
+            b.read(&mut buf_b[..len], offset)?;
+            if let Some(i) = first_difference(&buf_a[..len], &buf_b[..len]) {
+                return Ok(Comparison {
+                    size_mismatch: size_a != size_b,
+                    mismatch: Some(sector_start(offset + i as u64)),
+                });
+            }
         }
         offset += len as u64;
     }
     // Past the shorter image, the longer one must read as zeroes.
-    let longer = if size_a > size_b { a } else { b };
+    let longer = if size_a > size_b { &mut a } else { &mut b };
     buf_b.fill(0);
-    while offset < longer.1.size() {
-        let len = (longer.1.size() - offset).min(CHUNK) as usize;
-        read(longer, &mut buf_a[..len], offset)?;
-        if let Some(i) = first_difference(&buf_a[..len], &buf_b[..len]) {
-            return Ok(Comparison {
-                size_mismatch: true,
-                mismatch: Some(sector_start(offset + i as u64)),
-            });
+    while offset < longer.disk.size() {
+        let len = (longer.disk.size() - offset).min(CHUNK) as usize;
+        if !longer.known_zero(offset, len) {
+            longer.read(&mut buf_a[..len], offset)?;
+            if let Some(i) = first_difference(&buf_a[..len], &buf_b[..len]) {
+                return Ok(Comparison {
+                    size_mismatch: true,
+                    mismatch: Some(sector_start(offset + i as u64)),
+                });
+            }
         }
         offset += len as u64;
     }
@@ -116,7 +154,7 @@ mod tests {
         let (pz, zero_tail) = raw(&dir, "zero-tail", &longer);
         longer[(2 * CHUNK + 1024 + 3000) as usize] = 1;
         let (pt, data_tail) = raw(&dir, "data-tail", &longer);
-        let cmp = |x: (&Path, &dyn DiskBackend), y| compare_disks(x, y).unwrap();
+        let cmp = |x: (&Path, &dyn DiskBackend), y| compare_disks(x, y, false).unwrap();
 
         let same = cmp((&pa, &a), (&pa, &a));
         assert_eq!(same.mismatch, None);

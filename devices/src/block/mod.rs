@@ -15,6 +15,7 @@ pub mod compare;
 pub mod config;
 pub mod create;
 pub mod info;
+pub mod known_zero;
 pub mod lock;
 pub mod map;
 pub mod qcow2;

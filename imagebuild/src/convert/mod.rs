@@ -3,12 +3,11 @@
 //! cluster size, optionally deflate-compressed, optionally over a backing file. With a
 //! backing file, only the clusters whose contents differ from it are written, so the
 //! output shows the input's bytes whatever the backing file holds. Ranges the images'
-//! maps say read zero are not read (see known_zero.rs). The output is
+//! maps say read zero are not read (see `kiln_devices::block::known_zero`). The output is
 //! written to a temporary file renamed at the end, so a failure leaves nothing at the
 //! destination.
 
 mod gather;
-mod known_zero;
 mod qcow2_writer;
 
 use std::fs::File;
@@ -16,11 +15,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kiln_devices::block::known_zero::KnownZero;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
 use crate::atomic::{write_atomically, AtomicError};
 use gather::Gather;
-use known_zero::KnownZero;
 use qcow2_writer::{Qcow2Layout, Qcow2Writer, DEFAULT_CLUSTER_BITS};
 
 #[derive(Debug, thiserror::Error)]
@@ -235,12 +234,12 @@ pub fn convert(
                 input: Source {
                     path: input,
                     disk: disk.as_ref(),
-                    zero: KnownZero::of(input, opts.input_format),
+                    zero: KnownZero::of(input, opts.input_format, false),
                 },
                 backing: backing.as_ref().map(|b| Source {
                     path: &b.path,
                     disk: b.disk.as_ref(),
-                    zero: KnownZero::of(&b.path, Some(b.disk.format())),
+                    zero: KnownZero::of(&b.path, Some(b.disk.format()), false),
                 }),
                 output: (output, file),
                 qcow2,

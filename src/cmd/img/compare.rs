@@ -56,7 +56,8 @@ fn compare(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let a = open(&args.first, args.first_format)?;
     let b = open(&args.second, args.second_format)?;
-    let result = compare_disks((&args.first, a.as_ref()), (&args.second, b.as_ref()))
+    let first = (args.first.as_path(), a.as_ref());
+    let result = compare_disks(first, (&args.second, b.as_ref()), args.force_share)
         .context("cannot compare the images")?;
     let say = |text: String| {
         if !args.quiet {

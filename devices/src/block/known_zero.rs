@@ -1,13 +1,14 @@
 //! Where an image reads as zeroes without being read, from its map (what `kiln img
 //! map` prints): unallocated ranges, zero clusters and holes in raw files. A sparse
-//! 20 GiB image then converts in the time its data takes, not the time 20 GiB of
-//! zeroes take to read.
+//! 20 GiB image then converts or compares in the time its data takes, not the time
+//! 20 GiB of zeroes take to read.
 
 use std::path::Path;
 
-use kiln_devices::block::map::map_image;
-use kiln_devices::block::ImageFormat;
 use log::warn;
+
+use super::map::map_image;
+use super::ImageFormat;
 
 /// The ranges of an image known to read as zeroes, in order, adjacent ones merged.
 pub struct KnownZero {
@@ -17,10 +18,11 @@ pub struct KnownZero {
 }
 
 impl KnownZero {
-    /// The zero ranges of the image at `path`. If it cannot be mapped, none are known
-    /// and every byte is read, which is slower but as correct.
-    pub fn of(path: &Path, format: Option<ImageFormat>) -> Self {
-        let entries = match map_image(path, format, false) {
+    /// The zero ranges of the image at `path` (`force_share` as for [`map_image`]). If
+    /// it cannot be mapped, none are known and every byte is read, which is slower but
+    /// as correct.
+    pub fn of(path: &Path, format: Option<ImageFormat>, force_share: bool) -> Self {
+        let entries = match map_image(path, format, force_share) {
             Ok(entries) => entries,
             Err(e) => {
                 warn!("cannot map {} ({e}); reading all of it", path.display());
@@ -76,12 +78,12 @@ mod tests {
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(64 << 20).unwrap();
         f.write_all_at(&[1u8; 4096], 32 << 20).unwrap();
-        let mut z = KnownZero::of(&path, Some(ImageFormat::Raw));
+        let mut z = KnownZero::of(&path, Some(ImageFormat::Raw), false);
         assert!(z.covers(0, 1 << 20));
         assert!(!z.covers(32 << 20, (32 << 20) + 4096), "the data");
         assert!(z.covers(40 << 20, 64 << 20));
         // A file that cannot be mapped knows no zeroes (and does not fail).
-        let mut none = KnownZero::of(&dir.path().join("absent"), None);
+        let mut none = KnownZero::of(&dir.path().join("absent"), None, false);
         assert!(!none.covers(0, 1));
     }
 }
