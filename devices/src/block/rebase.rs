@@ -8,9 +8,15 @@
 //! synced while the image still names its old backing file (they hold what that file
 //! shows there, so nothing changes for a reader), and only then is the header
 //! rewritten (see [`set_backing_file`]).
+//!
+//! Ranges both the old chain and the new backing file are known to read zero (from
+//! their maps, see [`KnownZero`]) are not read: a big sparse image rebases in the time
+//! its data takes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::known_zero::KnownZero;
 use super::qcow2::backing::set_backing_file;
 use super::qcow2::{LayerExtent, Qcow2Disk};
 use super::{open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat};
@@ -51,16 +57,26 @@ pub fn rebase_safe(
     }
     // Opens the old chain too: its data is what must survive.
     let image = Qcow2Disk::open(path, false)?;
-    let new = match backing {
+    // Mapped while the image is open for writing, so nobody else writes it (hence
+    // force-share, beside that lock). The copies keep what the image shows, so its
+    // map of zeroes holds throughout.
+    let old_zero = KnownZero::of(path, Some(ImageFormat::Qcow2), true);
+    let mut new = match backing {
         Some(b) => {
-            let mut config = DiskConfig::new(b.path_from(path));
-            config.format = Some(b.format);
-            config.readonly = true;
-            Some(open_disk(&config)?)
+            let new_path = b.path_from(path);
+            let config = DiskConfig {
+                format: Some(b.format),
+                readonly: true,
+                ..DiskConfig::new(new_path.clone())
+            };
+            Some(NewSide {
+                disk: open_disk(&config)?,
+                zero: KnownZero::of(&new_path, Some(b.format), true),
+            })
         }
         None => None,
     };
-    let stats = copy_differences(&image, new.as_deref(), progress)?;
+    let stats = copy_differences(&image, old_zero, new.as_mut(), progress)?;
     image.flush()?;
     drop(new);
     drop(image);
@@ -68,11 +84,18 @@ pub fn rebase_safe(
     Ok(stats)
 }
 
+/// The new backing file and where it reads zero.
+struct NewSide {
+    disk: Arc<dyn DiskBackend>,
+    zero: KnownZero,
+}
+
 /// Copy into `image` every cluster its backing chain shows and `new` (zero past its
-/// end, or everywhere without one) does not.
+/// end, or everywhere without one) does not. `old_zero` is where the image reads zero.
 fn copy_differences(
     image: &Qcow2Disk,
-    new: Option<&dyn DiskBackend>,
+    mut old_zero: KnownZero,
+    mut new: Option<&mut NewSide>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RebaseStats, DiskError> {
     let chunk = image.walk_chunk() as usize;
@@ -82,10 +105,24 @@ fn copy_differences(
         if kind != LayerExtent::Backing {
             return Ok(());
         }
+        let end = offset + len;
+        let old_is_zero = old_zero.covers(offset, end);
+        let new_is_zero = match new.as_deref_mut() {
+            None => true,
+            Some(n) => n.disk.size() <= offset || n.zero.covers(offset, end),
+        };
+        if old_is_zero && new_is_zero {
+            return Ok(());
+        }
         let old = &mut old_buf[..len as usize];
         let new_data = &mut new_buf[..len as usize];
-        image.read_at(old, offset)?;
-        read_or_zero(new, new_data, offset)?;
+        if old_is_zero {
+            old.fill(0);
+        } else {
+            image.read_at(old, offset)?;
+        }
+        let new_disk = new.as_deref().filter(|_| !new_is_zero);
+        read_or_zero(new_disk.map(|n| n.disk.as_ref()), new_data, offset)?;
         copy_differing_clusters(image, offset, old, new_data, &mut stats)
     })?;
     Ok(stats)

@@ -1,7 +1,7 @@
-//! `kiln img convert` and `kiln img compare` read only what images hold: a 16 GiB chain
-//! (a qcow2 overlay on a sparse raw file) with a few MiB of data converts and compares
-//! reading about that much, and the output is still exact where zero clusters hide
-//! backing data. Alone in its test binary, so the process's read
+//! `kiln img convert`, `compare` and `rebase` read only what images hold: a 16 GiB
+//! chain (a qcow2 overlay on a sparse raw file) with a few MiB of data converts,
+//! compares and rebases reading about that much, and the results are still exact where
+//! zero clusters hide backing data. Alone in its test binary, so the process's read
 //! counter (/proc/self/io rchar) counts only this conversion.
 
 mod qcow2_support;
@@ -9,6 +9,7 @@ mod qcow2_support;
 use std::os::unix::fs::FileExt;
 
 use kiln_devices::block::compare::compare_disks;
+use kiln_devices::block::rebase::{rebase_safe, NewBacking};
 use kiln_devices::block::ImageFormat;
 use kiln_imagebuild::convert::{convert, ConvertOptions};
 use qcow2_support::*;
@@ -20,15 +21,21 @@ fn bytes_read() -> u64 {
 }
 
 #[test]
-fn sparse_chains_convert_reading_only_their_data() {
+fn sparse_chains_convert_compare_and_rebase_reading_only_their_data() {
     let dir = fresh_dir("convert-sparse", "chain");
     // Raw, so that reading its holes would be read(2) calls the counter sees (imago
     // answers unallocated qcow2 ranges without any).
-    let base = dir.join("base.raw");
-    let file = std::fs::File::create(&base).unwrap();
-    file.set_len(16 << 30).unwrap();
-    file.write_all_at(&[0x11; 2 << 20], 1 << 30).unwrap();
-    file.write_all_at(&[0x22; 1 << 20], 15 << 30).unwrap();
+    let sparse = |name: &str, data: &[(u8, usize, u64)]| {
+        let file = std::fs::File::create(dir.join(name)).unwrap();
+        file.set_len(16 << 30).unwrap();
+        for &(byte, len, at) in data {
+            file.write_all_at(&vec![byte; len], at).unwrap();
+        }
+    };
+    sparse(
+        "base.raw",
+        &[(0x11, 2 << 20, 1 << 30), (0x22, 1 << 20, 15 << 30)],
+    );
     let top = dir.join("top.qcow2");
     qemu_overlay("base.raw", "raw", &top);
     // Zeroes over half the base's data, and new data elsewhere.
@@ -54,4 +61,18 @@ fn sparse_chains_convert_reading_only_their_data() {
         assert_eq!(same.mismatch, None, "{name}");
         assert!(read < 64 << 20, "compare {name}: read {read} bytes");
     }
+
+    // Onto a new base that differs from the old one in one place: what the overlay
+    // showed from the old base is copied in, and nothing else is read.
+    sparse("new.raw", &[(0x44, 1 << 20, 15 << 30)]);
+    let new = NewBacking {
+        name: "new.raw",
+        format: ImageFormat::Raw,
+    };
+    let before = bytes_read();
+    let stats = rebase_safe(&top, Some(&new), &mut |_, _| {}).unwrap();
+    let read = bytes_read() - before;
+    assert!(read < 64 << 20, "rebase: read {read} bytes");
+    assert!(stats.copied_clusters > 0, "{stats:?}");
+    qemu_img(&["compare", "-q", s(&top), s(&dir.join("out.raw"))]);
 }
