@@ -38,7 +38,7 @@ const SUBCOMMANDS: &[Subcmd] = &[
     Subcmd {
         name: "img",
         about:
-            "Create, inspect, map, check, resize, compare, rebase, commit and convert disk images.",
+            "Create, inspect, map, measure, check, resize, compare, rebase, commit and convert disk images.",
         build: Build::Group(cmd::img::Command::augment_subcommands),
         exec: |m, _| cmd::img::exec(typed(m)),
     },

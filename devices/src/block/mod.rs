@@ -18,6 +18,7 @@ pub mod info;
 pub mod known_zero;
 pub mod lock;
 pub mod map;
+pub mod measure;
 pub mod qcow2;
 pub mod raw;
 pub mod rebase;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Seek, SeekFrom, Write};
 
 use flate2::{Compress, Compression, FlushCompress, Status};
+use kiln_devices::block::measure::refcount_structures;
 use kiln_devices::block::ImageFormat;
 
 use super::gather::Gather;
@@ -213,7 +214,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
             cluster += 1;
         }
         let refcounts_per_block = cluster_size / 2; // refcount_order 4: 16 bits each
-        let (blocks, table_clusters) = refcount_layout(cluster, cluster_size);
+        let (blocks, table_clusters) = refcount_structures(cluster, cluster_size);
         for c in cluster..cluster + blocks + table_clusters {
             self.add_ref(c);
         }
@@ -296,23 +297,6 @@ fn push_extension(h: &mut Vec<u8>, kind: u32, data: &[u8]) {
     h.resize(h.len().next_multiple_of(8), 0);
 }
 
-/// Refcount blocks and refcount table clusters needed after `clusters` used clusters
-/// of `cluster_size` bytes: they cover every cluster, themselves included.
-fn refcount_layout(clusters: u64, cluster_size: u64) -> (u64, u64) {
-    let refcounts_per_block = cluster_size / 2;
-    let reftable_entries_per_cluster = cluster_size / 8;
-    let (mut blocks, mut table_clusters) = (1u64, 1u64);
-    loop {
-        let total = clusters + blocks + table_clusters;
-        let b = div_ceil(total, refcounts_per_block);
-        let t = div_ceil(b, reftable_entries_per_cluster);
-        if (b, t) == (blocks, table_clusters) {
-            return (blocks, table_clusters);
-        }
-        (blocks, table_clusters) = (b, t);
-    }
-}
-
 fn be_u64s(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_be_bytes()).collect()
 }
@@ -345,23 +329,6 @@ mod tests {
         d.decompress_vec(&c, &mut out, FlushDecompress::Finish)
             .unwrap();
         assert_eq!(out, data);
-    }
-
-    #[test]
-    fn refcount_structures_cover_themselves() {
-        assert_eq!(refcount_layout(10, CLUSTER), (1, 1));
-        // 32766 + 1 block + 1 table = 32768: still one block.
-        assert_eq!(refcount_layout(32766, CLUSTER), (1, 1));
-        // One more and the second block must cover itself too.
-        assert_eq!(refcount_layout(32767, CLUSTER), (2, 1));
-        let (b, t) = refcount_layout(8192 * 32768, CLUSTER);
-        assert!(b * (CLUSTER / 2) >= 8192 * 32768 + b + t);
-        assert!(t * (CLUSTER / 8) >= b && t == 2);
-        // 512 B clusters: 256 refcounts per block, 64 reftable entries per cluster.
-        assert_eq!(refcount_layout(254, 512), (1, 1));
-        assert_eq!(refcount_layout(255, 512), (2, 1));
-        let (b, t) = refcount_layout(64 * 256, 512);
-        assert!(b * 256 >= 64 * 256 + b + t && t * 64 >= b, "{b} {t}");
     }
 
     #[test]

@@ -9,13 +9,7 @@ use anyhow::{bail, Context};
 use kiln_devices::block::map::{map_image, MapEntry};
 use kiln_devices::block::ImageFormat;
 
-use super::parse_format;
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Output {
-    Human,
-    Json,
-}
+use super::{parse_format, Output};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -9,6 +9,7 @@ mod convert;
 mod create;
 mod info;
 mod map;
+mod measure;
 mod options;
 mod progress;
 mod rebase;
@@ -17,6 +18,13 @@ mod resize;
 pub(crate) use super::parse_size;
 
 use kiln_devices::block::ImageFormat;
+
+/// `--output` of the commands that print like qemu-img: its text or its JSON.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Human,
+    Json,
+}
 
 /// `--format` / `-O` values: qcow2 or raw.
 fn parse_format(s: &str) -> Result<ImageFormat, String> {
@@ -33,6 +41,8 @@ pub enum Command {
     Map(map::Args),
     /// Convert between formats, optionally compressed.
     Convert(convert::Args),
+    /// How big a file converting an image needs (like `qemu-img measure`).
+    Measure(measure::Args),
     /// Check a qcow2 image's refcounts and repair them (like `qemu-img check [-r]`).
     Check(check::Args),
     /// Grow or shrink an image's virtual size (like `qemu-img resize`).
@@ -53,6 +63,7 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::exec(args),
         Command::Map(args) => map::exec(args),
         Command::Convert(args) => convert::exec(args),
+        Command::Measure(args) => measure::exec(args),
         Command::Check(args) => check::exec(args),
         Command::Resize(args) => resize::exec(args),
         Command::Commit(args) => commit::exec(args),
