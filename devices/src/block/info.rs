@@ -5,9 +5,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::qcow2::bitmaps::{bitmaps_in_force, read_directory, Bitmap};
-use super::qcow2::read_header;
 use super::qcow2::refcheck::RefcountError;
 use super::qcow2::snapshots::{read_snapshots, Snapshot};
+use super::qcow2::{read_header, MAX_CHAIN_DEPTH};
 use super::{probe_format, DiskError, ImageFormat};
 
 /// qcow2-specific facts (qemu-img's "format-specific" data).
@@ -46,12 +46,58 @@ pub struct ImageInfo {
 
 /// Inspect the image at `path`.
 pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
+    image_info_as(path, None)
+}
+
+/// The image at `path` and each image of its backing chain, top first: the backing
+/// files as the images name them (relative to the image naming them), in the format
+/// they record (detected where they record none).
+pub fn chain_info(path: &Path, format: Option<ImageFormat>) -> Result<Vec<ImageInfo>, DiskError> {
+    let mut chain = vec![image_info_as(path, format)?];
+    let mut seen = vec![std::fs::canonicalize(path).map_err(DiskError::io(path))?];
+    loop {
+        let last = &chain[chain.len() - 1];
+        let Some(next) = last.full_backing_filename.clone() else {
+            return Ok(chain);
+        };
+        if chain.len() > MAX_CHAIN_DEPTH {
+            return Err(DiskError::unsupported(
+                path,
+                format!("backing chain deeper than {MAX_CHAIN_DEPTH}"),
+            ));
+        }
+        let canonical = std::fs::canonicalize(&next).map_err(DiskError::io(&next))?;
+        if seen.contains(&canonical) {
+            return Err(DiskError::unsupported(
+                &last.filename,
+                format!("its backing chain loops back to {}", next.display()),
+            ));
+        }
+        seen.push(canonical);
+        let format = match &last.backing_format {
+            Some(name) => Some(name.parse().map_err(|_| {
+                DiskError::unsupported(&next, format!("backing format {name} is not qcow2 or raw"))
+            })?),
+            None => None,
+        };
+        chain.push(image_info_as(&next, format)?);
+    }
+}
+
+/// Inspect the image at `path` as `format` (detected when `None`): a qcow2 file read
+/// as raw shows its own bytes, as with `qemu-img info -f raw`.
+pub fn image_info_as(path: &Path, format: Option<ImageFormat>) -> Result<ImageInfo, DiskError> {
     let meta = std::fs::metadata(path).map_err(DiskError::io(path))?;
-    let format = probe_format(path)?;
+    let format = match format {
+        Some(f) => f,
+        None => probe_format(path)?,
+    };
     let mut info = ImageInfo {
         filename: path.to_owned(),
         format,
-        virtual_size: meta.len(),
+        // Sizes are whole sectors to QEMU's block layer: a raw file's last partial
+        // sector counts as a whole one, as in `qemu-img info`.
+        virtual_size: meta.len().next_multiple_of(512),
         actual_size: meta.blocks() * 512,
         cluster_size: None,
         backing_filename: None,

@@ -1,30 +1,61 @@
-//! `kiln img info FILE [--json]`: like `qemu-img info`, with its JSON field names.
+//! `kiln img info [-f FMT] [--backing-chain] [--output human|json | --json] [-U] FILE`:
+//! like `qemu-img info`, with its JSON field names.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kiln_devices::block::info::{image_info, ImageInfo};
+use kiln_devices::block::info::{chain_info, image_info_as, ImageInfo};
 use kiln_devices::block::qcow2::bitmaps::Bitmap;
 use kiln_devices::block::qcow2::snapshots::Snapshot;
+use kiln_devices::block::ImageFormat;
 use serde_json::{json, Map, Value};
+
+use super::Output;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Image file.
     file: PathBuf,
-    /// Print JSON (field names as `qemu-img info --output=json`).
-    #[arg(long)]
+    /// The image's format (detected from its contents when not given).
+    #[arg(short = 'f', long = "format", value_parser = super::parse_format)]
+    format: Option<ImageFormat>,
+    /// Print JSON (field names as `qemu-img info --output=json`); as --output json.
+    #[arg(long, conflicts_with = "output")]
     json: bool,
+    /// human: qemu-img's text; json: its JSON.
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+    /// Show every image of the backing chain too, top first (a JSON array).
+    #[arg(long)]
+    backing_chain: bool,
+    /// Accepted for qemu-img's sake: kiln reads the headers without locking, so images
+    /// others are writing can always be inspected.
+    #[arg(short = 'U', long)]
+    force_share: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let info = image_info(&args.file)
-        .with_context(|| format!("cannot inspect {}", args.file.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&info))?);
+    let context = || format!("cannot inspect {}", args.file.display());
+    // The chain only when asked for: an image whose backing file is missing can
+    // still be inspected.
+    let chain = if args.backing_chain {
+        chain_info(&args.file, args.format).with_context(context)?
     } else {
-        print!("{}", to_text(&info));
+        vec![image_info_as(&args.file, args.format).with_context(context)?]
+    };
+    let json = args.json || matches!(args.output, Output::Json);
+    match (json, args.backing_chain) {
+        (true, false) => println!("{}", serde_json::to_string_pretty(&to_json(&chain[0]))?),
+        (true, true) => {
+            let all: Vec<Value> = chain.iter().map(to_json).collect();
+            println!("{}", serde_json::to_string_pretty(&all)?)
+        }
+        // Images apart by a blank line, as qemu-img prints them.
+        (false, _) => {
+            let texts: Vec<String> = chain.iter().map(to_text).collect();
+            print!("{}", texts.join("\n"))
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -171,18 +202,33 @@ fn utc_date(secs: u32) -> String {
     )
 }
 
+/// A size as qemu-img prints it: three significant digits of the largest binary unit
+/// in which it stays below 1000 ("3.32 MiB", "0.977 KiB", "44 KiB").
 fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    // The unit switches once the number reaches 1000 of it, not 1024.
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && bytes as f64 >= 1000.0 * (1u64 << (10 * unit)) as f64 {
+        unit += 1;
     }
-    if u == 0 {
-        format!("{bytes} B")
+    let value = bytes as f64 / (1u64 << (10 * unit)) as f64;
+    format!("{} {}", three_significant(value), UNITS[unit])
+}
+
+/// `value` (below 1000) with three significant digits, trailing zeros dropped, as C's
+/// "%0.3g" prints it.
+fn three_significant(value: f64) -> String {
+    let decimals = match value {
+        v if v >= 100.0 => 0,
+        v if v >= 10.0 => 1,
+        v if v >= 1.0 || v == 0.0 => 2,
+        _ => 3,
+    };
+    let text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
-        format!("{v:.3} {}", UNITS[u]).replace(".000 ", " ")
+        text
     }
 }
 
@@ -199,34 +245,41 @@ fn to_text(i: &ImageInfo) -> String {
         s += &format!("cluster_size: {cs}\n");
     }
     if let Some(b) = &i.backing_filename {
-        let full = i
-            .full_backing_filename
-            .as_ref()
-            .map(|p| p.display().to_string());
-        s += &format!(
-            "backing file: {b} (actual path: {})\n",
-            full.unwrap_or_default()
-        );
+        s += &format!("backing file: {b}");
+        // Only where the name is not already the path, as qemu-img does.
+        match &i.full_backing_filename {
+            Some(full) if full.as_os_str() != b.as_str() => {
+                s += &format!(" (actual path: {})\n", full.display())
+            }
+            _ => s += "\n",
+        }
     }
     if let Some(f) = &i.backing_format {
         s += &format!("backing file format: {f}\n");
     }
     if let Some(q) = &i.qcow2 {
         s += &format!(
-            "Format specific information:\n    compat: {}\n    compression type: {}\n    \
-             lazy refcounts: {}\n{}    refcount bits: {}\n    corrupt: {}\n    extended l2: {}\n",
-            q.compat,
-            q.compression_type,
-            q.lazy_refcounts,
-            bitmaps_text(&i.bitmaps),
-            q.refcount_bits,
-            if q.corrupt {
-                "true (repair with `kiln img check -r all`)"
-            } else {
-                "false"
-            },
-            q.extended_l2
+            "Format specific information:\n    compat: {}\n    compression type: {}\n",
+            q.compat, q.compression_type
         );
+        // Version 2 has no feature bits: qemu-img leaves out what they would say.
+        if q.compat == "0.10" {
+            s += &format!("    refcount bits: {}\n", q.refcount_bits);
+        } else {
+            s += &format!(
+                "    lazy refcounts: {}\n{}    refcount bits: {}\n    corrupt: {}\n    \
+                 extended l2: {}\n",
+                q.lazy_refcounts,
+                bitmaps_text(&i.bitmaps),
+                q.refcount_bits,
+                if q.corrupt {
+                    "true (repair with `kiln img check -r all`)"
+                } else {
+                    "false"
+                },
+                q.extended_l2
+            );
+        }
         if i.dirty {
             s += "    dirty: true (repair with `kiln img check -r all`)\n";
         }
@@ -235,4 +288,28 @@ fn to_text(i: &ImageInfo) -> String {
         s += &snapshots_text(&i.snapshots);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn sizes_print_as_qemu_img_prints_them() {
+        for (bytes, text) in [
+            (0, "0 B"),
+            (512, "512 B"),
+            (999, "999 B"),
+            (1000, "0.977 KiB"),
+            (45056, "44 KiB"),
+            (3_477_504, "3.32 MiB"),
+            (1 << 30, "1 GiB"),
+            (10 << 30, "10 GiB"),
+            (1_048_576_000, "0.977 GiB"),
+            ((1 << 30) - 1, "1 GiB"),
+            (150 << 40, "150 TiB"),
+        ] {
+            assert_eq!(human(bytes), text, "{bytes}");
+        }
+    }
 }
