@@ -32,7 +32,7 @@ fn checks(image: &Path) -> ((Option<i32>, Value), (Option<i32>, Value)) {
     let q = run("qemu-img", &["check", "--output=json", path]);
     let k = run(
         env!("CARGO_BIN_EXE_kiln"),
-        &["img", "check", "--json", path],
+        &["img", "check", "--output=json", path],
     );
     let json = |o: &Output| {
         serde_json::from_slice(&o.stdout)

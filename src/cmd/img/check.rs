@@ -1,4 +1,4 @@
-//! `kiln img check FILE [-r leaks|all] [--json]`: like `qemu-img check`, with its
+//! `kiln img check FILE [-r leaks|all] [--output human|json | --json]`: like `qemu-img check`, with its
 //! messages, JSON field names and exit codes: 0 no errors, 2 corruptions, 3 leaked
 //! clusters only, 63 a format with nothing to check (raw), 1 the check could not run.
 //! After a repair the codes describe the image as repaired.
@@ -16,9 +16,12 @@ use serde_json::json;
 pub struct Args {
     /// Image file.
     file: PathBuf,
-    /// Print JSON (field names as `qemu-img check --output=json`).
-    #[arg(long)]
+    /// Print JSON (field names as `qemu-img check --output=json`); as --output json.
+    #[arg(long, conflicts_with = "output")]
     json: bool,
+    /// human: qemu-img's text; json: its JSON.
+    #[arg(long, value_enum, default_value = "human")]
+    output: super::Output,
     /// Check even while another process writes the image (its metadata may change
     /// under the count).
     #[arg(short = 'U', long, conflicts_with = "repair")]
@@ -63,7 +66,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         Findings::Counted(scan) => (corruptions(scan), scan.leaks.len() as u64),
         Findings::BadMetadata(_) => (1, 0),
     };
-    if args.json {
+    if args.json || matches!(args.output, super::Output::Json) {
         println!("{}", serde_json::to_string_pretty(&to_json(&check))?);
     } else {
         print!("{}", to_text(&check));
