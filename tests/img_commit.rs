@@ -144,3 +144,94 @@ fn refused_commits_change_nothing() {
     let _ = holder.wait();
     assert!(std::fs::read(&busy_base).unwrap() == busy_base_before);
 }
+
+/// base (raw or qcow2, 8 MiB) <- mid (data, zeroes over the base's data) <- top (12
+/// MiB: data over mid's data, zeroes over mid's data, data past the base's end), all
+/// in `d` and named relative to each other.
+fn three(d: &Path, base_format: &str) -> [PathBuf; 3] {
+    let base = d.join(format!("base.{base_format}"));
+    qemu_img(&["create", "-q", "-f", base_format, s(&base), "8M"]);
+    qemu_img_io(&base, &["-f", base_format], "write -P 0x11 0 4M");
+    let mid = d.join("mid.qcow2");
+    qemu_overlay_with("", &format!("base.{base_format}"), base_format, &mid);
+    qemu_io(&mid, &["write -P 0x22 1M 1M", "write -z 3M 64k"]);
+    let top = d.join("top.qcow2");
+    qemu_overlay_with("cluster_size=4096", "mid.qcow2", "qcow2", &top);
+    qemu_img(&["resize", "-q", s(&top), "12M"]);
+    qemu_io(
+        &top,
+        &[
+            "write -P 0x33 1M 4k",
+            "write -z 1536k 8k",
+            "write -P 0x44 10M 64k",
+        ],
+    );
+    [base, mid, top]
+}
+
+#[test]
+fn b_commits_down_the_chain_as_qemu_img_does() {
+    for base_format in ["qcow2", "raw"] {
+        let (ours, theirs) = (
+            dir(&format!("b-ours-{base_format}")),
+            dir(&format!("b-theirs-{base_format}")),
+        );
+        let [base, mid, top] = three(&ours, base_format);
+        let [their_base, _, their_top] = three(&theirs, base_format);
+        let flat = ours.join("flat.raw");
+        qemu_img(&["convert", "-O", "raw", s(&top), s(&flat)]);
+        let top_before = std::fs::read(&top).unwrap();
+        let mid_before = std::fs::read(&mid).unwrap();
+
+        let out = kiln(&["img", "commit", "-b", s(&base), s(&top)]);
+        assert!(out.status.success(), "{base_format}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "Image committed.\n");
+        qemu_img(&["commit", "-q", "-b", s(&their_base), s(&their_top)]);
+
+        // The base now holds what the top showed, grown to its size, as qemu-img's.
+        qemu_img(&["compare", "-q", s(&base), s(&flat)]);
+        qemu_img(&["compare", "-q", s(&base), s(&their_base)]);
+        let size: serde_json::Value =
+            serde_json::from_str(&qemu_img(&["info", "--output=json", s(&base)])).unwrap();
+        assert_eq!(size["virtual-size"], 12 << 20, "{base_format}");
+        // -b implies -d: top and mid are untouched, and the top still reads the same.
+        assert!(
+            std::fs::read(&top).unwrap() == top_before,
+            "{base_format}: top changed"
+        );
+        assert!(
+            std::fs::read(&mid).unwrap() == mid_before,
+            "{base_format}: mid changed"
+        );
+        qemu_img(&["compare", "-q", s(&top), s(&flat)]);
+        if base_format == "qcow2" {
+            qemu_img(&["check", s(&base)]);
+        }
+    }
+}
+
+#[test]
+fn b_outside_the_chain_is_refused_and_changes_nothing() {
+    let d = dir("b-outside");
+    let [base, mid, top] = three(&d, "qcow2");
+    let stranger = d.join("stranger.qcow2");
+    qemu_create(&stranger, "", "8M");
+    let before: Vec<Vec<u8>> = [&base, &mid, &top, &stranger]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    for (b, named) in [(&stranger, "stranger.qcow2"), (&top, "top.qcow2")] {
+        let out = kiln(&["img", "commit", "-b", s(b), s(&top)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(named) && stderr.contains("not in its backing chain"),
+            "{stderr}"
+        );
+    }
+    let out = kiln(&["img", "commit", "-b", s(&d.join("nowhere.qcow2")), s(&top)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere.qcow2"));
+    for (p, was) in [&base, &mid, &top, &stranger].iter().zip(&before) {
+        assert!(&std::fs::read(p).unwrap() == was, "{} changed", p.display());
+    }
+}

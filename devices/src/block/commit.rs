@@ -2,16 +2,21 @@
 //! zero clusters) is written into its backing file, and the overlay is then emptied so
 //! that it shows the backing file again (unless told to keep it).
 //!
-//! Only the overlay's own backing file is written (qemu-img's `-b` to commit further
-//! down the chain is not offered). A backing file shorter than the overlay is grown
-//! first, as QEMU does. Order, so that an interruption loses nothing: the backing file
-//! is written and synced before the overlay changes, and until then the overlay shows
-//! what it showed (it holds the same data the backing file now has).
+//! With a base further down the chain (qemu-img's `-b`), every image between the
+//! overlay and that base is committed into it, the lowest first so that upper images
+//! overwrite lower ones as a reader sees them; nothing is emptied (`-b` implies `-d`),
+//! and the images between no longer show what they showed, as with qemu-img.
+//!
+//! A backing file shorter than the overlay is grown first, as QEMU does. Order, so
+//! that an interruption loses nothing: the backing file is written and synced before
+//! the overlay changes, and until then the overlay shows what it showed (it holds the
+//! same data the backing file now has). Only ranges some image above the base holds
+//! are written, so the overlay reads the same throughout.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::lock::Access;
-use super::qcow2::{LayerExtent, Qcow2Disk};
+use super::qcow2::{check_chain, LayerExtent, Qcow2Disk};
 use super::resize::{resize_image, NewSize};
 use super::{open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
@@ -49,17 +54,7 @@ pub fn commit(
         ));
     };
     let mut done = Committed::default();
-    let base_size = open_base(&base_path, base_format, true)?.size();
-    if base_size < overlay.size() {
-        resize_image(
-            &base_path,
-            Some(base_format),
-            NewSize::Absolute(overlay.size()),
-            false,
-        )?;
-        done.backing_grown = true;
-    }
-    let base = open_base(&base_path, base_format, false)?;
+    let base = grown_base(&base_path, base_format, overlay.size(), &mut done)?;
     copy_own_layer(&overlay, base.as_ref(), &mut done, progress)?;
     base.flush()?;
     drop(base);
@@ -67,6 +62,63 @@ pub fn commit(
         overlay.make_empty()?;
     }
     Ok(done)
+}
+
+/// Commit every image from the qcow2 overlay at `path` down to (not including) `base`,
+/// an image of its backing chain, into `base` (qemu-img's `commit -b`). Nothing is
+/// emptied. `progress` hears (bytes done, bytes in all) over all the images.
+pub fn commit_into(
+    path: &Path,
+    base: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Committed, DiskError> {
+    if probe_format(path)? != ImageFormat::Qcow2 {
+        return Err(DiskError::unsupported(path, "not a qcow2 image"));
+    }
+    let chain = check_chain(path, false)?;
+    let wanted = std::fs::canonicalize(base).map_err(DiskError::io(base))?;
+    let same = |p: &PathBuf| std::fs::canonicalize(p).is_ok_and(|c| c == wanted);
+    let Some(at) = chain
+        .iter()
+        .skip(1)
+        .position(|(p, _)| same(p))
+        .map(|i| i + 1)
+    else {
+        return Err(DiskError::unsupported(
+            path,
+            format!("{} is not in its backing chain", base.display()),
+        ));
+    };
+    let (base_path, base_format) = &chain[at];
+    let above: Vec<&PathBuf> = chain[..at].iter().map(|(p, _)| p).collect();
+    let top_size = Qcow2Disk::open_top_layer(path, Access::Read)?.0.size();
+    let mut done = Committed::default();
+    let base = grown_base(base_path, *base_format, top_size, &mut done)?;
+    // Lowest first: an upper image's data and zero clusters then win, as they do for
+    // a reader of the overlay.
+    let layers = above.len() as u64;
+    for (i, layer) in above.iter().rev().enumerate() {
+        let (image, _) = Qcow2Disk::open_top_layer(layer, Access::Read)?;
+        let size = image.size();
+        let mut overall = |d: u64, _| progress(i as u64 * size + d, layers * size);
+        copy_own_layer(&image, base.as_ref(), &mut done, &mut overall)?;
+    }
+    base.flush()?;
+    Ok(done)
+}
+
+/// The base opened for writing, first grown to `size` if it is shorter.
+fn grown_base(
+    path: &Path,
+    format: ImageFormat,
+    size: u64,
+    done: &mut Committed,
+) -> Result<std::sync::Arc<dyn DiskBackend>, DiskError> {
+    if open_base(path, format, true)?.size() < size {
+        resize_image(path, Some(format), NewSize::Absolute(size), false)?;
+        done.backing_grown = true;
+    }
+    open_base(path, format, false)
 }
 
 fn open_base(
