@@ -1,6 +1,7 @@
-//! `kiln img check FILE [-r leaks|all] [--output human|json | --json]`: like `qemu-img check`, with its
-//! messages, JSON field names and exit codes: 0 no errors, 2 corruptions, 3 leaked
-//! clusters only, 63 a format with nothing to check (raw), 1 the check could not run.
+//! `kiln img check FILE [-r leaks|all] [--output human|json | --json]`: like
+//! `qemu-img check`, with its messages, JSON field names and exit codes: 0 no errors,
+//! 2 corruptions, 3 leaked clusters only, 63 a format with nothing to check (raw), 1
+//! the check could not run.
 //! After a repair the codes describe the image as repaired.
 
 use std::path::PathBuf;
