@@ -5,8 +5,11 @@
 //! output shows the input's bytes whatever the backing file holds. Ranges the images'
 //! maps say read zero are not read (see `kiln_devices::block::known_zero`). The output is
 //! written to a temporary file renamed at the end, so a failure leaves nothing at the
-//! destination.
+//! destination; a device (a disk, /dev/null) is written in place instead (device.rs).
+//! The copy loop is in copy.rs.
 
+mod copy;
+mod device;
 mod gather;
 mod qcow2_writer;
 
@@ -19,6 +22,8 @@ use kiln_devices::block::known_zero::KnownZero;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
 use crate::atomic::{write_atomically, AtomicError};
+use copy::{Copy, Source};
+use device::{device_kind, Device};
 use gather::Gather;
 use qcow2_writer::{Qcow2Layout, Qcow2Writer, DEFAULT_CLUSTER_BITS};
 
@@ -99,30 +104,6 @@ struct Backing {
     name: String,
     path: PathBuf,
     disk: Arc<dyn DiskBackend>,
-}
-
-/// An image read by a conversion, and where it is known to read zero.
-struct Source<'a> {
-    path: &'a Path,
-    disk: &'a dyn DiskBackend,
-    zero: KnownZero,
-}
-
-impl Source<'_> {
-    /// Fill `buf` from `offset`, without reading what is known to be zero.
-    fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<(), ConvertError> {
-        if self.zero.covers(offset, offset + buf.len() as u64) {
-            buf.fill(0);
-            return Ok(());
-        }
-        self.disk
-            .read_at(buf, offset)
-            .map_err(|source| ConvertError::Read {
-                path: self.path.to_owned(),
-                offset,
-                source,
-            })
-    }
 }
 
 fn check_options(opts: &ConvertOptions) -> Result<u32, ConvertError> {
@@ -209,11 +190,9 @@ pub fn convert(
         path: output.to_path_buf(),
         source,
     };
-    let result = write_atomically(
-        output,
-        |file: &mut File| -> Result<ConvertStats, ConvertError> {
-            // `&File` is Write + Seek, so the qcow2 writer and raw writes can share it.
-            let file: &File = file;
+    // Everything the copy needs but the file it writes.
+    let mut copy_into =
+        |file: &File, device: Option<&Device>| -> Result<ConvertStats, ConvertError> {
             let qcow2 = match opts.format {
                 ImageFormat::Qcow2 => Some(
                     Qcow2Writer::new(
@@ -242,6 +221,7 @@ pub fn convert(
                     zero: KnownZero::of(&b.path, Some(b.disk.format()), false),
                 }),
                 output: (output, file),
+                device,
                 qcow2,
                 raw_gather: Gather::default(),
                 stats: ConvertStats {
@@ -255,141 +235,34 @@ pub fn convert(
                 Some(w) => {
                     w.finish().map_err(write_err)?;
                 }
-                // Holes for the zero clusters: setting the length leaves them unallocated.
                 None => {
                     copy.raw_gather.flush(&mut &*file).map_err(write_err)?;
-                    file.set_len(size).map_err(write_err)?
+                    // Holes for the zero clusters: setting the length leaves them
+                    // unallocated. A device has its size, and its zeroes are written.
+                    if device.is_none() {
+                        file.set_len(size).map_err(write_err)?
+                    }
                 }
             }
             Ok(copy.stats)
-        },
-    );
+        };
+    if let Some(kind) = device_kind(output).map_err(write_err)? {
+        if opts.format != ImageFormat::Raw {
+            return Err(ConvertError::Invalid(format!(
+                "{} is a device: kiln writes only raw images (-O raw) to devices",
+                output.display()
+            )));
+        }
+        let device = Device::open(output, kind, size).map_err(write_err)?;
+        let stats = copy_into(&device.file, Some(&device))?;
+        device.finish().map_err(write_err)?;
+        return Ok(stats);
+    }
+    let result = write_atomically(output, |file: &mut File| copy_into(file, None));
     result.map_err(|e| match e {
         AtomicError::Write(e) => e,
         AtomicError::Create { source, .. } | AtomicError::Persist { source, .. } => {
             write_err(source)
         }
     })
-}
-
-/// One conversion's reading and writing.
-struct Copy<'a> {
-    input: Source<'a>,
-    backing: Option<Source<'a>>,
-    output: (&'a Path, &'a File),
-    qcow2: Option<Qcow2Writer<&'a File>>,
-    /// Raw output's data runs (qcow2 output gathers its own).
-    raw_gather: Gather,
-    stats: ConvertStats,
-}
-
-impl Copy<'_> {
-    fn run(
-        &mut self,
-        mut progress: Option<&mut &mut dyn FnMut(u64, u64)>,
-    ) -> Result<(), ConvertError> {
-        let size = self.stats.virtual_size;
-        let cluster = self.stats.cluster_size;
-        let chunk = CHUNK.max(cluster);
-        let mut data = vec![0u8; chunk as usize];
-        let mut under = vec![0u8; chunk as usize];
-        let mut offset = 0u64;
-        while offset < size {
-            let n = (size - offset).min(chunk);
-            if self.reads_zero_over_zero(offset, n) {
-                // Nothing to read, compare or write: the common case of sparse images.
-                let clusters = n.div_ceil(cluster);
-                match self.backing {
-                    Some(_) => self.stats.backing_clusters += clusters,
-                    None => self.stats.zero_clusters += clusters,
-                }
-            } else {
-                self.copy_chunk(offset, n, &mut data, &mut under)?;
-            }
-            offset += n;
-            if let Some(report) = progress.as_mut() {
-                report(offset, size);
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether `[offset, offset + len)` is known to read zero in the input and in the
-    /// backing file (if any).
-    fn reads_zero_over_zero(&mut self, offset: u64, len: u64) -> bool {
-        let end = offset + len;
-        self.input.zero.covers(offset, end)
-            && self
-                .backing
-                .as_mut()
-                .is_none_or(|b| b.disk.size() <= offset || b.zero.covers(offset, end))
-    }
-
-    /// Read `n` bytes at `offset` of the input (into `data`) and of the backing file
-    /// (into `under`), and store them cluster by cluster.
-    fn copy_chunk(
-        &mut self,
-        offset: u64,
-        n: u64,
-        data: &mut [u8],
-        under: &mut [u8],
-    ) -> Result<(), ConvertError> {
-        let cluster = self.stats.cluster_size;
-        // Past the end, the last cluster reads as zeroes.
-        data.fill(0);
-        self.input.read(&mut data[..n as usize], offset)?;
-        if let Some(b) = self.backing.as_mut() {
-            under.fill(0);
-            let end = b.disk.size().clamp(offset, offset + n);
-            // Past the backing file's end it reads as zeroes.
-            if end > offset {
-                b.read(&mut under[..(end - offset) as usize], offset)?;
-            }
-        }
-        for (i, bytes) in data[..n.next_multiple_of(cluster) as usize]
-            .chunks(cluster as usize)
-            .enumerate()
-        {
-            let at = offset + i as u64 * cluster;
-            let below = &under[i * cluster as usize..][..cluster as usize];
-            self.cluster(at, bytes, below)
-                .map_err(|source| ConvertError::Write {
-                    path: self.output.0.to_owned(),
-                    source,
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Store the cluster at guest offset `at`, which holds `bytes` over `below` (the
-    /// backing file's bytes, zeroes without one).
-    fn cluster(&mut self, at: u64, bytes: &[u8], below: &[u8]) -> io::Result<()> {
-        let zero = bytes.iter().all(|b| *b == 0);
-        if self.backing.is_some() && bytes == below {
-            self.stats.backing_clusters += 1;
-            return Ok(());
-        }
-        let index = at / self.stats.cluster_size;
-        match self.qcow2.as_mut() {
-            Some(w) if zero && self.backing.is_some() && w.has_zero_clusters() => {
-                w.zero_cluster(index)?;
-                self.stats.zero_clusters += 1;
-            }
-            // Without a backing file, zeroes need nothing; over one, a version 2
-            // image can only hide it with zeroes as data.
-            _ if zero && self.backing.is_none() => self.stats.zero_clusters += 1,
-            Some(w) => {
-                w.write_cluster(index, bytes)?;
-                self.stats.data_clusters += 1;
-            }
-            None => {
-                let len = (self.stats.virtual_size - at).min(bytes.len() as u64);
-                let mut file = self.output.1;
-                self.raw_gather
-                    .write_at(&mut file, at, &bytes[..len as usize])?;
-                self.stats.data_clusters += 1;
-            }
-        }
-        Ok(())
-    }
 }
