@@ -18,11 +18,25 @@ pub enum AtomicError<E> {
 
 /// Calls `write` with a fresh temporary file next to `dest`, then renames it to `dest`
 /// (mode 0644, the usual umask-free choice for build outputs). When `write` fails, the
-/// temporary file is removed and `dest` is left as it was.
+/// temporary file is removed and `dest` is left as it was. A `dest` that is a device,
+/// pipe or socket is refused: the rename would replace its node with a regular file.
 pub fn write_atomically<T, E>(
     dest: &Path,
     write: impl FnOnce(&mut File) -> Result<T, E>,
 ) -> Result<T, AtomicError<E>> {
+    if let Ok(meta) = std::fs::metadata(dest) {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        if kind.is_block_device() || kind.is_char_device() || kind.is_fifo() || kind.is_socket() {
+            return Err(AtomicError::Create {
+                path: dest.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it is a device, pipe or socket, not a file to replace",
+                ),
+            });
+        }
+    }
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -51,4 +65,29 @@ pub fn write_atomically<T, E>(
         source: e.error,
     })?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn a_pipe_is_not_replaced_by_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let result = write_atomically(&fifo, |f: &mut File| f.write_all(b"data"));
+        let err = result.expect_err("a pipe was replaced");
+        assert!(err.to_string().contains("not a file to replace"), "{err}");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        // A regular file is replaced as before.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"old").unwrap();
+        write_atomically(&file, |f: &mut File| f.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+    }
 }
