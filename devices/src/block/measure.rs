@@ -19,6 +19,7 @@ use std::path::Path;
 
 use super::info::image_info;
 use super::map::map_image;
+use super::qcow2_layout::{l1_entries, refcount_structures, MAX_L1_ENTRIES};
 use super::{DiskError, ImageFormat};
 
 /// What is measured: an image, or an empty image of a size.
@@ -51,9 +52,6 @@ pub struct Measure {
     pub bitmaps: Option<u64>,
 }
 
-/// L1 tables larger than this are refused by QEMU (QCOW_MAX_L1_SIZE).
-const MAX_L1_BYTES: u64 = 32 << 20;
-
 pub fn measure(input: &MeasureInput, target: &MeasureTarget) -> Result<Measure, DiskError> {
     let (size, entries, path) = match input {
         MeasureInput::Image { path, format } => {
@@ -73,8 +71,7 @@ pub fn measure(input: &MeasureInput, target: &MeasureTarget) -> Result<Measure, 
     }
     let cs = target.cluster_size;
     let virtual_size = size.next_multiple_of(cs);
-    let l2_tables = (virtual_size / cs).div_ceil(cs / 8);
-    if l2_tables * 8 > MAX_L1_BYTES {
+    if l1_entries(virtual_size, cs) > MAX_L1_ENTRIES {
         return Err(DiskError::unsupported(
             path.unwrap_or(Path::new("--size")),
             format!(
@@ -135,22 +132,6 @@ fn fully_allocated_qcow2(virtual_size: u64, cs: u64) -> u64 {
     metadata + (blocks + table) * cs + virtual_size
 }
 
-/// Refcount blocks and refcount table clusters (16-bit refcounts) that count
-/// `clusters` clusters of `cluster_size` bytes and themselves.
-pub fn refcount_structures(clusters: u64, cluster_size: u64) -> (u64, u64) {
-    let refcounts_per_block = cluster_size / 2;
-    let blocks_per_table_cluster = cluster_size / 8;
-    let (mut blocks, mut table) = (0u64, 0u64);
-    loop {
-        let b = (clusters + blocks + table).div_ceil(refcounts_per_block);
-        let t = b.div_ceil(blocks_per_table_cluster);
-        if (b, t) == (blocks, table) {
-            return (blocks, table);
-        }
-        (blocks, table) = (b, t);
-    }
-}
-
 /// Room for the input's persistent bitmaps in an image with clusters of `cs` bytes:
 /// each bitmap whole, its table, and the directory.
 fn bitmaps_size(path: &Path, size: u64, cs: u64) -> Result<u64, DiskError> {
@@ -169,22 +150,6 @@ fn bitmaps_size(path: &Path, size: u64, cs: u64) -> Result<u64, DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refcount_structures_cover_themselves() {
-        const CS: u64 = 65536;
-        assert_eq!(refcount_structures(10, CS), (1, 1));
-        // 32766 + 1 block + 1 table = 32768: still one block.
-        assert_eq!(refcount_structures(32766, CS), (1, 1));
-        // One more and the second block must cover itself too.
-        assert_eq!(refcount_structures(32767, CS), (2, 1));
-        let (b, t) = refcount_structures(8192 * 32768, CS);
-        assert!(b * (CS / 2) >= 8192 * 32768 + b + t);
-        assert!(t * (CS / 8) >= b && t == 2);
-        // 512 B clusters: 256 refcounts per block, 64 reftable entries per cluster.
-        assert_eq!(refcount_structures(254, 512), (1, 1));
-        assert_eq!(refcount_structures(255, 512), (2, 1));
-    }
 
     #[test]
     fn clusters_with_data_counts_each_cluster_once() {

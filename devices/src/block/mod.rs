@@ -20,6 +20,7 @@ pub mod lock;
 pub mod map;
 pub mod measure;
 pub mod qcow2;
+pub mod qcow2_layout;
 pub mod raw;
 pub mod rebase;
 pub mod resize;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_devices::block::known_zero::KnownZero;
+use kiln_devices::block::qcow2_layout::cluster_bits;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
 use crate::atomic::{write_atomically, AtomicError};
@@ -124,12 +125,7 @@ fn check_options(opts: &ConvertOptions) -> Result<u32, ConvertError> {
         ));
     }
     let cluster = opts.cluster_size.unwrap_or(1 << DEFAULT_CLUSTER_BITS);
-    if !cluster.is_power_of_two() || !(512..=2 << 20).contains(&cluster) {
-        return Err(ConvertError::Invalid(format!(
-            "cluster size {cluster} is not a power of two from 512 to 2097152 (2 MiB)"
-        )));
-    }
-    Ok(cluster.trailing_zeros())
+    cluster_bits(cluster).map_err(ConvertError::Invalid)
 }
 
 fn open_backing(output: &Path, opts: &ConvertOptions) -> Result<Option<Backing>, ConvertError> {

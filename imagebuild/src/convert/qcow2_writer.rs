@@ -11,14 +11,14 @@ use std::collections::BTreeMap;
 use std::io::{self, Seek, SeekFrom, Write};
 
 use flate2::{Compress, Compression, FlushCompress, Status};
-use kiln_devices::block::measure::refcount_structures;
+use kiln_devices::block::qcow2_layout::{
+    l1_entries, refcount_structures, CLUSTER_BITS, MAX_L1_ENTRIES,
+};
 use kiln_devices::block::ImageFormat;
 
 use super::gather::Gather;
 
 pub const DEFAULT_CLUSTER_BITS: u32 = 16;
-const MIN_CLUSTER_BITS: u32 = 9;
-const MAX_CLUSTER_BITS: u32 = 21;
 const HEADER_LENGTH_V2: usize = 72;
 const HEADER_LENGTH_V3: u32 = 104;
 const OFLAG_COPIED: u64 = 1 << 63;
@@ -57,10 +57,6 @@ pub struct Qcow2Writer<W: Write + Seek> {
     gather: Gather,
 }
 
-fn div_ceil(a: u64, b: u64) -> u64 {
-    a.div_ceil(b)
-}
-
 fn bad(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
@@ -69,7 +65,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
     /// Starts an image of `layout`; fails on a layout qcow2 cannot express.
     pub fn new(out: W, layout: Qcow2Layout) -> io::Result<Self> {
         let bits = layout.cluster_bits;
-        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) {
+        if !CLUSTER_BITS.contains(&bits) {
             return Err(bad(format!(
                 "cluster size 2^{bits} is not from 512 B to 2 MiB"
             )));
@@ -89,9 +85,8 @@ impl<W: Write + Seek> Qcow2Writer<W> {
             }
         }
         let cluster = 1u64 << bits;
-        let l2_entries = cluster / 8;
-        let l1_size = div_ceil(div_ceil(layout.size, cluster), l2_entries).max(1);
-        if l1_size > (32 << 20) / 8 {
+        let l1_size = l1_entries(layout.size, cluster).max(1);
+        if l1_size > MAX_L1_ENTRIES {
             return Err(bad(format!(
                 "virtual size {} is too large for clusters of {cluster} bytes",
                 layout.size
@@ -115,7 +110,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
                  one cluster of {cluster}"
             )));
         }
-        let l1_clusters = div_ceil(l1_size * 8, cluster);
+        let l1_clusters = (l1_size * 8).div_ceil(cluster);
         let first_data = 1 + l1_clusters;
         w.next_byte = first_data * cluster;
         w.refcounts = vec![1; first_data as usize];
@@ -203,7 +198,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
     /// Writes L2 tables, refcount structures, L1 and header; returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
         let cluster_size = self.cluster_size();
-        let mut cluster = div_ceil(self.next_byte, cluster_size);
+        let mut cluster = self.next_byte.div_ceil(cluster_size);
         let mut l1 = vec![0u64; self.l1_size as usize];
         let tables = std::mem::take(&mut self.l2);
         for (l1_index, table) in &tables {

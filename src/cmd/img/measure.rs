@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use kiln_devices::block::measure::{measure, Measure, MeasureInput, MeasureTarget};
+use kiln_devices::block::qcow2_layout::cluster_bits;
 use kiln_devices::block::ImageFormat;
 
 use super::super::parse_size;
@@ -46,10 +47,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         version: if options.compat_v2 { 2 } else { 3 },
         has_backing: options.backing_file.is_some(),
     };
-    let cs = target.cluster_size;
-    if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
-        bail!("-o cluster_size={cs}: not a power of two from 512 to 2097152 (2 MiB)");
-    }
+    cluster_bits(target.cluster_size).map_err(|e| anyhow::anyhow!("-o cluster_size: {e}"))?;
     let input = match (&args.file, args.size) {
         (Some(path), _) => MeasureInput::Image {
             path,
