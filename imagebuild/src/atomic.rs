@@ -16,6 +16,33 @@ pub enum AtomicError<E> {
     Write(E),
 }
 
+/// What a path names, following links, when it is not a file a rename may replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialNode {
+    BlockDevice,
+    CharDevice,
+    PipeOrSocket,
+}
+
+/// The special node at `path`; `None` for a regular file, a directory, or nothing.
+pub fn special_node(path: &Path) -> io::Result<Option<SpecialNode>> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = match std::fs::metadata(path) {
+        Ok(meta) => meta.file_type(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(if kind.is_block_device() {
+        Some(SpecialNode::BlockDevice)
+    } else if kind.is_char_device() {
+        Some(SpecialNode::CharDevice)
+    } else if kind.is_fifo() || kind.is_socket() {
+        Some(SpecialNode::PipeOrSocket)
+    } else {
+        None
+    })
+}
+
 /// Calls `write` with a fresh temporary file next to `dest`, then renames it to `dest`
 /// (mode 0644, the usual umask-free choice for build outputs). When `write` fails, the
 /// temporary file is removed and `dest` is left as it was. A `dest` that is a device,
@@ -24,18 +51,14 @@ pub fn write_atomically<T, E>(
     dest: &Path,
     write: impl FnOnce(&mut File) -> Result<T, E>,
 ) -> Result<T, AtomicError<E>> {
-    if let Ok(meta) = std::fs::metadata(dest) {
-        use std::os::unix::fs::FileTypeExt;
-        let kind = meta.file_type();
-        if kind.is_block_device() || kind.is_char_device() || kind.is_fifo() || kind.is_socket() {
-            return Err(AtomicError::Create {
-                path: dest.to_path_buf(),
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "it is a device, pipe or socket, not a file to replace",
-                ),
-            });
-        }
+    if let Ok(Some(_)) = special_node(dest) {
+        return Err(AtomicError::Create {
+            path: dest.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is a device, pipe or socket, not a file to replace",
+            ),
+        });
     }
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -11,8 +11,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use crate::atomic::{special_node, SpecialNode};
 
 /// BLKZEROOUT from linux/fs.h, `_IO(0x12, 127)`: zero a byte range of a block device
 /// (with the device's write-zeroes or discard when it has them).
@@ -30,22 +32,14 @@ pub enum DeviceKind {
 /// What `path` names, following links: a device, or `None` for anything a conversion
 /// may replace (a regular file, or nothing yet). Pipes and sockets are refused.
 pub fn device_kind(path: &Path) -> io::Result<Option<DeviceKind>> {
-    let kind = match std::fs::metadata(path) {
-        Ok(meta) => meta.file_type(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if kind.is_block_device() {
-        Ok(Some(DeviceKind::Block))
-    } else if kind.is_char_device() {
-        Ok(Some(DeviceKind::Character))
-    } else if kind.is_fifo() || kind.is_socket() {
-        Err(io::Error::new(
+    match special_node(path)? {
+        Some(SpecialNode::BlockDevice) => Ok(Some(DeviceKind::Block)),
+        Some(SpecialNode::CharDevice) => Ok(Some(DeviceKind::Character)),
+        Some(SpecialNode::PipeOrSocket) => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "a pipe or socket: kiln writes images to files and devices",
-        ))
-    } else {
-        Ok(None)
+        )),
+        None => Ok(None),
     }
 }
 
