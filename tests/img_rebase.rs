@@ -188,3 +188,28 @@ fn refused_rebases_change_nothing() {
         );
     }
 }
+
+#[test]
+fn a_new_base_ending_inside_a_chunk_reads_zero_past_its_end() {
+    // The old base holds 0x11 everywhere; the new one holds the same bytes but ends
+    // 512 KiB into a 1 MiB chunk. Past its end it reads zero, so that half chunk must
+    // be copied into the overlay, whatever the chunk before left in kiln's buffers.
+    let d = dir("short-new-base");
+    let old = d.join("old.raw");
+    std::fs::write(&old, vec![0x11u8; 8 << 20]).unwrap();
+    let new = d.join("new.raw");
+    std::fs::write(&new, vec![0x11u8; (6 << 20) + (512 << 10)]).unwrap();
+    let overlay = d.join("top.qcow2");
+    qemu_overlay("old.raw", "raw", &overlay);
+    let flat = d.join("flat.raw");
+    qemu_img(&["convert", "-O", "raw", s(&overlay), s(&flat)]);
+    let out = kiln(&["img", "rebase", "-F", "raw", "-b", "new.raw", s(&overlay)]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_file(&old).unwrap();
+    qemu_img(&["compare", "-q", s(&overlay), s(&flat)]);
+    // Only the part past the new base's end became the overlay's own.
+    assert_eq!(
+        own_layer(&overlay).0,
+        [((6 << 20) + (512 << 10), (1 << 20) + (512 << 10))]
+    );
+}

@@ -3,11 +3,11 @@
 //! are identical when the larger one reads as zeroes past the smaller one's end. A
 //! mismatch is reported at the start of the first differing 512-byte sector, as
 //! qemu-img reports it. Ranges both images' maps say read zero are not read (see
-//! [`KnownZero`]), as qemu-img skips them by their block status.
+//! [`SparseReader`]), as qemu-img skips them by their block status.
 
 use std::path::{Path, PathBuf};
 
-use super::known_zero::KnownZero;
+use super::known_zero::SparseReader;
 use super::{DiskBackend, DiskError, SECTOR_SIZE};
 
 /// Bytes read from each image at a time.
@@ -30,35 +30,27 @@ pub struct CompareError {
     pub source: DiskError,
 }
 
-/// One side of a comparison.
-struct Side<'a> {
-    path: &'a Path,
-    disk: &'a dyn DiskBackend,
-    zero: KnownZero,
-}
+/// One side of a comparison, its read errors named by its path.
+struct Side<'a>(SparseReader<'a>);
 
 impl<'a> Side<'a> {
     fn new((path, disk): (&'a Path, &'a dyn DiskBackend), force_share: bool) -> Self {
-        let zero = KnownZero::of(path, Some(disk.format()), force_share);
-        Side { path, disk, zero }
+        Side(SparseReader::new(path, disk, force_share))
     }
 
-    /// Whether `[offset, offset + len)` is known to read zero.
     fn known_zero(&mut self, offset: u64, len: usize) -> bool {
-        self.zero.covers(offset, offset + len as u64)
+        self.0.known_zero(offset, len as u64)
     }
 
     fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<(), CompareError> {
-        if self.known_zero(offset, buf.len()) {
-            buf.fill(0);
-            return Ok(());
-        }
-        self.disk
-            .read_at(buf, offset)
-            .map_err(|source| CompareError {
-                path: self.path.to_owned(),
-                source,
-            })
+        self.0.read(buf, offset).map_err(|source| CompareError {
+            path: self.0.path.to_owned(),
+            source,
+        })
+    }
+
+    fn size(&self) -> u64 {
+        self.0.disk.size()
     }
 }
 
@@ -71,7 +63,7 @@ pub fn compare_disks(
     force_share: bool,
 ) -> Result<Comparison, CompareError> {
     let (mut a, mut b) = (Side::new(a, force_share), Side::new(b, force_share));
-    let (size_a, size_b) = (a.disk.size(), b.disk.size());
+    let (size_a, size_b) = (a.size(), b.size());
     let common = size_a.min(size_b);
     let mut buf_a = vec![0u8; CHUNK as usize];
     let mut buf_b = vec![0u8; CHUNK as usize];
@@ -96,8 +88,8 @@ pub fn compare_disks(
     // Past the shorter image, the longer one must read as zeroes.
     let longer = if size_a > size_b { &mut a } else { &mut b };
     buf_b.fill(0);
-    while offset < longer.disk.size() {
-        let len = (longer.disk.size() - offset).min(CHUNK) as usize;
+    while offset < longer.size() {
+        let len = (longer.size() - offset).min(CHUNK) as usize;
         if !longer.known_zero(offset, len) {
             longer.read(&mut buf_a[..len], offset)?;
             if let Some(i) = first_difference(&buf_a[..len], &buf_b[..len]) {

@@ -8,7 +8,7 @@ use std::path::Path;
 use log::warn;
 
 use super::map::map_image;
-use super::ImageFormat;
+use super::{DiskBackend, DiskError, ImageFormat};
 
 /// The ranges of an image known to read as zeroes, in order, adjacent ones merged.
 pub struct KnownZero {
@@ -48,6 +48,45 @@ impl KnownZero {
         self.ranges
             .get(self.next)
             .is_some_and(|&(s, e)| s <= start && end <= e)
+    }
+}
+
+/// A disk read only where it may hold something: ranges its map says read zero, and
+/// anything past its end, are zero-filled without a read.
+pub struct SparseReader<'a> {
+    /// The disk's file, for the callers' error messages.
+    pub path: &'a Path,
+    pub disk: &'a dyn DiskBackend,
+    zero: KnownZero,
+}
+
+impl<'a> SparseReader<'a> {
+    /// `disk`, opened from `path` and mapped there (`force_share` as for [`map_image`]).
+    pub fn new(path: &'a Path, disk: &'a dyn DiskBackend, force_share: bool) -> Self {
+        let zero = KnownZero::of(path, Some(disk.format()), force_share);
+        SparseReader { path, disk, zero }
+    }
+
+    /// Whether `[offset, offset + len)` is known to read zero. Calls must not go
+    /// backwards.
+    pub fn known_zero(&mut self, offset: u64, len: u64) -> bool {
+        offset >= self.disk.size() || self.zero.covers(offset, offset + len)
+    }
+
+    /// Fill `buf` from `offset`: zeroes where known zero and past the disk's end,
+    /// the disk's bytes elsewhere.
+    pub fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        if self.known_zero(offset, buf.len() as u64) {
+            buf.fill(0);
+            return Ok(());
+        }
+        let readable = self
+            .disk
+            .size()
+            .saturating_sub(offset)
+            .min(buf.len() as u64) as usize;
+        buf[readable..].fill(0);
+        self.disk.read_at(&mut buf[..readable], offset)
     }
 }
 

@@ -10,13 +10,12 @@
 //! rewritten (see [`set_backing_file`]).
 //!
 //! Ranges both the old chain and the new backing file are known to read zero (from
-//! their maps, see [`KnownZero`]) are not read: a big sparse image rebases in the time
+//! their maps, see [`SparseReader`]) are not read: a big sparse image rebases in the time
 //! its data takes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use super::known_zero::KnownZero;
+use super::known_zero::SparseReader;
 use super::qcow2::backing::set_backing_file;
 use super::qcow2::{LayerExtent, Qcow2Disk};
 use super::{open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat};
@@ -60,8 +59,8 @@ pub fn rebase_safe(
     // Mapped while the image is open for writing, so nobody else writes it (hence
     // force-share, beside that lock). The copies keep what the image shows, so its
     // map of zeroes holds throughout.
-    let old_zero = KnownZero::of(path, Some(ImageFormat::Qcow2), true);
-    let mut new = match backing {
+    let mut old = SparseReader::new(path, &image, true);
+    let new_disk = match backing {
         Some(b) => {
             let new_path = b.path_from(path);
             let config = DiskConfig {
@@ -69,33 +68,29 @@ pub fn rebase_safe(
                 readonly: true,
                 ..DiskConfig::new(new_path.clone())
             };
-            Some(NewSide {
-                disk: open_disk(&config)?,
-                zero: KnownZero::of(&new_path, Some(b.format), true),
-            })
+            Some((open_disk(&config)?, new_path))
         }
         None => None,
     };
-    let stats = copy_differences(&image, old_zero, new.as_mut(), progress)?;
+    let mut new = new_disk
+        .as_ref()
+        .map(|(disk, new_path)| SparseReader::new(new_path, disk.as_ref(), true));
+    let stats = copy_differences(&image, &mut old, new.as_mut(), progress)?;
     image.flush()?;
+    drop(old);
     drop(new);
+    drop(new_disk);
     drop(image);
     set_backing_file(path, backing.map(|b| (b.name, b.format)))?;
     Ok(stats)
 }
 
-/// The new backing file and where it reads zero.
-struct NewSide {
-    disk: Arc<dyn DiskBackend>,
-    zero: KnownZero,
-}
-
-/// Copy into `image` every cluster its backing chain shows and `new` (zero past its
-/// end, or everywhere without one) does not. `old_zero` is where the image reads zero.
+/// Copy into `image` (read through `old`) every cluster its backing chain shows and
+/// `new` (zero past its end, or everywhere without one) does not.
 fn copy_differences(
     image: &Qcow2Disk,
-    mut old_zero: KnownZero,
-    mut new: Option<&mut NewSide>,
+    old: &mut SparseReader,
+    mut new: Option<&mut SparseReader>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RebaseStats, DiskError> {
     let chunk = image.walk_chunk() as usize;
@@ -105,45 +100,21 @@ fn copy_differences(
         if kind != LayerExtent::Backing {
             return Ok(());
         }
-        let end = offset + len;
-        let old_is_zero = old_zero.covers(offset, end);
-        let new_is_zero = match new.as_deref_mut() {
-            None => true,
-            Some(n) => n.disk.size() <= offset || n.zero.covers(offset, end),
-        };
+        let old_is_zero = old.known_zero(offset, len);
+        let new_is_zero = new.as_deref_mut().is_none_or(|n| n.known_zero(offset, len));
         if old_is_zero && new_is_zero {
             return Ok(());
         }
-        let old = &mut old_buf[..len as usize];
+        let old_data = &mut old_buf[..len as usize];
         let new_data = &mut new_buf[..len as usize];
-        if old_is_zero {
-            old.fill(0);
-        } else {
-            image.read_at(old, offset)?;
+        old.read(old_data, offset)?;
+        match new.as_deref_mut() {
+            Some(n) => n.read(new_data, offset)?,
+            None => new_data.fill(0),
         }
-        let new_disk = new.as_deref().filter(|_| !new_is_zero);
-        read_or_zero(new_disk.map(|n| n.disk.as_ref()), new_data, offset)?;
-        copy_differing_clusters(image, offset, old, new_data, &mut stats)
+        copy_differing_clusters(image, offset, old_data, new_data, &mut stats)
     })?;
     Ok(stats)
-}
-
-/// Read `buf.len()` bytes at `offset` from `disk`; what lies past its end (or all,
-/// without a disk) reads zero.
-fn read_or_zero(
-    disk: Option<&dyn DiskBackend>,
-    buf: &mut [u8],
-    offset: u64,
-) -> Result<(), DiskError> {
-    buf.fill(0);
-    let Some(disk) = disk else {
-        return Ok(());
-    };
-    let readable = disk.size().saturating_sub(offset).min(buf.len() as u64) as usize;
-    if readable > 0 {
-        disk.read_at(&mut buf[..readable], offset)?;
-    }
-    Ok(())
 }
 
 /// Write the clusters of `old` (at `offset`) that differ from `new` into `image`:

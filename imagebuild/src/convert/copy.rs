@@ -6,42 +6,27 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use kiln_devices::block::known_zero::KnownZero;
-use kiln_devices::block::DiskBackend;
+use kiln_devices::block::known_zero::SparseReader;
 
 use super::device::Device;
 use super::gather::Gather;
 use super::qcow2_writer::Qcow2Writer;
 use super::{ConvertError, ConvertStats, CHUNK};
 
-/// An image read by a conversion, and where it is known to read zero.
-pub(super) struct Source<'a> {
-    pub path: &'a Path,
-    pub disk: &'a dyn DiskBackend,
-    pub zero: KnownZero,
-}
-
-impl Source<'_> {
-    /// Fill `buf` from `offset`, without reading what is known to be zero.
-    fn read(&mut self, buf: &mut [u8], offset: u64) -> Result<(), ConvertError> {
-        if self.zero.covers(offset, offset + buf.len() as u64) {
-            buf.fill(0);
-            return Ok(());
-        }
-        self.disk
-            .read_at(buf, offset)
-            .map_err(|source| ConvertError::Read {
-                path: self.path.to_owned(),
-                offset,
-                source,
-            })
-    }
+/// Fill `buf` from `offset` of `source` (see [`SparseReader::read`]), naming the
+/// image in the error.
+fn read(source: &mut SparseReader, buf: &mut [u8], offset: u64) -> Result<(), ConvertError> {
+    source.read(buf, offset).map_err(|e| ConvertError::Read {
+        path: source.path.to_owned(),
+        offset,
+        source: e,
+    })
 }
 
 /// One conversion's reading and writing.
 pub(super) struct Copy<'a> {
-    pub input: Source<'a>,
-    pub backing: Option<Source<'a>>,
+    pub input: SparseReader<'a>,
+    pub backing: Option<SparseReader<'a>>,
     pub output: (&'a Path, &'a File),
     /// Written in place: zero ranges must be zeroed (see device.rs).
     pub device: Option<&'a Device>,
@@ -94,12 +79,11 @@ impl Copy<'_> {
     /// Whether `[offset, offset + len)` is known to read zero in the input and in the
     /// backing file (if any).
     fn reads_zero_over_zero(&mut self, offset: u64, len: u64) -> bool {
-        let end = offset + len;
-        self.input.zero.covers(offset, end)
+        self.input.known_zero(offset, len)
             && self
                 .backing
                 .as_mut()
-                .is_none_or(|b| b.disk.size() <= offset || b.zero.covers(offset, end))
+                .is_none_or(|b| b.known_zero(offset, len))
     }
 
     /// Read `n` bytes at `offset` of the input (into `data`) and of the backing file
@@ -112,16 +96,13 @@ impl Copy<'_> {
         under: &mut [u8],
     ) -> Result<(), ConvertError> {
         let cluster = self.stats.cluster_size;
-        // Past the end, the last cluster reads as zeroes.
-        data.fill(0);
-        self.input.read(&mut data[..n as usize], offset)?;
+        // The reads fill all `n` bytes (zeroes past the backing file's end); past the
+        // image's end, the last cluster reads as zeroes.
+        data[n as usize..].fill(0);
+        read(&mut self.input, &mut data[..n as usize], offset)?;
         if let Some(b) = self.backing.as_mut() {
-            under.fill(0);
-            let end = b.disk.size().clamp(offset, offset + n);
-            // Past the backing file's end it reads as zeroes.
-            if end > offset {
-                b.read(&mut under[..(end - offset) as usize], offset)?;
-            }
+            under[n as usize..].fill(0);
+            read(b, &mut under[..n as usize], offset)?;
         }
         for (i, bytes) in data[..n.next_multiple_of(cluster) as usize]
             .chunks(cluster as usize)

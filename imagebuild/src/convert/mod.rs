@@ -18,12 +18,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_devices::block::known_zero::KnownZero;
+use kiln_devices::block::known_zero::SparseReader;
 use kiln_devices::block::qcow2_layout::cluster_bits;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat};
 
 use crate::atomic::{write_atomically, AtomicError};
-use copy::{Copy, Source};
+use copy::Copy;
 use device::{device_kind, Device};
 use gather::Gather;
 use qcow2_writer::{Qcow2Layout, Qcow2Writer, DEFAULT_CLUSTER_BITS};
@@ -206,16 +206,10 @@ pub fn convert(
                 ImageFormat::Raw => None,
             };
             let mut copy = Copy {
-                input: Source {
-                    path: input,
-                    disk: disk.as_ref(),
-                    zero: KnownZero::of(input, opts.input_format, false),
-                },
-                backing: backing.as_ref().map(|b| Source {
-                    path: &b.path,
-                    disk: b.disk.as_ref(),
-                    zero: KnownZero::of(&b.path, Some(b.disk.format()), false),
-                }),
+                input: SparseReader::new(input, disk.as_ref(), false),
+                backing: backing
+                    .as_ref()
+                    .map(|b| SparseReader::new(&b.path, b.disk.as_ref(), false)),
                 output: (output, file),
                 device,
                 qcow2,
