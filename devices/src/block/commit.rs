@@ -90,18 +90,20 @@ pub fn commit_into(
         ));
     };
     let (base_path, base_format) = &chain[at];
-    let above: Vec<&PathBuf> = chain[..at].iter().map(|(p, _)| p).collect();
-    let top_size = Qcow2Disk::open_top_layer(path, Access::Read)?.0.size();
+    // Each image above the base, alone (locking only itself), top first.
+    let above = chain[..at]
+        .iter()
+        .map(|(layer, _)| Ok(Qcow2Disk::open_top_layer(layer, Access::Read)?.0))
+        .collect::<Result<Vec<_>, DiskError>>()?;
     let mut done = Committed::default();
-    let base = grown_base(base_path, *base_format, top_size, &mut done)?;
+    let base = grown_base(base_path, *base_format, above[0].size(), &mut done)?;
     // Lowest first: an upper image's data and zero clusters then win, as they do for
     // a reader of the overlay.
     let layers = above.len() as u64;
-    for (i, layer) in above.iter().rev().enumerate() {
-        let (image, _) = Qcow2Disk::open_top_layer(layer, Access::Read)?;
+    for (i, image) in above.iter().rev().enumerate() {
         let size = image.size();
         let mut overall = |d: u64, _| progress(i as u64 * size + d, layers * size);
-        copy_own_layer(&image, base.as_ref(), &mut done, &mut overall)?;
+        copy_own_layer(image, base.as_ref(), &mut done, &mut overall)?;
     }
     base.flush()?;
     Ok(done)
