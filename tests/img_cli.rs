@@ -126,7 +126,10 @@ fn create_refuses_bad_input() {
     for (options, why) in [
         ("compat=0.10", "compat=1.1"),
         ("refcount_bits=1", "refcount_bits=16"),
-        ("preallocation=full", "preallocation=off"),
+        (
+            "preallocation=partial",
+            "expected off, metadata, falloc, full",
+        ),
         ("lazy_refcounts=on", "lazy_refcounts=off"),
         ("encrypt.format=luks", "unknown option"),
         ("cluster_size", "key=value"),

@@ -1,5 +1,5 @@
 //! `kiln img measure` prints what `qemu-img measure` prints, for raw, qcow2, chains,
-//! compressed and bitmap images, every output option, and `--size`.
+//! compressed, bitmap and preallocated images, every output option, and `--size`.
 
 mod qcow2_support;
 
@@ -31,7 +31,11 @@ fn inputs(dir: &Path) -> Vec<String> {
     // two clusters; unpadded (26 + 484) it would fit in one.
     let long_name = "n".repeat(460);
     qemu_img(&["bitmap", "--add", "-g", "512", s(&bitmaps), &long_name]);
-    [raw, base, top, compressed, bitmaps]
+    // Taken for preallocated: its data clusters that are holes of the file read zero.
+    let preallocated = dir.join("preallocated.qcow2");
+    qemu_create(&preallocated, "preallocation=metadata", "256M");
+    qemu_io(&preallocated, &["write 1M 3M", "write -z 10M 1M"]);
+    [raw, base, top, compressed, bitmaps, preallocated]
         .iter()
         .map(|p| s(p).to_owned())
         .collect()
@@ -50,6 +54,9 @@ fn measures_as_qemu_img_does() {
             &["-O", "qcow2", "-o", "cluster_size=2M,compat=0.10"],
             &["-O", "qcow2", "-o", "backing_file=base.qcow2"],
             &["-O", "qcow2", "--output=json"],
+            &["-O", "qcow2", "-o", "preallocation=metadata"],
+            &["-O", "qcow2", "-o", "preallocation=falloc"],
+            &["-o", "preallocation=full"],
         ] {
             cases.push([options, &[image.as_str()]].concat());
         }
@@ -59,6 +66,14 @@ fn measures_as_qemu_img_does() {
         cases.push(vec!["--size", size, "-O", "qcow2"]);
         cases.push(vec!["--size", size, "-O", "qcow2", "-o", "cluster_size=4k"]);
         cases.push(vec!["--size", size, "--output=json"]);
+        cases.push(vec![
+            "--size",
+            size,
+            "-O",
+            "qcow2",
+            "-o",
+            "preallocation=full",
+        ]);
     }
     for case in &cases {
         let ours = kiln(&[&["img", "measure"], &case[..]].concat());
@@ -91,6 +106,14 @@ fn what_cannot_be_measured_is_refused_by_name() {
             "refcount_bits=16",
         ),
         (vec!["--size", "1G", "-O", "vmdk"], "vmdk"),
+        (
+            vec!["--size", "1G", "-o", "preallocation=full,compat=1.1"],
+            "-o compat: raw images take no",
+        ),
+        (
+            vec!["--size", "1G", "-O", "qcow2", "-o", "preallocation=some"],
+            "unknown preallocation mode 'some'",
+        ),
         (vec![], "<FILE>"),
     ] {
         let out = kiln(&[&["img", "measure"], &args[..]].concat());

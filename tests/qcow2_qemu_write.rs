@@ -82,11 +82,8 @@ fn kiln_created_image_survives_random_ops() {
         create_image(
             &image,
             &CreateOptions {
-                format: ImageFormat::Qcow2,
-                size: Some(SIZE),
-                backing: None,
-                backing_format: None,
                 cluster_size: Some(cluster),
+                ..CreateOptions::new(ImageFormat::Qcow2, Some(SIZE))
             },
         )
         .unwrap();

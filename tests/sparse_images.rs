@@ -1,8 +1,9 @@
 //! `kiln img convert`, `compare` and `rebase` read only what images hold: a 16 GiB
 //! chain (a qcow2 overlay on a sparse raw file) with a few MiB of data converts,
 //! compares and rebases reading about that much, and the results are still exact where
-//! zero clusters hide backing data. Alone in its test binary, so the process's read
-//! counter (/proc/self/io rchar) counts only this conversion.
+//! zero clusters hide backing data; a preallocated image converts reading its data
+//! only. Alone in its test binary, so the process's read counter (/proc/self/io
+//! rchar) counts only this conversion.
 
 mod qcow2_support;
 
@@ -75,4 +76,28 @@ fn sparse_chains_convert_compare_and_rebase_reading_only_their_data() {
     assert!(read < 64 << 20, "rebase: read {read} bytes");
     assert!(stats.copied_clusters > 0, "{stats:?}");
     qemu_img(&["compare", "-q", s(&top), s(&dir.join("out.raw"))]);
+
+    // A preallocated qcow2 (every cluster allocated, the data clusters holes of the
+    // file): the holes read zero, as qemu-img's map says, and are not read either.
+    let preallocated = dir.join("preallocated.qcow2");
+    kiln_devices::block::create::create_image(
+        &preallocated,
+        &kiln_devices::block::create::CreateOptions {
+            preallocation: kiln_devices::block::create::Preallocation::Metadata,
+            ..kiln_devices::block::create::CreateOptions::new(ImageFormat::Qcow2, Some(4 << 30))
+        },
+    )
+    .unwrap();
+    qemu_io(&preallocated, &["write -P 0x55 3G 2M"]);
+    let out = dir.join("preallocated.raw");
+    let before = bytes_read();
+    convert(
+        &preallocated,
+        &out,
+        &mut ConvertOptions::new(ImageFormat::Raw),
+    )
+    .unwrap();
+    let read = bytes_read() - before;
+    assert!(read < 64 << 20, "preallocated: read {read} bytes");
+    qemu_img(&["compare", "-q", s(&preallocated), s(&out)]);
 }

@@ -448,13 +448,10 @@ mod tests {
         let qcow2 = dir.join("disk.qcow2");
         kiln_devices::block::create::create_image(
             &qcow2,
-            &kiln_devices::block::create::CreateOptions {
-                format: kiln_devices::block::ImageFormat::Qcow2,
-                size: Some(1 << 20),
-                backing: None,
-                backing_format: None,
-                cluster_size: None,
-            },
+            &kiln_devices::block::create::CreateOptions::new(
+                kiln_devices::block::ImageFormat::Qcow2,
+                Some(1 << 20),
+            ),
         )
         .unwrap();
         let cfg = DiskConfig {

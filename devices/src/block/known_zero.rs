@@ -30,7 +30,7 @@ impl KnownZero {
             }
         };
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for e in entries.iter().filter(|e| !e.data) {
+        for e in entries.iter().filter(|e| e.zero) {
             let end = e.start + e.length;
             match ranges.last_mut() {
                 Some(last) if last.1 == e.start => last.1 = end,

@@ -6,7 +6,9 @@
 //! cluster, or in a raw file data or a hole. A range no layer decides reads zero and
 //! is reported at the bottom layer, or at the layer above a backing file that ends
 //! before it. Adjacent ranges with the same answer (and contiguous host offsets) are
-//! merged, as qemu-img merges them.
+//! merged, as qemu-img merges them. In an image that looks preallocated (see
+//! `qcow2::prealloc`), data clusters that are holes of the file are data that reads
+//! zero, as qemu-img reports them.
 //!
 //! Not reported as qemu-img does: the host offset of a zero cluster that still has
 //! one (qemu-img 7.2 prints it; imago does not say).
@@ -16,7 +18,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::lock::{Access, ImageLock};
-use super::qcow2::{check_chain, LayerExtent, Qcow2Disk};
+use super::qcow2::prealloc::looks_preallocated;
+use super::qcow2::{check_chain, read_header, LayerExtent, Qcow2Disk};
 use super::{probe_format, DiskBackend, DiskError, ImageFormat};
 
 /// Most bytes looked up at once (each lookup may split it further).
@@ -54,7 +57,13 @@ impl MapEntry {
 
 /// A layer of the chain, open read-only on its own.
 enum Layer {
-    Qcow2(Box<Qcow2Disk>),
+    Qcow2 {
+        disk: Box<Qcow2Disk>,
+        /// The image file, when the image looks preallocated (see
+        /// [`looks_preallocated`]): its data clusters are then asked whether they are
+        /// holes of the file.
+        holes: Option<(File, u64)>,
+    },
     Raw {
         file: File,
         size: u64,
@@ -66,10 +75,11 @@ enum Layer {
 enum Status {
     /// Left to the layer below.
     Below,
-    Zero {
-        offset: Option<u64>,
-    },
-    Data {
+    /// Decided here: as qemu-img's map, whether it reads zero, whether it is data, and
+    /// where in the layer's file it lies (where that is known).
+    Held {
+        zero: bool,
+        data: bool,
         offset: Option<u64>,
     },
 }
@@ -78,7 +88,12 @@ impl Layer {
     fn open(path: &Path, format: ImageFormat, access: Access) -> Result<Self, DiskError> {
         Ok(match format {
             ImageFormat::Qcow2 => {
-                Layer::Qcow2(Box::new(Qcow2Disk::open_top_layer(path, access)?.0))
+                let disk = Box::new(Qcow2Disk::open_top_layer(path, access)?.0);
+                let (header, _) = read_header(path)?;
+                let file = File::open(path).map_err(DiskError::io(path))?;
+                let len = file.metadata().map_err(DiskError::io(path))?.len();
+                let holes = looks_preallocated(&file, &header).then_some((file, len));
+                Layer::Qcow2 { disk, holes }
             }
             ImageFormat::Raw => {
                 let lock = ImageLock::acquire(path, access)?;
@@ -95,7 +110,7 @@ impl Layer {
 
     fn size(&self) -> u64 {
         match self {
-            Layer::Qcow2(d) => d.size(),
+            Layer::Qcow2 { disk, .. } => disk.size(),
             Layer::Raw { size, .. } => *size,
         }
     }
@@ -103,23 +118,36 @@ impl Layer {
     /// The status at `offset` and for how many bytes (at most `len`) it holds.
     fn status(&self, offset: u64, len: u64) -> Result<(Status, u64), DiskError> {
         match self {
-            Layer::Qcow2(d) => {
-                let (kind, n) = d.layer_extent(offset, len)?;
-                let status = match kind {
-                    LayerExtent::Backing => Status::Below,
-                    LayerExtent::Zero => Status::Zero { offset: None },
-                    LayerExtent::Data { host } => Status::Data { offset: host },
-                };
-                Ok((status, n))
+            Layer::Qcow2 { disk, holes } => {
+                let (kind, n) = disk.layer_extent(offset, len)?;
+                Ok(match (kind, holes) {
+                    (LayerExtent::Backing, _) => (Status::Below, n),
+                    (LayerExtent::Zero, _) => (held(true, false, None), n),
+                    // A data cluster of a preallocated image may be a hole, which reads
+                    // zero (qemu-img: data and zero at once).
+                    (LayerExtent::Data { host: Some(at) }, Some((file, file_len))) => {
+                        let (is_data, n) = raw_status(file, *file_len, at, n);
+                        (held(!is_data, true, Some(at)), n)
+                    }
+                    (LayerExtent::Data { host }, _) => (held(false, true, host), n),
+                })
             }
-            Layer::Raw { file, size, .. } => raw_status(file, *size, offset, len),
+            Layer::Raw { file, size, .. } => {
+                let (is_data, n) = raw_status(file, *size, offset, len);
+                Ok((held(!is_data, is_data, Some(offset)), n))
+            }
         }
     }
 }
 
-/// Data or hole at `offset` of a raw file, from SEEK_DATA / SEEK_HOLE. Where the file
-/// system cannot tell, everything is data (as qemu-img assumes).
-fn raw_status(file: &File, size: u64, offset: u64, len: u64) -> Result<(Status, u64), DiskError> {
+fn held(zero: bool, data: bool, offset: Option<u64>) -> Status {
+    Status::Held { zero, data, offset }
+}
+
+/// Whether `offset` of a file is data (or a hole), from SEEK_DATA / SEEK_HOLE, and for
+/// how many bytes (at most `len`). Where the file system cannot tell, everything is
+/// data (as qemu-img assumes); past the file's end is a hole.
+fn raw_status(file: &File, size: u64, offset: u64, len: u64) -> (bool, u64) {
     let seek = |whence| -> std::io::Result<u64> {
         let at = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
         // SAFETY: lseek on a descriptor this function borrows open; it only moves
@@ -128,24 +156,18 @@ fn raw_status(file: &File, size: u64, offset: u64, len: u64) -> Result<(Status, 
         u64::try_from(r).map_err(|_| std::io::Error::last_os_error())
     };
     let end = offset + len;
-    let data = Status::Data {
-        offset: Some(offset),
-    };
-    let hole = Status::Zero {
-        offset: Some(offset),
-    };
-    Ok(match seek(libc::SEEK_DATA) {
+    match seek(libc::SEEK_DATA) {
         // Data starts here: it runs to the next hole.
         Ok(at) if at == offset => {
             let hole_at = seek(libc::SEEK_HOLE).unwrap_or(size);
-            (data, hole_at.clamp(offset + 1, end) - offset)
+            (true, hole_at.clamp(offset + 1, end) - offset)
         }
         // A hole up to the next data.
-        Ok(at) => (hole, at.min(end) - offset),
+        Ok(at) => (false, at.min(end) - offset),
         // No data after `offset`: a hole to the end.
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => (hole, len),
-        Err(_) => (data, len),
-    })
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => (false, len),
+        Err(_) => (true, len),
+    }
 }
 
 /// The map of the image at `path` (format detected unless given), every byte of its
@@ -208,10 +230,8 @@ fn entry_at(
     for (depth, layer) in layers.iter().enumerate() {
         let (status, n) = layer.status(offset, len)?;
         len = n;
-        match status {
-            Status::Data { offset: at } => return Ok(entry(depth, len, true, false, true, at)),
-            Status::Zero { offset: at } => return Ok(entry(depth, len, true, true, false, at)),
-            Status::Below => {}
+        if let Status::Held { zero, data, offset } = status {
+            return Ok(entry(depth, len, true, zero, data, offset));
         }
         match layers.get(depth + 1).map(Layer::size) {
             // Nothing below: unallocated reads zero.

@@ -40,6 +40,8 @@ pub struct MeasureTarget {
     pub version: u32,
     /// The output will have a backing file.
     pub has_backing: bool,
+    /// Space for all data is reserved or written (preallocation falloc or full).
+    pub data_reserved: bool,
 }
 
 /// The sizes, in bytes.
@@ -81,6 +83,7 @@ pub fn measure(input: &MeasureInput, target: &MeasureTarget) -> Result<Measure, 
         ));
     }
     let data = match &entries {
+        _ if target.data_reserved => virtual_size,
         None => 0,
         Some(_) if target.has_backing => virtual_size,
         Some(entries) => clusters_with_data(entries, cs) * cs,
@@ -110,7 +113,7 @@ pub fn measure(input: &MeasureInput, target: &MeasureTarget) -> Result<Measure, 
 fn clusters_with_data(entries: &[super::map::MapEntry], cluster_size: u64) -> u64 {
     let mut count = 0;
     let mut next_uncounted = 0; // entries come in order
-    for e in entries.iter().filter(|e| e.data && e.length > 0) {
+    for e in entries.iter().filter(|e| e.data && !e.zero && e.length > 0) {
         let first = (e.start / cluster_size).max(next_uncounted);
         let end = (e.start + e.length).div_ceil(cluster_size);
         if end > first {

@@ -6,17 +6,7 @@ use super::create::{create_image, CreateOptions};
 use super::*;
 
 fn create(path: &Path, format: ImageFormat, size: u64) {
-    create_image(
-        path,
-        &CreateOptions {
-            format,
-            size: Some(size),
-            backing: None,
-            backing_format: None,
-            cluster_size: None,
-        },
-    )
-    .unwrap();
+    create_image(path, &CreateOptions::new(format, Some(size))).unwrap();
 }
 
 fn open(path: &Path, readonly: bool) -> Arc<dyn DiskBackend> {
@@ -161,13 +151,7 @@ fn create_refuses_existing_file_and_bad_options() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk");
     std::fs::write(&path, b"keep me").unwrap();
-    let opts = CreateOptions {
-        format: ImageFormat::Qcow2,
-        size: Some(1 << 20),
-        backing: None,
-        backing_format: None,
-        cluster_size: None,
-    };
+    let opts = CreateOptions::new(ImageFormat::Qcow2, Some(1 << 20));
     assert!(create_image(&path, &opts).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
     let other = dir.path().join("other");
@@ -198,11 +182,9 @@ fn qcow2_backing_chain_and_info() {
     create_image(
         &top,
         &CreateOptions {
-            format: ImageFormat::Qcow2,
-            size: None,
             backing: Some("base.raw".into()),
-            backing_format: None,
             cluster_size: Some(4096),
+            ..CreateOptions::new(ImageFormat::Qcow2, None)
         },
     )
     .unwrap();

@@ -102,11 +102,8 @@ fn qcow2_seeds() -> Vec<Vec<u8>> {
             create_image(
                 &p,
                 &CreateOptions {
-                    format: ImageFormat::Qcow2,
-                    size: Some(1 << 20),
-                    backing: None,
-                    backing_format: None,
                     cluster_size: Some(cs),
+                    ..CreateOptions::new(ImageFormat::Qcow2, Some(1 << 20))
                 },
             )
             .unwrap();

@@ -52,7 +52,7 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let options = options::parse(&args.options, "convert", true)?;
+    let options = options::parse(&args.options, options::Command::Convert)?;
     let bar = Progress::new(args.progress, "converting");
     let mut report = |done: u64, total: u64| bar.report(done, total);
     let stats = convert(

@@ -33,15 +33,15 @@ pub struct Args {
     #[arg(long, value_parser = parse_size)]
     cluster_size: Option<u64>,
     /// Creation options as qemu-img takes them, comma-separated: cluster_size,
-    /// backing_file, backing_fmt; and compat=1.1, refcount_bits=16,
-    /// lazy_refcounts=off, preallocation=off, extended_l2=off,
+    /// backing_file, backing_fmt, preallocation (off, metadata, falloc, full); and
+    /// compat=1.1, refcount_bits=16, lazy_refcounts=off, extended_l2=off,
     /// compression_type=zlib, which are what kiln creates. Repeatable.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
 }
 
 pub fn exec(mut args: Args) -> anyhow::Result<ExitCode> {
-    let options = options::parse(&args.options, "create", false)?;
+    let options = options::parse(&args.options, options::Command::Create)?;
     args.cluster_size = options.cluster_size.or(args.cluster_size);
     args.backing = options.backing_file.or(args.backing);
     args.backing_format = options.backing_fmt.or(args.backing_format);
@@ -51,6 +51,7 @@ pub fn exec(mut args: Args) -> anyhow::Result<ExitCode> {
         backing: args.backing,
         backing_format: args.backing_format,
         cluster_size: args.cluster_size,
+        preallocation: options.preallocation,
     };
     create_image(&args.file, &opts)
         .with_context(|| format!("cannot create {}", args.file.display()))?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use kiln_devices::block::create::Preallocation;
 use kiln_devices::block::measure::{measure, Measure, MeasureInput, MeasureTarget};
 use kiln_devices::block::qcow2_layout::cluster_bits;
 use kiln_devices::block::ImageFormat;
@@ -28,7 +29,8 @@ pub struct Args {
     #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = parse_format)]
     output_format: ImageFormat,
     /// qcow2 creation options, as for `kiln img convert`: cluster_size, compat,
-    /// backing_file (all data is then counted). Repeatable.
+    /// backing_file (all data is then counted), preallocation (falloc and full count
+    /// all data). Repeatable.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
     /// human: qemu-img's lines; json: qemu-img's JSON object.
@@ -37,15 +39,22 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let options = options::parse(&args.options, "measure", true)?;
-    if args.output_format == ImageFormat::Raw && !args.options.is_empty() {
-        bail!("-o: raw images take no creation options");
+    let options = options::parse(&args.options, options::Command::Measure)?;
+    if args.output_format == ImageFormat::Raw {
+        if let Some(key) = options::keys(&args.options).find(|&k| k != "preallocation") {
+            bail!("-o {key}: raw images take no such option (only preallocation)");
+        }
     }
     let target = MeasureTarget {
         format: args.output_format,
         cluster_size: options.cluster_size.unwrap_or(64 << 10),
         version: if options.compat_v2 { 2 } else { 3 },
         has_backing: options.backing_file.is_some(),
+        // As qemu-img: reserved or written data needs its whole size.
+        data_reserved: matches!(
+            options.preallocation,
+            Preallocation::Falloc | Preallocation::Full
+        ),
     };
     cluster_bits(target.cluster_size).map_err(|e| anyhow::anyhow!("-o cluster_size: {e}"))?;
     let input = match (&args.file, args.size) {

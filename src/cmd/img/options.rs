@@ -1,11 +1,12 @@
 //! qemu-img's `-o key=value,...` creation options, for the commands that create qcow2
 //! images (`create`, `convert`). Values kiln cannot produce (other refcount widths,
-//! preallocation, ...) are refused by name rather than ignored, so a script never gets
-//! an image other than the one it asked for.
+//! version 2 from `create`, preallocation from `convert`, ...) are refused by name
+//! rather than ignored, so a script never gets an image other than the one it asked for.
 
 use std::path::PathBuf;
 
 use anyhow::bail;
+use kiln_devices::block::create::Preallocation;
 use kiln_devices::block::ImageFormat;
 
 use super::super::parse_size;
@@ -19,22 +20,54 @@ pub struct CreationOptions {
     pub backing_fmt: Option<ImageFormat>,
     /// compat=0.10 (a version 2 image) was asked for.
     pub compat_v2: bool,
+    pub preallocation: Preallocation,
+}
+
+/// The command taking the options, which decides what it can honour.
+#[derive(Clone, Copy)]
+pub enum Command {
+    Create,
+    Convert,
+    Measure,
+}
+
+impl Command {
+    fn name(self) -> &'static str {
+        match self {
+            Command::Create => "create",
+            Command::Convert => "convert",
+            Command::Measure => "measure",
+        }
+    }
+}
+
+/// The keys named in `lists`, in order (for options only some formats take).
+pub fn keys(lists: &[String]) -> impl Iterator<Item = &str> {
+    lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|o| !o.is_empty())
+        .map(|o| o.split_once('=').map_or(o, |(k, _)| k))
 }
 
 /// Values kiln's images always have: accepted when asked for, refused otherwise.
-const FIXED: [(&str, &[&str]); 5] = [
+const FIXED: [(&str, &[&str]); 4] = [
     ("refcount_bits", &["16"]),
     ("lazy_refcounts", &["off", "false"]),
-    ("preallocation", &["off"]),
     ("extended_l2", &["off", "false"]),
     ("compression_type", &["zlib"]),
 ];
 
-const SETTABLE: [&str; 4] = ["cluster_size", "backing_file", "backing_fmt", "compat"];
+const SETTABLE: [&str; 5] = [
+    "cluster_size",
+    "backing_file",
+    "backing_fmt",
+    "compat",
+    "preallocation",
+];
 
-/// Parse every `-o` argument in order (a later value wins). `command` and `v2` say
-/// whether it can write version 2 images, for the refusal's message.
-pub fn parse(lists: &[String], command: &str, v2: bool) -> anyhow::Result<CreationOptions> {
+/// Parse every `-o` argument in order (a later value wins) for `command`.
+pub fn parse(lists: &[String], command: Command) -> anyhow::Result<CreationOptions> {
     let mut opts = CreationOptions::default();
     for option in lists
         .iter()
@@ -53,14 +86,28 @@ pub fn parse(lists: &[String], command: &str, v2: bool) -> anyhow::Result<Creati
                 opts.backing_fmt = Some(parse_format(value).map_err(anyhow::Error::msg)?)
             }
             "compat" => {
-                opts.compat_v2 = match value {
-                    "1.1" | "v3" => false,
-                    "0.10" | "v2" if v2 => true,
-                    "0.10" | "v2" => bail!(
-                        "-o compat={value}: kiln img {command} creates only compat=1.1 \
+                opts.compat_v2 = match (value, command) {
+                    ("1.1" | "v3", _) => false,
+                    ("0.10" | "v2", Command::Convert | Command::Measure) => true,
+                    ("0.10" | "v2", Command::Create) => bail!(
+                        "-o compat={value}: kiln img create creates only compat=1.1 \
                          images (kiln img convert -o compat=0.10 writes version 2)"
                     ),
                     _ => bail!("-o compat={value}: expected 1.1 or 0.10"),
+                }
+            }
+            "preallocation" => {
+                opts.preallocation = value
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("-o preallocation={value}: {e}"))?;
+                if let (Command::Convert, p) = (command, opts.preallocation) {
+                    if p != Preallocation::Off {
+                        bail!(
+                            "-o preallocation={value}: kiln img {} writes only \
+                             preallocation=off images (kiln img create preallocates)",
+                            command.name()
+                        );
+                    }
                 }
             }
             _ => match FIXED.iter().find(|(k, _)| *k == key) {
@@ -86,8 +133,8 @@ pub fn parse(lists: &[String], command: &str, v2: bool) -> anyhow::Result<Creati
 mod tests {
     use super::*;
 
-    fn one(list: &str, v2: bool) -> anyhow::Result<CreationOptions> {
-        parse(&[list.to_owned()], "create", v2)
+    fn one(list: &str, command: Command) -> anyhow::Result<CreationOptions> {
+        parse(&[list.to_owned()], command)
     }
 
     #[test]
@@ -97,28 +144,45 @@ mod tests {
                 "cluster_size=4k,backing_file=b.raw".into(),
                 "backing_fmt=raw,,compat=0.10,refcount_bits=16,cluster_size=512".into(),
             ],
-            "convert",
-            true,
+            Command::Convert,
         )
         .unwrap();
         assert_eq!(o.cluster_size, Some(512));
         assert_eq!(o.backing_file, Some(PathBuf::from("b.raw")));
         assert_eq!(o.backing_fmt, Some(ImageFormat::Raw));
         assert!(o.compat_v2);
-        assert!(!one("compat=1.1", true).unwrap().compat_v2);
+        assert!(!one("compat=1.1", Command::Convert).unwrap().compat_v2);
+        assert_eq!(o.preallocation, Preallocation::Off);
+        let o = one(
+            "preallocation=falloc,preallocation=metadata",
+            Command::Create,
+        )
+        .unwrap();
+        assert_eq!(o.preallocation, Preallocation::Metadata);
     }
 
     #[test]
     fn what_kiln_cannot_make_is_refused_by_name() {
-        for (list, v2, named) in [
-            ("compat=0.10", false, "creates only compat=1.1"),
-            ("compat=2.0", true, "expected 1.1 or 0.10"),
-            ("refcount_bits=64", true, "refcount_bits=16"),
-            ("encryption=on", true, "unknown option"),
-            ("cluster_size", true, "key=value"),
-            ("backing_fmt=vmdk", true, "vmdk"),
+        use Command::{Convert, Create};
+        for (list, command, named) in [
+            ("compat=0.10", Create, "creates only compat=1.1"),
+            ("compat=2.0", Convert, "expected 1.1 or 0.10"),
+            ("refcount_bits=64", Convert, "refcount_bits=16"),
+            ("encryption=on", Convert, "unknown option"),
+            ("cluster_size", Convert, "key=value"),
+            ("backing_fmt=vmdk", Convert, "vmdk"),
+            (
+                "preallocation=full",
+                Convert,
+                "writes only preallocation=off",
+            ),
+            (
+                "preallocation=sparse",
+                Create,
+                "expected off, metadata, falloc, full",
+            ),
         ] {
-            let e = format!("{:#}", one(list, v2).unwrap_err());
+            let e = format!("{:#}", one(list, command).unwrap_err());
             assert!(e.contains(named), "{list}: {e}");
         }
     }

@@ -30,6 +30,7 @@ pub mod backing;
 pub mod bitmaps;
 mod direct;
 pub mod header;
+pub mod prealloc;
 pub mod refcheck;
 pub mod repair;
 pub mod snapshots;

@@ -30,17 +30,7 @@ fn content(n: u64) -> Vec<u8> {
 }
 
 fn open(path: &Path, format: ImageFormat) -> Arc<dyn DiskBackend> {
-    create_image(
-        path,
-        &CreateOptions {
-            format,
-            size: Some(BLOCK * BLOCKS),
-            backing: None,
-            backing_format: None,
-            cluster_size: None,
-        },
-    )
-    .unwrap();
+    create_image(path, &CreateOptions::new(format, Some(BLOCK * BLOCKS))).unwrap();
     open_disk(&DiskConfig {
         format: Some(format),
         ..DiskConfig::new(path.to_owned())
@@ -153,11 +143,8 @@ fn qcow2_random_writes_discards_and_reads_match_a_copy() {
     create_image(
         &path,
         &CreateOptions {
-            format: ImageFormat::Qcow2,
-            size: Some(SIZE),
-            backing: None,
-            backing_format: None,
             cluster_size: Some(CLUSTER),
+            ..CreateOptions::new(ImageFormat::Qcow2, Some(SIZE))
         },
     )
     .unwrap();

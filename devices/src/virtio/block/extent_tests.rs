@@ -28,11 +28,9 @@ fn create(path: &Path, backing: Option<&Path>) {
     create_image(
         path,
         &CreateOptions {
-            format: ImageFormat::Qcow2,
-            size: Some(16 * CLUSTER),
             backing: backing.map(Path::to_owned),
-            backing_format: None,
             cluster_size: Some(CLUSTER),
+            ..CreateOptions::new(ImageFormat::Qcow2, Some(16 * CLUSTER))
         },
     )
     .unwrap();

@@ -145,13 +145,7 @@ fn qcow2_ring_reads_stay_off_with_several_queues() {
     let qcow2 = dir.path().join("d.qcow2");
     create_image(
         &qcow2,
-        &CreateOptions {
-            format: ImageFormat::Qcow2,
-            size: Some(1 << 20),
-            backing: None,
-            backing_format: None,
-            cluster_size: None,
-        },
+        &CreateOptions::new(ImageFormat::Qcow2, Some(1 << 20)),
     )
     .unwrap();
     let raw = slow_disk(&dir, 0);

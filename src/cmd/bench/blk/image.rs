@@ -8,13 +8,7 @@ use kiln_devices::block::create::{create_image, CreateOptions};
 use kiln_devices::block::{open_disk, DiskConfig, ImageFormat};
 
 pub fn make_image(path: &Path, format: ImageFormat, size: u64) -> anyhow::Result<()> {
-    let opts = CreateOptions {
-        format,
-        size: Some(size),
-        backing: None,
-        backing_format: None,
-        cluster_size: None,
-    };
+    let opts = CreateOptions::new(format, Some(size));
     create_image(path, &opts).with_context(|| format!("cannot create {}", path.display()))
 }
 

@@ -9,11 +9,8 @@ fn image() -> Vec<u8> {
     create_image(
         &path,
         &CreateOptions {
-            format: ImageFormat::Qcow2,
-            size: Some(1 << 20),
-            backing: None,
-            backing_format: None,
             cluster_size: Some(4096),
+            ..CreateOptions::new(ImageFormat::Qcow2, Some(1 << 20))
         },
     )
     .unwrap();
