@@ -4,7 +4,6 @@
 
 mod qcow2_support;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use qcow2_support::*;
@@ -18,11 +17,6 @@ fn map_without_offsets(image: &Path) -> Vec<serde_json::Value> {
         e.as_object_mut().unwrap().remove("offset");
     }
     entries
-}
-
-/// Bytes the file system holds for `path`.
-fn allocated(path: &Path) -> u64 {
-    std::fs::metadata(path).unwrap().blocks() * 512
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `kiln img resize` against `qemu-img resize`: copies of the same image grown and
 //! shrunk the same way by both compare equal and pass `qemu-img check`; a grown
-//! overlay does not show its longer backing file; refused resizes name the problem
-//! and leave the image byte for byte unchanged.
+//! overlay does not show its longer backing file; preallocated growth is what
+//! qemu-img makes; refused resizes name the problem and leave the image byte for byte
+//! unchanged.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ mod common;
 mod qcow2_support;
 
 use common::Run;
-use qcow2_support::{fresh_dir, qemu_img, s, tool};
+use qcow2_support::{allocated, fresh_dir, qemu_img, s, tool};
 
 fn kiln(args: &[&str]) -> Run {
     let run = common::run_kiln("img resize", args);
@@ -38,6 +39,11 @@ fn create(format: &str, options: &str, backing: Option<&Path>, path: &Path, size
     }
     args.extend([s(path), size]);
     qemu_img(&args);
+}
+
+/// `qemu-img compare` of two images of `format`: fails unless they read the same.
+fn same_contents(format: &str, a: &Path, b: &Path) {
+    qemu_img(&["compare", "-q", "-f", format, "-F", format, s(a), s(b)]);
 }
 
 /// A 64 MiB image of `format` with data at the start, the middle and the end.
@@ -76,16 +82,7 @@ fn grows_and_shrinks_as_qemu_img_does() {
             let qemu = [&["resize", "-q", "-f", format], flags, &[s(&theirs), step]];
             qemu_img(&qemu.concat());
             assert_eq!(virtual_size(&ours), virtual_size(&theirs), "{name} {step}");
-            qemu_img(&[
-                "compare",
-                "-q",
-                "-f",
-                format,
-                "-F",
-                format,
-                s(&ours),
-                s(&theirs),
-            ]);
+            same_contents(format, &ours, &theirs);
             if format == "qcow2" {
                 qemu_img(&["check", s(&ours)]);
             }
@@ -155,16 +152,77 @@ fn the_regrown_tail_of_a_partly_used_cluster_reads_zero() {
 }
 
 #[test]
+fn preallocated_growth_is_what_qemu_img_makes() {
+    let d = dir("prealloc");
+    for (format, mode) in [
+        ("qcow2", "metadata"),
+        ("qcow2", "falloc"),
+        ("qcow2", "full"),
+        ("raw", "falloc"),
+        ("raw", "full"),
+    ] {
+        let case = format!("{format} {mode}");
+        let name = format!("{mode}.{format}");
+        let ours = image(&d, &name, format, "");
+        let theirs = d.join(format!("qemu-{name}"));
+        std::fs::copy(&ours, &theirs).unwrap();
+        let before = allocated(&ours);
+        let flag = format!("--preallocation={mode}");
+        let out = kiln(&["img", "resize", &flag, s(&ours), "+64M"]);
+        assert_eq!(out.code(), Some(0), "{case}: {}", out.stderr());
+        qemu_img(&["resize", "-q", "-f", format, &flag, s(&theirs), "+64M"]);
+        assert_eq!(virtual_size(&ours), 128 << 20, "{case}");
+        same_contents(format, &ours, &theirs);
+        // falloc and full set the 64 MiB aside; metadata only tables.
+        let grown = allocated(&ours) - before;
+        match mode {
+            "metadata" => assert!(grown < 1 << 20, "{case}: {grown}"),
+            _ => assert!(grown >= 64 << 20, "{case}: {grown}"),
+        }
+        if format == "qcow2" {
+            // The grown range is allocated, as in qemu-img's copy.
+            let allocation = |image: &Path| {
+                let check = qemu_img(&["check", s(image)]);
+                let line = check.lines().find(|l| l.contains("allocated")).unwrap();
+                line.split(" = ").next().unwrap().to_owned()
+            };
+            assert_eq!(allocation(&ours), "1072/2048", "{case}");
+            assert_eq!(allocation(&ours), allocation(&theirs), "{case}");
+            let kiln_map = common::run_kiln("img map", &["img", "map", s(&ours)]);
+            assert_eq!(kiln_map.stdout(), qemu_img(&["map", s(&ours)]), "{case}");
+        }
+    }
+}
+
+#[test]
 fn refused_resizes_name_the_problem_and_change_nothing() {
     let d = dir("refused");
     let img = image(&d, "disk.qcow2", "qcow2", "cluster_size=65536");
     let snap = image(&d, "snap.qcow2", "qcow2", "cluster_size=65536");
     qemu_img(&["snapshot", "-c", "first", s(&snap)]);
+    let raw = image(&d, "disk.raw", "raw", "");
+    let overlay = d.join("overlay.qcow2");
+    create("qcow2", "", Some(&img), &overlay, "64M");
     for (image, args, why) in [
         (&img, vec!["32M"], "--shrink"),
         (&img, vec!["--shrink", "-128M"], "out of range"),
         (&img, vec!["+1000"], "multiple of 512"),
         (&snap, vec!["+1M"], "snapshots"),
+        (
+            &img,
+            vec!["--shrink", "--preallocation=full", "-1M"],
+            "only be used for growing",
+        ),
+        (
+            &raw,
+            vec!["--preallocation=metadata", "+1M"],
+            "raw images take",
+        ),
+        (
+            &overlay,
+            vec!["--preallocation=falloc", "+1M"],
+            "backing file",
+        ),
     ] {
         let before = std::fs::read(image).unwrap();
         let mut full = vec!["img", "resize", s(image)];

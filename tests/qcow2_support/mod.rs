@@ -7,6 +7,12 @@ use std::sync::Arc;
 
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, ImageFormat};
 
+/// Bytes the file system holds for `path` (its blocks, not its length).
+pub fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
 /// A path as command lines take it.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::create::Preallocation;
 use super::lock::Access;
 use super::qcow2::{check_chain, LayerExtent, Qcow2Disk};
 use super::resize::{resize_image, NewSize};
@@ -117,7 +118,13 @@ fn grown_base(
     done: &mut Committed,
 ) -> Result<std::sync::Arc<dyn DiskBackend>, DiskError> {
     if open_base(path, format, true)?.size() < size {
-        resize_image(path, Some(format), NewSize::Absolute(size), false)?;
+        resize_image(
+            path,
+            Some(format),
+            NewSize::Absolute(size),
+            false,
+            Preallocation::Off,
+        )?;
         done.backing_grown = true;
     }
     open_base(path, format, false)

@@ -65,7 +65,7 @@ impl Preallocation {
 
     /// imago's mode: it allocates qcow2 clusters (metadata), and reserves (falloc) or
     /// writes (full) their data in the file.
-    fn imago_mode(self) -> PreallocateMode {
+    pub(crate) fn imago_mode(self) -> PreallocateMode {
         match self {
             Preallocation::Off => PreallocateMode::None,
             Preallocation::Metadata => PreallocateMode::FormatAllocate,

@@ -9,12 +9,20 @@
 //!   `--shrink`); a qcow2 image frees the clusters it owned there.
 //! - qcow2 images with internal snapshots or persistent bitmaps are refused: both
 //!   record the old size, and kiln does not update them.
+//! - Growth can be preallocated as `kiln img create` preallocates (imago does it):
+//!   metadata (qcow2 only), falloc or full. imago does not preallocate images with a
+//!   backing file, which QEMU does; kiln refuses that by name.
 //!
 //! The new size must be a multiple of 512 bytes, as for `kiln img create`.
 
 use std::fs::{File, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use imago::file::File as ImagoFile;
+use imago::raw::Raw;
+use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
+
+use super::create::Preallocation;
 use super::lock::{Access, ImageLock};
 use super::qcow2::bitmaps::AUTOCLEAR_BITMAPS;
 use super::qcow2::{check_chain, read_header, Qcow2Disk};
@@ -43,6 +51,7 @@ pub fn resize_image(
     format: Option<ImageFormat>,
     size: NewSize,
     allow_shrink: bool,
+    preallocation: Preallocation,
 ) -> Result<Resized, DiskError> {
     let invalid = |reason: String| DiskError::unsupported(path, reason);
     let open_err = DiskError::io(path);
@@ -56,6 +65,15 @@ pub fn resize_image(
             let _lock = ImageLock::acquire(path, Access::ReadWrite)?;
             let old_size = std::fs::metadata(path).map_err(open_err)?.len();
             let new_size = checked_new_size(path, old_size, size, allow_shrink)?;
+            check_preallocation(path, old_size, new_size, preallocation)?;
+            if preallocation == Preallocation::Metadata {
+                return Err(invalid(
+                    "raw images take preallocation off, falloc or full".into(),
+                ));
+            }
+            if preallocation != Preallocation::Off {
+                grow_raw_preallocated(path, new_size, preallocation)?;
+            }
             let file = OpenOptions::new()
                 .write(true)
                 .open(path)
@@ -81,9 +99,18 @@ pub fn resize_image(
                 ));
             }
             let new_size = checked_new_size(path, h.size, size, allow_shrink)?;
+            check_preallocation(path, h.size, new_size, preallocation)?;
+            let chain = check_chain(path, false)?;
+            if preallocation != Preallocation::Off && chain.len() > 1 {
+                return Err(invalid(format!(
+                    "preallocation={} of an image with a backing file (kiln's qcow2 \
+                     library cannot; `qemu-img resize` can)",
+                    preallocation.name()
+                )));
+            }
             let partial_cluster_end = h.size.next_multiple_of(h.cluster_size());
-            let zero_until = visible_backing_end(path)?.max(partial_cluster_end);
-            disk.resize(new_size, zero_until)?;
+            let zero_until = visible_backing_end(&chain)?.max(partial_cluster_end);
+            disk.resize(new_size, zero_until, preallocation.imago_mode())?;
             (h.size, new_size)
         }
     };
@@ -127,10 +154,45 @@ fn checked_new_size(
     Ok(new_size)
 }
 
-/// The virtual size of the backing file of the qcow2 image at `path` (0 without one):
-/// up to there, a grown image would show the backing file's data.
-fn visible_backing_end(path: &Path) -> Result<u64, DiskError> {
-    let chain = check_chain(path, false)?;
+/// As qemu-img: preallocation is for growing.
+fn check_preallocation(
+    path: &Path,
+    old_size: u64,
+    new_size: u64,
+    preallocation: Preallocation,
+) -> Result<(), DiskError> {
+    if new_size < old_size && preallocation != Preallocation::Off {
+        return Err(DiskError::unsupported(
+            path,
+            format!(
+                "preallocation={} can only be used for growing images",
+                preallocation.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Grow a raw file to `new_size`, reserving (falloc) or writing (full) the new range
+/// through imago's raw driver.
+fn grow_raw_preallocated(
+    path: &Path,
+    new_size: u64,
+    preallocation: Preallocation,
+) -> Result<(), DiskError> {
+    let open_err = DiskError::io(path);
+    let raw = Raw::<ImagoFile>::builder_path(path)
+        .write(true)
+        .open(PermissiveImplicitOpenGate::default())
+        .map_err(open_err)?;
+    FormatAccess::new(raw)
+        .resize_grow(new_size, preallocation.imago_mode())
+        .map_err(open_err)
+}
+
+/// The virtual size of the backing file in `chain` (0 without one): up to there, the
+/// grown image at the chain's top would show the backing file's data.
+fn visible_backing_end(chain: &[(PathBuf, ImageFormat)]) -> Result<u64, DiskError> {
     let Some((backing, format)) = chain.get(1) else {
         return Ok(0);
     };

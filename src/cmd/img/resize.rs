@@ -1,9 +1,11 @@
-//! `kiln img resize [-f FMT] [--shrink] FILE [+|-]SIZE`, as `qemu-img resize`.
+//! `kiln img resize [-f FMT] [--shrink] [--preallocation MODE] FILE [+|-]SIZE`, as
+//! `qemu-img resize`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use kiln_devices::block::create::Preallocation;
 use kiln_devices::block::resize::{resize_image, NewSize};
 use kiln_devices::block::ImageFormat;
 
@@ -23,6 +25,10 @@ pub struct Args {
     /// Allow a smaller size: the data beyond it is lost.
     #[arg(long)]
     shrink: bool,
+    /// Preallocate the grown range: off, metadata (qcow2), falloc or full, as
+    /// `kiln img create -o preallocation=…`.
+    #[arg(long, default_value = "off")]
+    preallocation: Preallocation,
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
@@ -37,8 +43,14 @@ fn parse_new_size(s: &str) -> Result<NewSize, String> {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    resize_image(&args.file, args.format, args.size, args.shrink)
-        .with_context(|| format!("cannot resize {}", args.file.display()))?;
+    resize_image(
+        &args.file,
+        args.format,
+        args.size,
+        args.shrink,
+        args.preallocation,
+    )
+    .with_context(|| format!("cannot resize {}", args.file.display()))?;
     if !args.quiet {
         println!("Image resized.");
     }

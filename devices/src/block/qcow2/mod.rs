@@ -320,13 +320,21 @@ impl Qcow2Disk {
 
     /// Change the virtual size to `new_size` and write the metadata back (see
     /// `block::resize`). Growing zeroes the new range up to `zero_until` (zero
-    /// clusters) and leaves the rest unallocated; shrinking discards what lies beyond
-    /// the new end.
-    pub(crate) fn resize(&mut self, new_size: u64, zero_until: u64) -> Result<(), DiskError> {
+    /// clusters) and leaves the rest unallocated, or preallocates all of it;
+    /// shrinking discards what lies beyond the new end.
+    pub(crate) fn resize(
+        &mut self,
+        new_size: u64,
+        zero_until: u64,
+        preallocate: PreallocateMode,
+    ) -> Result<(), DiskError> {
         self.writable()?;
         let access = self.access.get_mut().unwrap_or_else(|e| e.into_inner());
         if new_size < self.size {
             access.resize_shrink(new_size)?;
+        } else if preallocate != PreallocateMode::None {
+            // Allocates (and zeroes) the whole new range, the partial last cluster too.
+            access.resize_grow(new_size, preallocate)?;
         } else {
             let zeroed = zero_until.min(new_size);
             if zeroed > self.size {
