@@ -1,6 +1,6 @@
 //! `kiln img compare` against `qemu-img compare` on the same pairs of images: the same
 //! exit code (0 identical, 1 different, 2 error) and the same words, including the
-//! offset of the first mismatch.
+//! offset of the first mismatch, with and without strict mode (`-s`).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -11,8 +11,19 @@ use qcow2_support::{qemu_img, qemu_overlay, run, s, tool};
 
 /// Both tools on the same pair: equal exit codes and standard output.
 fn assert_same_verdict(a: &Path, b: &Path, expect: i32) -> String {
-    let theirs = run("qemu-img", &["compare", "-U", s(a), s(b)]);
-    let ours = run(env!("CARGO_BIN_EXE_kiln"), &["img", "compare", s(a), s(b)]);
+    assert_same_verdict_with(&[], a, b, expect)
+}
+
+/// As [`assert_same_verdict`], with options (`-s`) given to both.
+fn assert_same_verdict_with(options: &[&str], a: &Path, b: &Path, expect: i32) -> String {
+    let theirs = run(
+        "qemu-img",
+        &[&["compare", "-U"], options, &[s(a), s(b)]].concat(),
+    );
+    let ours = run(
+        env!("CARGO_BIN_EXE_kiln"),
+        &[&["img", "compare"], options, &[s(a), s(b)]].concat(),
+    );
     let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&ours.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -76,6 +87,73 @@ fn verdicts_and_mismatch_offsets_match_qemu_img() {
         &["-f", "raw", "-c", "write -P 0x44 70M 4k", s(&longer)],
     );
     assert_same_verdict(&longer, &flat, 1);
+}
+
+#[test]
+fn strict_mode_matches_qemu_img() {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("img-compare-strict");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let image = |name: &str| d.join(name);
+    let base = image("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&base), "64M"]);
+    let writes = ["write -P 0x11 1M 3M", "write -P 0x22 60M 1M"];
+    tool("qemu-io", &["-c", writes[0], "-c", writes[1], s(&base)]);
+    for (name, options) in [
+        ("flat.raw", &["-O", "raw"][..]),
+        ("copy.qcow2", &["-O", "qcow2"]),
+        ("compressed.qcow2", &["-c", "-O", "qcow2"]),
+    ] {
+        qemu_img(&[&["convert"], options, &[s(&base), s(&image(name))]].concat());
+    }
+    for name in ["overlay.qcow2", "changed.qcow2", "zeroed.qcow2"] {
+        qemu_overlay("base.qcow2", "qcow2", &image(name));
+    }
+    let (changed, zeroed) = (image("changed.qcow2"), image("zeroed.qcow2"));
+    let zero = "write -z 60M 64k";
+    tool(
+        "qemu-io",
+        &["-c", "write -P 0x33 2100000 1", "-c", zero, s(&changed)],
+    );
+    tool("qemu-io", &["-c", zero, s(&zeroed)]);
+    let longer = image("longer.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&longer), "65M"]);
+
+    for (a, b, expect, says) in [
+        ("base.qcow2", "copy.qcow2", 0, "identical"),
+        // The same chain read through an overlay: the same statuses.
+        ("overlay.qcow2", "base.qcow2", 0, "identical"),
+        // A raw file's holes are allocated, a qcow2 image's unallocated ranges not.
+        ("base.qcow2", "flat.raw", 1, "Offset 0 block status"),
+        ("flat.raw", "base.qcow2", 1, "Offset 0 block status"),
+        // Compressed clusters have no host offset.
+        (
+            "base.qcow2",
+            "compressed.qcow2",
+            1,
+            "Offset 1048576 block status",
+        ),
+        // A zero cluster over data: same bytes, different status.
+        (
+            "zeroed.qcow2",
+            "base.qcow2",
+            1,
+            "Offset 62914560 block status",
+        ),
+        // The content differs before the status does.
+        (
+            "changed.qcow2",
+            "base.qcow2",
+            1,
+            "Content mismatch at offset 2099712",
+        ),
+        ("base.qcow2", "longer.qcow2", 1, "Image size mismatch"),
+    ] {
+        let out = assert_same_verdict_with(&["-s"], &image(a), &image(b), expect);
+        assert!(out.contains(says), "{a} {b}: {out}");
+    }
+    // Without -s, a raw copy is identical.
+    assert_same_verdict(&base, &image("flat.raw"), 0);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `kiln img compare`: whether two images show a guest the same bytes, as
-//! `qemu-img compare` decides without its strict mode. Images of different sizes
+//! `qemu-img compare` decides; with strict mode ([`first_status_difference`]), also
+//! whether their maps agree. Images of different sizes
 //! are identical when the larger one reads as zeroes past the smaller one's end. A
 //! mismatch is reported at the start of the first differing 512-byte sector, as
 //! qemu-img reports it. Ranges both images' maps say read zero are not read (see
@@ -8,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use super::known_zero::SparseReader;
+use super::map::MapEntry;
 use super::{DiskBackend, DiskError, SECTOR_SIZE};
 
 /// Bytes read from each image at a time.
@@ -107,6 +109,31 @@ pub fn compare_disks(
     })
 }
 
+/// The first offset where the maps of two images of one size say different things,
+/// as `qemu-img compare -s` compares block status: allocated (`present`), zero,
+/// data, and whether a host offset is known. (qemu-img also compares its
+/// end-of-file flag, which differs wherever one image's last run starts before the
+/// other's; that says nothing about the images and is left out.)
+pub fn first_status_difference(a: &[MapEntry], b: &[MapEntry]) -> Option<u64> {
+    let status = |e: &MapEntry| (e.present, e.zero, e.data, e.offset.is_some());
+    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
+    let mut offset = 0;
+    while let (Some(ea), Some(eb)) = (ia.peek(), ib.peek()) {
+        if status(ea) != status(eb) {
+            return Some(offset);
+        }
+        let (end_a, end_b) = (ea.start + ea.length, eb.start + eb.length);
+        offset = end_a.min(end_b);
+        if end_a == offset {
+            ia.next();
+        }
+        if end_b == offset {
+            ib.next();
+        }
+    }
+    None
+}
+
 /// Index of the first byte where `a` and `b` (of equal length) differ.
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     // Slice equality is one memcmp; the byte loop runs only on a mismatch.
@@ -156,5 +183,46 @@ mod tests {
         let data = cmp((&pt, &data_tail), (&pa, &a));
         assert_eq!(data.mismatch, Some(2 * CHUNK + 1024 + 2560));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn status_differences_are_found_where_they_start() {
+        let e = |start, length, present, zero, data, offset: Option<u64>| MapEntry {
+            start,
+            length,
+            depth: 0,
+            present,
+            zero,
+            data,
+            offset,
+            file: "x".into(),
+        };
+        let data = |start, length| e(start, length, true, false, true, Some(start));
+        let hole = |start, length| e(start, length, false, true, false, None);
+        let a = [data(0, 100), hole(100, 50), data(150, 50)];
+        // Split differently, host offsets elsewhere: the same statuses.
+        let b = [
+            data(0, 60),
+            data(60, 40),
+            hole(100, 10),
+            hole(110, 40),
+            data(150, 50),
+        ];
+        assert_eq!(first_status_difference(&a, &b), None);
+        assert_eq!(first_status_difference(&b, &a), None);
+        let compressed = [
+            data(0, 100),
+            hole(100, 50),
+            e(150, 50, true, false, true, None),
+        ];
+        assert_eq!(first_status_difference(&a, &compressed), Some(150));
+        let zero_cluster = [
+            data(0, 100),
+            e(100, 50, true, true, false, None),
+            data(150, 50),
+        ];
+        assert_eq!(first_status_difference(&a, &zero_cluster), Some(100));
+        let longer_data = [data(0, 120), hole(120, 30), data(150, 50)];
+        assert_eq!(first_status_difference(&a, &longer_data), Some(100));
     }
 }

@@ -1,11 +1,12 @@
-//! `kiln img compare [-f FMT] [-F FMT] [-q] [-U] A B`, as `qemu-img compare` (without
-//! its strict mode): exit 0 identical, 1 different, 2 the comparison could not run.
+//! `kiln img compare [-f FMT] [-F FMT] [-q] [-s] [-U] A B`, as `qemu-img compare`:
+//! exit 0 identical, 1 different, 2 the comparison could not run.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kiln_devices::block::compare::compare_disks;
+use kiln_devices::block::compare::{compare_disks, first_status_difference};
+use kiln_devices::block::map::map_image;
 use kiln_devices::block::{open_disk, DiskConfig, ImageFormat};
 
 use super::parse_format;
@@ -28,6 +29,10 @@ pub struct Args {
     /// Compare images others are writing (a running VM's disk), as they are now.
     #[arg(short = 'U', long)]
     force_share: bool,
+    /// Strict: the images also differ if their sizes differ, or if their maps do
+    /// (allocated, zero or data ranges; see `kiln img map`).
+    #[arg(short, long)]
+    strict: bool,
 }
 
 const EXIT_DIFFERENT: u8 = 1;
@@ -56,25 +61,53 @@ fn compare(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let a = open(&args.first, args.first_format)?;
     let b = open(&args.second, args.second_format)?;
-    let first = (args.first.as_path(), a.as_ref());
-    let result = compare_disks(first, (&args.second, b.as_ref()), args.force_share)
-        .context("cannot compare the images")?;
     let say = |text: String| {
         if !args.quiet {
             println!("{text}");
         }
     };
+    let status_difference = if args.strict {
+        if a.size() != b.size() {
+            say("Strict mode: Image size mismatch!".into());
+            return Ok(ExitCode::from(EXIT_DIFFERENT));
+        }
+        let map = |path: &PathBuf, format| {
+            map_image(path, format, args.force_share)
+                .with_context(|| format!("cannot map {}", path.display()))
+        };
+        let (map_a, map_b) = (
+            map(&args.first, args.first_format)?,
+            map(&args.second, args.second_format)?,
+        );
+        first_status_difference(&map_a, &map_b)
+    } else {
+        None
+    };
+    let first = (args.first.as_path(), a.as_ref());
+    let result = compare_disks(first, (&args.second, b.as_ref()), args.force_share)
+        .context("cannot compare the images")?;
     if result.size_mismatch {
         say("Warning: Image size mismatch!".into());
     }
-    Ok(match result.mismatch {
-        None => {
-            say("Images are identical.".into());
-            ExitCode::SUCCESS
-        }
-        Some(offset) => {
+    // What qemu-img meets first, walking from the start, is what it reports (the
+    // status first where both start together).
+    let content = result
+        .mismatch
+        .filter(|&c| status_difference.is_none_or(|s| c < s));
+    Ok(match (content, status_difference) {
+        (Some(offset), _) => {
             say(format!("Content mismatch at offset {offset}!"));
             ExitCode::from(EXIT_DIFFERENT)
+        }
+        (None, Some(offset)) => {
+            say(format!(
+                "Strict mode: Offset {offset} block status mismatch!"
+            ));
+            ExitCode::from(EXIT_DIFFERENT)
+        }
+        (None, None) => {
+            say("Images are identical.".into());
+            ExitCode::SUCCESS
         }
     })
 }
