@@ -118,10 +118,43 @@ fn a_chain_that_loops_or_breaks_is_refused_by_name() {
         "1M",
     ]);
     assert!(kiln(&["img", "info", s(&c)]).status.success());
-    let out = kiln(&["img", "info", "--backing-chain", s(&c)]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let refused = |image: &Path, named: &[&str]| {
+        let out = kiln(&["img", "info", "--backing-chain", s(image)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        for name in named {
+            assert!(stderr.contains(name), "{name}: {stderr}");
+        }
+        // Nothing half printed: no image of the chain before the error.
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    refused(&c, &["missing.qcow2"]);
+
+    // A backing file of a format kiln does not read: shown alone, refused in a chain.
+    qemu_img(&["create", "-q", "-f", "vmdk", s(&dir.join("d.vmdk")), "1M"]);
+    let e = dir.join("e.qcow2");
+    qemu_overlay("d.vmdk", "vmdk", &e);
+    let alone = kiln(&["img", "info", s(&e)]);
+    assert!(alone.status.success());
+    let text = String::from_utf8_lossy(&alone.stdout);
+    assert!(text.contains("backing file format: vmdk"), "{text}");
+    refused(&e, &["d.vmdk", "vmdk is not qcow2 or raw"]);
+
+    // 33 backing files: one past kiln's limit, refused by name (a loop would never
+    // end); 32 are shown.
+    qemu_create(&dir.join("l0.qcow2"), "", "1M");
+    for i in 1..=33 {
+        let below = format!("l{}.qcow2", i - 1);
+        qemu_overlay(&below, "qcow2", &dir.join(format!("l{i}.qcow2")));
+    }
+    refused(&dir.join("l33.qcow2"), &["l33.qcow2", "deeper than 32"]);
     assert!(
-        !out.status.success() && stderr.contains("missing.qcow2"),
-        "{stderr}"
+        kiln(&["img", "info", "--backing-chain", s(&dir.join("l32.qcow2"))])
+            .status
+            .success()
     );
 }
