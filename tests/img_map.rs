@@ -6,7 +6,7 @@ use std::path::Path;
 
 mod qcow2_support;
 
-use qcow2_support::{fresh_dir, kiln, qemu_img, qemu_io, qemu_overlay_with, run, s};
+use qcow2_support::{fresh_dir, kiln, qemu_create, qemu_img, qemu_io, qemu_overlay_with, run, s};
 
 fn both(args: &[&str]) -> (std::process::Output, std::process::Output) {
     // qemu-img's --output=json is kiln's --output json.
@@ -62,10 +62,38 @@ fn maps_match_qemu_img_map() {
     // Standalone, and compressed.
     let compressed = d.join("compressed.qcow2");
     qemu_img(&["convert", "-c", "-O", "qcow2", s(&top), s(&compressed)]);
-    for image in [&bottom, &middle, &top, &compressed] {
+    // Zero clusters that keep their host clusters (zeroes written over data, without
+    // unmapping), in runs of contiguous and scattered offsets; and a preallocated
+    // image, whose data clusters are holes of the file.
+    let kept = d.join("kept.qcow2");
+    qemu_create(&kept, "", "4M");
+    qemu_io(
+        &kept,
+        &[
+            "write -P 1 0 1M",
+            "write -P 2 2M 64k",
+            "write -P 3 1M 64k",
+            "write -z 64k 256k",
+            "write -z 1M 64k",
+            "write -z 2M 64k",
+            // Two zero clusters in a row whose host clusters are not.
+            "write -P 5 3M 64k",
+            "write -P 6 3008k 64k",
+            "write -z 3008k 128k",
+        ],
+    );
+    let preallocated = d.join("preallocated.qcow2");
+    qemu_create(&preallocated, "preallocation=metadata", "8M");
+    qemu_io(&preallocated, &["write -P 4 1M 1M", "write -z 1536k 64k"]);
+    for image in [&bottom, &middle, &top, &compressed, &kept, &preallocated] {
         let text = assert_same(&["--output=json", s(image)]);
         assert!(text.starts_with("[{ \"start\": 0,"), "{text}");
     }
+    let text = assert_same(&["--output=json", s(&kept)]);
+    assert!(
+        text.contains("\"zero\": true, \"data\": false, \"offset\""),
+        "{text}"
+    );
     let text = assert_same(&[s(&top)]);
     for file in ["bottom.raw", "middle.qcow2", "top.qcow2"] {
         assert!(text.contains(file), "{file} missing from\n{text}");

@@ -3,15 +3,12 @@
 //!
 //! For every range the chain is walked from the top (depth 0) down to the first layer
 //! that decides it: a data cluster (with its host offset, unless compressed), a zero
-//! cluster, or in a raw file data or a hole. A range no layer decides reads zero and
+//! cluster (with the host offset it keeps, if any), or in a raw file data or a hole. A range no layer decides reads zero and
 //! is reported at the bottom layer, or at the layer above a backing file that ends
 //! before it. Adjacent ranges with the same answer (and contiguous host offsets) are
 //! merged, as qemu-img merges them. In an image that looks preallocated (see
 //! `qcow2::prealloc`), data clusters that are holes of the file are data that reads
 //! zero, as qemu-img reports them.
-//!
-//! Not reported as qemu-img does: the host offset of a zero cluster that still has
-//! one (qemu-img 7.2 prints it; imago does not say).
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
@@ -19,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::lock::{Access, ImageLock};
 use super::qcow2::prealloc::looks_preallocated;
+use super::qcow2::zero_alloc::ZeroClusterOffsets;
 use super::qcow2::{check_chain, read_header, LayerExtent, Qcow2Disk};
 use super::{probe_format, DiskBackend, DiskError, ImageFormat};
 
@@ -63,6 +61,8 @@ enum Layer {
         /// [`looks_preallocated`]): its data clusters are then asked whether they are
         /// holes of the file.
         holes: Option<(File, u64)>,
+        /// Where zero clusters keep host clusters (version 3).
+        zero_offsets: Option<ZeroClusterOffsets>,
     },
     Raw {
         file: File,
@@ -92,8 +92,16 @@ impl Layer {
                 let (header, _) = read_header(path)?;
                 let file = File::open(path).map_err(DiskError::io(path))?;
                 let len = file.metadata().map_err(DiskError::io(path))?.len();
+                let zero_offsets = file
+                    .try_clone()
+                    .ok()
+                    .and_then(|f| ZeroClusterOffsets::new(f, &header));
                 let holes = looks_preallocated(&file, &header).then_some((file, len));
-                Layer::Qcow2 { disk, holes }
+                Layer::Qcow2 {
+                    disk,
+                    holes,
+                    zero_offsets,
+                }
             }
             ImageFormat::Raw => {
                 let lock = ImageLock::acquire(path, access)?;
@@ -118,11 +126,21 @@ impl Layer {
     /// The status at `offset` and for how many bytes (at most `len`) it holds.
     fn status(&self, offset: u64, len: u64) -> Result<(Status, u64), DiskError> {
         match self {
-            Layer::Qcow2 { disk, holes } => {
+            Layer::Qcow2 {
+                disk,
+                holes,
+                zero_offsets,
+            } => {
                 let (kind, n) = disk.layer_extent(offset, len)?;
                 Ok(match (kind, holes) {
                     (LayerExtent::Backing, _) => (Status::Below, n),
-                    (LayerExtent::Zero, _) => (held(true, false, None), n),
+                    (LayerExtent::Zero, _) => match zero_offsets {
+                        Some(z) => {
+                            let (at, n) = z.run(offset, n);
+                            (held(true, false, at), n)
+                        }
+                        None => (held(true, false, None), n),
+                    },
                     // A data cluster of a preallocated image may be a hole, which reads
                     // zero (qemu-img: data and zero at once).
                     (LayerExtent::Data { host: Some(at) }, Some((file, file_len))) => {

@@ -34,6 +34,7 @@ pub mod prealloc;
 pub mod refcheck;
 pub mod repair;
 pub mod snapshots;
+pub mod zero_alloc;
 
 use std::fs::File as StdFile;
 use std::io::Read;
