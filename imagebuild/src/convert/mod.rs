@@ -5,11 +5,13 @@
 //! output shows the input's bytes whatever the backing file holds. Ranges the images'
 //! maps say read zero are not read (see `kiln_devices::block::known_zero`). The output is
 //! written to a temporary file renamed at the end, so a failure leaves nothing at the
-//! destination; a device (a disk, /dev/null) is written in place instead (device.rs).
+//! destination; a device (a disk, /dev/null) is written in place instead (device.rs),
+//! and so is an existing image with `existing` (qemu-img's `-n`, existing.rs).
 //! The copy loop is in copy.rs.
 
 mod copy;
 mod device;
+mod existing;
 mod gather;
 mod qcow2_writer;
 
@@ -42,6 +44,8 @@ pub enum ConvertError {
     },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("writing {path}: {source}")]
+    Target { path: PathBuf, source: DiskError },
     #[error("{0} needs qcow2 output")]
     NeedsQcow2(&'static str),
     #[error("{0}")]
@@ -65,6 +69,9 @@ pub struct ConvertOptions<'a> {
     pub backing_format: Option<ImageFormat>,
     /// Called with (bytes done, bytes in all) after every mebibyte and at the end.
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
+    /// The output exists and is written in place, in `format` (qemu-img's `-n`; see
+    /// existing.rs).
+    pub existing: bool,
 }
 
 impl ConvertOptions<'_> {
@@ -79,6 +86,7 @@ impl ConvertOptions<'_> {
             backing: None,
             backing_format: None,
             progress: None,
+            existing: false,
         }
     }
 }
@@ -108,14 +116,21 @@ struct Backing {
 }
 
 fn check_options(opts: &ConvertOptions) -> Result<u32, ConvertError> {
-    if opts.format != ImageFormat::Qcow2 {
-        let qcow2_only = [
-            (opts.compress, "compression (-c)"),
-            (opts.cluster_size.is_some(), "a cluster size"),
-            (opts.compat_v2, "compat=0.10"),
-            (opts.backing.is_some(), "a backing file"),
-        ];
-        if let Some((_, what)) = qcow2_only.iter().find(|(asked, _)| *asked) {
+    // What shapes a new qcow2 image: for qcow2 output only, and not for an existing
+    // image, which has its own.
+    let shaping = [
+        (opts.compress, "compression (-c)"),
+        (opts.cluster_size.is_some(), "a cluster size"),
+        (opts.compat_v2, "compat=0.10"),
+        (opts.backing.is_some(), "a backing file"),
+    ];
+    if let Some((_, what)) = shaping.iter().find(|(asked, _)| *asked) {
+        if opts.existing {
+            return Err(ConvertError::Invalid(format!(
+                "{what} is for new images; -n writes into an existing one as it is"
+            )));
+        }
+        if opts.format != ImageFormat::Qcow2 {
             return Err(ConvertError::NeedsQcow2(what));
         }
     }
@@ -236,7 +251,13 @@ pub fn convert(
             }
             Ok(copy.stats)
         };
-    if let Some(kind) = device_kind(output).map_err(write_err)? {
+    let device = device_kind(output).map_err(write_err)?;
+    if opts.existing && device.is_none() {
+        let target = existing::open_target(output, opts.format, size)?;
+        let input = SparseReader::new(input, disk.as_ref(), false);
+        return existing::copy_into(input, output, target.as_ref(), opts.progress.as_mut());
+    }
+    if let Some(kind) = device {
         if opts.format != ImageFormat::Raw {
             return Err(ConvertError::Invalid(format!(
                 "{} is a device: kiln writes only raw images (-O raw) to devices",

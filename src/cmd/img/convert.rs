@@ -1,5 +1,5 @@
 //! `kiln img convert IN OUT [-f FMT] [-O qcow2|raw] [-c] [-p] [-o OPTIONS]
-//! [-B BACKING [-F FMT]]`, like `qemu-img convert`. Input is read through kiln's block
+//! [-B BACKING [-F FMT]] [-n]`, like `qemu-img convert`. Input is read through kiln's block
 //! backends (raw or qcow2, probed unless `-f`); output is written by kiln-imagebuild's
 //! converter (sparse raw, or qcow2 with optional deflate clusters, any cluster size,
 //! version 2 or 3, and a backing file).
@@ -12,7 +12,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use kiln_devices::block::ImageFormat;
+use anyhow::{bail, Context};
+use kiln_devices::block::{probe_format, ImageFormat};
 use kiln_imagebuild::convert::{convert, ConvertOptions};
 
 use super::progress::Progress;
@@ -22,11 +23,17 @@ use super::{options, parse_format};
 pub struct Args {
     /// Input image (raw or qcow2, detected from its contents).
     input: PathBuf,
-    /// Output image (replaced atomically when the conversion succeeds).
+    /// Output image: replaced atomically when the conversion succeeds; written in
+    /// place when it is a device, or with -n.
     output: PathBuf,
-    /// Output format.
-    #[arg(short = 'O', long = "output-format", default_value = "qcow2", value_parser = parse_format)]
-    format: ImageFormat,
+    /// Output format: qcow2 when not given; with -n, the existing image's.
+    #[arg(short = 'O', long = "output-format", value_parser = parse_format)]
+    format: Option<ImageFormat>,
+    /// OUT exists: write into it in place (qemu-img's -n, "skip target creation"). It
+    /// keeps its format, size and options, and must be at least the input's size;
+    /// every byte of that is written or zeroed.
+    #[arg(short = 'n')]
+    existing: bool,
     /// Compress data clusters (deflate; qcow2 output only).
     #[arg(short = 'c', long)]
     compress: bool,
@@ -53,6 +60,15 @@ pub struct Args {
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let options = options::parse(&args.options, options::Command::Convert)?;
+    if args.existing && !args.options.is_empty() {
+        bail!("-o with -n: the existing image keeps its own options");
+    }
+    let format = match (args.format, args.existing) {
+        (Some(f), _) => f,
+        (None, false) => ImageFormat::Qcow2,
+        (None, true) => probe_format(&args.output)
+            .with_context(|| format!("cannot open {}", args.output.display()))?,
+    };
     let bar = Progress::new(args.progress, "converting");
     let mut report = |done: u64, total: u64| bar.report(done, total);
     let stats = convert(
@@ -66,7 +82,8 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             backing: options.backing_file.or(args.backing),
             backing_format: options.backing_fmt.or(args.backing_format),
             progress: Some(&mut report),
-            ..ConvertOptions::new(args.format)
+            existing: args.existing,
+            ..ConvertOptions::new(format)
         },
     );
     drop(bar);
@@ -78,7 +95,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     eprintln!(
         "kiln: wrote {} ({}, {} data clusters, {} zero clusters{backing}, of {} bytes)",
         args.output.display(),
-        args.format,
+        format,
         stats.data_clusters,
         stats.zero_clusters,
         stats.cluster_size

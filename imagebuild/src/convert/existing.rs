@@ -1,0 +1,156 @@
+//! Converting into an image that exists (`kiln img convert -n`, qemu-img's "skip target
+//! creation"): a raw or qcow2 file made beforehand, for instance preallocated or with
+//! options kiln's writer does not make, keeps its format, size and options, and the
+//! input is written into it through kiln's block backends. Every byte of the input's
+//! size is written or zeroed there (zeroes unmap, as qemu-img's write-zeroes do); what
+//! lies past it is left alone.
+//!
+//! The target is written in place: it must be at least as large as the input (checked
+//! before anything is written), and an I/O error during the copy leaves it partly
+//! written, as with a device.
+
+use std::path::Path;
+
+use kiln_devices::block::known_zero::SparseReader;
+use kiln_devices::block::{
+    open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat,
+};
+
+use super::{ConvertError, ConvertStats, CHUNK};
+
+/// Granularity of the zero test: a run of zeroes this long (aligned) is written as
+/// zeroes, anything else as data.
+const PIECE: u64 = 64 << 10;
+
+/// Open the existing `output` (as `format`) for writing, and check it can take `size`
+/// bytes.
+pub fn open_target(
+    output: &Path,
+    format: ImageFormat,
+    size: u64,
+) -> Result<std::sync::Arc<dyn DiskBackend>, ConvertError> {
+    // qemu-img would write raw bytes over a qcow2 image's metadata if asked; a
+    // format other than the image's is almost always a slip, so it is refused.
+    let found = probe_format(output).map_err(|source| ConvertError::Target {
+        path: output.to_owned(),
+        source,
+    })?;
+    if found != format {
+        return Err(ConvertError::Invalid(format!(
+            "{} is a {found} image: writing it as {format} would overwrite it \
+             (give -O {found}, or leave -O out)",
+            output.display()
+        )));
+    }
+    let target = open_disk(&DiskConfig {
+        format: Some(format),
+        ..DiskConfig::new(output.to_owned())
+    })
+    .map_err(|source| ConvertError::Target {
+        path: output.to_owned(),
+        source,
+    })?;
+    if target.size() < size {
+        return Err(ConvertError::Invalid(format!(
+            "{} holds {} bytes, the input {size}: the output must not be smaller than \
+             the input",
+            output.display(),
+            target.size()
+        )));
+    }
+    Ok(target)
+}
+
+/// Copy `input` into `target` (see the module documentation).
+pub fn copy_into(
+    mut input: SparseReader,
+    output: &Path,
+    target: &dyn DiskBackend,
+    progress: Option<&mut &mut dyn FnMut(u64, u64)>,
+) -> Result<ConvertStats, ConvertError> {
+    let size = input.disk.size();
+    let write_err = |source: DiskError| ConvertError::Target {
+        path: output.to_owned(),
+        source,
+    };
+    let mut stats = ConvertStats {
+        virtual_size: size,
+        cluster_size: PIECE,
+        ..Default::default()
+    };
+    let mut progress = progress;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut offset = 0;
+    while offset < size {
+        let n = (size - offset).min(CHUNK);
+        if input.known_zero(offset, n) {
+            target.write_zeroes(offset, n, true).map_err(write_err)?;
+            stats.zero_clusters += n.div_ceil(PIECE);
+        } else {
+            let data = &mut buf[..n as usize];
+            input
+                .read(data, offset)
+                .map_err(|source| ConvertError::Read {
+                    path: input.path.to_owned(),
+                    offset,
+                    source,
+                })?;
+            for (at, len, zero) in runs(data, offset) {
+                let bytes = &data[(at - offset) as usize..][..len as usize];
+                if zero {
+                    target.write_zeroes(at, len, true).map_err(write_err)?;
+                    stats.zero_clusters += len.div_ceil(PIECE);
+                } else {
+                    target.write_at(bytes, at).map_err(write_err)?;
+                    stats.data_clusters += len.div_ceil(PIECE);
+                }
+            }
+        }
+        offset += n;
+        if let Some(report) = progress.as_mut() {
+            report(offset, size);
+        }
+    }
+    target.flush().map_err(write_err)?;
+    Ok(stats)
+}
+
+/// The runs of `data` (which starts at disk offset `offset`, a multiple of
+/// [`PIECE`]): `(offset, length, all zero)`, pieces of the same kind joined.
+fn runs(data: &[u8], offset: u64) -> Vec<(u64, u64, bool)> {
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    for (i, piece) in data.chunks(PIECE as usize).enumerate() {
+        let at = offset + i as u64 * PIECE;
+        let zero = piece.iter().all(|b| *b == 0);
+        match runs.last_mut() {
+            Some(last) if last.2 == zero => last.1 += piece.len() as u64,
+            _ => runs.push((at, piece.len() as u64, zero)),
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_join_pieces_of_a_kind() {
+        let p = PIECE as usize;
+        let mut data = vec![0u8; 5 * p + 100];
+        data[p + 3] = 1; // piece 1
+        data[2 * p] = 1; // piece 2
+        data[5 * p + 99] = 1; // the short last piece
+        let base = 10 * PIECE;
+        assert_eq!(
+            runs(&data, base),
+            vec![
+                (base, PIECE, true),
+                (base + PIECE, 2 * PIECE, false),
+                (base + 3 * PIECE, 2 * PIECE, true),
+                (base + 5 * PIECE, 100, false),
+            ]
+        );
+        assert_eq!(runs(&[], base), vec![]);
+    }
+}
