@@ -64,7 +64,8 @@ fn assert_qemu_img_check_clean(image: &Path) {
 }
 
 /// Guest side of the three-disk boot. vda: qcow2, written; vdb: raw read-only
-/// pattern; vdc: qcow2 overlay whose backing file holds 0x3c in its first MiB.
+/// pattern; vdc: qcow2 overlay whose backing file holds 0x3c in its first MiB, with
+/// detect-zeroes=unmap (zeroes written over base data and over nothing).
 /// No pipelines: on PVM hosts two processes started side by side sometimes
 /// misbehave (see the README); tools pass data through files instead.
 const DISKS_SCRIPT: &str = r#"
@@ -92,6 +93,8 @@ if dd if=/tmp/pat of=/dev/vdb bs=4096 count=1 conv=fsync 2>/dev/null; then echo 
 dd if=/dev/vdc of=/tmp/vdc bs=65536 count=16 2>/dev/null
 echo "VDC-MD5=$(md5sum /tmp/vdc)"
 dd if=/tmp/pat of=/dev/vdc bs=65536 seek=32 count=1 conv=fsync 2>/dev/null && echo VDC-WRITE=ok
+dd if=/tmp/zero of=/dev/vdc bs=65536 seek=8 count=8 conv=fsync 2>/dev/null && echo VDC-ZERO-OVER-BASE=ok
+dd if=/tmp/zero of=/dev/vdc bs=65536 seek=64 count=16 conv=fsync 2>/dev/null && echo VDC-ZERO=ok
 echo KILN-HVC-HELLO > /dev/hvc0
 exec 3> /dev/hvc0
 i=0
@@ -151,7 +154,7 @@ fn disks_console_and_rng_in_one_boot() {
 
     let disk_vda = format!("path={},format=qcow2,serial=kiln-vda-42", vda.display());
     let disk_vdb = format!("path={},format=raw,readonly=on", vdb.display());
-    let disk_vdc = format!("path={}", vdc.display());
+    let disk_vdc = format!("path={},detect-zeroes=unmap", vdc.display());
     let console = format!("virtio,file={},size=123x45", console_log.display());
     let run = run_kiln(
         "blk-guest three disks",
@@ -222,6 +225,8 @@ fn disks_console_and_rng_in_one_boot() {
         "{context}"
     );
     assert_eq!(get("VDC-WRITE"), "ok", "{context}");
+    assert_eq!(get("VDC-ZERO-OVER-BASE"), "ok", "{context}");
+    assert_eq!(get("VDC-ZERO"), "ok", "{context}");
     // Console (device 3) and rng (4) took EVENT_IDX too; the 300 hvc0 writes and the
     // 64 KiB from /dev/hwrng (at most 64 bytes a request) go round their rings, so
     // avail_event and used_event must follow or the guest stalls.
@@ -272,7 +277,11 @@ fn disks_console_and_rng_in_one_boot() {
             "-c",
             "read -P 0x5a 2M 64k",
             "-c",
-            "read -P 0x3c 0 1M",
+            "read -P 0x3c 0 512k",
+            "-c",
+            "read -P 0 512k 512k",
+            "-c",
+            "read -P 0 4M 1M",
             path_str(&vdc),
         ],
     );
@@ -280,6 +289,24 @@ fn disks_console_and_rng_in_one_boot() {
         !overlay.contains("Pattern verification failed"),
         "{overlay}"
     );
+    // detect-zeroes=unmap: the guest's zeroes took no data clusters. Over the base's
+    // data they are zero clusters of the overlay; over nothing, nothing is allocated.
+    let map: serde_json::Value =
+        serde_json::from_str(&tool("qemu-img", &["map", "--output=json", path_str(&vdc)])).unwrap();
+    for e in map.as_array().unwrap() {
+        let (start, length) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        let zeroed = [(512 * 1024, MIB as u64), (4 * MIB as u64, 5 * MIB as u64)];
+        if zeroed.iter().any(|&(a, b)| start < b && a < start + length) {
+            assert_eq!(e["data"], false, "zeroes stored as data: {map}");
+            assert_eq!(e["zero"], true, "{map}");
+        }
+    }
+    let over_base = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["start"] == 512 * 1024);
+    assert_eq!(over_base.map(|e| &e["depth"]), Some(&0.into()), "{map}");
     let base_read = tool("qemu-io", &["-c", "read -P 0 2M 64k", path_str(&base)]);
     assert!(
         !base_read.contains("Pattern verification failed"),

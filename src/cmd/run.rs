@@ -47,13 +47,17 @@ pub struct Args {
     pub nested: bool,
     /// A virtio-blk disk:
     /// path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID][,aio=threads|io_uring]
-    /// [,cache=writeback|unsafe][,num-queues=N]
+    /// [,cache=writeback|unsafe][,num-queues=N][,discard=unmap|ignore]
+    /// [,detect-zeroes=off|on|unmap]
     /// (aio, unless given: io_uring where the host allows it, for raw images and for the
     /// reads of a qcow2 image's own data clusters; I/O threads for the rest. cache=unsafe
     /// answers guest flushes without syncing: faster builds, lost on a host crash. With
     /// cache=writeback the guest may switch to writethrough, as with QEMU's config-wce:
     /// /sys/block/vdX/cache_type in Linux. num-queues: request queues, 1 to 64;
-    /// Linux uses up to one per vCPU).
+    /// Linux uses up to one per vCPU. discard=ignore keeps the image's space allocated
+    /// (discards succeed and do nothing). detect-zeroes stores guest writes of zeroes
+    /// as write-zeroes; unmap frees their space, so zeroing free space in the guest
+    /// shrinks the image).
     /// Repeatable; the guest sees them as vda, vdb, ... in order.
     #[arg(long = "disk", value_name = "path=FILE,...", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,

@@ -188,6 +188,7 @@ impl VirtioDeviceConfig {
                 let io_uring = io_uring_wanted(cfg, disk.as_ref())?;
                 let serial = cfg.serial.clone();
                 let cache = cfg.cache;
+                let (discard, detect_zeroes) = (cfg.discard, cfg.detect_zeroes);
                 let num_queues = cfg.num_queues;
                 let name = format!("virtio-blk {}", cfg.path.display());
                 Ok(Self::new(name, move || {
@@ -195,6 +196,8 @@ impl VirtioDeviceConfig {
                         Block::new(disk.clone(), serial.as_deref()).map_err(|e| e.to_string())?;
                     blk.set_io_uring(io_uring);
                     blk.set_cache(cache);
+                    blk.set_discard(discard);
+                    blk.set_detect_zeroes(detect_zeroes);
                     blk.set_num_queues(num_queues).map_err(|e| e.to_string())?;
                     Ok(blk)
                 }))

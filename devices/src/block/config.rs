@@ -68,8 +68,35 @@ pub enum Cache {
     Unsafe,
 }
 
+/// What a guest's discards do (QEMU's `discard=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Discard {
+    /// Discards free the image's space (holes in a raw file, unallocated or zero
+    /// clusters in qcow2), and so may write-zeroes with the UNMAP flag.
+    #[default]
+    Unmap,
+    /// Discards succeed and change nothing; write-zeroes keep the space allocated.
+    /// For images that must stay preallocated.
+    Ignore,
+}
+
+/// Whether guest writes of zeroes are stored as zeroes or detected (QEMU's
+/// `detect-zeroes=`): with `zerofree` or `dd if=/dev/zero` in the guest, unmap keeps an
+/// image sparse without the guest knowing about discard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DetectZeroes {
+    /// Written as data.
+    #[default]
+    Off,
+    /// Written as write-zeroes (zero clusters in qcow2; the space stays allocated).
+    On,
+    /// Written as write-zeroes that free the space (needs discard=unmap).
+    Unmap,
+}
+
 /// One disk: `path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID]
-/// [,aio=threads|io_uring][,cache=writeback|unsafe][,num-queues=N]`.
+/// [,aio=threads|io_uring][,cache=writeback|unsafe][,num-queues=N]
+/// [,discard=unmap|ignore][,detect-zeroes=off|on|unmap]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
@@ -87,6 +114,8 @@ pub struct DiskConfig {
     /// Read-only and keeping nobody from writing (qemu-img's `-U`); for image commands,
     /// not `--disk`: a guest must not read an image that changes under it.
     pub force_share: bool,
+    pub discard: Discard,
+    pub detect_zeroes: DetectZeroes,
 }
 
 impl DiskConfig {
@@ -102,6 +131,8 @@ impl DiskConfig {
             cache: Cache::Writeback,
             num_queues: 1,
             force_share: false,
+            discard: Discard::Unmap,
+            detect_zeroes: DetectZeroes::Off,
         }
     }
 }
@@ -114,8 +145,8 @@ pub enum DiskConfigError {
     #[error("disk option `{0}` is not KEY=VALUE")]
     NotKeyValue(String),
     #[error(
-        "unknown disk option key `{0}` (expected path, format, readonly, serial, aio, cache \
-         or num-queues)"
+        "unknown disk option key `{0}` (expected path, format, readonly, serial, aio, cache, \
+         num-queues, discard or detect-zeroes)"
     )]
     UnknownKey(String),
     #[error("disk option `{0}` given twice")]
@@ -134,6 +165,12 @@ pub enum DiskConfigError {
     EmptyPath,
     #[error("num-queues must be 1 to {MAX_QUEUES}, not `{0}`")]
     NumQueues(String),
+    #[error("discard must be unmap or ignore, not `{0}`")]
+    Discard(String),
+    #[error("detect-zeroes must be off, on or unmap, not `{0}`")]
+    DetectZeroes(String),
+    #[error("detect-zeroes=unmap needs discard=unmap (it frees space as a discard does)")]
+    UnmapWithoutDiscard,
 }
 
 impl FromStr for DiskConfig {
@@ -147,6 +184,8 @@ impl FromStr for DiskConfig {
         let mut aio = None;
         let mut cache = None;
         let mut num_queues = None;
+        let mut discard = None;
+        let mut detect_zeroes = None;
         for item in s.split(',') {
             let (key, value) = item
                 .split_once('=')
@@ -203,6 +242,25 @@ impl FromStr for DiskConfig {
                         .ok_or_else(|| DiskConfigError::NumQueues(value.to_owned()))?;
                     num_queues.replace(n).map_or(Ok(()), |_| Err(duplicate()))?
                 }
+                "discard" => {
+                    let v = match value {
+                        "unmap" | "on" => Discard::Unmap,
+                        "ignore" | "off" => Discard::Ignore,
+                        other => return Err(DiskConfigError::Discard(other.to_owned())),
+                    };
+                    discard.replace(v).map_or(Ok(()), |_| Err(duplicate()))?
+                }
+                "detect-zeroes" => {
+                    let v = match value {
+                        "off" => DetectZeroes::Off,
+                        "on" => DetectZeroes::On,
+                        "unmap" => DetectZeroes::Unmap,
+                        other => return Err(DiskConfigError::DetectZeroes(other.to_owned())),
+                    };
+                    detect_zeroes
+                        .replace(v)
+                        .map_or(Ok(()), |_| Err(duplicate()))?
+                }
                 other => return Err(DiskConfigError::UnknownKey(other.to_owned())),
             }
         }
@@ -215,6 +273,14 @@ impl FromStr for DiskConfig {
             cache: cache.unwrap_or_default(),
             num_queues: num_queues.unwrap_or(1),
             force_share: false,
+            discard: discard.unwrap_or_default(),
+            detect_zeroes: detect_zeroes.unwrap_or_default(),
+        })
+        .and_then(|c: DiskConfig| {
+            if c.detect_zeroes == DetectZeroes::Unmap && c.discard == Discard::Ignore {
+                return Err(DiskConfigError::UnmapWithoutDiscard);
+            }
+            Ok(c)
         })
     }
 }
@@ -239,6 +305,16 @@ mod tests {
         assert_eq!(c.aio, Some(Aio::IoUring));
         assert_eq!(c.cache, Cache::Unsafe);
         assert_eq!(c.num_queues, 4);
+        let c: DiskConfig = "path=a,discard=ignore,detect-zeroes=on".parse().unwrap();
+        assert_eq!(
+            (c.discard, c.detect_zeroes),
+            (Discard::Ignore, DetectZeroes::On)
+        );
+        let c: DiskConfig = "path=a,detect-zeroes=unmap".parse().unwrap();
+        assert_eq!(
+            (c.discard, c.detect_zeroes),
+            (Discard::Unmap, DetectZeroes::Unmap)
+        );
     }
 
     #[test]
@@ -250,6 +326,8 @@ mod tests {
         assert_eq!(c.aio, None);
         assert_eq!(c.cache, Cache::Writeback);
         assert_eq!(c.num_queues, 1);
+        assert_eq!(c.discard, Discard::Unmap);
+        assert_eq!(c.detect_zeroes, DetectZeroes::Off);
     }
 
     #[test]
@@ -260,7 +338,17 @@ mod tests {
         assert_eq!(e("path=a,format=vmdk"), Format("vmdk".into()));
         assert_eq!(e("path=a,readonly=maybe"), ReadOnly("maybe".into()));
         assert_eq!(e("path=a,cache=none"), Cache("none".into()));
-        assert_eq!(e("path=a,discard=unmap"), UnknownKey("discard".into()));
+        assert_eq!(e("path=a,trim=unmap"), UnknownKey("trim".into()));
+        assert_eq!(e("path=a,discard=maybe"), Discard("maybe".into()));
+        assert_eq!(e("path=a,detect-zeroes=yes"), DetectZeroes("yes".into()));
+        assert_eq!(
+            e("path=a,discard=ignore,detect-zeroes=unmap"),
+            UnmapWithoutDiscard
+        );
+        assert_eq!(
+            e("path=a,discard=unmap,discard=ignore"),
+            Duplicate("discard".into())
+        );
         assert_eq!(
             e("path=a,cache=unsafe,cache=writeback"),
             Duplicate("cache".into())

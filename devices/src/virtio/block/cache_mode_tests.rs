@@ -21,8 +21,8 @@ fn writeback_field(dev: &Block) -> u8 {
     b[0]
 }
 
-/// Run one request through `h` and check it succeeded.
-fn run_ok(h: &mut Harness, op: Op, offset: u64, data: Option<&[u8]>) {
+/// Run one request through `h` (4 KiB unless it writes `data`) and check it succeeded.
+pub(super) fn run_ok(h: &mut Harness, op: Op, offset: u64, data: Option<&[u8]>) {
     match data {
         Some(d) => h.submit_write(offset, d),
         None => h.submit(op, offset, 4096),

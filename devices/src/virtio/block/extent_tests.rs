@@ -12,6 +12,7 @@ use vm_memory::VolatileSlice;
 
 use super::harness::{Done, Harness, Op, QueueDriver};
 use super::*;
+use crate::block::config::DetectZeroes;
 use crate::block::create::{create_image, CreateOptions};
 use crate::block::raw::RawDisk;
 use crate::block::{open_disk, DiskConfig, DiskError, ImageFormat};
@@ -178,6 +179,24 @@ impl DiskBackend for PipeExtentDisk {
 
 #[test]
 fn a_discard_waits_for_reads_around_the_format_and_reads_meanwhile_use_it() {
+    unmap_waits_for_ring_reads(DetectZeroes::Off, |h| {
+        h.submit(Op::Discard, 65536, 65536).unwrap().unwrap()
+    });
+}
+
+/// With detect-zeroes=unmap a write of zeroes frees clusters as a discard does, and is
+/// held back the same way.
+#[test]
+fn a_detected_unmapping_write_of_zeroes_waits_as_a_discard_does() {
+    unmap_waits_for_ring_reads(DetectZeroes::Unmap, |h| {
+        h.submit_write(65536, &[0u8; 4096]).unwrap().unwrap()
+    });
+}
+
+/// Two ring reads in flight, then the request `submit_unmap` puts on the ring (on a
+/// device detecting zeroes as `detect` says): it runs only after the reads, and a read
+/// meanwhile goes through the format.
+fn unmap_waits_for_ring_reads(detect: DetectZeroes, submit_unmap: fn(&mut Harness) -> usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.raw");
     std::fs::write(&path, vec![0x11u8; 1 << 20]).unwrap();
@@ -192,13 +211,15 @@ fn a_discard_waits_for_reads_around_the_format_and_reads_meanwhile_use_it() {
         discards: AtomicU64::new(0),
         format_reads: AtomicU64::new(0),
     });
-    let mut h = Harness::new(Block::new(disk.clone(), None).unwrap(), 8, 4096).unwrap();
+    let mut dev = Block::new(disk.clone(), None).unwrap();
+    dev.set_detect_zeroes(detect);
+    let mut h = Harness::new(dev, 8, 4096).unwrap();
     // Two reads go to the ring and wait there for pipe data.
     let ring_reads = [0, 4096].map(|o| h.submit(Op::Read, o, 4096).unwrap().unwrap());
     h.kick().unwrap();
     assert_eq!(h.device().in_flight(), 2);
     // A discard now must wait for them: its clusters could be what they read.
-    let discard = h.submit(Op::Discard, 65536, 65536).unwrap().unwrap();
+    let discard = submit_unmap(&mut h);
     h.kick().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     h.device().process_completions();

@@ -48,6 +48,8 @@ use super::io::IoContext;
 use super::request::{self, Parsed, Request, RequestType};
 use super::uring::UringEngine;
 use super::workers::WorkerPool;
+use super::zeroes;
+use crate::block::config::{DetectZeroes, Discard};
 use crate::block::{DiskBackend, SECTOR_SIZE};
 use crate::virtio::{notify, VirtioInterrupt};
 use crate::GuestMemory;
@@ -84,6 +86,7 @@ struct JobContext {
     disk: Arc<dyn DiskBackend>,
     serial: Arc<[u8]>,
     flushes: bool,
+    discard: Discard,
     /// The driver's cache mode: true for writethrough (see `Block`).
     writethrough: Arc<AtomicBool>,
     mem: Arc<GuestMemory>,
@@ -102,6 +105,7 @@ impl JobContext {
             capacity: self.disk.size() / SECTOR_SIZE,
             flushes: self.flushes,
             writethrough: self.writes_through(),
+            discard: self.discard,
         }
     }
 
@@ -151,13 +155,19 @@ fn write_ioerr(mem: &GuestMemory, status: GuestAddress) -> u32 {
 fn is_write(kind: RequestType) -> bool {
     matches!(
         kind,
-        RequestType::Out | RequestType::Discard | RequestType::WriteZeroes
+        RequestType::Out
+            | RequestType::Discard
+            | RequestType::WriteZeroes
+            | RequestType::ZeroedOut { .. }
     )
 }
 
 /// Whether `kind` may free clusters (and so move what `read_extent` mapped).
 fn is_unmap(kind: RequestType) -> bool {
-    matches!(kind, RequestType::Discard | RequestType::WriteZeroes)
+    matches!(
+        kind,
+        RequestType::Discard | RequestType::WriteZeroes | RequestType::ZeroedOut { .. }
+    )
 }
 
 fn is_unmap_request(p: &Pending) -> bool {
@@ -208,6 +218,8 @@ pub struct Active {
     /// Discards and write-zeroes waiting for `extent_reads` to drain, in ring order.
     held_unmaps: VecDeque<Pending>,
     inline_lone: bool,
+    /// OUT requests of zeroes become write-zeroes when popped (see `zeroes`).
+    detect_zeroes: DetectZeroes,
     /// Lone requests still to send to the pool since requests last ran in parallel.
     lone_to_pool: u32,
     next_seq: u64,
@@ -235,6 +247,8 @@ pub struct ActiveConfig {
     pub serial: Arc<[u8]>,
     /// false (`cache=unsafe`): FLUSH succeeds at once, without touching the disk.
     pub flushes: bool,
+    pub discard: Discard,
+    pub detect_zeroes: DetectZeroes,
     /// The driver's cache mode, which it may change while the queue runs: true for
     /// writethrough, where every write is flushed before it completes.
     pub writethrough: Arc<AtomicBool>,
@@ -279,6 +293,7 @@ impl Active {
                 disk: cfg.disk,
                 serial: cfg.serial,
                 flushes: cfg.flushes,
+                discard: cfg.discard,
                 writethrough: cfg.writethrough,
                 mem: mem.clone(),
                 done,
@@ -291,6 +306,7 @@ impl Active {
             completions,
             pool: WorkerPool::new(cfg.workers, "kiln-blk"),
             inline_lone: cfg.inline_lone,
+            detect_zeroes: cfg.detect_zeroes,
             lone_to_pool: 0,
             next_seq: 0,
             in_flight: 0,
@@ -358,7 +374,12 @@ impl Active {
                 popped = true;
                 let head = chain.head_index();
                 match request::parse(self.mem.as_ref(), chain) {
-                    Ok(parsed) => self.start(head, parsed),
+                    Ok(mut parsed) => {
+                        if let Ok(req) = &mut parsed.request {
+                            zeroes::detect(&self.mem, req, self.detect_zeroes);
+                        }
+                        self.start(head, parsed)
+                    }
                     Err(e) => {
                         warn!("virtio-blk: dropping request: {e}");
                         self.used.push((head, 0));

@@ -7,6 +7,7 @@ use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
 
 use super::request::{parse, read_segments, Parsed, Request, RequestType, Segment, SEGMENT_LEN};
 use super::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
+use crate::block::config::Discard;
 use crate::block::{DiskBackend, SECTOR_SIZE};
 use crate::GuestMemory;
 
@@ -21,6 +22,8 @@ pub struct IoContext<'a> {
     /// Each write is flushed before it completes: the driver chose a writethrough cache
     /// (see `Block::writethrough`) and FLUSH reaches the disk.
     pub writethrough: bool,
+    /// With [`Discard::Ignore`], discards change nothing and write-zeroes never unmap.
+    pub discard: Discard,
 }
 
 /// Outcome: the status byte and how many bytes the device wrote into the payload.
@@ -66,7 +69,10 @@ impl IoContext<'_> {
         let outcome = self.execute_cached(mem, req);
         let write = matches!(
             req.kind,
-            RequestType::Out | RequestType::Discard | RequestType::WriteZeroes
+            RequestType::Out
+                | RequestType::Discard
+                | RequestType::WriteZeroes
+                | RequestType::ZeroedOut { .. }
         );
         if write && outcome.0 == OK && self.writethrough {
             if let Err(e) = self.disk.flush() {
@@ -94,6 +100,7 @@ impl IoContext<'_> {
             },
             RequestType::GetId => self.get_id(mem, req),
             RequestType::Discard | RequestType::WriteZeroes => self.discard(mem, req),
+            RequestType::ZeroedOut { unmap } => self.zeroed_out(req, unmap),
             RequestType::Unsupported(t) => {
                 debug!("virtio-blk: unsupported request type {t}");
                 (UNSUPP, 0)
@@ -148,6 +155,24 @@ impl IoContext<'_> {
                 warn!(
                     "virtio-blk: {:?} at sector {} failed: {e}",
                     req.kind, req.sector
+                );
+                (IOERR, 0)
+            }
+        }
+    }
+
+    /// An OUT of zeroes (detect-zeroes): a write-zeroes of its range.
+    fn zeroed_out(&self, req: &Request, unmap: bool) -> Outcome {
+        let Some(offset) = self.transfer_offset(req) else {
+            return (IOERR, 0);
+        };
+        let unmap = unmap && self.discard == Discard::Unmap;
+        match self.disk.write_zeroes(offset, req.data_len, unmap) {
+            Ok(()) => (OK, 0),
+            Err(e) => {
+                warn!(
+                    "virtio-blk: zeroes written at sector {} failed: {e}",
+                    req.sector
                 );
                 (IOERR, 0)
             }
@@ -211,11 +236,11 @@ impl IoContext<'_> {
             let Some(offset) = self.byte_range(s.sector, bytes) else {
                 return (IOERR, 0);
             };
-            let result = if req.kind == RequestType::Discard {
-                self.disk.discard(offset, bytes)
-            } else {
-                self.disk
-                    .write_zeroes(offset, bytes, s.flags & unmap_flag != 0)
+            let unmap = s.flags & unmap_flag != 0 && self.discard == Discard::Unmap;
+            let result = match req.kind {
+                RequestType::Discard if self.discard == Discard::Ignore => Ok(()),
+                RequestType::Discard => self.disk.discard(offset, bytes),
+                _ => self.disk.write_zeroes(offset, bytes, unmap),
             };
             if let Err(e) = result {
                 warn!(

@@ -24,6 +24,7 @@ pub mod io;
 pub mod request;
 pub mod uring;
 pub mod workers;
+pub mod zeroes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use self::inflight::{Active, ActiveConfig};
 use super::activation::{Activation, DeviceEvent};
 use super::{device_type, ActivateContext, ActivateError, VirtioDevice};
-use crate::block::config::Cache;
+use crate::block::config::{Cache, DetectZeroes, Discard};
 use crate::block::{DiskBackend, SECTOR_SIZE};
 
 pub use crate::block::config::MAX_QUEUES;
@@ -72,6 +73,8 @@ pub struct Block {
     inline_lone: bool,
     io_uring: bool,
     cache: Cache,
+    discard: Discard,
+    detect_zeroes: DetectZeroes,
     features: u64,
     acked_features: u64,
     config: Vec<u8>,
@@ -123,6 +126,8 @@ impl Block {
             inline_lone: true,
             io_uring: true,
             cache: Cache::Writeback,
+            discard: Discard::Unmap,
+            detect_zeroes: DetectZeroes::Off,
             features,
             acked_features: 0,
             config,
@@ -180,6 +185,18 @@ impl Block {
     /// activation.
     pub fn set_cache(&mut self, cache: Cache) {
         self.cache = cache;
+    }
+
+    /// What guest discards do (default [`Discard::Unmap`]; see [`Discard`]). Takes
+    /// effect at the next activation.
+    pub fn set_discard(&mut self, discard: Discard) {
+        self.discard = discard;
+    }
+
+    /// Whether OUT requests of zeroes are stored as write-zeroes (default
+    /// [`DetectZeroes::Off`]; see [`zeroes`]). Takes effect at the next activation.
+    pub fn set_detect_zeroes(&mut self, mode: DetectZeroes) {
+        self.detect_zeroes = mode;
     }
 
     /// Whether the device runs its cache writethrough (each write flushed before it
@@ -369,6 +386,8 @@ impl VirtioDevice for Block {
                 inline_lone: self.inline_lone,
                 io_uring,
                 flushes: self.cache == Cache::Writeback,
+                discard: self.discard,
+                detect_zeroes: self.detect_zeroes,
                 writethrough: self.writethrough.clone(),
                 index: index as u16,
             })));
@@ -432,3 +451,5 @@ mod parallel_tests;
 mod tests;
 #[cfg(test)]
 mod uring_tests;
+#[cfg(test)]
+mod zeroes_tests;

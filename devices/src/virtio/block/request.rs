@@ -32,6 +32,11 @@ pub enum RequestType {
     Discard,
     WriteZeroes,
     Unsupported(u32),
+    /// Never parsed from a chain: an OUT whose data is all zeroes, stored as a
+    /// write-zeroes of its range, freeing the space with `unmap` (see `zeroes`).
+    ZeroedOut {
+        unmap: bool,
+    },
 }
 
 impl From<u32> for RequestType {
