@@ -85,7 +85,18 @@ fn maps_match_qemu_img_map() {
     let preallocated = d.join("preallocated.qcow2");
     qemu_create(&preallocated, "preallocation=metadata", "8M");
     qemu_io(&preallocated, &["write -P 4 1M 1M", "write -z 1536k 64k"]);
-    for image in [&bottom, &middle, &top, &compressed, &kept, &preallocated] {
+    // A raw file ending inside a sector: the disk is whole sectors, the tail zero.
+    let odd = d.join("odd.raw");
+    std::fs::write(&odd, vec![5u8; 3000]).unwrap();
+    for image in [
+        &bottom,
+        &middle,
+        &top,
+        &compressed,
+        &kept,
+        &preallocated,
+        &odd,
+    ] {
         let text = assert_same(&["--output=json", s(image)]);
         assert!(text.starts_with("[{ \"start\": 0,"), "{text}");
     }

@@ -106,7 +106,13 @@ impl Layer {
             ImageFormat::Raw => {
                 let lock = ImageLock::acquire(path, access)?;
                 let file = File::open(path).map_err(DiskError::io(path))?;
-                let size = file.metadata().map_err(DiskError::io(path))?.len();
+                // Whole sectors, as the disk is (see `RawDisk::open`): past the file's
+                // end it reads zero.
+                let size = file
+                    .metadata()
+                    .map_err(DiskError::io(path))?
+                    .len()
+                    .next_multiple_of(super::SECTOR_SIZE);
                 Layer::Raw {
                     file,
                     size,

@@ -10,7 +10,7 @@ use vm_memory::bitmap::Bitmap;
 use vm_memory::VolatileSlice;
 
 use super::lock::{Access, ImageLock};
-use super::{check_range, DiskBackend, DiskError, ImageFormat};
+use super::{check_range, DiskBackend, DiskError, ImageFormat, SECTOR_SIZE};
 
 /// A raw image file.
 pub struct RawDisk {
@@ -21,7 +21,9 @@ pub struct RawDisk {
 }
 
 impl RawDisk {
-    /// Open `path`; the disk size is the file size at open time.
+    /// Open `path`; the disk size is the file size at open time, rounded up to whole
+    /// sectors as QEMU rounds it: a file of 1000 bytes is a disk of 1024, whose last
+    /// 24 bytes read as zeroes (and a write there extends the file).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
         Self::open_with(path, Access::for_read_only(read_only))
     }
@@ -36,7 +38,11 @@ impl RawDisk {
             .write(!read_only)
             .open(path)
             .map_err(open_err)?;
-        let size = file.metadata().map_err(open_err)?.len();
+        let size = file
+            .metadata()
+            .map_err(open_err)?
+            .len()
+            .next_multiple_of(SECTOR_SIZE);
         Ok(RawDisk {
             file,
             size,
@@ -106,7 +112,13 @@ impl DiskBackend for RawDisk {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         check_range(offset, buf.len() as u64, self.size)?;
-        Ok(self.file.read_exact_at(buf, offset)?)
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `iov` covers `buf`, borrowed mutably for the call.
+        unsafe { transfer_all(self.file.as_raw_fd(), vec![iov], offset, false)? };
+        Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
@@ -205,7 +217,8 @@ impl DiskBackend for RawDisk {
     }
 }
 
-/// preadv/pwritev the whole of `iovs` at `offset`, continuing after short transfers.
+/// preadv/pwritev the whole of `iovs` at `offset`, continuing after short transfers;
+/// what a read finds past the end of the file is zeroes.
 ///
 /// # Safety
 /// Every iovec must point to memory valid for its length (writable for reads) for the
@@ -243,10 +256,19 @@ unsafe fn transfer_all(
             }
             return Err(err);
         }
+        if ret == 0 && !write {
+            // The end of the file, inside the disk (its last sector, or a file that
+            // shrank under us): the rest reads as zeroes, as in QEMU.
+            for iov in &iovs[first..] {
+                // SAFETY: the caller guarantees each iovec is writable for its length.
+                unsafe { std::ptr::write_bytes(iov.iov_base.cast::<u8>(), 0, iov.iov_len) };
+            }
+            return Ok(());
+        }
         if ret == 0 {
             return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("end of file at offset {offset}"),
+                io::ErrorKind::WriteZero,
+                format!("nothing written at offset {offset}"),
             ));
         }
         let mut done = ret as usize;

@@ -239,3 +239,34 @@ fn force_share_needs_read_only_and_reads_under_a_writer() {
         assert!(err.to_string().contains("read-only"), "{name}: {err}");
     }
 }
+
+#[test]
+fn a_raw_file_of_partial_sectors_is_a_disk_of_whole_ones() {
+    use vm_memory::VolatileSlice;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.raw");
+    std::fs::write(&path, [7u8; 1000]).unwrap();
+    let disk = open(&path, false);
+    assert_eq!(disk.size(), 1024);
+    // Past the file's end: zeroes, through both read paths.
+    let mut buf = [0xffu8; 1024];
+    disk.read_at(&mut buf, 0).unwrap();
+    assert!(buf[..1000].iter().all(|b| *b == 7) && buf[1000..].iter().all(|b| *b == 0));
+    let (mut a, mut b) = ([0xffu8; 700], [0xffu8; 324]);
+    // SAFETY: both arrays outlive the slices, which are used only within this scope.
+    let slices = unsafe {
+        [
+            VolatileSlice::new(a.as_mut_ptr(), a.len()),
+            VolatileSlice::new(b.as_mut_ptr(), b.len()),
+        ]
+    };
+    disk.read_vectored(&slices, 0).unwrap();
+    assert!(a.iter().all(|x| *x == 7));
+    assert!(b[..300].iter().all(|x| *x == 7) && b[300..].iter().all(|x| *x == 0));
+    // Beyond the rounded size is still beyond the disk.
+    assert!(disk.read_at(&mut [0u8; 512], 1024).is_err());
+    // A write into the last sector's tail extends the file.
+    disk.write_at(&[9u8; 24], 1000).unwrap();
+    drop(disk);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
+}

@@ -283,8 +283,14 @@ impl UringEngine {
                 }
                 false
             }
+            // A read past the end of the file (the disk is the file rounded up to
+            // sectors, or the file shrank): the rest reads as zeroes, as in QEMU.
+            0 if !r.write => {
+                zero_rest(r);
+                true
+            }
             0 => {
-                warn!("virtio-blk: io_uring transfer hit the end of the file");
+                warn!("virtio-blk: io_uring write made no progress at the end of the file");
                 false
             }
             n => {
@@ -315,6 +321,16 @@ impl UringEngine {
             head: r.head,
             len,
         })
+    }
+}
+
+/// Zero the guest buffers a read has not reached.
+fn zero_rest(r: &RingRequest) {
+    for iov in &r.iovs[r.first.min(r.iovs.len())..] {
+        // SAFETY: the iovecs point into guest memory, which the engine keeps mapped
+        // (it holds a clone of it) while the request lives; the kernel is done with
+        // this request, so nothing else writes these bytes meanwhile.
+        unsafe { std::ptr::write_bytes(iov.iov_base.cast::<u8>(), 0, iov.iov_len) };
     }
 }
 

@@ -220,29 +220,56 @@ fn a_write_through_a_failing_fd_gets_ioerr() {
     assert_eq!(std::fs::read(&path).unwrap()[0], pattern(0));
 }
 
+/// The disk is the file rounded up to sectors, and QEMU reads whatever lies past a
+/// file's end as zeroes: a file shrunk behind the device's back, and the last partial
+/// sector of a file whose size is not whole sectors.
 #[test]
-fn reads_of_a_truncated_file_get_ioerr() {
+fn reads_past_the_end_of_the_file_read_zeroes() {
     let dir = tempfile::tempdir().unwrap();
     let path = raw_image(&dir);
     let mut h = ring_harness(raw_disk(&path), 8, 8192);
-    // Shrunk behind the device's back: one read ends half-way (a short read, the rest
-    // hits end of file), the others start past the end.
+    // One read ends half-way (a short read, then end of file), the others start past
+    // the end.
     File::options()
         .write(true)
         .open(&path)
         .unwrap()
         .set_len(4096)
         .unwrap();
-    for i in 0..4u64 {
-        h.submit(Op::Read, i * 8192, 8192).unwrap().unwrap();
-    }
+    let slots: Vec<usize> = (0..4u64)
+        .map(|i| h.submit(Op::Read, i * 8192, 8192).unwrap().unwrap())
+        .collect();
     h.kick().unwrap();
     let done = wait_for(&mut h, 4);
     assert!(
-        done.iter().all(|d| (d.status, d.len) == (IOERR, 1)),
+        done.iter().all(|d| (d.status, d.len) == (OK, 8193)),
         "{done:?}"
     );
-    assert_eq!(h.device().io_threads(), 0);
+    for (i, slot) in slots.into_iter().enumerate() {
+        let mut got = vec![0xffu8; 8192];
+        h.read_slot(slot, &mut got).unwrap();
+        let expect: Vec<u8> = (0..8192u64)
+            .map(|o| if i == 0 && o < 4096 { pattern(o) } else { 0 })
+            .collect();
+        assert!(got == expect, "read {i}");
+    }
+    assert_eq!(h.device().io_threads(), 0, "not through the ring");
+    drop(h);
+
+    // 1000 bytes: a disk of two sectors, the second partly past the end.
+    std::fs::write(&path, (0..1000).map(pattern).collect::<Vec<u8>>()).unwrap();
+    let disk = raw_disk(&path);
+    assert_eq!(disk.size(), 1024);
+    let mut h = ring_harness(disk, 8, 8192);
+    let slot = h.submit(Op::Read, 512, 512).unwrap().unwrap();
+    h.kick().unwrap();
+    assert_eq!(wait_for(&mut h, 1)[0].status, OK);
+    let mut got = vec![0xffu8; 512];
+    h.read_slot(slot, &mut got).unwrap();
+    let expect: Vec<u8> = (512..1024u64)
+        .map(|o| if o < 1000 { pattern(o) } else { 0 })
+        .collect();
+    assert!(got == expect);
 }
 
 #[test]
