@@ -137,6 +137,73 @@ fn bad_options_are_refused_by_name_and_leave_nothing_behind() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // More than the disk holds: refused before any image is made, the need named.
+    let out = kiln()
+        .args(["bench", "blk", "--dir", dir.path().to_str().unwrap()])
+        .args(["--size", "1P", "--pattern", "64k-seq-write"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("needs about 2147495936 MiB free"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn each_line_removes_its_write_images_before_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two write lines with every runner: by the second, the first's images are gone,
+    // so the work directory never holds more than the filled image and one line's.
+    // Watched from a thread while the bench runs.
+    let path = dir.path().to_owned();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for work in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                    let fresh = std::fs::read_dir(work.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("fresh"))
+                        .count();
+                    most = most.max(fresh);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            most
+        })
+    };
+    let out = bench(
+        dir.path(),
+        &[
+            "--count",
+            "64",
+            "--depth",
+            "1,2,4",
+            "--format",
+            "raw",
+            "--pattern",
+            "4k-rand-write",
+            "--runner",
+            "kiln,device",
+            "--json",
+        ],
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One line: a round of 2 runners. Three lines kept to the end would be 6.
+    assert!((1..=2).contains(&most), "{most} fresh images at once");
 }
 
 #[test]

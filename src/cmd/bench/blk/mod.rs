@@ -33,11 +33,13 @@ use anyhow::{bail, Context};
 use kiln_devices::block::ImageFormat;
 use kiln_devices::virtio::block::harness::EventLoopHarness;
 
-use line::{Line, PATTERNS, RUNNER_NAMES};
+use line::{Line, Pattern, PATTERNS, RUNNER_NAMES};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Directory for the image files (on the disk to measure, not tmpfs).
+    /// Directory for the image files (on the disk to measure, not tmpfs). It needs
+    /// --size free per format, and what one line's runs write (up to --size per run);
+    /// the bench checks before it starts.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Image size.
@@ -86,6 +88,68 @@ impl Args {
     fn runs(&self, name: &str) -> bool {
         self.runner.is_empty() || self.runner.iter().any(|r| r == name)
     }
+
+    fn patterns(&self) -> impl Iterator<Item = Pattern> + '_ {
+        PATTERNS
+            .into_iter()
+            .filter(|p| self.pattern.is_empty() || self.pattern.iter().any(|n| n == p.name))
+    }
+}
+
+/// Requests of a line of pattern `p`.
+fn requests(args: &Args, p: Pattern) -> u64 {
+    // At 2 GB/s a sixteenth (the same bytes as the 4 KiB lines) was over in tens of
+    // milliseconds, and start-up dominated its ratio.
+    let count = if p.block == 4096 {
+        args.count
+    } else {
+        args.count / 4
+    };
+    count.min(args.size / p.block).max(1)
+}
+
+/// Refuse to start what the disk under `dir` cannot hold: the filled image of each
+/// format (read lines) and one line's fresh images, which stay until the line ends
+/// (see `Line::rounds`).
+fn check_free_space(args: &Args) -> anyhow::Result<()> {
+    let filled = args.size * args.format.len() as u64;
+    let runners = RUNNER_NAMES.iter().filter(|n| args.runs(n)).count() as u64;
+    let per_line = args
+        .patterns()
+        .filter(|p| p.write)
+        .map(|p| requests(args, p) * p.block)
+        .max()
+        .map_or(0, |bytes| {
+            bytes.min(args.size) * runners * u64::from(args.repeat.max(1))
+        });
+    let need = filled + per_line;
+    let free = free_bytes(&args.dir)
+        .with_context(|| format!("cannot tell the free space of {}", args.dir.display()))?;
+    if free < need {
+        bail!(
+            "kiln bench blk needs about {} MiB free in {} ({} MiB of images to read, {} MiB \
+             written by one line's runs), and {} MiB are free: give a smaller --size, \
+             --count or --repeat, or another --dir",
+            need >> 20,
+            args.dir.display(),
+            filled >> 20,
+            per_line >> 20,
+            free >> 20
+        );
+    }
+    Ok(())
+}
+
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `st` is writable.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
@@ -117,6 +181,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    check_free_space(&args)?;
     let dir = args
         .dir
         .join(format!("kiln-bench-blk-{}", std::process::id()));
@@ -137,23 +202,12 @@ fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
         let filled = dir.join(format!("filled.{fmt}"));
         image::make_image(&filled, format, args.size)?;
         image::fill(&filled, args.size)?;
-        let patterns = PATTERNS
-            .iter()
-            .filter(|p| args.pattern.is_empty() || args.pattern.iter().any(|n| n == p.name));
-        for &p in patterns {
+        for p in args.patterns() {
             for &depth in &args.depth {
-                // At 2 GB/s a sixteenth (the same bytes as the 4 KiB lines) was over in
-                // tens of milliseconds, and start-up dominated its ratio.
-                let count = if p.block == 4096 {
-                    args.count
-                } else {
-                    args.count / 4
-                };
-                let count = count.min(args.size / p.block).max(1);
                 let line = Line {
                     pattern: p,
                     depth,
-                    count,
+                    count: requests(args, p),
                     size: args.size,
                     format,
                     device_thread: args.device_thread,
