@@ -91,6 +91,21 @@ fn grows_and_shrinks_as_qemu_img_does() {
 }
 
 #[test]
+fn a_raw_file_of_partial_sectors_grows_from_its_whole_sectors() {
+    let d = dir("odd");
+    let ours = d.join("odd.raw");
+    std::fs::write(&ours, vec![7u8; 1000]).unwrap();
+    let theirs = d.join("qemu-odd.raw");
+    std::fs::copy(&ours, &theirs).unwrap();
+    let out = kiln(&["img", "resize", s(&ours), "+1M"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr());
+    qemu_img(&["resize", "-q", "-f", "raw", s(&theirs), "+1M"]);
+    assert_eq!(virtual_size(&ours), 1024 + (1 << 20));
+    assert_eq!(virtual_size(&ours), virtual_size(&theirs));
+    same_contents("raw", &ours, &theirs);
+}
+
+#[test]
 fn a_grown_overlay_does_not_show_its_longer_backing_file() {
     let d = dir("overlay");
     let base = d.join("base.qcow2");

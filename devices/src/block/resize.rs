@@ -63,7 +63,11 @@ pub fn resize_image(
     let (old_size, new_size) = match format {
         ImageFormat::Raw => {
             let _lock = ImageLock::acquire(path, Access::ReadWrite)?;
-            let old_size = std::fs::metadata(path).map_err(open_err)?.len();
+            // Whole sectors, as the disk is (see `RawDisk::open`).
+            let old_size = std::fs::metadata(path)
+                .map_err(open_err)?
+                .len()
+                .next_multiple_of(512);
             let new_size = checked_new_size(path, old_size, size, allow_shrink)?;
             check_preallocation(path, old_size, new_size, preallocation)?;
             if preallocation == Preallocation::Metadata {
