@@ -1,6 +1,7 @@
 //! One line of the table: a request pattern at a queue depth on one image format, run
 //! by every runner in rotating order.
 
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -156,7 +157,10 @@ impl Line {
     }
 }
 
-/// Remove the fresh images [`Line::measure`] made in `dir`.
+/// Remove the fresh images [`Line::measure`] made in `dir`, and wait for the file
+/// system to have freed them: syncfs commits the journal, and with ext4's online
+/// discard that is when the freed blocks are discarded, which would otherwise keep the
+/// disk busy under the next line's first runs.
 fn remove_fresh_images(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -164,6 +168,12 @@ fn remove_fresh_images(dir: &Path) {
     for e in entries.flatten() {
         if e.file_name().to_string_lossy().starts_with("fresh") {
             let _ = std::fs::remove_file(e.path());
+        }
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        // SAFETY: syncfs takes the descriptor of `d`, open for the call's duration.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            log::debug!("syncfs: {}", std::io::Error::last_os_error());
         }
     }
 }
