@@ -96,7 +96,9 @@ impl Layer {
                     .try_clone()
                     .ok()
                     .and_then(|f| ZeroClusterOffsets::new(f, &header));
-                let holes = looks_preallocated(&file, &header).then_some((file, len));
+                // Data clusters in an external data file are not this file's holes.
+                let holes = (header.data_file.is_none() && looks_preallocated(&file, &header))
+                    .then_some((file, len));
                 Layer::Qcow2 {
                     disk,
                     holes,
