@@ -160,8 +160,13 @@ fn passt_errors_name_the_fault() {
 fn helper_start_passt_then_sigint() {
     let b = PasstBackend::start(&[]).expect("start passt");
     println!("PASST_PID={}", b.pid());
-    // SAFETY: raising a signal on ourselves; the default action ends the process.
-    unsafe { libc::raise(libc::SIGINT) };
+    // SAFETY: setting SIGINT back to its default action (a test run started in the
+    // background of a shell inherits it ignored) and raising it on ourselves: the
+    // default action ends the process, as Ctrl-C ends kiln.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::raise(libc::SIGINT);
+    }
     unreachable!("SIGINT did not end the process");
 }
 
