@@ -95,9 +95,9 @@ pub fn image_info_as(path: &Path, format: Option<ImageFormat>) -> Result<ImageIn
     let mut info = ImageInfo {
         filename: path.to_owned(),
         format,
-        // Sizes are whole sectors to QEMU's block layer: a raw file's last partial
-        // sector counts as a whole one, as in `qemu-img info`.
-        virtual_size: meta.len().next_multiple_of(512),
+        // A raw image's disk (see `raw::disk_size`); a qcow2 image's size is read
+        // from its header below.
+        virtual_size: super::raw::disk_size(meta.len()),
         actual_size: meta.blocks() * 512,
         cluster_size: None,
         backing_filename: None,

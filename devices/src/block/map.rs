@@ -18,6 +18,7 @@ use super::lock::{Access, ImageLock};
 use super::qcow2::prealloc::looks_preallocated;
 use super::qcow2::zero_alloc::ZeroClusterOffsets;
 use super::qcow2::{check_chain, read_header, LayerExtent, Qcow2Disk};
+use super::raw::disk_size;
 use super::{probe_format, DiskBackend, DiskError, ImageFormat};
 
 /// Most bytes looked up at once (each lookup may split it further).
@@ -108,13 +109,8 @@ impl Layer {
             ImageFormat::Raw => {
                 let lock = ImageLock::acquire(path, access)?;
                 let file = File::open(path).map_err(DiskError::io(path))?;
-                // Whole sectors, as the disk is (see `RawDisk::open`): past the file's
-                // end it reads zero.
-                let size = file
-                    .metadata()
-                    .map_err(DiskError::io(path))?
-                    .len()
-                    .next_multiple_of(super::SECTOR_SIZE);
+                // Past the file's end (inside its last sector) it reads zero.
+                let size = disk_size(file.metadata().map_err(DiskError::io(path))?.len());
                 Layer::Raw {
                     file,
                     size,

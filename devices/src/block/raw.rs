@@ -20,10 +20,15 @@ pub struct RawDisk {
     _lock: ImageLock,
 }
 
+/// The size of the disk a raw file of `file_len` bytes is: whole sectors, as QEMU's
+/// block layer takes it. A file of 1000 bytes is a disk of 1024, whose last 24 bytes
+/// read as zeroes (and a write there extends the file).
+pub fn disk_size(file_len: u64) -> u64 {
+    file_len.next_multiple_of(SECTOR_SIZE)
+}
+
 impl RawDisk {
-    /// Open `path`; the disk size is the file size at open time, rounded up to whole
-    /// sectors as QEMU rounds it: a file of 1000 bytes is a disk of 1024, whose last
-    /// 24 bytes read as zeroes (and a write there extends the file).
+    /// Open `path`; the disk size is the file size at open time, see [`disk_size`].
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
         Self::open_with(path, Access::for_read_only(read_only))
     }
@@ -38,11 +43,7 @@ impl RawDisk {
             .write(!read_only)
             .open(path)
             .map_err(open_err)?;
-        let size = file
-            .metadata()
-            .map_err(open_err)?
-            .len()
-            .next_multiple_of(SECTOR_SIZE);
+        let size = disk_size(file.metadata().map_err(open_err)?.len());
         Ok(RawDisk {
             file,
             size,

@@ -26,6 +26,7 @@ use super::create::Preallocation;
 use super::lock::{Access, ImageLock};
 use super::qcow2::bitmaps::AUTOCLEAR_BITMAPS;
 use super::qcow2::{check_chain, read_header, Qcow2Disk};
+use super::raw::disk_size;
 use super::{probe_format, DiskError, ImageFormat};
 
 /// The size asked for: as given, or relative to the current one (`+SIZE`, `-SIZE`).
@@ -63,11 +64,7 @@ pub fn resize_image(
     let (old_size, new_size) = match format {
         ImageFormat::Raw => {
             let _lock = ImageLock::acquire(path, Access::ReadWrite)?;
-            // Whole sectors, as the disk is (see `RawDisk::open`).
-            let old_size = std::fs::metadata(path)
-                .map_err(open_err)?
-                .len()
-                .next_multiple_of(512);
+            let old_size = disk_size(std::fs::metadata(path).map_err(open_err)?.len());
             let new_size = checked_new_size(path, old_size, size, allow_shrink)?;
             check_preallocation(path, old_size, new_size, preallocation)?;
             if preallocation == Preallocation::Metadata {
