@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use super::known_zero::SparseReader;
-use super::map::MapEntry;
+use super::map::{map_image, MapEntry};
 use super::{DiskBackend, DiskError, SECTOR_SIZE};
 
 /// Bytes read from each image at a time.
@@ -40,6 +40,20 @@ impl<'a> Side<'a> {
         Side(SparseReader::new(path, disk, force_share))
     }
 
+    /// The side and its map, for strict mode, which needs both (one walk of the
+    /// image's tables serves the two).
+    fn mapped(
+        (path, disk): (&'a Path, &'a dyn DiskBackend),
+        force_share: bool,
+    ) -> Result<(Self, Vec<MapEntry>), CompareError> {
+        let entries =
+            map_image(path, Some(disk.format()), force_share).map_err(|source| CompareError {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok((Side(SparseReader::with_map(path, disk, &entries)), entries))
+    }
+
     fn known_zero(&mut self, offset: u64, len: usize) -> bool {
         self.0.known_zero(offset, len as u64)
     }
@@ -64,7 +78,23 @@ pub fn compare_disks(
     b: (&Path, &dyn DiskBackend),
     force_share: bool,
 ) -> Result<Comparison, CompareError> {
-    let (mut a, mut b) = (Side::new(a, force_share), Side::new(b, force_share));
+    compare_sides(Side::new(a, force_share), Side::new(b, force_share))
+}
+
+/// [`compare_disks`], and as `qemu-img compare -s` the first offset where the
+/// images' maps differ (see [`first_status_difference`]).
+pub fn compare_disks_strict(
+    a: (&Path, &dyn DiskBackend),
+    b: (&Path, &dyn DiskBackend),
+    force_share: bool,
+) -> Result<(Comparison, Option<u64>), CompareError> {
+    let (a, map_a) = Side::mapped(a, force_share)?;
+    let (b, map_b) = Side::mapped(b, force_share)?;
+    let status = first_status_difference(&map_a, &map_b);
+    Ok((compare_sides(a, b)?, status))
+}
+
+fn compare_sides<'a>(mut a: Side<'a>, mut b: Side<'a>) -> Result<Comparison, CompareError> {
     let (size_a, size_b) = (a.size(), b.size());
     let common = size_a.min(size_b);
     let mut buf_a = vec![0u8; CHUNK as usize];

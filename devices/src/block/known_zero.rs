@@ -7,7 +7,7 @@ use std::path::Path;
 
 use log::warn;
 
-use super::map::map_image;
+use super::map::{map_image, MapEntry};
 use super::{DiskBackend, DiskError, ImageFormat};
 
 /// The ranges of an image known to read as zeroes, in order, adjacent ones merged.
@@ -22,13 +22,17 @@ impl KnownZero {
     /// it cannot be mapped, none are known and every byte is read, which is slower but
     /// as correct.
     pub fn of(path: &Path, format: Option<ImageFormat>, force_share: bool) -> Self {
-        let entries = match map_image(path, format, force_share) {
-            Ok(entries) => entries,
+        match map_image(path, format, force_share) {
+            Ok(entries) => Self::from_map(&entries),
             Err(e) => {
                 warn!("cannot map {} ({e}); reading all of it", path.display());
-                Vec::new()
+                Self::from_map(&[])
             }
-        };
+        }
+    }
+
+    /// The zero ranges of an image whose map is `entries`.
+    pub fn from_map(entries: &[MapEntry]) -> Self {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for e in entries.iter().filter(|e| e.zero) {
             let end = e.start + e.length;
@@ -64,6 +68,12 @@ impl<'a> SparseReader<'a> {
     /// `disk`, opened from `path` and mapped there (`force_share` as for [`map_image`]).
     pub fn new(path: &'a Path, disk: &'a dyn DiskBackend, force_share: bool) -> Self {
         let zero = KnownZero::of(path, Some(disk.format()), force_share);
+        SparseReader { path, disk, zero }
+    }
+
+    /// `disk`, opened from `path`, whose map is `entries` (taken by the caller).
+    pub fn with_map(path: &'a Path, disk: &'a dyn DiskBackend, entries: &[MapEntry]) -> Self {
+        let zero = KnownZero::from_map(entries);
         SparseReader { path, disk, zero }
     }
 

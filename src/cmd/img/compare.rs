@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kiln_devices::block::compare::{compare_disks, first_status_difference};
-use kiln_devices::block::map::map_image;
+use kiln_devices::block::compare::{compare_disks, compare_disks_strict};
 use kiln_devices::block::{open_disk, DiskConfig, ImageFormat};
 
 use super::parse_format;
@@ -66,26 +65,20 @@ fn compare(args: &Args) -> anyhow::Result<ExitCode> {
             println!("{text}");
         }
     };
-    let status_difference = if args.strict {
+    let (first, second) = (
+        (args.first.as_path(), a.as_ref()),
+        (args.second.as_path(), b.as_ref()),
+    );
+    let (result, status_difference) = if args.strict {
         if a.size() != b.size() {
             say("Strict mode: Image size mismatch!".into());
             return Ok(ExitCode::from(EXIT_DIFFERENT));
         }
-        let map = |path: &PathBuf, format| {
-            map_image(path, format, args.force_share)
-                .with_context(|| format!("cannot map {}", path.display()))
-        };
-        let (map_a, map_b) = (
-            map(&args.first, args.first_format)?,
-            map(&args.second, args.second_format)?,
-        );
-        first_status_difference(&map_a, &map_b)
+        compare_disks_strict(first, second, args.force_share)
     } else {
-        None
-    };
-    let first = (args.first.as_path(), a.as_ref());
-    let result = compare_disks(first, (&args.second, b.as_ref()), args.force_share)
-        .context("cannot compare the images")?;
+        compare_disks(first, second, args.force_share).map(|c| (c, None))
+    }
+    .context("cannot compare the images")?;
     if result.size_mismatch {
         say("Warning: Image size mismatch!".into());
     }
