@@ -31,16 +31,6 @@ pub enum Command {
     Measure,
 }
 
-impl Command {
-    fn name(self) -> &'static str {
-        match self {
-            Command::Create => "create",
-            Command::Convert => "convert",
-            Command::Measure => "measure",
-        }
-    }
-}
-
 /// The keys named in `lists`, in order (for options only some formats take).
 pub fn keys(lists: &[String]) -> impl Iterator<Item = &str> {
     lists
@@ -100,14 +90,11 @@ pub fn parse(lists: &[String], command: Command) -> anyhow::Result<CreationOptio
                 opts.preallocation = value
                     .parse()
                     .map_err(|e| anyhow::anyhow!("-o preallocation={value}: {e}"))?;
-                if let (Command::Convert, p) = (command, opts.preallocation) {
-                    if p != Preallocation::Off {
-                        bail!(
-                            "-o preallocation={value}: kiln img {} writes only \
-                             preallocation=off images (kiln img create preallocates)",
-                            command.name()
-                        );
-                    }
+                if matches!(command, Command::Convert) && opts.preallocation != Preallocation::Off {
+                    bail!(
+                        "-o preallocation={value}: kiln img convert writes only \
+                         preallocation=off images (kiln img create preallocates)"
+                    );
                 }
             }
             _ => match FIXED.iter().find(|(k, _)| *k == key) {
