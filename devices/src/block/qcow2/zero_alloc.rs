@@ -100,3 +100,78 @@ impl ZeroClusterOffsets {
         (first.map(|h| h + in_cluster), done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::create::{create_image, CreateOptions};
+    use crate::block::{open_disk, DiskConfig, ImageFormat};
+
+    const CLUSTER: u64 = 64 << 10;
+
+    /// A 1 MiB image whose cluster 2 held data and now reads zero, keeping its
+    /// host cluster, and whose cluster 4 holds data; returns the path and header.
+    fn image(dir: &std::path::Path) -> (std::path::PathBuf, Qcow2Header) {
+        let path = dir.join("z.qcow2");
+        create_image(
+            &path,
+            &CreateOptions::new(ImageFormat::Qcow2, Some(1 << 20)),
+        )
+        .unwrap();
+        let disk = open_disk(&DiskConfig::new(path.clone())).unwrap();
+        disk.write_at(&[7u8; CLUSTER as usize], 2 * CLUSTER)
+            .unwrap();
+        disk.write_zeroes(2 * CLUSTER, CLUSTER, false).unwrap();
+        disk.write_at(&[8u8; CLUSTER as usize], 4 * CLUSTER)
+            .unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        let mut first = vec![0u8; 4096];
+        File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut first, 0)
+            .unwrap();
+        (path.clone(), Qcow2Header::parse(&first).unwrap())
+    }
+
+    #[test]
+    fn zero_clusters_keeping_their_clusters_are_found_and_hostile_tables_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, h) = image(dir.path());
+        let z = ZeroClusterOffsets::new(File::open(&path).unwrap(), &h).unwrap();
+        let (host, n) = z.run(2 * CLUSTER, CLUSTER);
+        assert!(
+            host.is_some_and(|at| at % CLUSTER == 0 && at > 0),
+            "{host:?}"
+        );
+        assert_eq!(n, CLUSTER);
+        // Unallocated, data, or past the tables: no offset.
+        assert_eq!(z.run(0, CLUSTER).0, None);
+        assert_eq!(z.run(4 * CLUSTER, CLUSTER).0, None);
+        assert_eq!(z.run(1 << 40, CLUSTER).0, None);
+
+        // An L1 table past the file's end, or larger than the file: none at all.
+        for (offset, size) in [(1u64 << 40, 1), (0, u32::MAX)] {
+            let hostile = Qcow2Header {
+                l1_table_offset: offset,
+                l1_size: size,
+                ..h.clone()
+            };
+            let file = File::open(&path).unwrap();
+            assert!(
+                ZeroClusterOffsets::new(file, &hostile).is_none(),
+                "{offset}"
+            );
+        }
+        // An L1 entry pointing past the file's end: its clusters have no offset.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        file.write_all_at(&(1u64 << 40).to_be_bytes(), h.l1_table_offset)
+            .unwrap();
+        let z = ZeroClusterOffsets::new(file, &h).unwrap();
+        assert_eq!(z.run(2 * CLUSTER, CLUSTER), (None, CLUSTER));
+    }
+}
