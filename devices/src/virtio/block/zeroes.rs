@@ -3,8 +3,8 @@
 //! routes it, so that it is ordered as the write-zeroes it is (an unmapping one frees
 //! clusters) and never takes the io_uring data path.
 //!
-//! Looking costs a pass over the data on the event-loop thread (about 30 us per MiB),
-//! paid only by disks that ask for it; the look stops at the first non-zero byte.
+//! Looking costs a pass over the data on the event-loop thread (not measured), paid
+//! only by disks that ask for it; the look stops at the first non-zero byte.
 
 use vm_memory::{GuestMemoryBackend, VolatileMemory};
 
