@@ -11,6 +11,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+mod qcow2_support;
+use qcow2_support::{qemu_create, qemu_img, tool};
 use std::sync::OnceLock;
 
 use kiln_vmm::boot::{self, BootEntry, KernelFormat};
@@ -97,8 +100,11 @@ fn text(out: &Output) -> (String, String) {
 
 #[test]
 fn pvh_boot_with_two_vcpus_reaches_init_and_powers_off() {
-    // Also a disk with two request queues: Linux sets up one per vCPU (/sys/block/
+    // Also disks with two request queues: Linux sets up one per vCPU (/sys/block/
     // vda/mq/0 and 1) and its I/O goes through them. No pipelines (see blk_guest.rs).
+    // vdb is qcow2: reads of its data clusters bypass the format through io_uring on
+    // both queues (each dd pinned to one vCPU, so to one queue), and a discard frees
+    // clusters they read.
     let script = r#"echo KILN-NPROC=$(nproc)
 set -- /sys/block/vda/mq/*
 echo KILN-MQ=$#
@@ -108,11 +114,22 @@ dd if=/tmp/pattern of=/dev/vda bs=4096 conv=fsync 2>/dev/null
 echo 3 > /proc/sys/vm/drop_caches
 dd if=/dev/vda of=/tmp/back bs=4096 count=64 2>/dev/null
 cmp /tmp/pattern /tmp/back && echo KILN-MQ-CMP=ok
+dd if=/tmp/pattern of=/dev/vdb bs=4096 conv=fsync 2>/dev/null
+echo 3 > /proc/sys/vm/drop_caches
+taskset 1 dd if=/dev/vdb of=/tmp/q0 bs=4096 count=32 2>/dev/null
+taskset 2 dd if=/dev/vdb of=/tmp/q1 bs=4096 skip=32 count=32 2>/dev/null
+cat /tmp/q0 /tmp/q1 > /tmp/qcow2-back
+cmp /tmp/pattern /tmp/qcow2-back && echo KILN-MQ-QCOW2-CMP=ok
+blkdiscard -o 131072 -l 131072 /dev/vdb && echo KILN-MQ-DISCARD=ok
 "#;
     let initrd = initramfs_with_test("pvh", script);
     let scratch = initrd.with_file_name("mq.raw");
     std::fs::write(&scratch, vec![0u8; 4 << 20]).unwrap();
     let disk = format!("path={},format=raw,num-queues=2", scratch.display());
+    let qcow2 = initrd.with_file_name("mq.qcow2");
+    let _ = std::fs::remove_file(&qcow2);
+    qemu_create(&qcow2, "", "4M");
+    let qcow2_disk = format!("path={},num-queues=2", qcow2.display());
     let vmlinux = kernel_dir().join("vmlinux");
     let (out, took) = kiln(&[
         "-v",
@@ -121,6 +138,8 @@ cmp /tmp/pattern /tmp/back && echo KILN-MQ-CMP=ok
         "none",
         "--disk",
         &disk,
+        "--disk",
+        &qcow2_disk,
         "--kernel",
         vmlinux.to_str().unwrap(),
         "--initrd",
@@ -146,6 +165,41 @@ cmp /tmp/pattern /tmp/back && echo KILN-MQ-CMP=ok
     assert!(
         written[..256 << 10].iter().all(|&b| b == 0x5a),
         "the guest's write"
+    );
+    assert!(stdout.contains("KILN-MQ-QCOW2-CMP=ok"), "{stdout}");
+    assert!(stdout.contains("KILN-MQ-DISCARD=ok"), "{stdout}");
+    // QEMU's view of the image: consistent, the first half the guest's pattern, the
+    // discarded half reading zeroes and holding no data.
+    let image = qcow2.to_str().unwrap();
+    qemu_img(&["check", "-q", image]);
+    let io = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "read -P 0x5a 0 128k",
+            "-c",
+            "read -P 0 128k 128k",
+            image,
+        ],
+    );
+    assert!(!io.contains("Pattern verification failed"), "{io}");
+    let map = qemu_img(&["map", "--output=json", image]);
+    let map: Vec<serde_json::Value> = serde_json::from_str(&map).unwrap();
+    let data_at = |offset: u64| {
+        map.iter().any(|e| {
+            let (start, len) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+            (start..start + len).contains(&offset) && e["data"] == true
+        })
+    };
+    assert!(
+        data_at(0) && data_at(65536),
+        "the written half holds no data: {map:?}"
+    );
+    assert!(
+        !data_at(131072) && !data_at(196608),
+        "the discarded half holds data: {map:?}"
     );
     assert!(stdout.contains("KILN-TEST-EXIT=0"), "{stdout}");
     assert!(stderr.contains("kiln: boot-timer: "), "{stderr}");

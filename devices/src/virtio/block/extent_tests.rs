@@ -124,11 +124,32 @@ fn qcow2_data_clusters_are_read_through_the_ring_and_the_rest_through_imago() {
 
 /// A disk whose read extents are a pipe: ring reads stay in flight until the test
 /// writes to it. Discards and reads through the format are counted.
-struct PipeExtentDisk {
+pub(super) struct PipeExtentDisk {
     raw: RawDisk,
     pipe: File,
-    discards: AtomicU64,
-    format_reads: AtomicU64,
+    pub discards: AtomicU64,
+    pub format_reads: AtomicU64,
+}
+
+impl PipeExtentDisk {
+    /// A 1 MiB disk of 0x11 bytes in `dir`, and the pipe's write end, which feeds the
+    /// ring reads.
+    pub(super) fn new(dir: &Path) -> (Arc<Self>, File) {
+        let path = dir.join("disk.raw");
+        std::fs::write(&path, vec![0x11u8; 1 << 20]).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two-element array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both fds are new and owned by nobody else.
+        let (rx, tx) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let disk = Arc::new(PipeExtentDisk {
+            raw: RawDisk::open(&path, false).unwrap(),
+            pipe: rx,
+            discards: AtomicU64::new(0),
+            format_reads: AtomicU64::new(0),
+        });
+        (disk, tx)
+    }
 }
 
 impl DiskBackend for PipeExtentDisk {
@@ -198,19 +219,7 @@ fn a_detected_unmapping_write_of_zeroes_waits_as_a_discard_does() {
 /// meanwhile goes through the format.
 fn unmap_waits_for_ring_reads(detect: DetectZeroes, submit_unmap: fn(&mut Harness) -> usize) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("disk.raw");
-    std::fs::write(&path, vec![0x11u8; 1 << 20]).unwrap();
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both fds are new and owned by nobody else.
-    let (rx, tx) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    let disk = Arc::new(PipeExtentDisk {
-        raw: RawDisk::open(&path, false).unwrap(),
-        pipe: rx,
-        discards: AtomicU64::new(0),
-        format_reads: AtomicU64::new(0),
-    });
+    let (disk, tx) = PipeExtentDisk::new(dir.path());
     let mut dev = Block::new(disk.clone(), None).unwrap();
     dev.set_detect_zeroes(detect);
     let mut h = Harness::new(dev, 8, 4096).unwrap();

@@ -10,9 +10,9 @@
 //!
 //! Reads that bypass the format (qcow2 data clusters through io_uring, see
 //! `DiskBackend::read_extent`) hold a mapping that a discard or write-zeroes could
-//! free and reuse. So while such a read is in flight, discards and write-zeroes are
-//! held back, and while one of those is popped and unfinished, reads go through the
-//! format on the workers.
+//! free and reuse. So while such a read is in flight on any of the device's queues,
+//! discards and write-zeroes are held back, and while one of those is popped and
+//! unfinished, reads go through the format on the workers (see [`ExtentFence`]).
 //!
 //! FLUSH: a flush is held back until every write (OUT, DISCARD, WRITE_ZEROES) popped
 //! before it has completed, then runs the backend flush (metadata writeback + fsync).
@@ -44,6 +44,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::fence::ExtentFence;
 use super::io::IoContext;
 use super::request::{self, Parsed, Request, RequestType};
 use super::uring::UringEngine;
@@ -210,13 +211,17 @@ pub struct Active {
     ring: Option<UringEngine>,
     /// The disk's `extents_move`: discards and write-zeroes can invalidate ring reads.
     extents_move: bool,
-    /// Sequence numbers of ring reads a discard or write-zeroes could invalidate.
+    /// Sequence numbers of this queue's ring reads a discard or write-zeroes could
+    /// invalidate (counted in `fence` too).
     extent_reads: BTreeSet<u64>,
-    /// Sequence numbers of discards and write-zeroes popped and unfinished (with
-    /// `extents_move`): reads go to the workers meanwhile.
+    /// Sequence numbers of this queue's discards and write-zeroes popped and
+    /// unfinished (with `extents_move`; counted in `fence` too).
     unmaps: BTreeSet<u64>,
-    /// Discards and write-zeroes waiting for `extent_reads` to drain, in ring order.
+    /// Discards and write-zeroes waiting for the ring reads of every queue to drain,
+    /// in ring order.
     held_unmaps: VecDeque<Pending>,
+    /// The device's counts of ring reads and unmapping requests, over all its queues.
+    fence: Arc<ExtentFence>,
     inline_lone: bool,
     /// OUT requests of zeroes become write-zeroes when popped (see `zeroes`).
     detect_zeroes: DetectZeroes,
@@ -258,6 +263,8 @@ pub struct ActiveConfig {
     pub inline_lone: bool,
     /// Try an io_uring for IN/OUT when the disk is a raw file (and `workers` > 0).
     pub io_uring: bool,
+    /// Shared by all queues of the device.
+    pub fence: Arc<ExtentFence>,
     /// The queue's index, for its interrupts.
     pub index: u16,
 }
@@ -289,6 +296,7 @@ impl Active {
             extent_reads: BTreeSet::new(),
             unmaps: BTreeSet::new(),
             held_unmaps: VecDeque::new(),
+            fence: cfg.fence,
             ctx: Arc::new(JobContext {
                 disk: cfg.disk,
                 serial: cfg.serial,
@@ -431,6 +439,7 @@ impl Active {
             }
             if self.extents_move && is_unmap(disk_kind) {
                 self.unmaps.insert(seq);
+                self.fence.add_unmaps(1);
             }
             self.batch.push(pending);
         }
@@ -463,7 +472,7 @@ impl Active {
         }
         let mut batch = std::mem::take(&mut self.batch);
         for p in batch.drain(..) {
-            if self.extents_move && is_unmap_request(&p) && !self.extent_reads.is_empty() {
+            if self.extents_move && is_unmap_request(&p) && self.fence.reads_in_flight() {
                 self.held_unmaps.push_back(p);
                 continue;
             }
@@ -511,7 +520,7 @@ impl Active {
         let target = match req.kind {
             // A discard or write-zeroes is pending: its clusters must not be read
             // around the format.
-            RequestType::In if self.extents_move && !self.unmaps.is_empty() => None,
+            RequestType::In if self.extents_move && self.fence.unmaps_pending() => None,
             RequestType::In => disk.read_extent(offset, req.data_len),
             _ => disk.passthrough_fd().map(|fd| (fd, offset)),
         };
@@ -527,8 +536,21 @@ impl Active {
         }
         if req.kind == RequestType::In && self.extents_move {
             self.extent_reads.insert(p.seq);
+            self.fence.add_reads(1);
         }
         None
+    }
+
+    /// Start the held-back discards and write-zeroes once no queue of the device has a
+    /// ring read in flight. The device calls this on every queue after any queue
+    /// finished requests: the last ring read may have been another queue's.
+    pub fn release_unmaps(&mut self) {
+        if self.held_unmaps.is_empty() || self.fence.reads_in_flight() {
+            return;
+        }
+        for p in std::mem::take(&mut self.held_unmaps) {
+            run_on_pool(&mut self.pool, &self.ctx, p);
+        }
     }
 
     /// Start the held-back flushes that no earlier write blocks any more.
@@ -547,12 +569,12 @@ impl Active {
     /// Account a finished request.
     fn finish(&mut self, c: Completion) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.unmaps.remove(&c.seq);
-        if self.extent_reads.remove(&c.seq) && self.extent_reads.is_empty() {
-            // No read holds a mapping any more: the discards and write-zeroes may run.
-            for p in std::mem::take(&mut self.held_unmaps) {
-                run_on_pool(&mut self.pool, &self.ctx, p);
-            }
+        if self.unmaps.remove(&c.seq) {
+            self.fence.remove_unmaps(1);
+        }
+        if self.extent_reads.remove(&c.seq) {
+            self.fence.remove_reads(1);
+            self.release_unmaps();
         }
         let was_write = self.writes.remove(&c.seq);
         self.used.push((c.head, c.len));

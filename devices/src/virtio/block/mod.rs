@@ -15,9 +15,10 @@
 //! With VIRTIO_RING_F_EVENT_IDX negotiated, the driver's used_event decides when to
 //! interrupt and the device's avail_event when to kick (virtio-queue keeps both).
 //! With VIRTIO_BLK_F_MQ each request queue the driver sets up has its own pipeline
-//! (see [`Block::set_num_queues`]); with VIRTIO_BLK_F_CONFIG_WCE the driver chooses
+//! (see [`Block::set_num_queues`]), and the queues share one [`fence`]; with VIRTIO_BLK_F_CONFIG_WCE the driver chooses
 //! between a writeback and a writethrough cache (see [`Block::writethrough`]).
 
+pub mod fence;
 pub mod harness;
 pub mod inflight;
 pub mod io;
@@ -36,6 +37,7 @@ use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use self::fence::ExtentFence;
 use self::inflight::{Active, ActiveConfig};
 use super::activation::{Activation, DeviceEvent};
 use super::{device_type, ActivateContext, ActivateError, VirtioDevice};
@@ -262,6 +264,17 @@ impl Block {
         if let Some(Some(active)) = self.active.get_mut(index) {
             active.process_queue();
         }
+        self.release_unmaps();
+    }
+
+    /// With several queues, the last ring read to finish may have been another
+    /// queue's than the one holding a discard back (see [`fence`]).
+    fn release_unmaps(&mut self) {
+        if self.active.len() > 1 {
+            for active in self.active.iter_mut().flatten() {
+                active.release_unmaps();
+            }
+        }
     }
 
     /// Put finished requests in the used ring, interrupt the driver (unless it asked
@@ -273,6 +286,7 @@ impl Block {
         for active in self.active.iter_mut().flatten() {
             active.process_completions();
         }
+        self.release_unmaps();
     }
 }
 
@@ -363,8 +377,8 @@ impl VirtioDevice for Block {
         // Dropping the old state (if any) joins its threads.
         self.active.clear();
         // Ring reads of a qcow2 image bypass the format on a mapping that a discard on
-        // another queue could free: with several queues they go through the format.
-        let io_uring = self.io_uring && (ready == 1 || !self.disk.extents_move());
+        // any queue could free: the queues share one fence.
+        let fence = Arc::new(ExtentFence::default());
         let workers = self.workers.div_ceil(ready);
         for (index, mut queue) in ctx.queues.into_iter().enumerate() {
             if index >= ready {
@@ -384,7 +398,8 @@ impl VirtioDevice for Block {
                 completion_event: self.completion_event.clone(),
                 workers,
                 inline_lone: self.inline_lone,
-                io_uring,
+                io_uring: self.io_uring,
+                fence: fence.clone(),
                 flushes: self.cache == Cache::Writeback,
                 discard: self.discard,
                 detect_zeroes: self.detect_zeroes,
