@@ -44,50 +44,86 @@ pub fn special_node(path: &Path) -> io::Result<Option<SpecialNode>> {
 }
 
 /// Calls `write` with a fresh temporary file next to `dest`, then renames it to `dest`
-/// (mode 0644, the usual umask-free choice for build outputs). When `write` fails, the
+/// (mode 0644). When `write` fails, the
 /// temporary file is removed and `dest` is left as it was. A `dest` that is a device,
 /// pipe or socket is refused: the rename would replace its node with a regular file.
 pub fn write_atomically<T, E>(
     dest: &Path,
     write: impl FnOnce(&mut File) -> Result<T, E>,
 ) -> Result<T, AtomicError<E>> {
-    if let Ok(Some(_)) = special_node(dest) {
-        return Err(AtomicError::Create {
-            path: dest.to_path_buf(),
-            source: io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "it is a device, pipe or socket, not a file to replace",
-            ),
-        });
-    }
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kiln-tmp-")
-        .tempfile_in(&dir)
-        .map_err(|source| AtomicError::Create {
-            path: dest.to_path_buf(),
-            source,
-        })?;
-    let value = write(tmp.as_file_mut()).map_err(AtomicError::Write)?;
-    let persist = || -> io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().sync_all()?;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        Ok(())
-    };
-    persist().map_err(|source| AtomicError::Persist {
+    let create_err = |source| AtomicError::Create {
         path: dest.to_path_buf(),
         source,
-    })?;
-    tmp.persist(dest).map_err(|e| AtomicError::Persist {
+    };
+    let dir = temporary_dir(dest).map_err(create_err)?;
+    let mut tmp = temporary_builder().tempfile_in(&dir).map_err(create_err)?;
+    let value = write(tmp.as_file_mut()).map_err(AtomicError::Write)?;
+    let persist_err = |source| AtomicError::Persist {
         path: dest.to_path_buf(),
-        source: e.error,
-    })?;
+        source,
+    };
+    seal(tmp.as_file()).map_err(persist_err)?;
+    tmp.persist(dest).map_err(|e| persist_err(e.error))?;
     Ok(value)
+}
+
+/// As [`write_atomically`], for writers that make their file by name (an image
+/// library's create call): `build` gets a fresh path next to `dest` where nothing
+/// exists yet, and must create the file there. Whatever it leaves at that path is
+/// removed when it fails.
+pub fn build_atomically<T, E>(
+    dest: &Path,
+    build: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, AtomicError<E>> {
+    let create_err = |source| AtomicError::Create {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let dir = temporary_dir(dest).map_err(create_err)?;
+    // A fresh name only: `build` creates the file. Dropping the TempPath removes it.
+    let tmp = temporary_builder()
+        .make_in(&dir, |_| Ok(()))
+        .map_err(create_err)?
+        .into_temp_path();
+    let value = build(&tmp).map_err(AtomicError::Write)?;
+    let persist_err = |source| AtomicError::Persist {
+        path: dest.to_path_buf(),
+        source,
+    };
+    File::open(&tmp)
+        .and_then(|f| seal(&f))
+        .map_err(persist_err)?;
+    tmp.persist(dest).map_err(|e| persist_err(e.error))?;
+    Ok(value)
+}
+
+/// The directory for `dest`'s temporary file; an error for a `dest` that is a device,
+/// pipe or socket, whose node a rename would replace with a regular file.
+fn temporary_dir(dest: &Path) -> io::Result<PathBuf> {
+    if let Ok(Some(_)) = special_node(dest) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a device, pipe or socket, not a file to replace",
+        ));
+    }
+    Ok(match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    })
+}
+
+fn temporary_builder() -> tempfile::Builder<'static, 'static> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".kiln-tmp-");
+    builder
+}
+
+/// Make the finished file durable and readable by all (0644, the usual umask-free
+/// choice for build outputs) before it takes the destination's name.
+fn seal(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.sync_all()?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
 }
 
 #[cfg(test)]
@@ -112,5 +148,51 @@ mod tests {
         std::fs::write(&file, b"old").unwrap();
         write_atomically(&file, |f: &mut File| f.write_all(b"new")).unwrap();
         assert_eq!(std::fs::read(&file).unwrap(), b"new");
+    }
+
+    /// The names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_built_file_replaces_the_destination_and_a_failed_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("image");
+        std::fs::write(&dest, b"old").unwrap();
+        // The builder is given a free name next to the destination, creates the file
+        // itself (create_new, as an image library's create does), and fails.
+        let failed: Result<(), _> = build_atomically(&dest, |tmp: &Path| {
+            assert_eq!(tmp.parent(), Some(dir.path()));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(tmp)?
+                .write_all(b"half")?;
+            Err(io::Error::other("the copy failed"))
+        });
+        assert!(matches!(failed, Err(AtomicError::Write(_))));
+        assert_eq!(names(dir.path()), ["image"], "a temporary file was left");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+
+        let built = build_atomically(&dest, |tmp: &Path| -> io::Result<u32> {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(tmp)?
+                .write_all(b"new")?;
+            Ok(7)
+        });
+        assert_eq!(built.unwrap(), 7);
+        assert_eq!(names(dir.path()), ["image"]);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
     }
 }

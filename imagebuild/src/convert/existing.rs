@@ -18,9 +18,12 @@ use kiln_devices::block::{
 
 use super::{ConvertError, ConvertStats, CHUNK};
 
-/// Granularity of the zero test: a run of zeroes this long (aligned) is written as
-/// zeroes, anything else as data.
+/// Granularity of the zero test when zeroes are written: a run of zeroes this long
+/// (aligned) is written as zeroes, anything else as data.
 const PIECE: u64 = 64 << 10;
+/// Granularity when zeroes are skipped: qemu-img convert's default (`-S 4k`), so a new
+/// preallocated image holds data where qemu-img's does.
+const SKIP_PIECE: u64 = 4 << 10;
 
 /// Open the existing `output` (as `format`) for writing, and check it can take `size`
 /// bytes.
@@ -61,11 +64,30 @@ pub fn open_target(
     Ok(target)
 }
 
+/// What becomes of the input's zero ranges in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroRanges {
+    /// Written as unmapping write-zeroes: the target held anything there.
+    Unmap,
+    /// Left alone: the target is new and reads zero everywhere.
+    Skip,
+}
+
+impl ZeroRanges {
+    fn piece(self) -> u64 {
+        match self {
+            ZeroRanges::Unmap => PIECE,
+            ZeroRanges::Skip => SKIP_PIECE,
+        }
+    }
+}
+
 /// Copy `input` into `target` (see the module documentation).
 pub fn copy_into(
     mut input: SparseReader,
     output: &Path,
     target: &dyn DiskBackend,
+    zero_ranges: ZeroRanges,
     progress: Option<&mut &mut dyn FnMut(u64, u64)>,
 ) -> Result<ConvertStats, ConvertError> {
     let size = input.disk.size();
@@ -75,17 +97,22 @@ pub fn copy_into(
     };
     let mut stats = ConvertStats {
         virtual_size: size,
-        cluster_size: PIECE,
+        cluster_size: zero_ranges.piece(),
         ..Default::default()
     };
     let mut progress = progress;
     let mut buf = vec![0u8; CHUNK as usize];
+    let piece = zero_ranges.piece();
+    let write_zeroes = |at, len| match zero_ranges {
+        ZeroRanges::Unmap => target.write_zeroes(at, len, true).map_err(write_err),
+        ZeroRanges::Skip => Ok(()),
+    };
     let mut offset = 0;
     while offset < size {
         let n = (size - offset).min(CHUNK);
         if input.known_zero(offset, n) {
-            target.write_zeroes(offset, n, true).map_err(write_err)?;
-            stats.zero_clusters += n.div_ceil(PIECE);
+            write_zeroes(offset, n)?;
+            stats.zero_clusters += n.div_ceil(piece);
         } else {
             let data = &mut buf[..n as usize];
             input
@@ -95,14 +122,14 @@ pub fn copy_into(
                     offset,
                     source,
                 })?;
-            for (at, len, zero) in runs(data, offset) {
+            for (at, len, zero) in runs(data, offset, piece) {
                 let bytes = &data[(at - offset) as usize..][..len as usize];
                 if zero {
-                    target.write_zeroes(at, len, true).map_err(write_err)?;
-                    stats.zero_clusters += len.div_ceil(PIECE);
+                    write_zeroes(at, len)?;
+                    stats.zero_clusters += len.div_ceil(piece);
                 } else {
                     target.write_at(bytes, at).map_err(write_err)?;
-                    stats.data_clusters += len.div_ceil(PIECE);
+                    stats.data_clusters += len.div_ceil(piece);
                 }
             }
         }
@@ -116,11 +143,11 @@ pub fn copy_into(
 }
 
 /// The runs of `data` (which starts at disk offset `offset`, a multiple of
-/// [`PIECE`]): `(offset, length, all zero)`, pieces of the same kind joined.
-fn runs(data: &[u8], offset: u64) -> Vec<(u64, u64, bool)> {
+/// `piece_len`): `(offset, length, all zero)`, pieces of the same kind joined.
+fn runs(data: &[u8], offset: u64, piece_len: u64) -> Vec<(u64, u64, bool)> {
     let mut runs: Vec<(u64, u64, bool)> = Vec::new();
-    for (i, piece) in data.chunks(PIECE as usize).enumerate() {
-        let at = offset + i as u64 * PIECE;
+    for (i, piece) in data.chunks(piece_len as usize).enumerate() {
+        let at = offset + i as u64 * piece_len;
         let zero = piece.iter().all(|b| *b == 0);
         match runs.last_mut() {
             Some(last) if last.2 == zero => last.1 += piece.len() as u64,
@@ -143,7 +170,7 @@ mod tests {
         data[5 * p + 99] = 1; // the short last piece
         let base = 10 * PIECE;
         assert_eq!(
-            runs(&data, base),
+            runs(&data, base, PIECE),
             vec![
                 (base, PIECE, true),
                 (base + PIECE, 2 * PIECE, false),
@@ -151,6 +178,14 @@ mod tests {
                 (base + 5 * PIECE, 100, false),
             ]
         );
-        assert_eq!(runs(&[], base), vec![]);
+        assert_eq!(runs(&[], base, PIECE), vec![]);
+        assert_eq!(
+            runs(&data[..2 * p], base, SKIP_PIECE)[..3],
+            [
+                (base, PIECE, true),
+                (base + PIECE, SKIP_PIECE, false),
+                (base + PIECE + SKIP_PIECE, PIECE - SKIP_PIECE, true),
+            ]
+        );
     }
 }

@@ -6,13 +6,16 @@
 //! maps say read zero are not read (see `kiln_devices::block::known_zero`). The output is
 //! written to a temporary file renamed at the end, so a failure leaves nothing at the
 //! destination; a device (a disk, /dev/null) is written in place instead (device.rs),
-//! and so is an existing image with `existing` (qemu-img's `-n`, existing.rs).
+//! and so is an existing image with `existing` (qemu-img's `-n`, existing.rs). A
+//! preallocated output is created as `kiln img create` makes it, then written as an
+//! existing image is (preallocated.rs).
 //! The copy loop is in copy.rs.
 
 mod copy;
 mod device;
 mod existing;
 mod gather;
+mod preallocated;
 mod qcow2_writer;
 
 use std::fs::File;
@@ -20,6 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kiln_devices::block::create::Preallocation;
 use kiln_devices::block::known_zero::SparseReader;
 use kiln_devices::block::qcow2_layout::cluster_bits;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat};
@@ -27,6 +31,7 @@ use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFo
 use crate::atomic::{write_atomically, AtomicError};
 use copy::Copy;
 use device::{device_kind, Device};
+use existing::ZeroRanges;
 use gather::Gather;
 use qcow2_writer::{Qcow2Layout, Qcow2Writer, DEFAULT_CLUSTER_BITS};
 
@@ -72,6 +77,8 @@ pub struct ConvertOptions<'a> {
     /// The output exists and is written in place, in `format` (qemu-img's `-n`; see
     /// existing.rs).
     pub existing: bool,
+    /// What a new output sets aside for its data (qemu-img's `-o preallocation`).
+    pub preallocation: Preallocation,
 }
 
 impl ConvertOptions<'_> {
@@ -87,6 +94,7 @@ impl ConvertOptions<'_> {
             backing_format: None,
             progress: None,
             existing: false,
+            preallocation: Preallocation::Off,
         }
     }
 }
@@ -139,8 +147,43 @@ fn check_options(opts: &ConvertOptions) -> Result<u32, ConvertError> {
             "a backing format without a backing file".into(),
         ));
     }
+    check_preallocation(opts)?;
     let cluster = opts.cluster_size.unwrap_or(1 << DEFAULT_CLUSTER_BITS);
     cluster_bits(cluster).map_err(ConvertError::Invalid)
+}
+
+/// Preallocation shapes a new image made by `create_image`: version 3, no compression,
+/// no backing file, and metadata only in qcow2.
+fn check_preallocation(opts: &ConvertOptions) -> Result<(), ConvertError> {
+    let mode = opts.preallocation;
+    if mode == Preallocation::Off {
+        return Ok(());
+    }
+    let conflict = [
+        (
+            opts.existing,
+            "-n, which writes into an existing image as it is",
+        ),
+        (opts.compress, "compression (-c)"),
+        (
+            opts.compat_v2,
+            "compat=0.10 (kiln preallocates version 3 images)",
+        ),
+        (
+            opts.backing.is_some(),
+            "a backing file (allocated clusters would hide its data)",
+        ),
+    ];
+    if let Some((_, what)) = conflict.iter().find(|(set, _)| *set) {
+        return Err(ConvertError::Invalid(format!(
+            "preallocation={} cannot be combined with {what}",
+            mode.name()
+        )));
+    }
+    if mode == Preallocation::Metadata && opts.format != ImageFormat::Qcow2 {
+        return Err(ConvertError::NeedsQcow2("preallocation=metadata"));
+    }
+    Ok(())
 }
 
 fn open_backing(output: &Path, opts: &ConvertOptions) -> Result<Option<Backing>, ConvertError> {
@@ -255,7 +298,23 @@ pub fn convert(
     if opts.existing && device.is_none() {
         let target = existing::open_target(output, opts.format, size)?;
         let input = SparseReader::new(input, disk.as_ref(), false);
-        return existing::copy_into(input, output, target.as_ref(), opts.progress.as_mut());
+        return existing::copy_into(
+            input,
+            output,
+            target.as_ref(),
+            ZeroRanges::Unmap,
+            opts.progress.as_mut(),
+        );
+    }
+    if device.is_some() && opts.preallocation != Preallocation::Off {
+        return Err(ConvertError::Invalid(format!(
+            "{} is a device: preallocation is for image files",
+            output.display()
+        )));
+    }
+    if device.is_none() && opts.preallocation != Preallocation::Off {
+        let input = SparseReader::new(input, disk.as_ref(), false);
+        return preallocated::convert(input, output, opts);
     }
     if let Some(kind) = device {
         if opts.format != ImageFormat::Raw {

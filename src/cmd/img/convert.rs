@@ -50,10 +50,11 @@ pub struct Args {
     /// The backing file's format (detected from its contents when not given).
     #[arg(short = 'F', long = "backing-format", value_parser = parse_format)]
     backing_format: Option<ImageFormat>,
-    /// qcow2 creation options as qemu-img takes them, comma-separated: cluster_size,
-    /// compat (1.1 or 0.10), backing_file, backing_fmt; and refcount_bits=16,
-    /// lazy_refcounts=off, preallocation=off, extended_l2=off, compression_type=zlib,
-    /// which are what kiln writes. Repeatable.
+    /// Creation options as qemu-img takes them, comma-separated: cluster_size,
+    /// compat (1.1 or 0.10), backing_file, backing_fmt, preallocation (off, metadata,
+    /// falloc, full; raw output takes off, falloc, full); and refcount_bits=16,
+    /// lazy_refcounts=off, extended_l2=off, compression_type=zlib, which are what kiln
+    /// writes. Repeatable.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
 }
@@ -83,6 +84,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             backing_format: options.backing_fmt.or(args.backing_format),
             progress: Some(&mut report),
             existing: args.existing,
+            preallocation: options.preallocation,
             ..ConvertOptions::new(format)
         },
     );

@@ -1,6 +1,6 @@
 //! qemu-img's `-o key=value,...` creation options, for the commands that create qcow2
 //! images (`create`, `convert`). Values kiln cannot produce (other refcount widths,
-//! version 2 from `create`, preallocation from `convert`, ...) are refused by name
+//! version 2 from `create`, ...) are refused by name
 //! rather than ignored, so a script never gets an image other than the one it asked for.
 
 use std::path::PathBuf;
@@ -90,12 +90,6 @@ pub fn parse(lists: &[String], command: Command) -> anyhow::Result<CreationOptio
                 opts.preallocation = value
                     .parse()
                     .map_err(|e| anyhow::anyhow!("-o preallocation={value}: {e}"))?;
-                if matches!(command, Command::Convert) && opts.preallocation != Preallocation::Off {
-                    bail!(
-                        "-o preallocation={value}: kiln img convert writes only \
-                         preallocation=off images (kiln img create preallocates)"
-                    );
-                }
             }
             _ => match FIXED.iter().find(|(k, _)| *k == key) {
                 Some((_, allowed)) if allowed.contains(&value) => {}
@@ -146,6 +140,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o.preallocation, Preallocation::Metadata);
+        let o = one("preallocation=full", Command::Convert).unwrap();
+        assert_eq!(o.preallocation, Preallocation::Full);
     }
 
     #[test]
@@ -158,11 +154,6 @@ mod tests {
             ("encryption=on", Convert, "unknown option"),
             ("cluster_size", Convert, "key=value"),
             ("backing_fmt=vmdk", Convert, "vmdk"),
-            (
-                "preallocation=full",
-                Convert,
-                "writes only preallocation=off",
-            ),
             (
                 "preallocation=sparse",
                 Create,
