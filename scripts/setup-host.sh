@@ -16,6 +16,7 @@ packages=(
   debconf-utils         # debconf-set-selections -c checks of preseeds
   qemu-system-x86       # TCG cross-checks and the start-time benchmark
   qemu-utils            # qemu-img / qemu-io checks of qcow2
+  e2fsprogs             # filefrag: unwritten (fallocated) extents of preallocated images
   valgrind file         # scripts/build-release.sh: callgrind run-path profile, checks
 )
 

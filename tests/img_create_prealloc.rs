@@ -113,6 +113,12 @@ fn preallocated_images_are_what_qemu_img_makes() {
             "off" | "metadata" => assert!(allocated(&ours) < SIZE / 4, "{case}"),
             _ => assert!(allocated(&ours) >= SIZE, "{case}"),
         }
+        // falloc reserves, full writes (on file systems with unwritten extents).
+        assert_eq!(
+            has_unwritten_extents(&ours),
+            has_unwritten_extents(&theirs),
+            "{case}"
+        );
         if format == "raw" {
             assert_eq!(std::fs::metadata(&ours).unwrap().len(), SIZE, "{case}");
             continue;
@@ -219,6 +225,11 @@ fn converted_preallocated_images_are_what_qemu_img_converts() {
             "metadata" => assert!(allocated(&ours) < SIZE / 2, "{case}"),
             _ => assert!(allocated(&ours) >= SIZE, "{case}"),
         }
+        assert_eq!(
+            has_unwritten_extents(&ours),
+            has_unwritten_extents(&theirs),
+            "{case}"
+        );
         if format == "raw" {
             assert_eq!(std::fs::metadata(&ours).unwrap().len(), SIZE, "{case}");
             continue;

@@ -58,6 +58,13 @@ pub fn own_layer(image: &Path) -> (Vec<(u64, u64)>, u64) {
     (ranges, data.map(|e| field(e, "length")).sum())
 }
 
+/// Whether `path` has unwritten extents (blocks reserved by fallocate, not written):
+/// what tells preallocation=falloc from full, on file systems that have them.
+/// `filefrag -v` reports FIEMAP's flags.
+pub fn has_unwritten_extents(path: &Path) -> bool {
+    tool("filefrag", &["-v", s(path)]).contains("unwritten")
+}
+
 /// Run `program` and return what it did; panics only when it cannot start.
 pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
