@@ -135,6 +135,16 @@ impl DiskConfig {
             detect_zeroes: DetectZeroes::Off,
         }
     }
+
+    /// `path` opened only to be read (an input, a backing file): read-only, in
+    /// `format` (detected when `None`), other options at their defaults.
+    pub fn read_only(path: impl Into<PathBuf>, format: Option<ImageFormat>) -> Self {
+        DiskConfig {
+            format,
+            readonly: true,
+            ..DiskConfig::new(path)
+        }
+    }
 }
 
 /// What is wrong with a `--disk` option string.

@@ -122,11 +122,7 @@ pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> 
     let backing = match &opts.backing {
         Some(b) => {
             let resolved = path.parent().unwrap_or(Path::new(".")).join(b);
-            let disk = open_disk(&DiskConfig {
-                readonly: true,
-                format: opts.backing_format,
-                ..DiskConfig::new(resolved)
-            })?;
+            let disk = open_disk(&DiskConfig::read_only(resolved, opts.backing_format))?;
             Some((b.to_string_lossy().into_owned(), disk.format(), disk.size()))
         }
         None => None,

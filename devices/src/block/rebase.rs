@@ -63,11 +63,7 @@ pub fn rebase_safe(
     let new_disk = match backing {
         Some(b) => {
             let new_path = b.path_from(path);
-            let config = DiskConfig {
-                format: Some(b.format),
-                readonly: true,
-                ..DiskConfig::new(new_path.clone())
-            };
+            let config = DiskConfig::read_only(&new_path, Some(b.format));
             Some((open_disk(&config)?, new_path))
         }
         None => None,

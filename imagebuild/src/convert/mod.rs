@@ -207,14 +207,11 @@ fn open_backing(output: &Path, opts: &ConvertOptions) -> Result<Option<Backing>,
             output.display()
         )));
     }
-    let disk = open_disk(&DiskConfig {
-        readonly: true,
-        format: opts.backing_format,
-        ..DiskConfig::new(path.clone())
-    })
-    .map_err(|source| ConvertError::Backing {
-        path: path.clone(),
-        source,
+    let disk = open_disk(&DiskConfig::read_only(&path, opts.backing_format)).map_err(|source| {
+        ConvertError::Backing {
+            path: path.clone(),
+            source,
+        }
     })?;
     Ok(Some(Backing {
         name: text.to_owned(),
@@ -229,14 +226,11 @@ pub fn convert(
     opts: &mut ConvertOptions,
 ) -> Result<ConvertStats, ConvertError> {
     let cluster_bits = check_options(opts)?;
-    let disk = open_disk(&DiskConfig {
-        readonly: true,
-        format: opts.input_format,
-        ..DiskConfig::new(input.to_path_buf())
-    })
-    .map_err(|source| ConvertError::Open {
-        path: input.to_path_buf(),
-        source,
+    let disk = open_disk(&DiskConfig::read_only(input, opts.input_format)).map_err(|source| {
+        ConvertError::Open {
+            path: input.to_path_buf(),
+            source,
+        }
     })?;
     let backing = open_backing(output, opts)?;
     let size = disk.size();

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use kiln_devices::block::create::{create_image, CreateOptions};
 use kiln_devices::block::known_zero::SparseReader;
-use kiln_devices::block::{open_disk, DiskBackend, DiskConfig};
+use kiln_devices::block::{open_disk, DiskConfig};
 
 use super::existing::{self, ZeroRanges};
 use super::{ConvertError, ConvertOptions, ConvertStats};
@@ -32,7 +32,7 @@ pub fn convert(
     };
     let result = build_atomically(output, |tmp: &Path| {
         create_image(tmp, &create).map_err(target_err)?;
-        let target: std::sync::Arc<dyn DiskBackend> = open_disk(&DiskConfig {
+        let target = open_disk(&DiskConfig {
             format: Some(opts.format),
             ..DiskConfig::new(tmp.to_owned())
         })

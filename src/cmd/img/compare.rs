@@ -51,10 +51,8 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 fn compare(args: &Args) -> anyhow::Result<ExitCode> {
     let open = |path: &PathBuf, format| {
         open_disk(&DiskConfig {
-            format,
-            readonly: true,
             force_share: args.force_share,
-            ..DiskConfig::new(path)
+            ..DiskConfig::read_only(path, format)
         })
         .with_context(|| format!("cannot open {}", path.display()))
     };
