@@ -142,7 +142,27 @@ fn a_chain_that_loops_or_breaks_is_refused_by_name() {
     assert!(alone.status.success());
     let text = String::from_utf8_lossy(&alone.stdout);
     assert!(text.contains("backing file format: vmdk"), "{text}");
-    refused(&e, &["d.vmdk", "vmdk is not qcow2 or raw"]);
+    refused(
+        &e,
+        &[
+            "e.qcow2",
+            "d.vmdk",
+            "recorded as vmdk",
+            "only qcow2 and raw",
+        ],
+    );
+
+    // A backing format of "file" (QEMU's protocol driver, which reads the file as
+    // raw) is followed as raw, as `kiln run` follows it.
+    std::fs::write(dir.join("f.raw"), vec![7u8; 1 << 20]).unwrap();
+    let g = dir.join("g.qcow2");
+    qemu_overlay("f.raw", "file", &g);
+    let out = kiln(&["img", "info", "--backing-chain", "--output", "json", s(&g)]);
+    assert!(out.status.success(), "{out:?}");
+    let chain: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(chain[0]["backing-filename-format"], "file");
+    assert_eq!(chain[1]["format"], "raw");
+    assert_eq!(chain[1]["filename"], s(&dir.join("f.raw")));
 
     // 33 backing files: one past kiln's limit, refused by name (a loop would never
     // end); 32 are shown.

@@ -10,7 +10,7 @@ use imago::raw::Raw;
 use imago::{FormatCreateBuilder, Storage, StorageCreateOptions};
 
 use super::qcow2_layout::cluster_bits;
-use super::{open_disk, DiskConfig, DiskError, ImageFormat};
+use super::{backing_path, open_disk, DiskConfig, DiskError, ImageFormat};
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> 
     // Resolve and open the backing image first, as qemu-img does: its size is the default.
     let backing = match &opts.backing {
         Some(b) => {
-            let resolved = path.parent().unwrap_or(Path::new(".")).join(b);
+            let resolved = backing_path(path, b);
             let disk = open_disk(&DiskConfig::read_only(resolved, opts.backing_format))?;
             Some((b.to_string_lossy().into_owned(), disk.format(), disk.size()))
         }

@@ -8,7 +8,7 @@ use super::qcow2::bitmaps::{bitmaps_in_force, read_directory, Bitmap};
 use super::qcow2::refcheck::RefcountError;
 use super::qcow2::snapshots::{read_snapshots, Snapshot};
 use super::qcow2::{read_header, MAX_CHAIN_DEPTH};
-use super::{probe_format, DiskError, ImageFormat};
+use super::{backing_format, backing_path, probe_format, DiskError, ImageFormat};
 
 /// qcow2-specific facts (qemu-img's "format-specific" data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +74,8 @@ pub fn chain_info(path: &Path, format: Option<ImageFormat>) -> Result<Vec<ImageI
             ));
         }
         seen.push(canonical);
-        let format = match &last.backing_format {
-            Some(name) => Some(name.parse().map_err(|_| {
-                DiskError::unsupported(&next, format!("backing format {name} is not qcow2 or raw"))
-            })?),
-            None => None,
-        };
-        chain.push(image_info_as(&next, format)?);
+        let format = backing_format(&last.filename, last.backing_format.as_deref(), &next)?;
+        chain.push(image_info_as(&next, Some(format))?);
     }
 }
 
@@ -115,10 +110,7 @@ pub fn image_info_as(path: &Path, format: Option<ImageFormat>) -> Result<ImageIn
     use super::qcow2::header::incompat;
     info.virtual_size = h.size;
     info.cluster_size = Some(h.cluster_size());
-    info.full_backing_filename = h
-        .backing_file
-        .as_ref()
-        .map(|b| path.parent().unwrap_or(Path::new(".")).join(b));
+    info.full_backing_filename = h.backing_file.as_ref().map(|b| backing_path(path, b));
     info.backing_filename = h.backing_file.clone();
     info.backing_format = h.backing_format.clone();
     info.dirty = h.incompatible_features & incompat::DIRTY != 0;

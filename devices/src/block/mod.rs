@@ -191,6 +191,34 @@ pub fn open_disk(config: &DiskConfig) -> Result<Arc<dyn DiskBackend>, DiskError>
     })
 }
 
+/// Where the backing file an image at `image` names as `name` is: a relative name is
+/// relative to the image's directory, as QEMU resolves it.
+pub fn backing_path(image: &Path, name: impl AsRef<Path>) -> PathBuf {
+    image.parent().unwrap_or(Path::new(".")).join(name)
+}
+
+/// The backing file's format, as a qcow2 header records it (`recorded`), or else as
+/// its contents say. QEMU's "file" protocol driver reads a file as raw.
+pub fn backing_format(
+    image: &Path,
+    recorded: Option<&str>,
+    backing: &Path,
+) -> Result<ImageFormat, DiskError> {
+    match recorded {
+        Some("qcow2") => Ok(ImageFormat::Qcow2),
+        Some("raw" | "file") => Ok(ImageFormat::Raw),
+        Some(other) => Err(DiskError::unsupported(
+            image,
+            format!(
+                "its backing file {} is recorded as {other}, which kiln does not read \
+                 (only qcow2 and raw)",
+                backing.display()
+            ),
+        )),
+        None => probe_format(backing),
+    }
+}
+
 /// Detect the format of the image at `path` from its first bytes.
 pub fn probe_format(path: &Path) -> Result<ImageFormat, DiskError> {
     let open_err = DiskError::io(path);

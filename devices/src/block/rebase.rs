@@ -39,8 +39,7 @@ pub struct NewBacking<'a> {
 impl NewBacking<'_> {
     /// Where the file is, seen from the current directory.
     pub fn path_from(&self, image: &Path) -> PathBuf {
-        let dir = image.parent().unwrap_or_else(|| Path::new("."));
-        dir.join(self.name)
+        super::backing_path(image, self.name)
     }
 }
 

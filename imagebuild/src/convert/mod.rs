@@ -26,7 +26,9 @@ use std::sync::Arc;
 use kiln_devices::block::create::Preallocation;
 use kiln_devices::block::known_zero::SparseReader;
 use kiln_devices::block::qcow2_layout::cluster_bits;
-use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat};
+use kiln_devices::block::{
+    backing_path, open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat,
+};
 
 use crate::atomic::{write_atomically, AtomicError};
 use copy::Copy;
@@ -196,7 +198,7 @@ fn open_backing(output: &Path, opts: &ConvertOptions) -> Result<Option<Backing>,
             name.display()
         )));
     };
-    let path = output.parent().unwrap_or(Path::new(".")).join(name);
+    let path = backing_path(output, name);
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,

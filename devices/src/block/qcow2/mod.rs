@@ -54,7 +54,7 @@ use log::warn;
 use vm_memory::VolatileSlice;
 
 use super::lock::{Access, ImageLock};
-use super::{check_range, probe_format, DiskBackend, DiskError, ImageFormat};
+use super::{backing_format, backing_path, check_range, DiskBackend, DiskError, ImageFormat};
 use direct::DirectReads;
 use header::{incompat, Qcow2Header};
 
@@ -199,19 +199,8 @@ pub fn check_chain(path: &Path, writable: bool) -> Result<Vec<(PathBuf, ImageFor
         let Some(backing) = &h.backing_file else {
             return Ok(chain);
         };
-        let dir = current.parent().unwrap_or(Path::new("."));
-        let next = dir.join(backing);
-        let format = match h.backing_format.as_deref() {
-            Some("qcow2") => ImageFormat::Qcow2,
-            Some("raw") | Some("file") => ImageFormat::Raw,
-            Some(other) => {
-                return Err(DiskError::unsupported(
-                    &current,
-                    format!("backing file format `{other}` is not supported"),
-                ))
-            }
-            None => probe_format(&next)?,
-        };
+        let next = backing_path(&current, backing);
+        let format = backing_format(&current, h.backing_format.as_deref(), &next)?;
         chain.push((next.clone(), format));
         if format == ImageFormat::Raw {
             StdFile::open(&next).map_err(DiskError::io(&next))?;
