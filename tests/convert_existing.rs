@@ -27,15 +27,6 @@ fn input(dir: &Path) -> PathBuf {
     top
 }
 
-fn kiln_ok(args: &[&str]) {
-    let out = kiln(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn written_in_place_as_qemu_img_writes_it() {
     let dir = fresh_dir("convert-existing", "written");

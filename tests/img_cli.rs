@@ -1,26 +1,12 @@
 //! `kiln img create` and `kiln img info` through the binary, checked with `qemu-img info`.
 
+mod qcow2_support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use qcow2_support::{kiln, kiln_ok};
 use serde_json::Value;
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn kiln_ok(args: &[&str]) -> String {
-    let out = kiln(args);
-    assert!(
-        out.status.success(),
-        "kiln {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn kiln_err(args: &[&str]) -> String {
     let out = kiln(args);

@@ -26,6 +26,17 @@ pub fn kiln(args: &[&str]) -> Output {
     out
 }
 
+/// Run kiln, fail the test unless it succeeds; its stdout.
+pub fn kiln_ok(args: &[&str]) -> String {
+    let out = kiln(args);
+    assert!(
+        out.status.success(),
+        "kiln {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// An empty directory `PREFIX-NAME` in the tests' scratch space.
 pub fn fresh_dir(prefix: &str, name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}"));
