@@ -239,4 +239,6 @@ pub fn probe_format(path: &Path) -> Result<ImageFormat, DiskError> {
 }
 
 #[cfg(test)]
+pub(crate) mod delegate;
+#[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ use super::parallel_tests::{
 };
 use super::tests::{activate_blk, settle};
 use super::*;
+use crate::block::delegate::delegate_disk;
 use crate::block::{DiskError, ImageFormat};
 use crate::virtio::test_utils::*;
 
@@ -61,6 +62,7 @@ fn flush_waits_for_writes_of_an_earlier_notification_but_not_for_reads() {
 struct FaultyDisk(Arc<SlowDisk>);
 
 impl DiskBackend for FaultyDisk {
+    delegate_disk!(0: read_at, write_at, write_vectored, discard, write_zeroes);
     fn format(&self) -> ImageFormat {
         ImageFormat::Raw
     }
@@ -70,12 +72,6 @@ impl DiskBackend for FaultyDisk {
     fn is_read_only(&self) -> bool {
         false
     }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
-        self.0.write_at(buf, offset)
-    }
     fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
         match offset / 512 {
             1 => Err(DiskError::Io(std::io::ErrorKind::Other.into())),
@@ -83,17 +79,8 @@ impl DiskBackend for FaultyDisk {
             _ => self.0.read_vectored(bufs, offset),
         }
     }
-    fn write_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
-        self.0.write_vectored(bufs, offset)
-    }
     fn flush(&self) -> Result<(), DiskError> {
         Err(DiskError::Io(std::io::ErrorKind::Other.into()))
-    }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
-        self.0.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), DiskError> {
-        self.0.write_zeroes(offset, len, unmap)
     }
 }
 

@@ -18,6 +18,7 @@ use super::harness::wait_readable;
 use super::parallel_tests::{data_buf, request, slow_disk, status_of, SlowDisk, OK};
 use super::tests::{activate_blk, settle};
 use super::*;
+use crate::block::delegate::delegate_disk;
 use crate::block::{DiskError, ImageFormat};
 use crate::virtio::test_utils::*;
 use crate::GuestMemory;
@@ -54,20 +55,12 @@ impl GateDisk {
 }
 
 impl DiskBackend for GateDisk {
+    delegate_disk!(inner: size, read_at, write_at, write_vectored, discard, write_zeroes);
     fn format(&self) -> ImageFormat {
         ImageFormat::Raw
     }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
     fn is_read_only(&self) -> bool {
         false
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
-        self.inner.write_at(buf, offset)
     }
     fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
@@ -84,21 +77,12 @@ impl DiskBackend for GateDisk {
         }
         self.inner.inner.read_vectored(bufs, offset)
     }
-    fn write_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
-        self.inner.write_vectored(bufs, offset)
-    }
     fn flush(&self) -> Result<(), DiskError> {
         let r = self.inner.flush();
         if self.flush_opens {
             self.open();
         }
         r
-    }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
-        self.inner.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), DiskError> {
-        self.inner.write_zeroes(offset, len, unmap)
     }
 }
 

@@ -14,6 +14,7 @@ use super::harness::{Done, Harness, Op, QueueDriver};
 use super::*;
 use crate::block::config::DetectZeroes;
 use crate::block::create::{create_image, CreateOptions};
+use crate::block::delegate::delegate_disk;
 use crate::block::raw::RawDisk;
 use crate::block::{open_disk, DiskConfig, DiskError, ImageFormat};
 
@@ -153,11 +154,9 @@ impl PipeExtentDisk {
 }
 
 impl DiskBackend for PipeExtentDisk {
+    delegate_disk!(raw: size, write_at, write_vectored, flush);
     fn format(&self) -> ImageFormat {
         ImageFormat::Qcow2
-    }
-    fn size(&self) -> u64 {
-        self.raw.size()
     }
     fn is_read_only(&self) -> bool {
         false
@@ -166,18 +165,9 @@ impl DiskBackend for PipeExtentDisk {
         self.format_reads.fetch_add(1, Ordering::SeqCst);
         self.raw.read_at(buf, offset)
     }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
-        self.raw.write_at(buf, offset)
-    }
     fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
         self.format_reads.fetch_add(1, Ordering::SeqCst);
         self.raw.read_vectored(bufs, offset)
-    }
-    fn write_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
-        self.raw.write_vectored(bufs, offset)
-    }
-    fn flush(&self) -> Result<(), DiskError> {
-        self.raw.flush()
     }
     fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
         self.discards.fetch_add(1, Ordering::SeqCst);

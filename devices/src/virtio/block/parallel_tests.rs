@@ -9,7 +9,8 @@ use vm_memory::{Bytes, GuestAddress, VolatileSlice};
 
 use super::tests::activate_blk;
 use super::*;
-use crate::block::{open_disk, DiskConfig, DiskError, ImageFormat};
+use crate::block::delegate::delegate_disk;
+use crate::block::{open_disk, DiskConfig, DiskError};
 use crate::virtio::test_utils::*;
 use crate::GuestMemory;
 
@@ -52,20 +53,9 @@ impl SlowDisk {
 }
 
 impl DiskBackend for SlowDisk {
-    fn format(&self) -> ImageFormat {
-        self.inner.format()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
+    delegate_disk!(inner: format, size, read_at, write_at, discard, write_zeroes);
     fn is_read_only(&self) -> bool {
         false
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
-        self.inner.write_at(buf, offset)
     }
     fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
         self.io("read", offset, || self.inner.read_vectored(bufs, offset))
@@ -79,12 +69,6 @@ impl DiskBackend for SlowDisk {
         let r = self.inner.flush();
         self.state.lock().unwrap().events.push("flush done".into());
         r
-    }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
-        self.inner.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), DiskError> {
-        self.inner.write_zeroes(offset, len, unmap)
     }
 }
 

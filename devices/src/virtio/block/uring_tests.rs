@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vm_memory::VolatileSlice;
-
 use super::harness::{Done, Harness, Op, QueueDriver};
 use super::*;
 use crate::block::config::Cache;
+use crate::block::delegate::delegate_disk;
 use crate::block::raw::RawDisk;
 use crate::block::{DiskError, ImageFormat};
 use crate::test_support::deny_io_uring_on_this_thread;
@@ -156,38 +155,18 @@ impl ProbeDisk {
 }
 
 impl DiskBackend for ProbeDisk {
+    delegate_disk!(raw: size, read_at, write_at, read_vectored, write_vectored, discard, write_zeroes);
     fn format(&self) -> ImageFormat {
         ImageFormat::Raw
     }
-    fn size(&self) -> u64 {
-        self.raw.size()
-    }
     fn is_read_only(&self) -> bool {
         false
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        self.raw.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
-        self.raw.write_at(buf, offset)
-    }
-    fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
-        self.raw.read_vectored(bufs, offset)
-    }
-    fn write_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
-        self.raw.write_vectored(bufs, offset)
     }
     fn flush(&self) -> Result<(), DiskError> {
         let mut whole = vec![0u8; self.raw.size() as usize];
         self.raw.read_at(&mut whole, 0)?;
         self.at_flush.lock().unwrap().push(whole);
         self.raw.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
-        self.raw.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), DiskError> {
-        self.raw.write_zeroes(offset, len, unmap)
     }
     fn passthrough_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())

@@ -13,6 +13,7 @@ use super::harness::{Harness, Op};
 use super::parallel_tests::OK;
 use super::*;
 use crate::block::config::{DetectZeroes, Discard};
+use crate::block::delegate::delegate_disk;
 use crate::block::raw::RawDisk;
 use crate::block::{DiskError, ImageFormat};
 
@@ -43,31 +44,20 @@ impl Recorder {
 }
 
 impl DiskBackend for Recorder {
+    delegate_disk!(raw: size, read_at, read_vectored, flush);
     fn format(&self) -> ImageFormat {
         ImageFormat::Raw
     }
-    fn size(&self) -> u64 {
-        self.raw.size()
-    }
     fn is_read_only(&self) -> bool {
         false
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        self.raw.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
         self.log(format!("write {offset}"));
         self.raw.write_at(buf, offset)
     }
-    fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
-        self.raw.read_vectored(bufs, offset)
-    }
     fn write_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
         self.log(format!("write {offset}"));
         self.raw.write_vectored(bufs, offset)
-    }
-    fn flush(&self) -> Result<(), DiskError> {
-        self.raw.flush()
     }
     fn discard(&self, offset: u64, len: u64) -> Result<(), DiskError> {
         self.log(format!("discard {offset}+{len}"));
