@@ -201,13 +201,17 @@ fn img_check_waits_for_writers_unless_forced() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
     let out = kiln(&["img", "check", "-U", path]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    // So do compare (exit 2 for an error there) and map.
+    // So do compare (exit 2 for an error there), map, measure and convert.
     let copy = d.join("copy.qcow2");
     std::fs::copy(&image, &copy).unwrap();
     let c = copy.to_str().unwrap();
+    let converted = d.join("converted.qcow2");
+    let o = converted.to_str().unwrap();
     for (args, refused) in [
         (vec!["img", "compare", path, c], 2),
         (vec!["img", "map", path], 1),
+        (vec!["img", "measure", "-O", "qcow2", path], 1),
+        (vec!["img", "convert", path, o], 1),
     ] {
         let out = kiln(&args);
         assert_eq!(out.status.code(), Some(refused), "{args:?}: {out:?}");
@@ -215,7 +219,9 @@ fn img_check_waits_for_writers_unless_forced() {
             String::from_utf8_lossy(&out.stderr).contains("in use"),
             "{out:?}"
         );
+        assert!(!converted.exists(), "a refused convert left its output");
         let out = kiln(&[&args[..2], &["-U"], &args[2..]].concat());
         assert_eq!(out.status.code(), Some(0), "{args:?} -U: {out:?}");
     }
+    assert!(qemu_img(&["compare", "-U", path, o]).status.success());
 }

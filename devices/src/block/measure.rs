@@ -27,6 +27,8 @@ pub enum MeasureInput<'a> {
     Image {
         path: &'a Path,
         format: Option<ImageFormat>,
+        /// Read it while others write it (a running VM's disk), as it is now.
+        force_share: bool,
     },
     Size(u64),
 }
@@ -56,8 +58,12 @@ pub struct Measure {
 
 pub fn measure(input: &MeasureInput, target: &MeasureTarget) -> Result<Measure, DiskError> {
     let (size, entries, path) = match input {
-        MeasureInput::Image { path, format } => {
-            let entries = map_image(path, *format, false)?;
+        MeasureInput::Image {
+            path,
+            format,
+            force_share,
+        } => {
+            let entries = map_image(path, *format, *force_share)?;
             let size = entries.last().map_or(0, |e| e.start + e.length);
             (size, Some(entries), Some(*path))
         }
@@ -90,7 +96,7 @@ pub fn measure(input: &MeasureInput, target: &MeasureTarget) -> Result<Measure, 
     };
     let fully_allocated = fully_allocated_qcow2(virtual_size, cs);
     let bitmaps = match (input, target.version) {
-        (MeasureInput::Image { path, format }, 3) => {
+        (MeasureInput::Image { path, format, .. }, 3) => {
             let format = match format {
                 Some(f) => *f,
                 None => super::probe_format(path)?,

@@ -81,6 +81,9 @@ pub struct ConvertOptions<'a> {
     pub existing: bool,
     /// What a new output sets aside for its data (qemu-img's `-o preallocation`).
     pub preallocation: Preallocation,
+    /// Read the input while others write it (a running VM's disk), as it is now
+    /// (qemu-img's `-U`).
+    pub force_share: bool,
 }
 
 impl ConvertOptions<'_> {
@@ -97,6 +100,7 @@ impl ConvertOptions<'_> {
             progress: None,
             existing: false,
             preallocation: Preallocation::Off,
+            force_share: false,
         }
     }
 }
@@ -228,11 +232,13 @@ pub fn convert(
     opts: &mut ConvertOptions,
 ) -> Result<ConvertStats, ConvertError> {
     let cluster_bits = check_options(opts)?;
-    let disk = open_disk(&DiskConfig::read_only(input, opts.input_format)).map_err(|source| {
-        ConvertError::Open {
-            path: input.to_path_buf(),
-            source,
-        }
+    let disk = open_disk(&DiskConfig {
+        force_share: opts.force_share,
+        ..DiskConfig::read_only(input, opts.input_format)
+    })
+    .map_err(|source| ConvertError::Open {
+        path: input.to_path_buf(),
+        source,
     })?;
     let backing = open_backing(output, opts)?;
     let size = disk.size();
@@ -260,7 +266,7 @@ pub fn convert(
                 ImageFormat::Raw => None,
             };
             let mut copy = Copy {
-                input: SparseReader::new(input, disk.as_ref(), false),
+                input: SparseReader::new(input, disk.as_ref(), opts.force_share),
                 backing: backing
                     .as_ref()
                     .map(|b| SparseReader::new(&b.path, b.disk.as_ref(), false)),
@@ -293,7 +299,7 @@ pub fn convert(
     let device = device_kind(output).map_err(write_err)?;
     if opts.existing && device.is_none() {
         let target = existing::open_target(output, opts.format, size)?;
-        let input = SparseReader::new(input, disk.as_ref(), false);
+        let input = SparseReader::new(input, disk.as_ref(), opts.force_share);
         return existing::copy_into(
             input,
             output,
@@ -309,7 +315,7 @@ pub fn convert(
         )));
     }
     if device.is_none() && opts.preallocation != Preallocation::Off {
-        let input = SparseReader::new(input, disk.as_ref(), false);
+        let input = SparseReader::new(input, disk.as_ref(), opts.force_share);
         return preallocated::convert(input, output, opts);
     }
     if let Some(kind) = device {

@@ -40,6 +40,9 @@ pub struct Args {
     /// Input format (detected from its contents when not given).
     #[arg(short = 'f', long = "format", value_parser = parse_format)]
     input_format: Option<ImageFormat>,
+    /// Convert an image others are writing (a running VM's disk), as it is now.
+    #[arg(short = 'U', long)]
+    force_share: bool,
     /// Show a progress bar on stderr (when it is a terminal).
     #[arg(short = 'p', long)]
     progress: bool,
@@ -85,6 +88,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             progress: Some(&mut report),
             existing: args.existing,
             preallocation: options.preallocation,
+            force_share: args.force_share,
             ..ConvertOptions::new(format)
         },
     );

@@ -23,6 +23,9 @@ pub struct Args {
     #[arg(long, value_parser = parse_size)]
     size: Option<u64>,
     /// FILE's format (detected from its contents when not given).
+    /// Measure an image others are writing (a running VM's disk), as it is now.
+    #[arg(short = 'U', long, requires = "file")]
+    force_share: bool,
     #[arg(short = 'f', long = "format", value_parser = parse_format)]
     format: Option<ImageFormat>,
     /// Format of the image to be made; raw by default, as in qemu-img.
@@ -61,6 +64,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         (Some(path), _) => MeasureInput::Image {
             path,
             format: args.format,
+            force_share: args.force_share,
         },
         (None, Some(size)) => MeasureInput::Size(size),
         (None, None) => bail!("give an image or --size"),
