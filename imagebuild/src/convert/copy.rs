@@ -1,6 +1,9 @@
 //! The copy loop of a conversion: chunk by chunk, the input (and the backing file)
-//! read where they are not known zero, and each cluster stored as data, a zero
-//! cluster, zeroes on a device, or left to the backing file.
+//! read where they are not known zero. qcow2 output stores each cluster as data, a
+//! zero cluster, or leaves it to the backing file. Raw output (a file or a device)
+//! takes the chunk in pieces of the sparse size (qemu-img's `-S`): pieces of zeroes
+//! stay holes in a file and are zeroed on a device, the rest is written. With a
+//! sparse size of 0 every byte of any output is written as data.
 
 use std::fs::File;
 use std::io;
@@ -11,6 +14,7 @@ use kiln_devices::block::known_zero::SparseReader;
 use super::device::Device;
 use super::gather::Gather;
 use super::qcow2_writer::Qcow2Writer;
+use super::runs::sparse_runs;
 use super::{ConvertError, ConvertStats, CHUNK};
 
 /// Fill `buf` from `offset` of `source` (see [`SparseReader::read`]), naming the
@@ -34,6 +38,9 @@ pub(super) struct Copy<'a> {
     /// Raw output's data runs (qcow2 output gathers its own).
     pub raw_gather: Gather,
     pub stats: ConvertStats,
+    /// Raw output: zero runs this long (aligned) are not written. `None` writes every
+    /// byte of any output as data (`-S 0`).
+    pub sparse: Option<u64>,
 }
 
 impl Copy<'_> {
@@ -49,7 +56,7 @@ impl Copy<'_> {
         let mut offset = 0u64;
         while offset < size {
             let n = (size - offset).min(chunk);
-            if self.reads_zero_over_zero(offset, n) {
+            if self.sparse.is_some() && self.reads_zero_over_zero(offset, n) {
                 // Nothing to read, compare or write (but a device's old contents to
                 // zero): the common case of sparse images.
                 if let Some(device) = self.device {
@@ -104,56 +111,93 @@ impl Copy<'_> {
             under[n as usize..].fill(0);
             read(b, &mut under[..n as usize], offset)?;
         }
+        let write_err = |source| ConvertError::Write {
+            path: self.output.0.to_owned(),
+            source,
+        };
+        if self.qcow2.is_none() {
+            return self
+                .raw_chunk(offset, &data[..n as usize])
+                .map_err(write_err);
+        }
         for (i, bytes) in data[..n.next_multiple_of(cluster) as usize]
             .chunks(cluster as usize)
             .enumerate()
         {
             let at = offset + i as u64 * cluster;
             let below = &under[i * cluster as usize..][..cluster as usize];
-            self.cluster(at, bytes, below)
-                .map_err(|source| ConvertError::Write {
-                    path: self.output.0.to_owned(),
-                    source,
-                })?;
+            self.cluster(at, bytes, below).map_err(write_err)?;
         }
         Ok(())
     }
 
-    /// Store the cluster at guest offset `at`, which holds `bytes` over `below` (the
-    /// backing file's bytes, zeroes without one).
+    /// Store `bytes` at `offset` of raw output: with a sparse size, its zero runs as
+    /// `sparse_runs` finds them are left out (zeroed on a device), the rest written.
+    fn raw_chunk(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let runs = match self.sparse {
+            Some(sparse) => {
+                let input = &mut self.input;
+                sparse_runs(bytes, offset, sparse, |at, len| input.known_zero(at, len))
+            }
+            None => vec![(offset, bytes.len() as u64, false)],
+        };
+        let mut file = self.output.1;
+        for &(at, len, zero) in &runs {
+            let part = &bytes[(at - offset) as usize..][..len as usize];
+            match (zero, self.device) {
+                (true, Some(device)) => device.zero(at, len)?,
+                (true, None) => {}
+                (false, _) => self.raw_gather.write_at(&mut file, at, part)?,
+            }
+        }
+        // Clusters wholly inside holes count as zero clusters, the rest as data.
+        let cluster = self.stats.cluster_size;
+        let clusters = (bytes.len() as u64).div_ceil(cluster);
+        let zero: u64 = runs
+            .iter()
+            .filter(|(_, _, hole)| *hole)
+            .map(|&(at, len, _)| {
+                let end = at + len;
+                let last = if end == offset + bytes.len() as u64 {
+                    end.div_ceil(cluster) // the chunk's short last cluster
+                } else {
+                    end / cluster
+                };
+                last.saturating_sub(at.div_ceil(cluster))
+            })
+            .sum();
+        self.stats.zero_clusters += zero;
+        self.stats.data_clusters += clusters - zero;
+        Ok(())
+    }
+
+    /// Store the qcow2 cluster at guest offset `at`, which holds `bytes` over `below`
+    /// (the backing file's bytes, zeroes without one).
     fn cluster(&mut self, at: u64, bytes: &[u8], below: &[u8]) -> io::Result<()> {
-        let zero = bytes.iter().all(|b| *b == 0);
+        let Some(w) = self.qcow2.as_mut() else {
+            return Ok(());
+        };
+        let zero = self.sparse.is_some() && is_zero(bytes);
         if self.backing.is_some() && bytes == below {
             self.stats.backing_clusters += 1;
             return Ok(());
         }
         let index = at / self.stats.cluster_size;
-        match self.qcow2.as_mut() {
-            Some(w) if zero && self.backing.is_some() && w.has_zero_clusters() => {
-                w.zero_cluster(index)?;
-                self.stats.zero_clusters += 1;
-            }
+        if zero && self.backing.is_some() && w.has_zero_clusters() {
+            w.zero_cluster(index)?;
+            self.stats.zero_clusters += 1;
+        } else if zero && self.backing.is_none() {
             // Without a backing file, zeroes need nothing; over one, a version 2
             // image can only hide it with zeroes as data.
-            _ if zero && self.backing.is_none() => {
-                if let Some(device) = self.device {
-                    let len = (self.stats.virtual_size - at).min(bytes.len() as u64);
-                    device.zero(at, len)?;
-                }
-                self.stats.zero_clusters += 1
-            }
-            Some(w) => {
-                w.write_cluster(index, bytes)?;
-                self.stats.data_clusters += 1;
-            }
-            None => {
-                let len = (self.stats.virtual_size - at).min(bytes.len() as u64);
-                let mut file = self.output.1;
-                self.raw_gather
-                    .write_at(&mut file, at, &bytes[..len as usize])?;
-                self.stats.data_clusters += 1;
-            }
+            self.stats.zero_clusters += 1;
+        } else {
+            w.write_cluster(index, bytes)?;
+            self.stats.data_clusters += 1;
         }
         Ok(())
     }
+}
+
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
 }

@@ -16,6 +16,7 @@ use kiln_devices::block::{
     open_disk, probe_format, DiskBackend, DiskConfig, DiskError, ImageFormat,
 };
 
+use super::runs::runs;
 use super::{ConvertError, ConvertStats, CHUNK};
 
 /// Granularity of the zero test when zeroes are written: a run of zeroes this long
@@ -140,52 +141,4 @@ pub fn copy_into(
     }
     target.flush().map_err(write_err)?;
     Ok(stats)
-}
-
-/// The runs of `data` (which starts at disk offset `offset`, a multiple of
-/// `piece_len`): `(offset, length, all zero)`, pieces of the same kind joined.
-fn runs(data: &[u8], offset: u64, piece_len: u64) -> Vec<(u64, u64, bool)> {
-    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
-    for (i, piece) in data.chunks(piece_len as usize).enumerate() {
-        let at = offset + i as u64 * piece_len;
-        let zero = piece.iter().all(|b| *b == 0);
-        match runs.last_mut() {
-            Some(last) if last.2 == zero => last.1 += piece.len() as u64,
-            _ => runs.push((at, piece.len() as u64, zero)),
-        }
-    }
-    runs
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_join_pieces_of_a_kind() {
-        let p = PIECE as usize;
-        let mut data = vec![0u8; 5 * p + 100];
-        data[p + 3] = 1; // piece 1
-        data[2 * p] = 1; // piece 2
-        data[5 * p + 99] = 1; // the short last piece
-        let base = 10 * PIECE;
-        assert_eq!(
-            runs(&data, base, PIECE),
-            vec![
-                (base, PIECE, true),
-                (base + PIECE, 2 * PIECE, false),
-                (base + 3 * PIECE, 2 * PIECE, true),
-                (base + 5 * PIECE, 100, false),
-            ]
-        );
-        assert_eq!(runs(&[], base, PIECE), vec![]);
-        assert_eq!(
-            runs(&data[..2 * p], base, SKIP_PIECE)[..3],
-            [
-                (base, PIECE, true),
-                (base + PIECE, SKIP_PIECE, false),
-                (base + PIECE + SKIP_PIECE, PIECE - SKIP_PIECE, true),
-            ]
-        );
-    }
 }

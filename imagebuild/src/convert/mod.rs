@@ -17,6 +17,7 @@ mod existing;
 mod gather;
 mod preallocated;
 mod qcow2_writer;
+mod runs;
 
 use std::fs::File;
 use std::io;
@@ -84,7 +85,16 @@ pub struct ConvertOptions<'a> {
     /// Read the input while others write it (a running VM's disk), as it is now
     /// (qemu-img's `-U`).
     pub force_share: bool,
+    /// qemu-img's `-S`: raw output leaves runs of zeroes this long (aligned) as holes;
+    /// 0 writes every byte of the output as data (a fully allocated image). A
+    /// multiple of 512 up to [`MAX_SPARSE_SIZE`]; [`DEFAULT_SPARSE_SIZE`] by default.
+    pub sparse_size: u64,
 }
+
+/// qemu-img convert's default `-S`.
+pub const DEFAULT_SPARSE_SIZE: u64 = 4096;
+/// Largest `-S` kiln takes: one chunk of the copy loop.
+pub const MAX_SPARSE_SIZE: u64 = CHUNK;
 
 impl ConvertOptions<'_> {
     /// A plain conversion to `format`: 64 KiB clusters, version 3, no backing file.
@@ -101,6 +111,7 @@ impl ConvertOptions<'_> {
             existing: false,
             preallocation: Preallocation::Off,
             force_share: false,
+            sparse_size: DEFAULT_SPARSE_SIZE,
         }
     }
 }
@@ -154,8 +165,39 @@ fn check_options(opts: &ConvertOptions) -> Result<u32, ConvertError> {
         ));
     }
     check_preallocation(opts)?;
+    check_sparse_size(opts)?;
     let cluster = opts.cluster_size.unwrap_or(1 << DEFAULT_CLUSTER_BITS);
     cluster_bits(cluster).map_err(ConvertError::Invalid)
+}
+
+/// `-S`: whole sectors, at most one chunk; 0 (everything written) cannot leave
+/// clusters to a backing file, and an existing or preallocated output is written
+/// as it is made.
+fn check_sparse_size(opts: &ConvertOptions) -> Result<(), ConvertError> {
+    let s = opts.sparse_size;
+    if s % 512 != 0 || s > MAX_SPARSE_SIZE {
+        return Err(ConvertError::Invalid(format!(
+            "-S {s}: the sparse size must be a multiple of 512 bytes up to {MAX_SPARSE_SIZE} \
+             (0 writes every byte)"
+        )));
+    }
+    let conflict = [
+        (
+            opts.backing.is_some() && s == 0,
+            "a backing file, which holds what is not written",
+        ),
+        (
+            opts.existing,
+            "-n, which writes an existing image's zeroes as write-zeroes",
+        ),
+        (opts.preallocation != Preallocation::Off, "preallocation"),
+    ];
+    match conflict.iter().find(|(set, _)| *set) {
+        Some((_, what)) if s != DEFAULT_SPARSE_SIZE => Err(ConvertError::Invalid(format!(
+            "-S {s} cannot be combined with {what}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Preallocation shapes a new image made by `create_image`: version 3, no compression,
@@ -279,6 +321,7 @@ pub fn convert(
                     cluster_size: 1 << cluster_bits,
                     ..Default::default()
                 },
+                sparse: Some(opts.sparse_size).filter(|s| *s > 0),
             };
             copy.run(opts.progress.as_mut())?;
             match copy.qcow2 {

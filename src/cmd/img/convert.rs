@@ -17,7 +17,7 @@ use kiln_devices::block::{probe_format, ImageFormat};
 use kiln_imagebuild::convert::{convert, ConvertOptions};
 
 use super::progress::Progress;
-use super::{options, parse_format};
+use super::{options, parse_format, parse_size};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,6 +40,11 @@ pub struct Args {
     /// Input format (detected from its contents when not given).
     #[arg(short = 'f', long = "format", value_parser = parse_format)]
     input_format: Option<ImageFormat>,
+    /// Sparse size, as qemu-img's -S: raw output leaves runs of zeroes this long
+    /// (aligned) as holes; qcow2 output never allocates clusters of zeroes. 0 writes
+    /// every byte as data, for a fully allocated image. A multiple of 512 up to 1M.
+    #[arg(short = 'S', value_name = "SIZE", default_value = "4k", value_parser = parse_size)]
+    sparse_size: u64,
     /// Convert an image others are writing (a running VM's disk), as it is now.
     #[arg(short = 'U', long)]
     force_share: bool,
@@ -89,6 +94,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             existing: args.existing,
             preallocation: options.preallocation,
             force_share: args.force_share,
+            sparse_size: args.sparse_size,
             ..ConvertOptions::new(format)
         },
     );

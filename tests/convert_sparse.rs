@@ -1,0 +1,134 @@
+//! `kiln img convert -S SIZE` (qemu-img's sparse size): raw output with the holes
+//! qemu-img leaves for each size, and fully allocated output with -S 0.
+
+mod qcow2_support;
+
+use std::path::{Path, PathBuf};
+
+use qcow2_support::*;
+
+/// A 5 MiB sparse raw input: data with zero runs of several lengths inside it, an
+/// extent that starts with zeroes, one that ends with them, and an empty last MiB.
+fn input(dir: &Path) -> PathBuf {
+    let input = dir.join("input.raw");
+    qemu_img(&["create", "-q", "-f", "raw", s(&input), "5M"]);
+    let writes = [
+        "write -P 9 0 4k",
+        "write -P 0x11 1M 4k",
+        "write -P 0 1028k 8k",
+        "write -P 0x22 1036k 4k",
+        "write -P 0 1040k 128k",
+        "write -P 0x33 1168k 4k",
+        "write -P 0 2M 64k",
+        "write -P 0x44 3M 4k",
+        "write -P 0 3076k 24k",
+    ];
+    let mut args = vec!["-f", "raw"];
+    for w in &writes {
+        args.extend(["-c", w]);
+    }
+    args.push(s(&input));
+    tool("qemu-io", &args);
+    input
+}
+
+fn map(image: &Path, format: &str) -> serde_json::Value {
+    let mut map: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["map", "-f", format, "--output=json", s(image)])).unwrap();
+    for e in map.as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("offset");
+    }
+    map
+}
+
+#[test]
+fn raw_output_has_the_holes_qemu_img_leaves() {
+    let dir = fresh_dir("convert-sparse", "raw");
+    let input = input(&dir);
+    for sparse in ["4k", "512", "1536", "16k", "64k", "1M", "0"] {
+        let ours = dir.join(format!("kiln-{sparse}.raw"));
+        let theirs = dir.join(format!("qemu-{sparse}.raw"));
+        let args = ["convert", "-f", "raw", "-O", "raw", "-S", sparse];
+        kiln_ok(&[&["img"], &args[..], &[s(&input), s(&ours)]].concat());
+        qemu_img(&[&args[..], &[s(&input), s(&theirs)]].concat());
+        qemu_img(&["compare", "-q", s(&input), s(&ours)]);
+        // The file's holes (SEEK_HOLE), as qemu-img map reports them. Block counts are
+        // not compared: ext4 counts an extent tree block once its extents are placed.
+        assert_eq!(map(&ours, "raw"), map(&theirs, "raw"), "-S {sparse}");
+    }
+    // -S 0 allocates everything.
+    assert!(allocated(&dir.join("kiln-0.raw")) >= 5 << 20);
+}
+
+#[test]
+fn qcow2_output_with_sparse_size_0_is_fully_allocated() {
+    let dir = fresh_dir("convert-sparse", "qcow2");
+    let input = input(&dir);
+    let ours = dir.join("kiln.qcow2");
+    let theirs = dir.join("qemu.qcow2");
+    let args = ["convert", "-f", "raw", "-O", "qcow2", "-S", "0"];
+    kiln_ok(&[&["img"], &args[..], &[s(&input), s(&ours)]].concat());
+    qemu_img(&[&args[..], &[s(&input), s(&theirs)]].concat());
+    qemu_img(&["compare", "-q", s(&input), s(&ours)]);
+    assert_check_clean(&ours);
+    let check = qemu_img(&["check", s(&ours)]);
+    assert!(check.contains("80/80 = 100.00% allocated"), "{check}");
+    assert_eq!(map(&ours, "qcow2"), map(&theirs, "qcow2"));
+    // The default leaves clusters of zeroes out.
+    let sparse = dir.join("sparse.qcow2");
+    kiln_ok(&["img", "convert", "-f", "raw", s(&input), s(&sparse)]);
+    let check = qemu_img(&["check", s(&sparse)]);
+    assert!(!check.contains("100.00% allocated"), "{check}");
+}
+
+#[test]
+fn sparse_sizes_kiln_cannot_honour_are_refused_by_name() {
+    let dir = fresh_dir("convert-sparse", "refused");
+    let input = input(&dir);
+    let base = dir.join("base.qcow2");
+    qemu_create(&base, "", "5M");
+    let out = dir.join("out.qcow2");
+    for (args, named) in [
+        (
+            vec!["-S", "1000"],
+            "-S 1000: the sparse size must be a multiple of 512",
+        ),
+        (vec!["-S", "2M"], "up to 1048576"),
+        (
+            vec!["-S", "0", "-B", "base.qcow2"],
+            "cannot be combined with a backing file",
+        ),
+        (
+            vec!["-S", "8k", "-o", "preallocation=metadata"],
+            "cannot be combined with preallocation",
+        ),
+    ] {
+        let argv = [
+            &["img", "convert", "-f", "raw"],
+            &args[..],
+            &[s(&input), s(&out)],
+        ]
+        .concat();
+        let result = kiln(&argv);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{args:?} accepted");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+    // -n writes an existing image's zeroes its own way.
+    qemu_create(&out, "", "5M");
+    let result = kiln(&[
+        "img",
+        "convert",
+        "-n",
+        "-S",
+        "64k",
+        "-f",
+        "raw",
+        s(&input),
+        s(&out),
+    ]);
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("cannot be combined with -n"), "{stderr}");
+}
