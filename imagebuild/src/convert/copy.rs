@@ -1,9 +1,9 @@
 //! The copy loop of a conversion: chunk by chunk, the input (and the backing file)
 //! read where they are not known zero. qcow2 output stores each cluster as data, a
 //! zero cluster, or leaves it to the backing file. Raw output (a file or a device)
-//! takes the chunk in pieces of the sparse size (qemu-img's `-S`): pieces of zeroes
-//! stay holes in a file and are zeroed on a device, the rest is written. With a
-//! sparse size of 0 every byte of any output is written as data.
+//! takes the chunk in the runs of zeroes and data that qemu-img's `-S` finds (see
+//! runs.rs): zero runs stay holes in a file and are zeroed on a device, the rest is
+//! written. With a sparse size of 0 every byte of any output is written as data.
 
 use std::fs::File;
 use std::io;
@@ -38,8 +38,8 @@ pub(super) struct Copy<'a> {
     /// Raw output's data runs (qcow2 output gathers its own).
     pub raw_gather: Gather,
     pub stats: ConvertStats,
-    /// Raw output: zero runs this long (aligned) are not written. `None` writes every
-    /// byte of any output as data (`-S 0`).
+    /// Raw output's sparse size (see `runs::sparse_runs`); `None` writes every byte of
+    /// any output as data (`-S 0`).
     pub sparse: Option<u64>,
 }
 

@@ -351,13 +351,13 @@ pub fn convert(
             opts.progress.as_mut(),
         );
     }
-    if device.is_some() && opts.preallocation != Preallocation::Off {
-        return Err(ConvertError::Invalid(format!(
-            "{} is a device: preallocation is for image files",
-            output.display()
-        )));
-    }
-    if device.is_none() && opts.preallocation != Preallocation::Off {
+    if opts.preallocation != Preallocation::Off {
+        if device.is_some() {
+            return Err(ConvertError::Invalid(format!(
+                "{} is a device: preallocation is for image files",
+                output.display()
+            )));
+        }
         let input = SparseReader::new(input, disk.as_ref(), opts.force_share);
         return preallocated::convert(input, output, opts);
     }
