@@ -15,8 +15,9 @@
 //! With VIRTIO_RING_F_EVENT_IDX negotiated, the driver's used_event decides when to
 //! interrupt and the device's avail_event when to kick (virtio-queue keeps both).
 //! With VIRTIO_BLK_F_MQ each request queue the driver sets up has its own pipeline
-//! (see [`Block::set_num_queues`]), and the queues share one [`fence`]; with VIRTIO_BLK_F_CONFIG_WCE the driver chooses
-//! between a writeback and a writethrough cache (see [`Block::writethrough`]).
+//! (see [`Block::set_num_queues`]), and the queues share one [`fence`]; with
+//! VIRTIO_BLK_F_CONFIG_WCE the driver chooses between a writeback and a writethrough
+//! cache (see [`Block::writethrough`]).
 
 pub mod fence;
 pub mod harness;

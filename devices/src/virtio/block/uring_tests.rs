@@ -155,7 +155,9 @@ impl ProbeDisk {
 }
 
 impl DiskBackend for ProbeDisk {
-    delegate_disk!(raw: size, read_at, write_at, read_vectored, write_vectored, discard, write_zeroes);
+    delegate_disk!(
+        raw: size, read_at, write_at, read_vectored, write_vectored, discard, write_zeroes
+    );
     fn format(&self) -> ImageFormat {
         ImageFormat::Raw
     }
