@@ -114,10 +114,10 @@ dd if=/tmp/pattern of=/dev/vda bs=4096 conv=fsync 2>/dev/null
 echo 3 > /proc/sys/vm/drop_caches
 dd if=/dev/vda of=/tmp/back bs=4096 count=64 2>/dev/null
 cmp /tmp/pattern /tmp/back && echo KILN-MQ-CMP=ok
-dd if=/tmp/pattern of=/dev/vdb bs=4096 conv=fsync 2>/dev/null
+dd if=/tmp/pattern of=/dev/vdb bs=64k conv=fsync 2>/dev/null
 echo 3 > /proc/sys/vm/drop_caches
-taskset 1 dd if=/dev/vdb of=/tmp/q0 bs=4096 count=32 2>/dev/null
-taskset 2 dd if=/dev/vdb of=/tmp/q1 bs=4096 skip=32 count=32 2>/dev/null
+taskset 1 dd if=/dev/vdb of=/tmp/q0 bs=64k count=2 2>/dev/null
+taskset 2 dd if=/dev/vdb of=/tmp/q1 bs=64k skip=2 count=2 2>/dev/null
 cat /tmp/q0 /tmp/q1 > /tmp/qcow2-back
 cmp /tmp/pattern /tmp/qcow2-back && echo KILN-MQ-QCOW2-CMP=ok
 blkdiscard -o 131072 -l 131072 /dev/vdb && echo KILN-MQ-DISCARD=ok

@@ -245,11 +245,25 @@ fn tap_create_on_makes_a_transient_device_and_errors_name_the_fault() {
     let line = String::from_utf8_lossy(&show.stdout).to_string();
     assert!(line.contains("UP"), "created TAP is not up: {line}");
     drop(created);
-    let gone = Command::new("ip")
-        .args(["-n", &ns.0, "link", "show", "kcreate0"])
-        .output()
-        .unwrap();
-    assert!(!gone.status.success(), "created TAP outlived the backend");
+    // The device goes with the last open file of it. A process another test thread
+    // forks at that moment holds a copy until it execs (the fd is close-on-exec), so
+    // the device may outlive the drop by that long.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let still_there = || {
+        Command::new("ip")
+            .args(["-n", &ns.0, "link", "show", "kcreate0"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    while still_there() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "created TAP outlived the backend by 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     let err = ns
         .enter(|| TapBackend::open("kmissing0", false))
