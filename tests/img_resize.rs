@@ -10,7 +10,7 @@ mod common;
 mod qcow2_support;
 
 use common::Run;
-use qcow2_support::{allocated, fresh_dir, has_unwritten_extents, qemu_img, s, tool};
+use qcow2_support::{allocated, assert_same_unwritten_extents, fresh_dir, qemu_img, s, tool};
 
 fn kiln(args: &[&str]) -> Run {
     let run = common::run_kiln("img resize", args);
@@ -195,11 +195,7 @@ fn preallocated_growth_is_what_qemu_img_makes() {
             _ => assert!(grown >= 64 << 20, "{case}: {grown}"),
         }
         // falloc reserves the range, full writes it, as in qemu-img's copy.
-        assert_eq!(
-            has_unwritten_extents(&ours),
-            has_unwritten_extents(&theirs),
-            "{case}"
-        );
+        assert_same_unwritten_extents(&ours, &theirs, &case);
         if format == "qcow2" {
             // The grown range is allocated, as in qemu-img's copy.
             let allocation = |image: &Path| {

@@ -69,6 +69,27 @@ pub fn own_layer(image: &Path) -> (Vec<(u64, u64)>, u64) {
     (ranges, data.map(|e| field(e, "length")).sum())
 }
 
+/// qemu-img's map of `image` without host offsets (layouts differ; the answers must not).
+pub fn map_without_offsets(image: &Path) -> Vec<serde_json::Value> {
+    let map: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["map", "--output=json", s(image)])).unwrap();
+    let mut entries = map.as_array().unwrap().clone();
+    for e in &mut entries {
+        e.as_object_mut().unwrap().remove("offset");
+    }
+    entries
+}
+
+/// kiln's image `ours` has unwritten extents where qemu-img's `theirs` has them (see
+/// [`has_unwritten_extents`]).
+pub fn assert_same_unwritten_extents(ours: &Path, theirs: &Path, case: &str) {
+    assert_eq!(
+        has_unwritten_extents(ours),
+        has_unwritten_extents(theirs),
+        "{case}: unwritten extents"
+    );
+}
+
 /// Whether `path` has unwritten extents (blocks reserved by fallocate, not written):
 /// what tells preallocation=falloc from full, on file systems that have them.
 /// `filefrag -v` reports FIEMAP's flags.
@@ -132,7 +153,12 @@ pub fn qemu_overlay_with(options: &str, backing_name: &str, backing_format: &str
 }
 
 pub fn qemu_io(image: &Path, commands: &[&str]) -> String {
-    let mut args = vec!["-f", "qcow2"];
+    qemu_io_as("qcow2", image, commands)
+}
+
+/// As [`qemu_io`], for an image of `format`.
+pub fn qemu_io_as(format: &str, image: &Path, commands: &[&str]) -> String {
+    let mut args = vec!["-f", format];
     for c in commands {
         args.push("-c");
         args.push(c);
