@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::lock::{Access, ImageLock};
 use super::qcow2::prealloc::looks_preallocated;
 use super::qcow2::zero_alloc::ZeroClusterOffsets;
-use super::qcow2::{check_chain, read_header, LayerExtent, Qcow2Disk};
+use super::qcow2::{check_chain, LayerExtent, Qcow2Disk};
 use super::raw::disk_size;
 use super::{probe_format, DiskBackend, DiskError, ImageFormat};
 
@@ -90,15 +90,15 @@ impl Layer {
         Ok(match format {
             ImageFormat::Qcow2 => {
                 let disk = Box::new(Qcow2Disk::open_top_layer(path, access)?.0);
-                let (header, _) = read_header(path)?;
+                let header = disk.opened_header();
                 let file = File::open(path).map_err(DiskError::io(path))?;
                 let len = file.metadata().map_err(DiskError::io(path))?.len();
                 let zero_offsets = file
                     .try_clone()
                     .ok()
-                    .and_then(|f| ZeroClusterOffsets::new(f, &header));
+                    .and_then(|f| ZeroClusterOffsets::new(f, header));
                 // Data clusters in an external data file are not this file's holes.
-                let holes = (header.data_file.is_none() && looks_preallocated(&file, &header))
+                let holes = (header.data_file.is_none() && looks_preallocated(&file, header))
                     .then_some((file, len));
                 Layer::Qcow2 {
                     disk,

@@ -80,10 +80,10 @@ pub struct Qcow2Disk {
     access: RwLock<FormatAccess<File>>,
     size: u64,
     read_only: bool,
-    /// Version 2 images have no zero clusters: zeroing needs other means (see `zero_v2`).
-    v2: bool,
     has_backing: bool,
-    cluster_size: u64,
+    /// The image's header as read when it was opened (its size may have changed since;
+    /// see `size`).
+    header: Qcow2Header,
     /// The image file, read-only, for reads of its data clusters that bypass imago
     /// (see [`DiskBackend::read_extent`]); `None` with an external data file.
     direct: Option<DirectReads>,
@@ -283,10 +283,9 @@ impl Qcow2Disk {
             size: access.size(),
             access: RwLock::new(access),
             read_only,
-            v2: header.version == 2,
             has_backing: with_backing && chain.len() > 1,
-            cluster_size: header.cluster_size(),
             direct,
+            header,
             _locks: locks,
         };
         Ok((disk, chain))
@@ -339,7 +338,13 @@ impl Qcow2Disk {
     }
 
     pub(crate) fn cluster_size(&self) -> u64 {
-        self.cluster_size
+        self.header.cluster_size()
+    }
+
+    /// The header as read when the image was opened, for callers that would otherwise
+    /// read it again (`kiln img map`).
+    pub(crate) fn opened_header(&self) -> &Qcow2Header {
+        &self.header
     }
 
     /// What this image's own layer holds at `offset`, and for how many bytes from
@@ -373,7 +378,7 @@ impl Qcow2Disk {
     /// Bytes [`Qcow2Disk::walk_own_layer`] hands over at most at a time: 1 MiB, rounded
     /// up to whole clusters.
     pub(crate) fn walk_chunk(&self) -> u64 {
-        (1u64 << 20).next_multiple_of(self.cluster_size)
+        (1u64 << 20).next_multiple_of(self.cluster_size())
     }
 
     /// Call `each(kind, offset, len)` for every run of the image's own layer (see
@@ -457,7 +462,7 @@ impl Qcow2Disk {
     /// clusters are discarded when `unmap` allows it; everything else gets explicit zeroes.
     fn zero_v2(&self, offset: u64, len: u64, unmap: bool) -> Result<(), DiskError> {
         let end = offset + len;
-        let cs = self.cluster_size;
+        let cs = self.cluster_size();
         let (mid_start, mid_end) = (offset.next_multiple_of(cs), end / cs * cs);
         if unmap && !self.has_backing && mid_start < mid_end {
             let mut access = self.exclusive();
@@ -553,7 +558,8 @@ impl DiskBackend for Qcow2Disk {
         if len == 0 {
             return Ok(());
         }
-        if self.v2 {
+        // Version 2 images have no zero clusters: zeroing needs other means.
+        if self.header.version == 2 {
             return self.zero_v2(offset, len, unmap);
         }
         if unmap {
