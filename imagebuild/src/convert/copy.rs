@@ -14,7 +14,7 @@ use kiln_devices::block::known_zero::SparseReader;
 use super::device::Device;
 use super::gather::Gather;
 use super::qcow2_writer::Qcow2Writer;
-use super::runs::sparse_runs;
+use super::runs::{is_zero, sparse_runs};
 use super::{ConvertError, ConvertStats, CHUNK};
 
 /// Fill `buf` from `offset` of `source` (see [`SparseReader::read`]), naming the
@@ -196,8 +196,4 @@ impl Copy<'_> {
         }
         Ok(())
     }
-}
-
-fn is_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|b| *b == 0)
 }

@@ -8,7 +8,7 @@ pub fn runs(data: &[u8], offset: u64, piece_len: u64) -> Vec<(u64, u64, bool)> {
     let mut runs: Vec<(u64, u64, bool)> = Vec::new();
     for (i, piece) in data.chunks(piece_len as usize).enumerate() {
         let at = offset + i as u64 * piece_len;
-        let zero = piece.iter().all(|b| *b == 0);
+        let zero = is_zero(piece);
         join(&mut runs, (at, piece.len() as u64, zero));
     }
     runs
@@ -111,6 +111,11 @@ fn join_kind(runs: &mut Vec<(u64, u64, Kind)>, run: (u64, u64, Kind)) {
         Some(last) if last.2 == run.2 => last.1 += run.1,
         _ => runs.push(run),
     }
+}
+
+/// Whether `bytes` are all zeroes.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
 }
 
 /// Append `run`, or lengthen the last run when it is of the same kind.
