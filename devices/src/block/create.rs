@@ -63,6 +63,17 @@ impl Preallocation {
         Self::NAMES[self as usize]
     }
 
+    /// Whether an image of `format` can be preallocated this way: raw images have no
+    /// metadata to preallocate.
+    pub(crate) fn check_format(self, format: ImageFormat) -> Result<(), String> {
+        if format == ImageFormat::Raw && self == Preallocation::Metadata {
+            return Err(
+                "raw images take preallocation off, falloc or full (they have no metadata)".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// imago's mode: it allocates qcow2 clusters (metadata), and reserves (falloc) or
     /// writes (full) their data in the file.
     pub(crate) fn imago_mode(self) -> PreallocateMode {
@@ -105,11 +116,9 @@ pub fn create_image(path: &Path, opts: &CreateOptions) -> Result<(), DiskError> 
     if opts.format == ImageFormat::Raw && opts.cluster_size.is_some() {
         return Err(invalid("raw images have no cluster size".into()));
     }
-    if opts.format == ImageFormat::Raw && opts.preallocation == Preallocation::Metadata {
-        return Err(invalid(
-            "raw images take preallocation off, falloc or full (they have no metadata)".into(),
-        ));
-    }
+    opts.preallocation
+        .check_format(opts.format)
+        .map_err(invalid)?;
     if opts.backing.is_some() && opts.preallocation != Preallocation::Off {
         // As qemu-img without extended L2: an allocated cluster hides the backing
         // file's data, so a preallocated overlay would read as zeroes.

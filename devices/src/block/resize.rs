@@ -67,11 +67,9 @@ pub fn resize_image(
             let old_size = disk_size(std::fs::metadata(path).map_err(open_err)?.len());
             let new_size = checked_new_size(path, old_size, size, allow_shrink)?;
             check_preallocation(path, old_size, new_size, preallocation)?;
-            if preallocation == Preallocation::Metadata {
-                return Err(invalid(
-                    "raw images take preallocation off, falloc or full".into(),
-                ));
-            }
+            preallocation
+                .check_format(ImageFormat::Raw)
+                .map_err(invalid)?;
             if preallocation != Preallocation::Off {
                 grow_raw_preallocated(path, new_size, preallocation)?;
             }
