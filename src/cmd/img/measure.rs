@@ -23,8 +23,9 @@ pub struct Args {
     #[arg(long, value_parser = parse_size)]
     size: Option<u64>,
     /// FILE's format (detected from its contents when not given).
-    /// Measure an image others are writing (a running VM's disk), as it is now.
-    #[arg(short = 'U', long, requires = "file")]
+    /// Measure an image others are writing (a running VM's disk), as it is now
+    /// (nothing to do with --size, as in qemu-img).
+    #[arg(short = 'U', long)]
     force_share: bool,
     #[arg(short = 'f', long = "format", value_parser = parse_format)]
     format: Option<ImageFormat>,
