@@ -153,16 +153,33 @@ fn a_chain_that_loops_or_breaks_is_refused_by_name() {
     );
 
     // A backing format of "file" (QEMU's protocol driver, which reads the file as
-    // raw) is followed as raw, as `kiln run` follows it.
+    // raw) is followed as raw, as `kiln run` follows it, and reported as "file", as
+    // qemu-img reports it.
     std::fs::write(dir.join("f.raw"), vec![7u8; 1 << 20]).unwrap();
     let g = dir.join("g.qcow2");
     qemu_overlay("f.raw", "file", &g);
     let out = kiln(&["img", "info", "--backing-chain", "--output", "json", s(&g)]);
     assert!(out.status.success(), "{out:?}");
     let chain: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&qemu_img(&[
+        "info",
+        "--output=json",
+        "--backing-chain",
+        s(&g),
+    ]))
+    .unwrap();
     assert_eq!(chain[0]["backing-filename-format"], "file");
-    assert_eq!(chain[1]["format"], "raw");
     assert_eq!(chain[1]["filename"], s(&dir.join("f.raw")));
+    for field in ["format", "virtual-size", "actual-size"] {
+        assert_eq!(chain[1][field], theirs[1][field], "{field}");
+    }
+    let text = kiln_stdout(&["--backing-chain", s(&g)]);
+    assert!(text.contains("backing file format: file\n"), "{text}");
+    let base_entry = format!("image: {}\nfile format: file\n", s(&dir.join("f.raw")));
+    assert!(text.contains(&base_entry), "{text}");
+    // The same file on its own is raw, as qemu-img detects it.
+    let alone = kiln_stdout(&[s(&dir.join("f.raw"))]);
+    assert!(alone.contains("file format: raw\n"), "{alone}");
 
     // 33 backing files: one past kiln's limit, refused by name (a loop would never
     // end); 32 are shown.

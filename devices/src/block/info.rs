@@ -27,6 +27,9 @@ pub struct Qcow2Info {
 pub struct ImageInfo {
     pub filename: PathBuf,
     pub format: ImageFormat,
+    /// The format as qemu-img reports it: `format`'s name, or "file" for a backing file
+    /// its overlay records as QEMU's "file" protocol driver (read as raw).
+    pub format_name: &'static str,
     pub virtual_size: u64,
     /// Bytes allocated on the host.
     pub actual_size: u64,
@@ -74,8 +77,13 @@ pub fn chain_info(path: &Path, format: Option<ImageFormat>) -> Result<Vec<ImageI
             ));
         }
         seen.push(canonical);
-        let format = backing_format(&last.filename, last.backing_format.as_deref(), &next)?;
-        chain.push(image_info_as(&next, Some(format))?);
+        let recorded = last.backing_format.as_deref();
+        let format = backing_format(&last.filename, recorded, &next)?;
+        let mut info = image_info_as(&next, Some(format))?;
+        if recorded == Some("file") {
+            info.format_name = "file";
+        }
+        chain.push(info);
     }
 }
 
@@ -90,6 +98,7 @@ pub fn image_info_as(path: &Path, format: Option<ImageFormat>) -> Result<ImageIn
     let mut info = ImageInfo {
         filename: path.to_owned(),
         format,
+        format_name: format.name(),
         // A raw image's disk (see `raw::disk_size`); a qcow2 image's size is read
         // from its header below.
         virtual_size: super::raw::disk_size(meta.len()),

@@ -63,7 +63,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 fn to_json(i: &ImageInfo) -> Value {
     let mut m = Map::new();
     m.insert("filename".into(), json!(i.filename.to_string_lossy()));
-    m.insert("format".into(), json!(i.format.name()));
+    m.insert("format".into(), json!(i.format_name));
     m.insert("virtual-size".into(), json!(i.virtual_size));
     m.insert("actual-size".into(), json!(i.actual_size));
     m.insert("dirty-flag".into(), json!(i.dirty));
@@ -236,7 +236,7 @@ fn to_text(i: &ImageInfo) -> String {
     let mut s = format!(
         "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
         i.filename.display(),
-        i.format,
+        i.format_name,
         human(i.virtual_size),
         i.virtual_size,
         human(i.actual_size)
