@@ -75,9 +75,11 @@ fn preallocated_images_are_what_qemu_img_makes() {
         ]);
 
         // Not compared: with 512-byte clusters the file's 4 KiB blocks hold data and
-        // metadata both, so which clusters are holes depends on each tool's layout;
-        // qemu-img writes the first block of a raw file, to probe its alignment later.
-        if format == "qcow2" && cluster != "512" {
+        // metadata both, so which clusters are holes depends on each tool's layout. In a
+        // fallocated raw file, ext4 reports unwritten extents as data where their pages
+        // are cached, so the map depends on what was read (the unwritten extents are
+        // compared below).
+        if cluster != "512" && (format, mode) != ("raw", "falloc") {
             assert_eq!(
                 map_without_offsets(&ours),
                 map_without_offsets(&theirs),

@@ -194,9 +194,14 @@ fn create_raw(path: &Path, size: u64, prealloc: Preallocation) -> Result<(), Dis
         .preallocate(prealloc.imago_mode())
         .create()
         .map_err(open_err)?;
-    StdFile::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(open_err)
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(open_err)?;
+    if prealloc == Preallocation::Off {
+        super::raw::allocate_first_block(&file, size).map_err(open_err)?;
+    }
+    file.sync_all().map_err(open_err)
 }
 
 fn create_qcow2(

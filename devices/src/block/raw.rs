@@ -27,6 +27,21 @@ pub fn disk_size(file_len: u64) -> u64 {
     file_len.next_multiple_of(SECTOR_SIZE)
 }
 
+/// Write zeroes over the first block of a new, empty raw file that is `size` bytes
+/// long (4 KiB, or 512 bytes when it is smaller), as qemu-img does for the raw files it
+/// creates or grows from empty. QEMU opening the file with `cache=none` later probes
+/// its O_DIRECT alignment there, and a hole accepts any alignment on some file systems
+/// (XFS among them), so QEMU would then pick too small an alignment. It also makes
+/// kiln's raw images look as qemu-img's do to `qemu-img map` and `info`.
+pub fn allocate_first_block(file: &File, size: u64) -> io::Result<()> {
+    const BLOCK: u64 = 4096;
+    if size == 0 {
+        return Ok(());
+    }
+    let len = if size < BLOCK { SECTOR_SIZE } else { BLOCK };
+    file.write_all_at(&[0u8; BLOCK as usize][..len as usize], 0)
+}
+
 impl RawDisk {
     /// Open `path`; the disk size is the file size at open time, see [`disk_size`].
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {

@@ -26,7 +26,7 @@ use super::create::Preallocation;
 use super::lock::{Access, ImageLock};
 use super::qcow2::bitmaps::AUTOCLEAR_BITMAPS;
 use super::qcow2::{check_chain, read_header, Qcow2Disk};
-use super::raw::disk_size;
+use super::raw::{allocate_first_block, disk_size};
 use super::{probe_format, DiskError, ImageFormat};
 
 /// The size asked for: as given, or relative to the current one (`+SIZE`, `-SIZE`).
@@ -64,7 +64,8 @@ pub fn resize_image(
     let (old_size, new_size) = match format {
         ImageFormat::Raw => {
             let _lock = ImageLock::acquire(path, Access::ReadWrite)?;
-            let old_size = disk_size(std::fs::metadata(path).map_err(open_err)?.len());
+            let old_len = std::fs::metadata(path).map_err(open_err)?.len();
+            let old_size = disk_size(old_len);
             let new_size = checked_new_size(path, old_size, size, allow_shrink)?;
             check_preallocation(path, old_size, new_size, preallocation)?;
             preallocation
@@ -77,9 +78,11 @@ pub fn resize_image(
                 .write(true)
                 .open(path)
                 .map_err(open_err)?;
-            file.set_len(new_size)
-                .and_then(|()| file.sync_all())
-                .map_err(open_err)?;
+            file.set_len(new_size).map_err(open_err)?;
+            if old_len == 0 && preallocation == Preallocation::Off {
+                allocate_first_block(&file, new_size).map_err(open_err)?;
+            }
+            file.sync_all().map_err(open_err)?;
             (old_size, new_size)
         }
         ImageFormat::Qcow2 => {

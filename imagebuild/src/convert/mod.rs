@@ -27,6 +27,7 @@ use std::sync::Arc;
 use kiln_devices::block::create::Preallocation;
 use kiln_devices::block::known_zero::SparseReader;
 use kiln_devices::block::qcow2_layout::cluster_bits;
+use kiln_devices::block::raw::allocate_first_block;
 use kiln_devices::block::{
     backing_path, open_disk, DiskBackend, DiskConfig, DiskError, ImageFormat,
 };
@@ -305,7 +306,13 @@ pub fn convert(
                     )
                     .map_err(write_err)?,
                 ),
-                ImageFormat::Raw => None,
+                ImageFormat::Raw => {
+                    if device.is_none() {
+                        // Before the copy, which writes over it where the input has data.
+                        allocate_first_block(file, size).map_err(write_err)?;
+                    }
+                    None
+                }
             };
             let mut copy = Copy {
                 input: SparseReader::new(input, disk.as_ref(), opts.force_share),
