@@ -10,11 +10,11 @@
 //! scripts/build-initramfs.sh, which build them or reuse their cache.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+mod common;
 mod qcow2_support;
+use common::{kernel_dir, run_kiln};
 use qcow2_support::{qemu_create, qemu_img, tool};
-use std::sync::OnceLock;
 
 use kiln_vmm::boot::{self, BootEntry, KernelFormat};
 use kiln_vmm::config::EntryChoice;
@@ -25,77 +25,13 @@ use vm_memory::{Bytes, GuestAddress};
 const DEBIAN_INSTALLER: &str =
     "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn script_output(script: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts").join(script))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/{script} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn kernel_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| match std::env::var_os("KILN_TEST_KERNEL_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => script_output("build-kernel.sh"),
-    })
-}
-
-fn base_initramfs() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| match std::env::var_os("KILN_TEST_INITRAMFS") {
-        Some(p) => PathBuf::from(p),
-        None => script_output("build-initramfs.sh"),
-    })
-}
-
-/// The base initramfs plus a second newc archive holding `/test.sh`.
+/// The base initramfs plus a second newc archive holding `/test.sh`, in a fresh
+/// directory named after the boot.
 fn initramfs_with_test(name: &str, script: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("vmm-boot-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("root")).unwrap();
-    std::fs::write(dir.join("root/test.sh"), script).unwrap();
-    let mut cpio = Command::new("cpio")
-        .args(["-o", "-H", "newc", "--quiet"])
-        .current_dir(dir.join("root"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("cpio must be installed");
-    use std::io::Write;
-    cpio.stdin.take().unwrap().write_all(b"test.sh\n").unwrap();
-    let extra = cpio.wait_with_output().unwrap();
-    assert!(extra.status.success());
-    let mut image = std::fs::read(base_initramfs()).unwrap();
-    image.extend_from_slice(&extra.stdout);
-    let path = dir.join("initramfs.cpio");
-    std::fs::write(&path, image).unwrap();
-    path
-}
-
-fn kiln(args: &[&str]) -> (Output, std::time::Duration) {
-    let start = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("run kiln");
-    (out, start.elapsed())
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    std::fs::create_dir_all(&dir).unwrap();
+    common::initramfs_with_test(&dir, script)
 }
 
 #[test]
@@ -133,32 +69,35 @@ blkdiscard -o 131072 -l 131072 /dev/vdb && echo KILN-MQ-DISCARD=ok
     qemu_create(&qcow2, "", "4M");
     let qcow2_disk = format!("path={},num-queues=2", qcow2.display());
     let vmlinux = kernel_dir().join("vmlinux");
-    let (out, took) = kiln(&[
-        "-v",
-        "run",
-        "--net",
-        "none",
-        "--disk",
-        &disk,
-        "--disk",
-        &qcow2_disk,
-        "--kernel",
-        vmlinux.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--entry",
-        "pvh",
-        "--cpus",
-        "2",
-        "--memory",
-        "256M",
-        "--boot-timer",
-        "--timeout",
-        "600s",
-    ]);
-    let (stdout, stderr) = text(&out);
-    eprintln!("PVH boot took {took:?}\n{stderr}");
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let run = run_kiln(
+        "PVH boot",
+        &[
+            "-v",
+            "run",
+            "--net",
+            "none",
+            "--disk",
+            &disk,
+            "--disk",
+            &qcow2_disk,
+            "--kernel",
+            vmlinux.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--entry",
+            "pvh",
+            "--cpus",
+            "2",
+            "--memory",
+            "256M",
+            "--boot-timer",
+            "--timeout",
+            "600s",
+        ],
+    );
+    let (stdout, stderr) = (run.stdout(), run.stderr());
+    eprintln!("{stderr}");
+    assert_eq!(run.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("KILN-INIT-OK"), "{stdout}");
     assert!(stdout.contains("KILN-NPROC=2"), "{stdout}");
     assert!(stdout.contains("KILN-MQ=2"), "{stdout}");
@@ -211,48 +150,54 @@ blkdiscard -o 131072 -l 131072 /dev/vdb && echo KILN-MQ-DISCARD=ok
 fn linux64_entry_boot_reboots_with_exit_2() {
     let initrd = initramfs_with_test("linux64", "reboot -f\n");
     let vmlinux = kernel_dir().join("vmlinux");
-    let (out, took) = kiln(&[
-        "run",
-        "--net",
-        "none",
-        "--kernel",
-        vmlinux.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--entry",
-        "linux64",
-        "--memory",
-        "256M",
-        "--timeout",
-        "600s",
-    ]);
-    let (stdout, stderr) = text(&out);
-    eprintln!("64-bit entry boot took {took:?}\n{stderr}");
+    let run = run_kiln(
+        "64-bit entry boot",
+        &[
+            "run",
+            "--net",
+            "none",
+            "--kernel",
+            vmlinux.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--entry",
+            "linux64",
+            "--memory",
+            "256M",
+            "--timeout",
+            "600s",
+        ],
+    );
+    let (stdout, stderr) = (run.stdout(), run.stderr());
+    eprintln!("{stderr}");
     assert!(stdout.contains("KILN-INIT-OK"), "{stdout}\n{stderr}");
-    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert_eq!(run.code(), Some(2), "{stdout}\n{stderr}");
     assert!(stderr.contains("guest reset"), "{stderr}");
 }
 
 #[test]
 fn lz4_bzimage_boots_and_a_panic_with_panic_minus_1_exits_2() {
     let bzimage = kernel_dir().join("bzImage");
-    let (out, took) = kiln(&[
-        "run",
-        "--net",
-        "none",
-        "--kernel",
-        bzimage.to_str().unwrap(),
-        "--append",
-        "panic=-1 rdinit=/nonexistent init=/nonexistent",
-        "--memory",
-        "256M",
-        "--timeout",
-        "600s",
-    ]);
-    let (stdout, stderr) = text(&out);
-    eprintln!("bzImage boot took {took:?}\n{stderr}");
+    let run = run_kiln(
+        "bzImage boot",
+        &[
+            "run",
+            "--net",
+            "none",
+            "--kernel",
+            bzimage.to_str().unwrap(),
+            "--append",
+            "panic=-1 rdinit=/nonexistent init=/nonexistent",
+            "--memory",
+            "256M",
+            "--timeout",
+            "600s",
+        ],
+    );
+    let (stdout, stderr) = (run.stdout(), run.stderr());
+    eprintln!("{stderr}");
     assert!(stdout.contains("Kernel panic"), "{stdout}\n{stderr}");
-    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert_eq!(run.code(), Some(2), "{stdout}\n{stderr}");
 }
 
 /// Debian's installer kernel (an XZ bzImage): the loader parses its setup header
@@ -336,22 +281,25 @@ fn debian_installer_kernel_is_loaded_and_described_to_it() {
 fn debian_installer_kernel_runs_without_vmm_error() {
     let kernel = Path::new(DEBIAN_INSTALLER).join("linux");
     let initrd = Path::new(DEBIAN_INSTALLER).join("initrd.gz");
-    let (out, _) = kiln(&[
-        "-v",
-        "run",
-        "--net",
-        "none",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--serial",
-        "none",
-        "--timeout",
-        "10s",
-    ]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    let run = run_kiln(
+        "installer kernel",
+        &[
+            "-v",
+            "run",
+            "--net",
+            "none",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--serial",
+            "none",
+            "--timeout",
+            "10s",
+        ],
+    );
+    let stderr = run.stderr();
+    assert_eq!(run.code(), Some(124), "{stderr}");
     let line = stderr
         .lines()
         .find(|l| l.contains("at timeout: vCPU 0:"))
