@@ -31,10 +31,10 @@ for t in qcow2_metadata qcow2_open; do
   mkdir -p "corpus/$t"
   cp "$seeds"/*.qcow2 "corpus/$t/"
 done
-mkdir -p corpus/blk_request
+mkdir -p corpus/blk_request corpus/net_chains
 
 cargo fuzz build -O
-for t in blk_request qcow2_metadata qcow2_open; do
+for t in blk_request net_chains qcow2_metadata qcow2_open; do
   echo "== $t: ${secs}s"
   cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=262144 2>&1 | tail -3
 done

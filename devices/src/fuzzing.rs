@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::block::qcow2::header::Qcow2Header;
@@ -98,12 +99,11 @@ impl VirtioInterrupt for NoInterrupt {
     }
 }
 
-/// Fuzz virtio-blk request parsing and execution. The input is split into up to 16
-/// descriptors (16 bytes each: addr, len, flags, next) and guest memory contents.
-pub fn blk_descriptor_chain(data: &[u8]) {
-    let Ok(mem) = GuestMemory::from_ranges(&[(GuestAddress(0), MEM)]) else {
-        return;
-    };
+/// A split virtqueue of [`QUEUE_SIZE`] at guest address 0 of `mem`, holding the
+/// descriptor chains `data` describes, with the rest of `data` as guest memory from
+/// 0x1000. The first byte gives the number of descriptors (1-16), then 16 bytes each:
+/// addr, len, flags, next. `None` when the input makes no chain.
+fn fuzzed_queue(data: &[u8], mem: &GuestMemory) -> Option<Queue> {
     let n = (data.first().copied().unwrap_or(0) as usize % QUEUE_SIZE as usize) + 1;
     let (descs, rest) = data
         .get(1..)
@@ -111,7 +111,7 @@ pub fn blk_descriptor_chain(data: &[u8]) {
         .split_at(((n * 16).min(data.len().saturating_sub(1))) & !15);
     // Fill guest memory above the queue with the rest of the input.
     let _ = mem.write_slice(&rest[..rest.len().min(MEM - 0x1000)], GuestAddress(0x1000));
-    let vq = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_SIZE);
+    let vq = MockSplitQueue::create(mem, GuestAddress(0), QUEUE_SIZE);
     let raw: Vec<RawDescriptor> = descs
         .chunks_exact(16)
         .map(|c| {
@@ -129,9 +129,21 @@ pub fn blk_descriptor_chain(data: &[u8]) {
         })
         .collect();
     if raw.is_empty() || vq.add_desc_chains(&raw, 0).is_err() {
-        return;
+        return None;
     }
-    let Ok(queue) = vq.create_queue() else { return };
+    vq.create_queue().ok()
+}
+
+fn fuzz_memory() -> Option<GuestMemory> {
+    GuestMemory::from_ranges(&[(GuestAddress(0), MEM)]).ok()
+}
+
+/// Fuzz virtio-blk request parsing and execution (input: see [`fuzzed_queue`]).
+pub fn blk_descriptor_chain(data: &[u8]) {
+    let Some(mem) = fuzz_memory() else { return };
+    let Some(queue) = fuzzed_queue(data, &mem) else {
+        return;
+    };
     let disk = Arc::new(MemDisk(Mutex::new(vec![0x5a; 64 * 512])));
     let Ok(mut dev) = Block::with_workers(disk, Some("fuzz"), 0) else {
         return;
@@ -267,6 +279,9 @@ fn tempfile_in_shm() -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
         .open(&path)?;
     Ok((path, f))
 }
+
+mod net;
+pub use net::net_chains;
 
 #[cfg(test)]
 mod tests;

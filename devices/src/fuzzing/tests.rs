@@ -79,18 +79,70 @@ fn blk_descriptor_chain_never_panics() {
         vec![],
         vec![0xff; 300],
     ];
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    for seed in &seeds {
-        blk_descriptor_chain(seed);
+    run_short_inputs(blk_descriptor_chain, &seeds, 0x9e37_79b9_7f4a_7c15, 64);
+}
+
+/// Run `entry` on each seed, on 300 mutations of each (in its first `span` bytes),
+/// and on 300 random inputs of up to 511 bytes.
+fn run_short_inputs(entry: fn(&[u8]), seeds: &[Vec<u8>], rng_seed: u64, span: usize) {
+    let mut rng = XorShift(rng_seed);
+    for seed in seeds {
+        entry(seed);
         for _ in 0..300 {
-            blk_descriptor_chain(&mutate(seed, &mut rng, 64));
+            entry(&mutate(seed, &mut rng, span));
         }
     }
     for _ in 0..300 {
         let len = (rng.next() % 512) as usize;
         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        blk_descriptor_chain(&data);
+        entry(&data);
     }
+}
+
+/// A net input: `mode` (bit 0 rx, bit 1 mergeable), an rx frame length, then chains of
+/// one or two descriptors at 0x1000, 0x1800, ... of `len` bytes, device-writable for rx.
+fn net_seed(mode: u8, frame: u16, chains: &[(u32, bool)]) -> Vec<u8> {
+    let mut v = vec![mode];
+    v.extend(frame.to_le_bytes());
+    let count: usize = chains.iter().map(|&(_, two)| 1 + usize::from(two)).sum();
+    v.push((count - 1) as u8);
+    let mut i = 0u8;
+    for &(len, two) in chains {
+        let addr = 0x1000 + 0x800 * u64::from(i);
+        if two {
+            v.extend(desc(addr, 12, mode & 1 != 0, Some(i + 1)));
+            i += 1;
+        }
+        let addr = 0x1000 + 0x800 * u64::from(i);
+        v.extend(desc(addr, len, mode & 1 != 0, None));
+        i += 1;
+    }
+    v.extend(vec![0x42u8; 0x4000]);
+    v
+}
+
+#[test]
+fn net_chains_never_panic_and_report_consistently() {
+    let seeds = [
+        // tx: header and frame split, then in one buffer; too short; too long.
+        net_seed(
+            0,
+            0,
+            &[(60, true), (72, false), (20, false), (0x3fff, false)],
+        ),
+        // rx without mergeable buffers: fits, does not fit.
+        net_seed(1, 100, &[(1500, false), (200, true)]),
+        net_seed(1, 3000, &[(1500, false)]),
+        // rx with mergeable buffers: one frame over three chains, a header-sized one.
+        net_seed(
+            3,
+            2500,
+            &[(1024, false), (1024, true), (1024, false), (12, false)],
+        ),
+        vec![],
+        vec![0xff; 300],
+    ];
+    run_short_inputs(net_chains, &seeds, 0x2545_f491_4f6c_dd1d, 96);
 }
 
 fn qcow2_seeds() -> Vec<Vec<u8>> {

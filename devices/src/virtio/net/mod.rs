@@ -33,7 +33,7 @@
 //! the stream framing).
 
 pub mod backend;
-mod chain;
+pub(crate) mod chain;
 pub mod config;
 mod device;
 mod event_handler;
