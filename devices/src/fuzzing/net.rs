@@ -4,7 +4,7 @@
 use virtio_queue::QueueT;
 
 use super::{fuzz_memory, fuzzed_queue};
-use crate::virtio::net::backend::{MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::net::backend::VNET_HDR_LEN;
 use crate::virtio::net::chain::{
     read_tx_chain, write_rx_packet, RxOutcome, MAX_PACKET, MIN_TX_PACKET,
 };
@@ -42,8 +42,9 @@ pub fn net_chains(data: &[u8]) {
         return;
     }
     let mergeable = mode & 2 != 0;
-    let frame = usize::from(u16::from_le_bytes([len_bytes[0], len_bytes[1]])) % MAX_FRAME_LEN;
-    let mut packet = vec![0x5au8; VNET_HDR_LEN + frame + 1];
+    // A frame of 1 byte to 64 KiB (the largest a backend delivers is 18 bytes more).
+    let frame = usize::from(u16::from_le_bytes([len_bytes[0], len_bytes[1]])) + 1;
+    let mut packet = vec![0x5au8; VNET_HDR_LEN + frame];
     for _ in 0..RX_PACKETS {
         match write_rx_packet(&mem, &mut queue, &mut packet, mergeable, |_, _| {}) {
             Ok(RxOutcome::Delivered(n)) => {
