@@ -222,6 +222,9 @@ fn img_check_waits_for_writers_unless_forced() {
         assert!(!converted.exists(), "a refused convert left its output");
         let out = kiln(&[&args[..2], &["-U"], &args[2..]].concat());
         assert_eq!(out.status.code(), Some(0), "{args:?} -U: {out:?}");
+        // -U reaches the map of what is read too: no fallback to reading every byte.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("cannot map"), "{args:?} -U: {stderr}");
     }
     assert!(qemu_img(&["compare", "-U", path, o]).status.success());
 }
