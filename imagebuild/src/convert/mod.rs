@@ -285,6 +285,9 @@ pub fn convert(
     })?;
     let backing = open_backing(output, opts)?;
     let size = disk.size();
+    // Every writer reads the input the same way: with -U, without taking its lock.
+    let force_share = opts.force_share;
+    let read_input = || SparseReader::new(input, disk.as_ref(), force_share);
     let write_err = |source| ConvertError::Write {
         path: output.to_path_buf(),
         source,
@@ -315,7 +318,7 @@ pub fn convert(
                 }
             };
             let mut copy = Copy {
-                input: SparseReader::new(input, disk.as_ref(), opts.force_share),
+                input: read_input(),
                 backing: backing
                     .as_ref()
                     .map(|b| SparseReader::new(&b.path, b.disk.as_ref(), false)),
@@ -349,7 +352,7 @@ pub fn convert(
     let device = device_kind(output).map_err(write_err)?;
     if opts.existing && device.is_none() {
         let target = existing::open_target(output, opts.format, size)?;
-        let input = SparseReader::new(input, disk.as_ref(), opts.force_share);
+        let input = read_input();
         return existing::copy_into(
             input,
             output,
@@ -365,7 +368,7 @@ pub fn convert(
                 output.display()
             )));
         }
-        let input = SparseReader::new(input, disk.as_ref(), opts.force_share);
+        let input = read_input();
         return preallocated::convert(input, output, opts);
     }
     if let Some(kind) = device {
