@@ -86,8 +86,10 @@ pub struct AnswerArgs {
     /// Custom template instead of the built-in one.
     #[arg(long)]
     template: Option<PathBuf>,
+    /// The installed system's host name.
     #[arg(long, default_value = "kiln")]
     hostname: String,
+    /// The installed system's time zone (a tz database name, e.g. Europe/Paris).
     #[arg(long, default_value = "UTC")]
     timezone: String,
     /// Debian suite (preseed only).
