@@ -197,6 +197,28 @@ mod tests {
     }
 
     #[test]
+    fn every_argument_has_help() {
+        // A doc comment lost or moved onto the wrong field leaves an option without
+        // help in `--help` (as `img measure -f` was once).
+        fn walk(cmd: &Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cli = cli();
+        cli.build();
+        let mut missing = Vec::new();
+        walk(&cli, "kiln", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
     fn subcommand_arguments_are_parsed_after_deferral() {
         // The global -v works before and after the subcommand.
         let m = cli()

@@ -22,11 +22,11 @@ pub struct Args {
     /// Measure an empty image of this size instead of FILE.
     #[arg(long, value_parser = parse_size)]
     size: Option<u64>,
-    /// FILE's format (detected from its contents when not given).
     /// Measure an image others are writing (a running VM's disk), as it is now
     /// (nothing to do with --size, as in qemu-img).
     #[arg(short = 'U', long)]
     force_share: bool,
+    /// FILE's format (detected from its contents when not given).
     #[arg(short = 'f', long = "format", value_parser = parse_format)]
     format: Option<ImageFormat>,
     /// Format of the image to be made; raw by default, as in qemu-img.
