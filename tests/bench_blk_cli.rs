@@ -109,6 +109,44 @@ fn ratios_are_to_the_qemu_run() {
 }
 
 #[test]
+fn cache_none_runs_every_runner_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, qemu_cache) in [
+        (&["--cache", "none"][..], "none"),
+        (
+            &["--cache", "none", "--qemu-cache", "writeback"][..],
+            "writeback",
+        ),
+    ] {
+        let mut args = vec![
+            "--count",
+            "256",
+            "--depth",
+            "4",
+            "--format",
+            "raw,qcow2",
+            "--pattern",
+            "4k-rand-read,4k-rand-write",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = bench(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{extra:?}: {stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["cache"], "none");
+        assert_eq!(report["qemu-cache"], qemu_cache);
+        let lines = report["lines"].as_array().unwrap();
+        assert_eq!(lines.len(), 4);
+        for l in lines {
+            for name in ["kiln", "device", "io_uring", "threads"] {
+                assert!(ops(&l["runners"][name]) > 0.0, "{name} in {l}");
+            }
+        }
+    }
+}
+
+#[test]
 fn bad_options_are_refused_by_name_and_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     for (extra, named) in [
@@ -116,6 +154,8 @@ fn bad_options_are_refused_by_name_and_leave_nothing_behind() {
         (&["--runner", "fio"][..], "fio"),
         (&["--format", "vmdk"][..], "vmdk"),
         (&["--depth", "86", "--runner", "device"][..], "86"),
+        (&["--cache", "directsync"][..], "directsync"),
+        (&["--qemu-cache", "unsafe"][..], "unsafe"),
     ] {
         let out = bench(dir.path(), extra);
         let stderr = String::from_utf8_lossy(&out.stderr);

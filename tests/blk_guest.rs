@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{digest_hex, guest_value, initramfs_with_test, kernel_dir, kiln, run_kiln};
+use kiln_devices::test_support::{cached_pages, evict};
 
 const MIB: usize = 1 << 20;
 
@@ -65,7 +66,8 @@ fn assert_qemu_img_check_clean(image: &Path) {
 
 /// Guest side of the three-disk boot. vda: qcow2, written; vdb: raw read-only
 /// pattern; vdc: qcow2 overlay whose backing file holds 0x3c in its first MiB, with
-/// detect-zeroes=unmap (zeroes written over base data and over nothing).
+/// detect-zeroes=unmap (zeroes written over base data and over nothing). vdb and vdc
+/// are cache=none (O_DIRECT).
 /// No pipelines: on PVM hosts two processes started side by side sometimes
 /// misbehave (see the README); tools pass data through files instead.
 const DISKS_SCRIPT: &str = r#"
@@ -153,8 +155,9 @@ fn disks_console_and_rng_in_one_boot() {
     let console_log = dir.join("hvc0.log");
 
     let disk_vda = format!("path={},format=qcow2,serial=kiln-vda-42", vda.display());
-    let disk_vdb = format!("path={},format=raw,readonly=on", vdb.display());
-    let disk_vdc = format!("path={},detect-zeroes=unmap", vdc.display());
+    let disk_vdb = format!("path={},format=raw,readonly=on,cache=none", vdb.display());
+    let disk_vdc = format!("path={},detect-zeroes=unmap,cache=none", vdc.display());
+    evict(&vdb);
     let console = format!("virtio,file={},size=123x45", console_log.display());
     let run = run_kiln(
         "blk-guest three disks",
@@ -220,6 +223,8 @@ fn disks_console_and_rng_in_one_boot() {
         "{context}"
     );
     assert_eq!(get("VDB-WRITE"), "refused", "{context}");
+    // cache=none: the guest's reads of vdb went around the host page cache.
+    assert_eq!(cached_pages(&vdb, 0, 4 * MIB as u64), 0);
     assert!(
         get("VDC-MD5").starts_with(&digest_hex("md5sum", &[0x3c; MIB])),
         "{context}"

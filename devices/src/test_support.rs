@@ -50,3 +50,83 @@ pub fn deny_io_uring_on_this_thread() {
         );
     }
 }
+
+/// How many of the pages of `[offset, offset + len)` of the file at `path` are in the
+/// host page cache (mincore(2) of a shared mapping, which reads nothing itself).
+pub fn cached_pages(path: &std::path::Path, offset: u64, len: u64) -> usize {
+    use std::os::unix::io::AsRawFd;
+    const PAGE: u64 = 4096;
+    let file = std::fs::File::open(path).unwrap();
+    let start = offset / PAGE * PAGE;
+    let map_len = (offset + len - start) as usize;
+    // SAFETY: a fresh read-only shared mapping of an open file; nothing reads through
+    // it, and it is unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            start as libc::off_t,
+        )
+    };
+    assert_ne!(
+        addr,
+        libc::MAP_FAILED,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    let mut vec = vec![0u8; map_len.div_ceil(PAGE as usize)];
+    // SAFETY: `addr` is a page-aligned mapping of `map_len` bytes, and `vec` has one
+    // byte per page of it.
+    let rc = unsafe { libc::mincore(addr, map_len, vec.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(addr, map_len) };
+    assert_eq!(rc, 0, "{err}");
+    vec.iter().filter(|v| *v & 1 != 0).count()
+}
+
+/// A zeroed buffer of `len` bytes that starts on a 4 KiB boundary (what direct I/O
+/// needs of memory on any host), at `misalign` bytes past it if asked.
+pub struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize, misalign: usize) -> Self {
+        let storage = vec![0u8; len + misalign + 4096];
+        let start = storage.as_ptr().align_offset(4096) + misalign;
+        AlignedBuf {
+            storage,
+            start,
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
+/// Drop the file at `path` from the host page cache (written back first).
+pub fn evict(path: &std::path::Path) {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: posix_fadvise only takes integers; the fd stays open for the call.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise on {}", path.display());
+}

@@ -14,6 +14,7 @@ pub mod commit;
 pub mod compare;
 pub mod config;
 pub mod create;
+pub mod dio;
 pub mod info;
 pub mod known_zero;
 pub mod lock;
@@ -157,6 +158,18 @@ pub trait DiskBackend: Send + Sync {
     fn extents_move(&self) -> bool {
         false
     }
+    /// As [`DiskBackend::read_extent`], for a write: where the disk's bytes may be
+    /// written directly.
+    fn write_extent(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
+        let _ = len;
+        self.passthrough_fd().map(|fd| (fd, offset))
+    }
+    /// What a transfer on the files of `read_extent` and `write_extent` must meet:
+    /// direct I/O's alignment with `cache=none`; a transfer that does not goes through
+    /// the disk's own methods instead.
+    fn io_align(&self) -> dio::IoAlign {
+        dio::IoAlign::ANY
+    }
 }
 
 /// Check that `[offset, offset + len)` lies inside a disk of `size` bytes.
@@ -185,9 +198,10 @@ pub fn open_disk(config: &DiskConfig) -> Result<Arc<dyn DiskBackend>, DiskError>
             ))
         }
     };
+    let direct = config.cache.direct();
     Ok(match format {
-        ImageFormat::Raw => Arc::new(raw::RawDisk::open_with(&config.path, access)?),
-        ImageFormat::Qcow2 => Arc::new(qcow2::Qcow2Disk::open_with(&config.path, access)?),
+        ImageFormat::Raw => Arc::new(raw::RawDisk::open_with(&config.path, access, direct)?),
+        ImageFormat::Qcow2 => Arc::new(qcow2::Qcow2Disk::open_with(&config.path, access, direct)?),
     })
 }
 
@@ -240,5 +254,7 @@ pub fn probe_format(path: &Path) -> Result<ImageFormat, DiskError> {
 
 #[cfg(test)]
 pub(crate) mod delegate;
+#[cfg(test)]
+mod direct_tests;
 #[cfg(test)]
 mod tests;

@@ -9,12 +9,18 @@ use std::path::Path;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::VolatileSlice;
 
+use super::dio::{open_direct, IoAlign};
 use super::lock::{Access, ImageLock};
 use super::{check_range, DiskBackend, DiskError, ImageFormat, SECTOR_SIZE};
 
 /// A raw image file.
 pub struct RawDisk {
+    /// Through the page cache: every transfer without `direct`, and with it those that
+    /// direct I/O cannot take. The kernel keeps the two coherent (a direct transfer
+    /// writes back and drops the cached pages it overlaps first).
     file: File,
+    /// The same file with O_DIRECT (`cache=none`).
+    direct: Option<DirectFile>,
     size: u64,
     read_only: bool,
     _lock: ImageLock,
@@ -42,14 +48,38 @@ pub fn allocate_first_block(file: &File, size: u64) -> io::Result<()> {
     file.write_all_at(&[0u8; BLOCK as usize][..len as usize], 0)
 }
 
+/// The image open with O_DIRECT.
+struct DirectFile {
+    file: File,
+    align: IoAlign,
+    /// Direct transfers end by here: the file's length at open, rounded down to
+    /// `align.block`. Past it a direct read would stop short at an unaligned end of
+    /// file, and reading on from there is not aligned.
+    end: u64,
+}
+
+impl DirectFile {
+    /// Whether a transfer of `len` bytes at `offset` lies where direct I/O may go.
+    fn covers(&self, offset: u64, len: u64) -> bool {
+        offset.checked_add(len).is_some_and(|end| end <= self.end)
+    }
+
+    /// Whether direct I/O takes a transfer of `iovs` at `offset`.
+    fn takes(&self, offset: u64, iovs: &[libc::iovec]) -> bool {
+        let len = iovs.iter().map(|iov| iov.iov_len as u64).sum();
+        self.covers(offset, len) && self.align.fits(offset, iovs)
+    }
+}
+
 impl RawDisk {
     /// Open `path`; the disk size is the file size at open time, see [`disk_size`].
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
-        Self::open_with(path, Access::for_read_only(read_only))
+        Self::open_with(path, Access::for_read_only(read_only), false)
     }
 
-    /// [`RawDisk::open`] for `access` ([`Access::ReadShared`]: qemu-img's `-U`).
-    pub fn open_with(path: &Path, access: Access) -> Result<Self, DiskError> {
+    /// [`RawDisk::open`] for `access` ([`Access::ReadShared`]: qemu-img's `-U`); with
+    /// `direct`, transfers that direct I/O can take bypass the host page cache.
+    pub fn open_with(path: &Path, access: Access, direct: bool) -> Result<Self, DiskError> {
         let read_only = access != Access::ReadWrite;
         let open_err = DiskError::io(path);
         let lock = ImageLock::acquire(path, access)?;
@@ -58,13 +88,38 @@ impl RawDisk {
             .write(!read_only)
             .open(path)
             .map_err(open_err)?;
-        let size = disk_size(file.metadata().map_err(open_err)?.len());
+        let file_len = file.metadata().map_err(open_err)?.len();
+        let direct = if direct {
+            let (file, align) = open_direct(path, !read_only)?;
+            let end = file_len / align.block * align.block;
+            Some(DirectFile { file, align, end })
+        } else {
+            None
+        };
         Ok(RawDisk {
             file,
-            size,
+            direct,
+            size: disk_size(file_len),
             read_only,
             _lock: lock,
         })
+    }
+
+    /// The file to transfer `iovs` at `offset` on: the direct one where it takes them.
+    fn fd_for(&self, offset: u64, iovs: &[libc::iovec]) -> RawFd {
+        match &self.direct {
+            Some(d) if d.takes(offset, iovs) => d.file.as_raw_fd(),
+            _ => self.file.as_raw_fd(),
+        }
+    }
+
+    /// The file for `len` bytes at `offset` through io_uring, which checks the buffers'
+    /// alignment itself (see [`DiskBackend::io_align`]).
+    fn ring_fd(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
+        match &self.direct {
+            Some(d) => d.covers(offset, len).then(|| (d.file.as_raw_fd(), offset)),
+            None => Some((self.file.as_raw_fd(), offset)),
+        }
     }
 
     fn writable(&self) -> Result<(), DiskError> {
@@ -132,15 +187,23 @@ impl DiskBackend for RawDisk {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
+        let fd = self.fd_for(offset, std::slice::from_ref(&iov));
         // SAFETY: `iov` covers `buf`, borrowed mutably for the call.
-        unsafe { transfer_all(self.file.as_raw_fd(), vec![iov], offset, false)? };
+        unsafe { transfer_all(fd, vec![iov], offset, false)? };
         Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
         self.writable()?;
         check_range(offset, buf.len() as u64, self.size)?;
-        Ok(self.file.write_all_at(buf, offset)?)
+        let iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let fd = self.fd_for(offset, std::slice::from_ref(&iov));
+        // SAFETY: `iov` covers `buf`, borrowed for the call; pwritev only reads it.
+        unsafe { transfer_all(fd, vec![iov], offset, true)? };
+        Ok(())
     }
 
     fn read_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
@@ -154,11 +217,12 @@ impl DiskBackend for RawDisk {
                 iov_base: g.as_ptr().cast(),
                 iov_len: b.len(),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let fd = self.fd_for(offset, &iovs);
         // SAFETY: the guards keep every guest buffer mapped for its full length until
         // they drop after the call; the kernel writes through raw pointers, so no Rust
         // reference into guest memory is created.
-        unsafe { transfer_all(self.file.as_raw_fd(), iovs, offset, false)? };
+        unsafe { transfer_all(fd, iovs, offset, false)? };
         for b in bufs {
             b.bitmap().mark_dirty(0, b.len());
         }
@@ -177,9 +241,10 @@ impl DiskBackend for RawDisk {
                 iov_base: g.as_ptr() as *mut libc::c_void,
                 iov_len: b.len(),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let fd = self.fd_for(offset, &iovs);
         // SAFETY: as in read_vectored; pwritev only reads the buffers.
-        unsafe { transfer_all(self.file.as_raw_fd(), iovs, offset, true)? };
+        unsafe { transfer_all(fd, iovs, offset, true)? };
         Ok(())
     }
 
@@ -230,6 +295,18 @@ impl DiskBackend for RawDisk {
 
     fn passthrough_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
+    }
+
+    fn read_extent(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
+        self.ring_fd(offset, len)
+    }
+
+    fn write_extent(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
+        self.ring_fd(offset, len)
+    }
+
+    fn io_align(&self) -> IoAlign {
+        self.direct.as_ref().map_or(IoAlign::ANY, |d| d.align)
     }
 }
 

@@ -6,12 +6,16 @@ use std::fs::File;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::block::dio::IoAlign;
+
 /// imago's L2 cache holds this many tables (fixed in imago 0.2).
 const IMAGO_L2_TABLES: usize = 128;
 
 /// The image file, read-only, for reads around imago.
 pub(super) struct DirectReads {
     file: File,
+    /// What reads of `file` must meet (O_DIRECT's alignment with `cache=none`).
+    align: IoAlign,
     /// Only grows (imago allocates at the end); a mapping past it is re-checked.
     known_len: AtomicU64,
     /// log2 of the guest bytes one L2 table maps.
@@ -25,10 +29,11 @@ pub(super) struct DirectReads {
 }
 
 impl DirectReads {
-    pub(super) fn new(file: File, cluster_bits: u32) -> Self {
+    pub(super) fn new(file: File, cluster_bits: u32, align: IoAlign) -> Self {
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         DirectReads {
             file,
+            align,
             known_len: AtomicU64::new(len),
             // cluster_size / 8 entries of cluster_size bytes each.
             region_bits: 2 * cluster_bits - 3,
@@ -38,6 +43,10 @@ impl DirectReads {
 
     pub(super) fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    pub(super) fn align(&self) -> IoAlign {
+        self.align
     }
 
     /// Whether `[host, host + len)` lies inside the file: a cluster allocated but not
@@ -86,7 +95,7 @@ mod tests {
     fn regions_are_remembered_until_another_takes_their_slot() {
         let file = tempfile::tempfile().unwrap();
         // 512-byte clusters: one L2 table maps 64 entries of 512 bytes, 32 KiB.
-        let d = DirectReads::new(file, 9);
+        let d = DirectReads::new(file, 9, IoAlign::ANY);
         let region = 32 << 10;
         assert!(!d.l2_likely_cached(0));
         d.l2_used(region - 512, 1024); // the end of region 0 and the start of region 1

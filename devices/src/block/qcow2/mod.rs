@@ -49,10 +49,12 @@ use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::{
     FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, ShallowMapping, StorageExt,
+    StorageOpenOptions,
 };
 use log::warn;
 use vm_memory::VolatileSlice;
 
+use super::dio::{open_direct, IoAlign};
 use super::lock::{Access, ImageLock};
 use super::{backing_format, backing_path, check_range, DiskBackend, DiskError, ImageFormat};
 use direct::DirectReads;
@@ -213,13 +215,15 @@ pub fn check_chain(path: &Path, writable: bool) -> Result<Vec<(PathBuf, ImageFor
 impl Qcow2Disk {
     /// Open the image and its whole backing chain (backing images read-only).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
-        Ok(Self::open_layers(path, Access::for_read_only(read_only), true)?.0)
+        Ok(Self::open_layers(path, Access::for_read_only(read_only), true, false)?.0)
     }
 
     /// [`Qcow2Disk::open`] for `access`: with [`Access::ReadShared`] read-only, and
-    /// taking no lock that keeps others from writing the chain (qemu-img's `-U`).
-    pub fn open_with(path: &Path, access: Access) -> Result<Self, DiskError> {
-        Ok(Self::open_layers(path, access, true)?.0)
+    /// taking no lock that keeps others from writing the chain (qemu-img's `-U`); with
+    /// `direct`, the whole chain bypasses the host page cache (O_DIRECT: imago aligns
+    /// its transfers itself, and reads around it must meet [`DiskBackend::io_align`]).
+    pub fn open_with(path: &Path, access: Access, direct: bool) -> Result<Self, DiskError> {
+        Ok(Self::open_layers(path, access, true, direct)?.0)
     }
 
     /// Open only the image's own layer, as if it had no backing file (what it leaves to
@@ -232,7 +236,7 @@ impl Qcow2Disk {
         path: &Path,
         access: Access,
     ) -> Result<(Self, Option<(PathBuf, ImageFormat)>), DiskError> {
-        let (disk, chain) = Self::open_layers(path, access, false)?;
+        let (disk, chain) = Self::open_layers(path, access, false, false)?;
         Ok((disk, chain.into_iter().nth(1)))
     }
 
@@ -242,6 +246,7 @@ impl Qcow2Disk {
         path: &Path,
         access: Access,
         with_backing: bool,
+        direct: bool,
     ) -> Result<(Self, Vec<(PathBuf, ImageFormat)>), DiskError> {
         let read_only = access != Access::ReadWrite;
         // Locked before anything is read: another writer could be changing it.
@@ -265,7 +270,21 @@ impl Qcow2Disk {
                 path.display()
             );
         }
-        let mut builder = Qcow2::<File>::builder_path(path).write(!read_only);
+        // Before imago opens it, so that a file system without direct I/O gets the
+        // error that says so.
+        let direct_reads = if header.incompatible_features & incompat::DATA_FILE != 0 {
+            None
+        } else if direct {
+            let (file, align) = open_direct(path, false)?;
+            Some(DirectReads::new(file, header.cluster_bits, align))
+        } else {
+            let file = StdFile::open(path).map_err(DiskError::io(path))?;
+            Some(DirectReads::new(file, header.cluster_bits, IoAlign::ANY))
+        };
+        let mut builder = Qcow2::<File>::builder_path(path)
+            .write(!read_only)
+            // Passed on to the backing chain, as QEMU's cache mode is.
+            .storage_open_options(StorageOpenOptions::new().direct(direct));
         if !with_backing {
             builder = builder.backing(None);
         }
@@ -273,18 +292,12 @@ impl Qcow2Disk {
             .open(PermissiveImplicitOpenGate::default())
             .map_err(DiskError::io(path))?;
         let access = FormatAccess::new(qcow2);
-        let direct = if header.incompatible_features & incompat::DATA_FILE == 0 {
-            let file = StdFile::open(path).map_err(DiskError::io(path))?;
-            Some(DirectReads::new(file, header.cluster_bits))
-        } else {
-            None
-        };
         let disk = Qcow2Disk {
             size: access.size(),
             access: RwLock::new(access),
             read_only,
             has_backing: with_backing && chain.len() > 1,
-            direct,
+            direct: direct_reads,
             header,
             _locks: locks,
         };
@@ -599,5 +612,11 @@ impl DiskBackend for Qcow2Disk {
 
     fn extents_move(&self) -> bool {
         true
+    }
+
+    fn io_align(&self) -> IoAlign {
+        self.direct
+            .as_ref()
+            .map_or(IoAlign::ANY, DirectReads::align)
     }
 }

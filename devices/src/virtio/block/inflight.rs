@@ -522,13 +522,13 @@ impl Active {
             // around the format.
             RequestType::In if self.extents_move && self.fence.unmaps_pending() => None,
             RequestType::In => disk.read_extent(offset, req.data_len),
-            _ => disk.passthrough_fd().map(|fd| (fd, offset)),
+            _ => disk.write_extent(offset, req.data_len),
         };
         let (Some((fd, at)), Some(ring)) = (target, self.ring.as_mut()) else {
             return Some(p);
         };
         let id = (p.seq, p.head, p.parsed.status);
-        if !ring.push(id, req.kind, &req.data, fd, at) {
+        if !ring.push(id, req.kind, &req.data, (fd, at), disk.io_align()) {
             return Some(p);
         }
         if req.kind == RequestType::In || ring.unsubmitted() >= WRITES_PER_SUBMIT {

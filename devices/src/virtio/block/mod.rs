@@ -183,9 +183,10 @@ impl Block {
         self.io_uring = on;
     }
 
-    /// What a guest FLUSH does (default [`Cache::Writeback`]: metadata writeback and
-    /// fsync; [`Cache::Unsafe`]: nothing, it succeeds at once). Takes effect at the next
-    /// activation.
+    /// What a guest FLUSH does (default [`Cache::Writeback`], and [`Cache::None`]:
+    /// metadata writeback and fsync; [`Cache::Unsafe`]: nothing, it succeeds at once).
+    /// Whether the image bypasses the host page cache is the disk's, chosen when it is
+    /// opened ([`crate::block::open_disk`]). Takes effect at the next activation.
     pub fn set_cache(&mut self, cache: Cache) {
         self.cache = cache;
     }
@@ -401,7 +402,7 @@ impl VirtioDevice for Block {
                 inline_lone: self.inline_lone,
                 io_uring: self.io_uring,
                 fence: fence.clone(),
-                flushes: self.cache == Cache::Writeback,
+                flushes: self.cache.flushes(),
                 discard: self.discard,
                 detect_zeroes: self.detect_zeroes,
                 writethrough: self.writethrough.clone(),
@@ -453,6 +454,8 @@ mod async_fault_tests;
 mod async_tests;
 #[cfg(test)]
 mod cache_mode_tests;
+#[cfg(test)]
+mod direct_ring_tests;
 #[cfg(test)]
 mod event_idx_tests;
 #[cfg(test)]

@@ -39,6 +39,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::inflight::Completion;
 use super::request::{RequestType, Segment};
+use crate::block::dio::IoAlign;
 use crate::block::DiskBackend;
 use crate::GuestMemory;
 
@@ -132,16 +133,16 @@ impl UringEngine {
 
     /// Queue an IN or OUT of `segs` (checked inside guest memory by the parser, and
     /// inside the disk by the caller) at byte `offset` of `fd`, a file the disk keeps
-    /// open. Returns false, queueing
-    /// nothing, if the buffers cannot be mapped or the ring is full: the caller then
-    /// runs the request another way. Call [`UringEngine::submit`] after the batch.
+    /// open, whose transfers must meet `align`. Returns false, queueing nothing, if the
+    /// buffers cannot be mapped, do not meet `align`, or the ring is full: the caller
+    /// then runs the request another way. Call [`UringEngine::submit`] after the batch.
     pub fn push(
         &mut self,
         (seq, head, status): (u64, u16, GuestAddress),
         kind: RequestType,
         segs: &[Segment],
-        fd: RawFd,
-        offset: u64,
+        (fd, offset): (RawFd, u64),
+        align: IoAlign,
     ) -> bool {
         let mut iovs = Vec::with_capacity(segs.len());
         let mut data_len = 0u32;
@@ -158,6 +159,9 @@ impl UringEngine {
                 });
             }
             data_len = data_len.saturating_add(s.len);
+        }
+        if !align.fits(offset, &iovs) {
+            return false;
         }
         let request = RingRequest {
             seq,

@@ -5,6 +5,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use kiln_devices::block::config::Cache;
 use kiln_devices::block::ImageFormat;
 
 use super::image::{evict, make_image};
@@ -73,7 +74,7 @@ pub enum Runner {
     Backend,
     /// kiln's virtio-blk device model behind an in-process virtqueue of that depth.
     Device,
-    /// `qemu-img bench -t writeback -i <aio>`.
+    /// `qemu-img bench -t writeback|none -i <aio>`.
     Qemu(&'static str),
 }
 
@@ -94,6 +95,10 @@ pub struct Line {
     pub format: ImageFormat,
     /// The device runner puts the device on its own event-loop thread.
     pub device_thread: bool,
+    /// kiln's runners' host page cache mode (`Cache::None`: O_DIRECT).
+    pub cache: Cache,
+    /// QEMU's runners' (`-t none` or `-t writeback`).
+    pub qemu_cache: Cache,
 }
 
 impl Line {

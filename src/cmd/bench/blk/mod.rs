@@ -10,6 +10,10 @@
 //!   `--device-thread` puts the device on its own event-loop thread as in a VM;
 //! - `qemu-img bench -t writeback` with `-i io_uring` and with `-i threads`.
 //!
+//! With `--cache none` every runner bypasses the host page cache: kiln's runners open
+//! the image as `--disk ...,cache=none` does (O_DIRECT), QEMU's get `-t none`.
+//! `--qemu-cache` sets QEMU's mode apart, to compare each side in its own best mode.
+//!
 //! `qemu-img bench` has no random mode, so "random" is a stride of 7919 blocks modulo
 //! the image size (which visits every block once, scattered) for all runners. Reads
 //! start with the image evicted from the page cache (cold); writes go to a freshly
@@ -30,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use kiln_devices::block::config::Cache;
 use kiln_devices::block::ImageFormat;
 use kiln_devices::virtio::block::harness::EventLoopHarness;
 
@@ -75,9 +80,24 @@ pub struct Args {
     /// does not have); by default one thread plays driver and event loop.
     #[arg(long)]
     device_thread: bool,
+    /// Host page cache for every runner: writeback, or none (O_DIRECT: kiln's
+    /// cache=none, qemu-img's -t none).
+    #[arg(long, default_value = "writeback", value_parser = parse_cache)]
+    cache: Cache,
+    /// QEMU's runners' host page cache, when it differs from --cache (qemu-img -t).
+    #[arg(long, value_parser = parse_cache)]
+    qemu_cache: Option<Cache>,
     /// Print one JSON document at the end instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_cache(s: &str) -> Result<Cache, String> {
+    match s {
+        "writeback" => Ok(Cache::Writeback),
+        "none" => Ok(Cache::None),
+        other => Err(format!("`{other}`: expected writeback or none")),
+    }
 }
 
 /// Deepest queue without the device runner: kiln's engine starts a thread per unit.
@@ -87,6 +107,10 @@ impl Args {
     /// Whether `--runner` (or its default, all) includes the runner `name`.
     fn runs(&self, name: &str) -> bool {
         self.runner.is_empty() || self.runner.iter().any(|r| r == name)
+    }
+
+    fn qemu_cache(&self) -> Cache {
+        self.qemu_cache.unwrap_or(self.cache)
     }
 
     fn patterns(&self) -> impl Iterator<Item = Pattern> + '_ {
@@ -195,7 +219,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let mut results = Vec::new();
     if !args.json {
-        report::print_header(args.device_thread);
+        report::print_header(args.device_thread, args.cache, args.qemu_cache());
     }
     for fmt in &args.format {
         let format: ImageFormat = fmt.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -211,6 +235,8 @@ fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
                     size: args.size,
                     format,
                     device_thread: args.device_thread,
+                    cache: args.cache,
+                    qemu_cache: args.qemu_cache(),
                 };
                 let enabled = RUNNER_NAMES.map(|n| args.runs(n));
                 let rounds = line.rounds(args.repeat, dir, &filled, enabled);

@@ -1,5 +1,6 @@
 //! The results of `kiln bench blk`: a table row per line, or one JSON document.
 
+use kiln_devices::block::config::Cache;
 use serde_json::{json, Value};
 
 use super::line::{Line, Run, RUNNER_NAMES};
@@ -187,7 +188,14 @@ impl LineResult {
     }
 }
 
-pub fn print_header(device_thread: bool) {
+pub fn print_header(device_thread: bool, cache: Cache, qemu_cache: Cache) {
+    if (cache, qemu_cache) != (Cache::Writeback, Cache::Writeback) {
+        println!(
+            "host page cache: kiln cache={}, qemu-img -t {}",
+            cache_name(cache),
+            cache_name(qemu_cache)
+        );
+    }
     if device_thread {
         println!("device: on its own event-loop thread, driven from another (--device-thread)");
     }
@@ -209,6 +217,14 @@ pub fn print_header(device_thread: bool) {
     );
 }
 
+/// The name of a mode the bench takes (`--cache`).
+fn cache_name(cache: Cache) -> &'static str {
+    match cache {
+        Cache::None => "none",
+        _ => "writeback",
+    }
+}
+
 /// The whole run: its settings and every line. Ratios are to the better QEMU run
 /// (null where no QEMU runner ran); runners not asked for are null.
 pub fn to_json(args: &Args, lines: &[LineResult]) -> Value {
@@ -216,6 +232,8 @@ pub fn to_json(args: &Args, lines: &[LineResult]) -> Value {
         "size": args.size,
         "repeat": args.repeat,
         "device-thread": args.device_thread,
+        "cache": cache_name(args.cache),
+        "qemu-cache": cache_name(args.qemu_cache()),
         "lines": lines.iter().map(LineResult::to_json).collect::<Vec<_>>(),
     })
 }
@@ -244,6 +262,8 @@ mod tests {
             size: 1 << 30,
             format: ImageFormat::Raw,
             device_thread: false,
+            cache: Cache::Writeback,
+            qemu_cache: Cache::Writeback,
         };
         let failed = Some(Err(anyhow::anyhow!("qemu-img failed")));
         let result = LineResult::new(

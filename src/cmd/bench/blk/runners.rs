@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use kiln_devices::block::config::Cache;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig};
 use kiln_devices::virtio::block::harness::{EventLoopHarness, Harness, Op, QueueDriver};
 use kiln_devices::virtio::block::Block;
@@ -22,6 +23,7 @@ impl Line {
         Ok(open_disk(&DiskConfig {
             format: Some(self.format),
             readonly: !self.pattern.write,
+            cache: self.cache,
             ..DiskConfig::new(image.to_owned())
         })?)
     }
@@ -53,7 +55,11 @@ impl Line {
     }
 
     fn backend_worker(&self, disk: &dyn DiskBackend, next: &AtomicU64) -> anyhow::Result<()> {
-        let mut buf = vec![0x5au8; self.pattern.block as usize];
+        // Page-aligned, as a guest's buffers are, so that O_DIRECT takes it.
+        let block = self.pattern.block as usize;
+        let mut storage = vec![0x5au8; block + 4096];
+        let start = storage.as_ptr().align_offset(4096);
+        let buf = &mut storage[start..start + block];
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= self.count {
@@ -61,9 +67,9 @@ impl Line {
             }
             let off = self.offset(i);
             if self.pattern.write {
-                disk.write_at(&buf, off)?;
+                disk.write_at(buf, off)?;
             } else {
-                disk.read_at(&mut buf, off)?;
+                disk.read_at(buf, off)?;
             }
         }
     }
@@ -78,7 +84,8 @@ impl Line {
     pub fn run_device(&self, image: &Path) -> anyhow::Result<Run> {
         let disk = self.open(image)?;
         let block = self.pattern.block as usize;
-        let dev = Block::new(disk, None)?;
+        let mut dev = Block::new(disk, None)?;
+        dev.set_cache(self.cache);
         let depth = self.depth as usize;
         if self.device_thread {
             let features = dev.device_features();
@@ -144,7 +151,11 @@ impl Line {
             "-f",
             self.format.name(),
             "-t",
-            "writeback",
+            if self.qemu_cache == Cache::None {
+                "none"
+            } else {
+                "writeback"
+            },
             "-i",
             aio,
         ])

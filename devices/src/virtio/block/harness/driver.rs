@@ -70,6 +70,8 @@ pub struct Driver {
     event_idx: bool,
     /// The avail index when the driver last decided whether to kick.
     kick_checked_at: u16,
+    /// Data buffers start this many bytes into their slot (see `set_data_skew`).
+    skew: u64,
 }
 
 /// virtio 1.2 §2.7.10: whether moving an index from `old` to `new` passed `event`.
@@ -122,6 +124,7 @@ impl Driver {
             last_used: 0,
             event_idx: false,
             kick_checked_at: 0,
+            skew: 0,
         };
         Ok((driver, queue))
     }
@@ -129,6 +132,23 @@ impl Driver {
     /// Follow avail_event and used_event (the device negotiated EVENT_IDX).
     pub(super) fn use_event_idx(&mut self) {
         self.event_idx = true;
+    }
+
+    /// Start every data buffer `skew` bytes into its slot (and make it that much
+    /// shorter): guest buffers off the alignment that direct I/O needs.
+    pub fn set_data_skew(&mut self, skew: u64) -> Result<(), HarnessError> {
+        if skew >= self.layout.slot_bytes {
+            return Err(HarnessError::BadRequest {
+                offset: skew,
+                len: 0,
+            });
+        }
+        self.skew = skew;
+        Ok(())
+    }
+
+    fn slot_len(&self) -> u64 {
+        self.layout.slot_bytes - self.skew
     }
 
     pub fn memory(&self) -> &GuestMemory {
@@ -140,9 +160,9 @@ impl Driver {
     }
 
     pub fn slot_data(&self, slot: usize) -> Result<VolatileSlice<'_>, HarnessError> {
-        let addr = GuestAddress(self.layout.data + slot as u64 * self.layout.slot_bytes);
+        let addr = self.layout.data + slot as u64 * self.layout.slot_bytes + self.skew;
         self.mem
-            .get_slice(addr, self.layout.slot_bytes as usize)
+            .get_slice(GuestAddress(addr), self.slot_len() as usize)
             .map_err(memory_err)
     }
 
@@ -179,7 +199,7 @@ impl Driver {
     ) -> Result<Option<usize>, HarnessError> {
         if offset % SECTOR_SIZE != 0
             || len as u64 % SECTOR_SIZE != 0
-            || (op != Op::Discard && len as u64 > self.layout.slot_bytes)
+            || (op != Op::Discard && len as u64 > self.slot_len())
             || (op == Op::Discard && len as u64 / SECTOR_SIZE > u64::from(u32::MAX))
         {
             return Err(HarnessError::BadRequest { offset, len });
@@ -199,7 +219,7 @@ impl Driver {
         header[8..16].copy_from_slice(&(offset / SECTOR_SIZE).to_le_bytes());
         let header_addr = l.headers + 16 * slot as u64;
         let status_addr = l.statuses + slot as u64;
-        let data_addr = l.data + l.slot_bytes * slot as u64;
+        let data_addr = l.data + l.slot_bytes * slot as u64 + self.skew;
         let head = slot as u16 * DESCS_PER_REQUEST;
         let data_flags = if op == Op::Read {
             VRING_DESC_F_WRITE
@@ -259,7 +279,7 @@ impl Driver {
         let Some(&slot) = self.free.last() else {
             return Ok(None);
         };
-        if data.len() as u64 > self.layout.slot_bytes {
+        if data.len() as u64 > self.slot_len() {
             return Err(HarnessError::BadRequest {
                 offset,
                 len: data.len(),

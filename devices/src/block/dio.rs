@@ -1,0 +1,150 @@
+//! Direct I/O (O_DIRECT, `cache=none`): opening a file for it, and what its requests
+//! must meet.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use super::DiskError;
+
+/// What a transfer on a file must meet: where O_DIRECT is on, every buffer starts on
+/// a multiple of `mem` and is a multiple of `block` long, and the file offset is a
+/// multiple of `block` (Linux's iomap and block layer check each iovec this way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoAlign {
+    pub mem: u64,
+    pub block: u64,
+}
+
+impl IoAlign {
+    /// No requirement: the page cache takes any transfer.
+    pub const ANY: IoAlign = IoAlign { mem: 1, block: 1 };
+
+    /// What O_DIRECT needs where the kernel cannot say (before Linux 6.1): a page,
+    /// which meets every device's logical block size and DMA alignment up to 4Kn disks.
+    const FALLBACK: IoAlign = IoAlign {
+        mem: 4096,
+        block: 4096,
+    };
+
+    /// Whether a transfer of the buffers `iovs` at file offset `offset` meets it.
+    pub fn fits(&self, offset: u64, iovs: &[libc::iovec]) -> bool {
+        offset % self.block == 0
+            && iovs.iter().all(|iov| {
+                (iov.iov_base as u64) % self.mem == 0 && (iov.iov_len as u64) % self.block == 0
+            })
+    }
+
+    /// The direct I/O alignment of `file` (open with O_DIRECT), from statx's
+    /// STATX_DIOALIGN; `None` where the file system reports that it has no direct I/O.
+    pub fn of_direct_file(file: &File) -> io::Result<Option<IoAlign>> {
+        // SAFETY: an all-zero statx is a valid value of this plain C struct.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: the path is a valid C string (empty, with AT_EMPTY_PATH: the fd
+        // itself), and `stx` is a writable statx for the kernel to fill.
+        let rc = unsafe {
+            libc::statx(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                libc::STATX_DIOALIGN,
+                &mut stx,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // No statx at all (seccomp, very old kernels): assume the safe alignment.
+            return match e.raw_os_error() {
+                Some(libc::ENOSYS) => Ok(Some(Self::FALLBACK)),
+                _ => Err(e),
+            };
+        }
+        if stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+            return Ok(Some(Self::FALLBACK));
+        }
+        if stx.stx_dio_mem_align == 0 || stx.stx_dio_offset_align == 0 {
+            return Ok(None);
+        }
+        Ok(Some(IoAlign {
+            mem: stx.stx_dio_mem_align.into(),
+            block: stx.stx_dio_offset_align.into(),
+        }))
+    }
+}
+
+/// `path` opened with O_DIRECT (`write`: read-write) and the alignment its transfers
+/// need, or an error that says the file system has no direct I/O and what to use.
+pub fn open_direct(path: &Path, write: bool) -> Result<(File, IoAlign), DiskError> {
+    let no_direct = || {
+        DiskError::unsupported(
+            path,
+            "its file system has no direct I/O (O_DIRECT), which cache=none needs; \
+             use cache=writeback",
+        )
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EINVAL) => no_direct(),
+            _ => DiskError::io(path)(e),
+        })?;
+    let align = IoAlign::of_direct_file(&file)
+        .map_err(DiskError::io(path))?
+        .ok_or_else(no_direct)?;
+    Ok((file, align))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iov(base: u64, len: usize) -> libc::iovec {
+        libc::iovec {
+            iov_base: base as *mut libc::c_void,
+            iov_len: len,
+        }
+    }
+
+    #[test]
+    fn fits_checks_offset_addresses_and_lengths() {
+        let a = IoAlign {
+            mem: 512,
+            block: 4096,
+        };
+        assert!(a.fits(8192, &[iov(0x1000, 4096), iov(0x2200, 8192)]));
+        assert!(!a.fits(512, &[iov(0x1000, 4096)]), "offset");
+        assert!(
+            !a.fits(0, &[iov(0x1000, 4096), iov(0x2008, 4096)]),
+            "address"
+        );
+        assert!(
+            !a.fits(0, &[iov(0x1000, 2048), iov(0x2000, 2048)]),
+            "length"
+        );
+        assert!(IoAlign::ANY.fits(3, &[iov(7, 5)]));
+    }
+
+    #[test]
+    fn a_direct_file_reports_its_alignment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let (file, align) = open_direct(&path, true).unwrap();
+        // SAFETY: F_GETFL only reads the fd's flags.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_DIRECT, 0);
+        assert!(align.mem.is_power_of_two() && align.block.is_power_of_two());
+        assert!((512..=4096).contains(&align.block), "{align:?}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = open_direct(Path::new("/nonexistent/kiln-dio"), false).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/kiln-dio"), "{e}");
+    }
+}
