@@ -270,3 +270,20 @@ fn a_raw_file_of_partial_sectors_is_a_disk_of_whole_ones() {
     drop(disk);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
 }
+
+#[test]
+fn reading_a_qcow2_header_reads_only_its_first_cluster() {
+    use crate::test_support::{cached_pages, evict};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.qcow2");
+    create(&path, ImageFormat::Qcow2, 8 << 20);
+    open(&path, false)
+        .write_at(&pattern(8 << 20, 1), 0)
+        .unwrap();
+    evict(&path);
+    let (h, _) = qcow2::read_header(&path).unwrap();
+    assert_eq!(h.cluster_size(), 65536);
+    // Read-ahead may take a few clusters after the first; the data beyond 1 MiB is
+    // never needed to open the image.
+    assert_eq!(cached_pages(&path, 1 << 20, 1 << 20), 0);
+}

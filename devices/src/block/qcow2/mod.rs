@@ -102,9 +102,21 @@ pub fn read_header(path: &Path) -> Result<(Qcow2Header, u64), DiskError> {
     };
     let file = StdFile::open(path).map_err(open_err)?;
     let file_len = file.metadata().map_err(open_err)?.len();
-    // The header and its extensions live in the first cluster (at most 2 MiB).
+    // The header and its extensions live in the first cluster: its size is in the
+    // header's first bytes, and only that much is read (one page for a 4 KiB cluster,
+    // not the 2 MiB of the largest), so that opening an image reads no data.
     let mut first = Vec::new();
-    file.take(2 << 20)
+    (&file)
+        .take(header::field::CLUSTER_BITS as u64 + 4)
+        .read_to_end(&mut first)
+        .map_err(open_err)?;
+    let cluster_bits = first
+        .get(header::field::CLUSTER_BITS..)
+        .and_then(|b| b.try_into().ok())
+        .map_or(9, u32::from_be_bytes);
+    let cluster_size = 1u64 << cluster_bits.clamp(9, 21);
+    (&file)
+        .take(cluster_size - first.len() as u64)
         .read_to_end(&mut first)
         .map_err(open_err)?;
     let header = Qcow2Header::parse(&first).map_err(corrupt)?;
