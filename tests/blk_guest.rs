@@ -66,8 +66,8 @@ fn assert_qemu_img_check_clean(image: &Path) {
 
 /// Guest side of the three-disk boot. vda: qcow2, written; vdb: raw read-only
 /// pattern; vdc: qcow2 overlay whose backing file holds 0x3c in its first MiB, with
-/// detect-zeroes=unmap (zeroes written over base data and over nothing). vdb and vdc
-/// are cache=none (O_DIRECT).
+/// detect-zeroes=unmap (zeroes written over base data and over nothing). vdb is
+/// cache=none (O_DIRECT), vdc cache=directsync (O_DIRECT, and its cache starts off).
 /// No pipelines: on PVM hosts two processes started side by side sometimes
 /// misbehave (see the README); tools pass data through files instead.
 const DISKS_SCRIPT: &str = r#"
@@ -92,6 +92,7 @@ echo "VDA-CACHE2=$(cat /sys/block/vda/cache_type) $(cat /sys/block/vda/queue/wri
 dd if=/tmp/pat of=/dev/vda bs=65536 seek=256 count=1 oflag=direct 2>/dev/null && echo VDA-WT-WRITE=ok
 echo "VDB-MD5=$(md5sum /tmp/vdb)"
 if dd if=/tmp/pat of=/dev/vdb bs=4096 count=1 conv=fsync 2>/dev/null; then echo VDB-WRITE=accepted; else echo VDB-WRITE=refused; fi
+echo "VDC-CACHE=$(cat /sys/block/vdc/cache_type)"
 dd if=/dev/vdc of=/tmp/vdc bs=65536 count=16 2>/dev/null
 echo "VDC-MD5=$(md5sum /tmp/vdc)"
 dd if=/tmp/pat of=/dev/vdc bs=65536 seek=32 count=1 conv=fsync 2>/dev/null && echo VDC-WRITE=ok
@@ -156,7 +157,10 @@ fn disks_console_and_rng_in_one_boot() {
 
     let disk_vda = format!("path={},format=qcow2,serial=kiln-vda-42", vda.display());
     let disk_vdb = format!("path={},format=raw,readonly=on,cache=none", vdb.display());
-    let disk_vdc = format!("path={},detect-zeroes=unmap,cache=none", vdc.display());
+    let disk_vdc = format!(
+        "path={},detect-zeroes=unmap,cache=directsync",
+        vdc.display()
+    );
     evict(&vdb);
     let console = format!("virtio,file={},size=123x45", console_log.display());
     let run = run_kiln(
@@ -230,6 +234,7 @@ fn disks_console_and_rng_in_one_boot() {
         "{context}"
     );
     assert_eq!(get("VDC-WRITE"), "ok", "{context}");
+    assert_eq!(get("VDC-CACHE"), "write through", "{context}");
     assert_eq!(get("VDC-ZERO-OVER-BASE"), "ok", "{context}");
     assert_eq!(get("VDC-ZERO"), "ok", "{context}");
     // Console (device 3) and rng (4) took EVENT_IDX too; the 300 hvc0 writes and the

@@ -85,17 +85,18 @@ fn disks_come_first() {
 fn disk_cache_modes_are_accepted_and_bad_ones_named() {
     let disk = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-options-cache.raw");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    for cache in ["writeback", "unsafe", "none"] {
+    for cache in ["writeback", "unsafe", "none", "writethrough", "directsync"] {
         let spec = format!("path={},cache={cache}", disk.display());
         let run = run_probe(&format!("cache-{cache}"), &["--disk", &spec]);
         assert_eq!(run.code(), Some(EXIT_BLOCK), "{cache}: {}", run.stderr());
     }
-    let spec = format!("path={},cache=directsync", disk.display());
-    let run = run_probe("cache-directsync", &["--disk", &spec]);
+    let spec = format!("path={},cache=directio", disk.display());
+    let run = run_probe("cache-directio", &["--disk", &spec]);
     assert_eq!(run.code(), Some(2), "clap usage error");
     assert!(
-        run.stderr()
-            .contains("cache must be writeback, none or unsafe, not `directsync`"),
+        run.stderr().contains(
+            "cache must be writeback, none, writethrough, directsync or unsafe, not `directio`"
+        ),
         "{}",
         run.stderr()
     );

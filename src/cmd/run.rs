@@ -47,12 +47,15 @@ pub struct Args {
     pub nested: bool,
     /// A virtio-blk disk:
     /// path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID][,aio=threads|io_uring]
-    /// [,cache=writeback|none|unsafe][,num-queues=N][,discard=unmap|ignore]
+    /// [,cache=writeback|none|writethrough|directsync|unsafe][,num-queues=N]
+    /// [,discard=unmap|ignore]
     /// [,detect-zeroes=off|on|unmap]
     /// (aio, unless given: io_uring where the host allows it, for raw images and for the
     /// reads of a qcow2 image's own data clusters; I/O threads for the rest. cache=none
     /// bypasses the host page cache (O_DIRECT) for the image and its backing files, as
-    /// QEMU's does; requests direct I/O cannot take use the page cache. cache=unsafe
+    /// QEMU's does; requests direct I/O cannot take use the page cache.
+    /// cache=writethrough starts the guest's disk cache off (every write synced until
+    /// the guest turns it on); directsync is none and writethrough. cache=unsafe
     /// answers guest flushes without syncing: faster builds, lost on a host crash. With
     /// cache=writeback the guest may switch to writethrough, as with QEMU's config-wce:
     /// /sys/block/vdX/cache_type in Linux. num-queues: request queues, 1 to 64;

@@ -72,9 +72,24 @@ pub enum Cache {
     /// file system with direct I/O (most have; refused at open where not). Requests
     /// that are not aligned as direct I/O requires go through the page cache instead.
     None,
+    /// As writeback, but the device starts with its cache off: every write is synced
+    /// before it completes, until the guest turns the cache on (VIRTIO_BLK_F_CONFIG_WCE;
+    /// Linux: /sys/block/vdX/cache_type). QEMU's `cache=writethrough`.
+    Writethrough,
+    /// [`Cache::None`] and [`Cache::Writethrough`] together.
+    Directsync,
 }
 
 impl Cache {
+    /// Every mode, by its name in `cache=`.
+    pub const NAMES: [(&'static str, Cache); 5] = [
+        ("writeback", Cache::Writeback),
+        ("none", Cache::None),
+        ("writethrough", Cache::Writethrough),
+        ("directsync", Cache::Directsync),
+        ("unsafe", Cache::Unsafe),
+    ];
+
     /// Whether a guest FLUSH syncs the image.
     pub fn flushes(self) -> bool {
         self != Cache::Unsafe
@@ -82,7 +97,12 @@ impl Cache {
 
     /// Whether the image is opened with O_DIRECT.
     pub fn direct(self) -> bool {
-        self == Cache::None
+        matches!(self, Cache::None | Cache::Directsync)
+    }
+
+    /// Whether the device starts writethrough (the guest may change it).
+    pub fn starts_writethrough(self) -> bool {
+        matches!(self, Cache::Writethrough | Cache::Directsync)
     }
 }
 
@@ -113,7 +133,8 @@ pub enum DetectZeroes {
 }
 
 /// One disk: `path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID]
-/// [,aio=threads|io_uring][,cache=writeback|none|unsafe][,num-queues=N]
+/// [,aio=threads|io_uring][,cache=writeback|none|writethrough|directsync|unsafe]
+/// [,num-queues=N]
 /// [,discard=unmap|ignore][,detect-zeroes=off|on|unmap]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -187,7 +208,7 @@ pub enum DiskConfigError {
     SerialTooLong(String),
     #[error("aio must be threads or io_uring, not `{0}`")]
     Aio(String),
-    #[error("cache must be writeback, none or unsafe, not `{0}`")]
+    #[error("cache must be writeback, none, writethrough, directsync or unsafe, not `{0}`")]
     Cache(String),
     #[error("disk path is empty")]
     EmptyPath,
@@ -255,12 +276,11 @@ impl FromStr for DiskConfig {
                     aio.replace(v).map_or(Ok(()), |_| Err(duplicate()))?
                 }
                 "cache" => {
-                    let v = match value {
-                        "writeback" => Cache::Writeback,
-                        "unsafe" => Cache::Unsafe,
-                        "none" => Cache::None,
-                        other => return Err(DiskConfigError::Cache(other.to_owned())),
-                    };
+                    let v = Cache::NAMES
+                        .iter()
+                        .find(|(name, _)| *name == value)
+                        .map(|&(_, c)| c)
+                        .ok_or_else(|| DiskConfigError::Cache(value.to_owned()))?;
                     cache.replace(v).map_or(Ok(()), |_| Err(duplicate()))?
                 }
                 "num-queues" => {
@@ -338,6 +358,13 @@ mod tests {
         assert_eq!(c.cache, Cache::None);
         assert!(c.cache.direct() && c.cache.flushes());
         assert!(!Cache::Writeback.direct() && !Cache::Unsafe.flushes());
+        for (name, want) in Cache::NAMES {
+            let c: DiskConfig = format!("path=a,cache={name}").parse().unwrap();
+            assert_eq!(c.cache, want);
+        }
+        assert!(Cache::Directsync.direct() && Cache::Directsync.starts_writethrough());
+        assert!(!Cache::Writethrough.direct() && Cache::Writethrough.starts_writethrough());
+        assert!(!Cache::None.starts_writethrough() && Cache::Writethrough.flushes());
         let c: DiskConfig = "path=a,discard=ignore,detect-zeroes=on".parse().unwrap();
         assert_eq!(
             (c.discard, c.detect_zeroes),
@@ -370,7 +397,7 @@ mod tests {
         assert_eq!(e("format=raw"), MissingPath);
         assert_eq!(e("path=a,format=vmdk"), Format("vmdk".into()));
         assert_eq!(e("path=a,readonly=maybe"), ReadOnly("maybe".into()));
-        assert_eq!(e("path=a,cache=directsync"), Cache("directsync".into()));
+        assert_eq!(e("path=a,cache=directio"), Cache("directio".into()));
         assert_eq!(e("path=a,trim=unmap"), UnknownKey("trim".into()));
         assert_eq!(e("path=a,discard=maybe"), Discard("maybe".into()));
         assert_eq!(e("path=a,detect-zeroes=yes"), DetectZeroes("yes".into()));

@@ -161,3 +161,28 @@ fn the_writeback_field_is_read_only_without_config_wce_and_renegotiation_resets_
     assert_eq!(writeback_field(&dev), 1);
     assert!(!dev.writethrough());
 }
+
+#[test]
+fn cache_writethrough_starts_with_the_cache_off_until_the_driver_turns_it_on() {
+    for cache in [Cache::Writethrough, Cache::Directsync] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = slow_disk(&dir, 0);
+        let mut dev = Block::with_workers(disk.clone(), None, 2).unwrap();
+        dev.set_cache(cache);
+        let mut h = Harness::new(dev, 4, 4096).unwrap();
+        assert_eq!(writeback_field(h.device()), 0, "{cache:?}");
+        assert!(h.device().writethrough());
+        run_ok(&mut h, Op::Write, 0, Some(&[1u8; 4096]));
+        assert_eq!(flushes(&disk), 1, "{cache:?}: the write was not flushed");
+        h.device().write_config(CONFIG_WRITEBACK as u64, &[1]);
+        run_ok(&mut h, Op::Write, 4096, Some(&[2u8; 4096]));
+        assert_eq!(flushes(&disk), 1, "{cache:?}: still writethrough");
+
+        // A driver with FLUSH but without CONFIG_WCE cannot turn it on.
+        let other = tempfile::tempdir().unwrap();
+        let mut dev = Block::new(slow_disk(&other, 0), None).unwrap();
+        dev.set_cache(cache);
+        dev.ack_features(polling_driver_features(&dev) & !bit(VIRTIO_BLK_F_CONFIG_WCE));
+        assert!(dev.writethrough(), "{cache:?}");
+    }
+}

@@ -220,7 +220,7 @@ impl Block {
         let through = if acked(VIRTIO_BLK_F_CONFIG_WCE) {
             self.config[CONFIG_WRITEBACK] == 0
         } else {
-            !acked(VIRTIO_BLK_F_FLUSH)
+            !acked(VIRTIO_BLK_F_FLUSH) || self.cache.starts_writethrough()
         };
         self.writethrough.store(through, Ordering::Release);
     }
@@ -323,9 +323,10 @@ impl VirtioDevice for Block {
 
     fn ack_features(&mut self, features: u64) {
         self.acked_features = features & self.features;
-        // virtio 1.2 §5.2.5.2: a configurable cache without FLUSH starts writethrough.
+        // virtio 1.2 §5.2.5.2: a configurable cache without FLUSH starts writethrough;
+        // so does one configured writethrough (the driver may turn it on).
         let flush = self.acked_features & bit(VIRTIO_BLK_F_FLUSH) != 0;
-        self.config[CONFIG_WRITEBACK] = u8::from(flush);
+        self.config[CONFIG_WRITEBACK] = u8::from(flush && !self.cache.starts_writethrough());
         self.update_cache_mode();
     }
 
