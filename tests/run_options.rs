@@ -126,6 +126,21 @@ fn bad_disks_fail_before_the_vm_starts_naming_the_file() {
         "{}",
         run.stderr()
     );
+    // cache=none where the file system has no O_DIRECT (procfs; tmpfs before 6.6).
+    let run = run_probe(
+        "disk-no-direct-io",
+        &[
+            "--disk",
+            "path=/proc/version,format=raw,readonly=on,cache=none",
+        ],
+    );
+    assert_eq!(run.code(), Some(1));
+    assert!(
+        run.stderr()
+            .contains("/proc/version: its file system has no direct I/O"),
+        "{}",
+        run.stderr()
+    );
     let run = run_probe("disk-syntax", &["--disk", "path=x,format=vmdk"]);
     assert_eq!(run.code(), Some(2), "clap usage error");
     assert!(run.stderr().contains("vmdk"), "{}", run.stderr());

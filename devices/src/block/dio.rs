@@ -143,6 +143,18 @@ mod tests {
     }
 
     #[test]
+    fn a_file_system_without_direct_io_is_named_with_what_to_use() {
+        // procfs refuses O_DIRECT, as tmpfs did before Linux 6.6.
+        let e = open_direct(Path::new("/proc/version"), false).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("/proc/version: "), "{text}");
+        assert!(
+            text.contains("no direct I/O") && text.contains("cache=writeback"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_missing_file_is_named() {
         let e = open_direct(Path::new("/nonexistent/kiln-dio"), false).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/kiln-dio"), "{e}");
