@@ -110,7 +110,7 @@ impl Layer {
                 let lock = ImageLock::acquire(path, access)?;
                 let file = File::open(path).map_err(DiskError::io(path))?;
                 // Past the file's end (inside its last sector) it reads zero.
-                let size = disk_size(file.metadata().map_err(DiskError::io(path))?.len());
+                let size = disk_size(super::raw::file_len(&file).map_err(DiskError::io(path))?);
                 Layer::Raw {
                     file,
                     size,

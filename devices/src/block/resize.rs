@@ -16,6 +16,7 @@
 //! The new size must be a multiple of 512 bytes, as for `kiln img create`.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use imago::file::File as ImagoFile;
@@ -26,7 +27,7 @@ use super::create::Preallocation;
 use super::lock::{Access, ImageLock};
 use super::qcow2::bitmaps::AUTOCLEAR_BITMAPS;
 use super::qcow2::{check_chain, read_header, Qcow2Disk};
-use super::raw::{allocate_first_block, disk_size};
+use super::raw::{allocate_first_block, disk_size, file_len};
 use super::{probe_format, DiskError, ImageFormat};
 
 /// The size asked for: as given, or relative to the current one (`+SIZE`, `-SIZE`).
@@ -64,9 +65,31 @@ pub fn resize_image(
     let (old_size, new_size) = match format {
         ImageFormat::Raw => {
             let _lock = ImageLock::acquire(path, Access::ReadWrite)?;
-            let old_len = std::fs::metadata(path).map_err(open_err)?.len();
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(open_err)?;
+            let old_len = file_len(&file).map_err(open_err)?;
             let old_size = disk_size(old_len);
             let new_size = checked_new_size(path, old_size, size, allow_shrink)?;
+            if file
+                .metadata()
+                .map_err(open_err)?
+                .file_type()
+                .is_block_device()
+            {
+                // Its size is the device's (as qemu-img, which refuses too).
+                if new_size != old_size {
+                    return Err(invalid(format!(
+                        "a block device cannot be resized (it has {old_size} bytes)"
+                    )));
+                }
+                return Ok(Resized {
+                    format,
+                    old_size,
+                    new_size,
+                });
+            }
             check_preallocation(path, old_size, new_size, preallocation)?;
             preallocation
                 .check_format(ImageFormat::Raw)
@@ -74,10 +97,6 @@ pub fn resize_image(
             if preallocation != Preallocation::Off {
                 grow_raw_preallocated(path, new_size, preallocation)?;
             }
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(open_err)?;
             file.set_len(new_size).map_err(open_err)?;
             if old_len == 0 && preallocation == Preallocation::Off {
                 allocate_first_block(&file, new_size).map_err(open_err)?;

@@ -183,10 +183,12 @@ impl Block {
         self.io_uring = on;
     }
 
-    /// What a guest FLUSH does (default [`Cache::Writeback`], and [`Cache::None`]:
-    /// metadata writeback and fsync; [`Cache::Unsafe`]: nothing, it succeeds at once).
-    /// Whether the image bypasses the host page cache is the disk's, chosen when it is
-    /// opened ([`crate::block::open_disk`]). Takes effect at the next activation.
+    /// What a guest FLUSH does (metadata writeback and fsync, except with
+    /// [`Cache::Unsafe`]: nothing, it succeeds at once), and whether the device starts
+    /// writethrough ([`Cache::Writethrough`], [`Cache::Directsync`]; see
+    /// [`Block::writethrough`]). Whether the image bypasses the host page cache is the
+    /// disk's, chosen when it is opened ([`crate::block::open_disk`]). Takes effect at
+    /// the next activation.
     pub fn set_cache(&mut self, cache: Cache) {
         self.cache = cache;
     }
