@@ -159,7 +159,8 @@ pub trait DiskBackend: Send + Sync {
         false
     }
     /// As [`DiskBackend::read_extent`], for a write: where the disk's bytes may be
-    /// written directly.
+    /// written directly (for a format, only where writing in place is what it would
+    /// do itself: data it owns alone, already allocated).
     fn write_extent(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
         let _ = len;
         self.passthrough_fd().map(|fd| (fd, offset))

@@ -1,6 +1,6 @@
-//! Reads of a qcow2 image's data clusters that bypass imago (see
-//! `DiskBackend::read_extent`): the image file, and which L2 tables imago has
-//! probably cached.
+//! Reads and writes of a qcow2 image's data clusters that bypass imago (see
+//! `DiskBackend::read_extent` and `write_extent`): the image file, and which L2
+//! tables imago has probably cached.
 
 use std::fs::File;
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -11,7 +11,7 @@ use crate::block::dio::IoAlign;
 /// imago's L2 cache holds this many tables (fixed in imago 0.2).
 const IMAGO_L2_TABLES: usize = 128;
 
-/// The image file, read-only, for reads around imago.
+/// The image file (writable where the image is), for transfers around imago.
 pub(super) struct DirectReads {
     file: File,
     /// What reads of `file` must meet (O_DIRECT's alignment with `cache=none`).

@@ -18,13 +18,16 @@
 //!
 //! Reads of the image's own data clusters can bypass imago: [`DiskBackend::read_extent`]
 //! looks the mapping up in imago's L2 cache and hands virtio-blk a file descriptor of
-//! the image (its own, opened read-only) and the host offset, which it reads through
-//! io_uring. A data cluster keeps its host offset until a discard or write-zeroes
-//! frees it (writes never move an allocated cluster the image owns alone, and a
-//! shared one keeps its refcount when a write copies it), which is why
+//! the image (its own) and the host offset, which it reads through io_uring. With
+//! `cache=none`, writes do the same ([`DiskBackend::write_extent`]) where imago itself
+//! would write in place: clusters allocated and owned by the image alone; the rest
+//! (allocation, COW) goes through imago. A data cluster keeps its host offset until a discard or
+//! write-zeroes frees it (writes never move an allocated cluster the image owns alone,
+//! and a shared one keeps its refcount when a write copies it), which is why
 //! [`DiskBackend::extents_move`] is true here. The lookup runs on the device's event
 //! loop, so it must not wait: where imago has probably not loaded the L2 table (see
-//! `direct`), or a discard holds the lock, the read goes through imago on an I/O thread.
+//! `direct`), or a discard holds the lock, the transfer goes through imago on an I/O
+//! thread.
 
 pub mod backing;
 pub mod bitmaps;
@@ -83,6 +86,9 @@ pub struct Qcow2Disk {
     size: u64,
     read_only: bool,
     has_backing: bool,
+    /// Opened with O_DIRECT (`cache=none`): only then do writes bypass imago (see
+    /// `ring_extent`).
+    direct_io: bool,
     /// The image's header as read when it was opened (its size may have changed since;
     /// see `size`).
     header: Qcow2Header,
@@ -287,10 +293,14 @@ impl Qcow2Disk {
         let direct_reads = if header.incompatible_features & incompat::DATA_FILE != 0 {
             None
         } else if direct {
-            let (file, align) = open_direct(path, false)?;
+            let (file, align) = open_direct(path, !read_only)?;
             Some(DirectReads::new(file, header.cluster_bits, align))
         } else {
-            let file = StdFile::open(path).map_err(DiskError::io(path))?;
+            let file = StdFile::options()
+                .read(true)
+                .write(!read_only)
+                .open(path)
+                .map_err(DiskError::io(path))?;
             Some(DirectReads::new(file, header.cluster_bits, IoAlign::ANY))
         };
         let mut builder = Qcow2::<File>::builder_path(path)
@@ -310,6 +320,7 @@ impl Qcow2Disk {
             read_only,
             has_backing: with_backing && chain.len() > 1,
             direct: direct_reads,
+            direct_io: direct,
             header,
             _locks: locks,
         };
@@ -601,25 +612,11 @@ impl DiskBackend for Qcow2Disk {
     }
 
     fn read_extent(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
-        let direct = self.direct.as_ref()?;
-        check_range(offset, len, self.size).ok()?;
-        // An L2 table imago has not loaded would be read here, on the event loop: the
-        // read goes through imago on an I/O thread instead, which loads it.
-        if !direct.l2_likely_cached(offset) {
-            return None;
-        }
-        // A discard or unmapping write-zeroes holds (or waits for) the lock for as long
-        // as it takes: the read goes through imago behind it instead of waiting here.
-        let access = self.access.try_read().ok()?;
-        let (mapping, mapped) = access.get_shallow_mapping(offset, len).ok()?;
-        match mapping {
-            // Raw in this layer: the image file itself (no external data file).
-            ShallowMapping::Raw { offset: host, .. } if mapped >= len => {
-                direct.covers(host, len).then(|| (direct.fd(), host))
-            }
-            // Zero, backing file, compressed, or split across host runs.
-            _ => None,
-        }
+        self.ring_extent(offset, len, false)
+    }
+
+    fn write_extent(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
+        self.ring_extent(offset, len, true)
     }
 
     fn extents_move(&self) -> bool {
@@ -630,5 +627,44 @@ impl DiskBackend for Qcow2Disk {
         self.direct
             .as_ref()
             .map_or(IoAlign::ANY, DirectReads::align)
+    }
+}
+
+impl Qcow2Disk {
+    /// [`DiskBackend::read_extent`], and with `write` [`DiskBackend::write_extent`]:
+    /// a write goes in place only where imago would write it in place itself, a data
+    /// cluster allocated in this image and owned by it alone (refcount 1, "copied").
+    /// Writes take the ring only with direct I/O: there io_uring overlaps them (4 KiB
+    /// rewrites at depth 64: 152k/s at 3.9 us of CPU each, against 86k/s at 17 us on
+    /// the I/O threads), while buffered ones did better on the threads (167k/s at 10 us
+    /// against 146k/s at 13 us).
+    fn ring_extent(&self, offset: u64, len: u64, write: bool) -> Option<(RawFd, u64)> {
+        let direct = self.direct.as_ref()?;
+        if write && (self.read_only || !self.direct_io) {
+            return None;
+        }
+        check_range(offset, len, self.size).ok()?;
+        // An L2 table imago has not loaded would be read here, on the event loop: the
+        // transfer goes through imago on an I/O thread instead, which loads it.
+        if !direct.l2_likely_cached(offset) {
+            return None;
+        }
+        // A discard or unmapping write-zeroes holds (or waits for) the lock for as long
+        // as it takes: the transfer goes through imago behind it instead of waiting.
+        let access = self.access.try_read().ok()?;
+        let (mapping, mapped) = access.get_shallow_mapping(offset, len).ok()?;
+        match mapping {
+            // Raw in this layer: the image file itself (no external data file).
+            ShallowMapping::Raw {
+                offset: host,
+                writable,
+                ..
+            } if mapped >= len && (writable || !write) => {
+                direct.covers(host, len).then(|| (direct.fd(), host))
+            }
+            // Zero, backing file, compressed, shared with a snapshot (for a write), or
+            // split across host runs.
+            _ => None,
+        }
     }
 }

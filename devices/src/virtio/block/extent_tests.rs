@@ -124,37 +124,75 @@ fn qcow2_data_clusters_are_read_through_the_ring_and_the_rest_through_imago() {
 }
 
 /// A disk whose read extents are a pipe: ring reads stay in flight until the test
-/// writes to it. Discards and reads through the format are counted.
+/// writes to it; and with `write_pipe`, whose write extents are a full pipe: ring
+/// writes stay in flight until the test reads from it. Discards and transfers
+/// through the format are counted.
 pub(super) struct PipeExtentDisk {
     raw: RawDisk,
     pipe: File,
+    write_pipe: Option<File>,
     pub discards: AtomicU64,
     pub format_reads: AtomicU64,
+    pub format_writes: AtomicU64,
 }
+
+/// A new pipe: (read end, write end).
+fn pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds are new and owned by nobody else.
+    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+/// The bytes a full write pipe holds before the ring writes (see `with_write_pipe`).
+const WRITE_PIPE_FILL: usize = 4096;
 
 impl PipeExtentDisk {
     /// A 1 MiB disk of 0x11 bytes in `dir`, and the pipe's write end, which feeds the
     /// ring reads.
     pub(super) fn new(dir: &Path) -> (Arc<Self>, File) {
+        let (disk, tx) = Self::build(dir, None);
+        (Arc::new(disk), tx)
+    }
+
+    /// [`PipeExtentDisk::new`] whose ring writes go to a pipe that is full already, and
+    /// the read end of that pipe.
+    pub(super) fn with_write_pipe(dir: &Path) -> (Arc<Self>, File) {
+        let (rx, tx) = pipe();
+        // SAFETY: F_SETPIPE_SZ only takes integers; the fd is open.
+        let size = unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_SETPIPE_SZ, WRITE_PIPE_FILL) };
+        assert_eq!(size as usize, WRITE_PIPE_FILL);
+        std::io::Write::write_all(&mut &tx, &[0u8; WRITE_PIPE_FILL]).unwrap();
+        let (disk, _) = Self::build(dir, Some(tx));
+        (Arc::new(disk), rx)
+    }
+
+    fn build(dir: &Path, write_pipe: Option<File>) -> (Self, File) {
         let path = dir.join("disk.raw");
         std::fs::write(&path, vec![0x11u8; 1 << 20]).unwrap();
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the two-element array.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both fds are new and owned by nobody else.
-        let (rx, tx) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-        let disk = Arc::new(PipeExtentDisk {
+        let (rx, tx) = pipe();
+        let disk = PipeExtentDisk {
             raw: RawDisk::open(&path, false).unwrap(),
             pipe: rx,
+            write_pipe,
             discards: AtomicU64::new(0),
             format_reads: AtomicU64::new(0),
-        });
+            format_writes: AtomicU64::new(0),
+        };
         (disk, tx)
     }
 }
 
 impl DiskBackend for PipeExtentDisk {
-    delegate_disk!(raw: size, write_at, write_vectored, flush);
+    delegate_disk!(raw: size, write_at, flush);
+    fn write_vectored(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> Result<(), DiskError> {
+        self.format_writes.fetch_add(1, Ordering::SeqCst);
+        self.raw.write_vectored(bufs, offset)
+    }
+    fn write_extent(&self, _offset: u64, _len: u64) -> Option<(RawFd, u64)> {
+        self.write_pipe.as_ref().map(|p| (p.as_raw_fd(), 0))
+    }
     fn format(&self) -> ImageFormat {
         ImageFormat::Qcow2
     }
@@ -249,4 +287,48 @@ fn unmap_waits_for_ring_reads(detect: DetectZeroes, submit_unmap: fn(&mut Harnes
         h.read_slot(slot, &mut got).unwrap();
         assert!(got.iter().all(|b| *b == 0x77), "slot {slot}");
     }
+}
+
+#[test]
+fn a_discard_waits_for_writes_around_the_format_and_writes_meanwhile_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, rx) = PipeExtentDisk::with_write_pipe(dir.path());
+    let mut dev = Block::new(disk.clone(), None).unwrap();
+    // Not inline on the event loop, which would block on the full pipe.
+    dev.set_inline_lone_requests(false);
+    let mut h = Harness::new(dev, 8, 4096).unwrap();
+    let ring_writes = [0, 4096].map(|o| h.submit_write(o, &[0x66; 4096]).unwrap().unwrap());
+    h.kick().unwrap();
+    assert_eq!(h.device().in_flight(), 2);
+    let discard = h.submit(Op::Discard, 65536, 65536).unwrap().unwrap();
+    h.kick().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    h.device().process_completions();
+    assert_eq!(
+        disk.discards.load(Ordering::SeqCst),
+        0,
+        "discard ran under writes"
+    );
+    // A write after the discard goes through the format, not around it.
+    let format_write = h.submit_write(8192, &[0x67; 4096]).unwrap().unwrap();
+    h.kick().unwrap();
+    let mut done = Vec::new();
+    while !done.iter().any(|d: &Done| d.slot == format_write) {
+        done.extend(h.wait(WAIT).unwrap());
+    }
+    assert_eq!(disk.format_writes.load(Ordering::SeqCst), 1);
+    assert_eq!(disk.discards.load(Ordering::SeqCst), 0);
+    // Drain the pipe: the ring writes land there, then the discard runs.
+    let mut got = vec![0u8; WRITE_PIPE_FILL + 8192];
+    std::io::Read::read_exact(&mut &rx, &mut got).unwrap();
+    while done.len() < 4 {
+        done.extend(h.wait(WAIT).unwrap());
+    }
+    assert!(done.iter().all(|d| d.status == OK), "{done:?}");
+    assert!(done.iter().any(|d| d.slot == discard));
+    assert!(ring_writes
+        .iter()
+        .all(|s| done.iter().any(|d| d.slot == *s)));
+    assert_eq!(disk.discards.load(Ordering::SeqCst), 1);
+    assert!(got[WRITE_PIPE_FILL..].iter().all(|&b| b == 0x66));
 }

@@ -1,11 +1,11 @@
-//! The fence between reads that bypass the format and requests that free clusters,
+//! The fence between transfers that bypass the format and requests that free clusters,
 //! shared by every queue of one device.
 //!
-//! A ring read (`DiskBackend::read_extent`) holds a host offset that a discard or an
-//! unmapping write-zeroes could free and a later write reuse, on any queue of the
-//! disk. So while a ring read is in flight on some queue, unmapping requests on every
-//! queue wait; while an unmapping request is popped and unfinished on some queue,
-//! reads on every queue go through the format. Each queue keeps its own requests'
+//! A ring transfer (`DiskBackend::read_extent`, `write_extent`) holds a host offset
+//! that a discard or an unmapping write-zeroes could free and a later write reuse, on
+//! any queue of the disk. So while a ring transfer is in flight on some queue,
+//! unmapping requests on every queue wait; while an unmapping request is popped and
+//! unfinished on some queue, reads and writes on every queue go through the format. Each queue keeps its own requests'
 //! sequence numbers; the fence keeps the device-wide counts.
 //!
 //! All queues of a device run on one event-loop thread, so the counts need no
@@ -13,35 +13,35 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Device-wide counts of ring reads and unmapping requests in flight.
+/// Device-wide counts of ring transfers and unmapping requests in flight.
 #[derive(Debug, Default)]
 pub struct ExtentFence {
-    ring_reads: AtomicUsize,
+    ring_transfers: AtomicUsize,
     unmaps: AtomicUsize,
 }
 
 impl ExtentFence {
-    /// A ring read holds a mapping somewhere: unmapping requests must wait.
-    pub fn reads_in_flight(&self) -> bool {
-        self.ring_reads.load(Ordering::Relaxed) > 0
+    /// A ring transfer holds a mapping somewhere: unmapping requests must wait.
+    pub fn transfers_in_flight(&self) -> bool {
+        self.ring_transfers.load(Ordering::Relaxed) > 0
     }
 
-    /// An unmapping request is pending somewhere: reads must use the format.
+    /// An unmapping request is pending somewhere: transfers must use the format.
     pub fn unmaps_pending(&self) -> bool {
         self.unmaps.load(Ordering::Relaxed) > 0
     }
 
-    pub fn add_reads(&self, n: usize) {
-        self.ring_reads.fetch_add(n, Ordering::Relaxed);
+    pub fn add_transfers(&self, n: usize) {
+        self.ring_transfers.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn add_unmaps(&self, n: usize) {
         self.unmaps.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Forget `n` finished (or abandoned) ring reads; never below zero.
-    pub fn remove_reads(&self, n: usize) {
-        saturating_sub(&self.ring_reads, n);
+    /// Forget `n` finished (or abandoned) ring transfers; never below zero.
+    pub fn remove_transfers(&self, n: usize) {
+        saturating_sub(&self.ring_transfers, n);
     }
 
     /// Forget `n` finished (or abandoned) unmapping requests; never below zero.
@@ -64,16 +64,16 @@ mod tests {
     #[test]
     fn counts_go_up_and_down_and_not_below_zero() {
         let fence = ExtentFence::default();
-        assert!(!fence.reads_in_flight() && !fence.unmaps_pending());
-        fence.add_reads(2);
+        assert!(!fence.transfers_in_flight() && !fence.unmaps_pending());
+        fence.add_transfers(2);
         fence.add_unmaps(1);
-        assert!(fence.reads_in_flight() && fence.unmaps_pending());
-        fence.remove_reads(1);
-        assert!(fence.reads_in_flight());
-        fence.remove_reads(5);
+        assert!(fence.transfers_in_flight() && fence.unmaps_pending());
+        fence.remove_transfers(1);
+        assert!(fence.transfers_in_flight());
+        fence.remove_transfers(5);
         fence.remove_unmaps(1);
-        assert!(!fence.reads_in_flight() && !fence.unmaps_pending());
-        fence.add_reads(1);
-        assert!(fence.reads_in_flight(), "a count that went below zero");
+        assert!(!fence.transfers_in_flight() && !fence.unmaps_pending());
+        fence.add_transfers(1);
+        assert!(fence.transfers_in_flight(), "a count that went below zero");
     }
 }

@@ -8,11 +8,12 @@
 //! the completion `EventFd`; the event loop adds the used entries and interrupts the
 //! driver once per batch, unless the driver suppressed interrupts.
 //!
-//! Reads that bypass the format (qcow2 data clusters through io_uring, see
-//! `DiskBackend::read_extent`) hold a mapping that a discard or write-zeroes could
-//! free and reuse. So while such a read is in flight on any of the device's queues,
-//! discards and write-zeroes are held back, and while one of those is popped and
-//! unfinished, reads go through the format on the workers (see [`ExtentFence`]).
+//! Reads and writes that bypass the format (qcow2 data clusters through io_uring, see
+//! `DiskBackend::read_extent` and `write_extent`) hold a mapping that a discard or
+//! write-zeroes could free and reuse. So while such a transfer is in flight on any of
+//! the device's queues, discards and write-zeroes are held back, and while one of
+//! those is popped and unfinished, reads and writes go through the format on the
+//! workers (see [`ExtentFence`]).
 //!
 //! FLUSH: a flush is held back until every write (OUT, DISCARD, WRITE_ZEROES) popped
 //! before it has completed, then runs the backend flush (metadata writeback + fsync).
@@ -207,20 +208,21 @@ pub struct Active {
     ctx: Arc<JobContext>,
     completions: Receiver<Completion>,
     /// Raw images: IN and OUT go through io_uring instead of the pool; qcow2: the IN
-    /// that `read_extent` maps.
+    /// and OUT that `read_extent` and `write_extent` map.
     ring: Option<UringEngine>,
-    /// The disk's `extents_move`: discards and write-zeroes can invalidate ring reads.
+    /// The disk's `extents_move`: discards and write-zeroes can invalidate ring
+    /// transfers.
     extents_move: bool,
-    /// Sequence numbers of this queue's ring reads a discard or write-zeroes could
+    /// Sequence numbers of this queue's ring transfers a discard or write-zeroes could
     /// invalidate (counted in `fence` too).
-    extent_reads: BTreeSet<u64>,
+    ring_transfers: BTreeSet<u64>,
     /// Sequence numbers of this queue's discards and write-zeroes popped and
     /// unfinished (with `extents_move`; counted in `fence` too).
     unmaps: BTreeSet<u64>,
-    /// Discards and write-zeroes waiting for the ring reads of every queue to drain,
+    /// Discards and write-zeroes waiting for the ring transfers of every queue to drain,
     /// in ring order.
     held_unmaps: VecDeque<Pending>,
-    /// The device's counts of ring reads and unmapping requests, over all its queues.
+    /// The device's counts of ring transfers and unmapping requests, over all its queues.
     fence: Arc<ExtentFence>,
     inline_lone: bool,
     /// OUT requests of zeroes become write-zeroes when popped (see `zeroes`).
@@ -293,7 +295,7 @@ impl Active {
         Active {
             ring,
             extents_move: cfg.disk.extents_move(),
-            extent_reads: BTreeSet::new(),
+            ring_transfers: BTreeSet::new(),
             unmaps: BTreeSet::new(),
             held_unmaps: VecDeque::new(),
             fence: cfg.fence,
@@ -472,7 +474,7 @@ impl Active {
         }
         let mut batch = std::mem::take(&mut self.batch);
         for p in batch.drain(..) {
-            if self.extents_move && is_unmap_request(&p) && self.fence.reads_in_flight() {
+            if self.extents_move && is_unmap_request(&p) && self.fence.transfers_in_flight() {
                 self.held_unmaps.push_back(p);
                 continue;
             }
@@ -518,9 +520,9 @@ impl Active {
         };
         let disk = self.ctx.disk.as_ref();
         let target = match req.kind {
-            // A discard or write-zeroes is pending: its clusters must not be read
-            // around the format.
-            RequestType::In if self.extents_move && self.fence.unmaps_pending() => None,
+            // A discard or write-zeroes is pending: its clusters must not be read or
+            // written around the format.
+            _ if self.extents_move && self.fence.unmaps_pending() => None,
             RequestType::In => disk.read_extent(offset, req.data_len),
             _ => disk.write_extent(offset, req.data_len),
         };
@@ -534,18 +536,18 @@ impl Active {
         if req.kind == RequestType::In || ring.unsubmitted() >= WRITES_PER_SUBMIT {
             ring.submit();
         }
-        if req.kind == RequestType::In && self.extents_move {
-            self.extent_reads.insert(p.seq);
-            self.fence.add_reads(1);
+        if self.extents_move {
+            self.ring_transfers.insert(p.seq);
+            self.fence.add_transfers(1);
         }
         None
     }
 
     /// Start the held-back discards and write-zeroes once no queue of the device has a
-    /// ring read in flight. The device calls this on every queue after any queue
-    /// finished requests: the last ring read may have been another queue's.
+    /// ring transfer in flight. The device calls this on every queue after any queue
+    /// finished requests: the last ring transfer may have been another queue's.
     pub fn release_unmaps(&mut self) {
-        if self.held_unmaps.is_empty() || self.fence.reads_in_flight() {
+        if self.held_unmaps.is_empty() || self.fence.transfers_in_flight() {
             return;
         }
         for p in std::mem::take(&mut self.held_unmaps) {
@@ -572,8 +574,8 @@ impl Active {
         if self.unmaps.remove(&c.seq) {
             self.fence.remove_unmaps(1);
         }
-        if self.extent_reads.remove(&c.seq) {
-            self.fence.remove_reads(1);
+        if self.ring_transfers.remove(&c.seq) {
+            self.fence.remove_transfers(1);
             self.release_unmaps();
         }
         let was_write = self.writes.remove(&c.seq);

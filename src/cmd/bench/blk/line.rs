@@ -16,32 +16,53 @@ pub struct Pattern {
     pub block: u64,
     pub write: bool,
     pub random: bool,
+    /// Writes into the filled image (every cluster allocated) instead of a fresh one:
+    /// a VM disk's steady state, where no write allocates.
+    pub rewrite: bool,
+    /// Run when no --pattern is given.
+    pub default: bool,
 }
 
-pub const PATTERNS: [Pattern; 4] = [
+pub const PATTERNS: [Pattern; 5] = [
     Pattern {
         name: "4k-rand-read",
         block: 4096,
         write: false,
         random: true,
+        rewrite: false,
+        default: true,
     },
     Pattern {
         name: "4k-rand-write",
         block: 4096,
         write: true,
         random: true,
+        rewrite: false,
+        default: true,
     },
     Pattern {
         name: "64k-seq-read",
         block: 65536,
         write: false,
         random: false,
+        rewrite: false,
+        default: true,
     },
     Pattern {
         name: "64k-seq-write",
         block: 65536,
         write: true,
         random: false,
+        rewrite: false,
+        default: true,
+    },
+    Pattern {
+        name: "4k-rand-rewrite",
+        block: 4096,
+        write: true,
+        random: true,
+        rewrite: true,
+        default: false,
     },
 ];
 
@@ -103,7 +124,7 @@ pub struct Line {
 
 impl Line {
     fn measure(&self, dir: &Path, filled: &Path, runner: Runner) -> anyhow::Result<Run> {
-        let image = if self.pattern.write {
+        let image = if self.pattern.write && !self.pattern.rewrite {
             // A new name each time: unlinking a big file can take seconds (ext4 with
             // online discard), so the files go only when the run is over.
             static FRESH: AtomicU64 = AtomicU64::new(0);

@@ -17,7 +17,8 @@
 //! `qemu-img bench` has no random mode, so "random" is a stride of 7919 blocks modulo
 //! the image size (which visits every block once, scattered) for all runners. Reads
 //! start with the image evicted from the page cache (cold); writes go to a freshly
-//! created, empty image, so they include allocation. Each runner runs `--repeat` times
+//! created, empty image, so they include allocation (4k-rand-rewrite: into the filled
+//! image, allocated already). Each runner runs `--repeat` times
 //! per line, in rotating order, and its best run is reported; with two or more rounds,
 //! a row under the line gives the median and range of kiln's ratio round by round
 //! (each round's runs back to back, so they share the host's state: on a shared host
@@ -67,8 +68,9 @@ pub struct Args {
     /// Formats to run.
     #[arg(long, value_delimiter = ',', default_values_t = vec!["qcow2".to_string(), "raw".to_string()])]
     format: Vec<String>,
-    /// Patterns to run (default: all of 4k-rand-read, 4k-rand-write, 64k-seq-read,
-    /// 64k-seq-write).
+    /// Patterns to run (default: 4k-rand-read, 4k-rand-write, 64k-seq-read and
+    /// 64k-seq-write; also 4k-rand-rewrite: random writes into the filled image, where
+    /// every cluster is allocated already).
     #[arg(long, value_delimiter = ',')]
     pattern: Vec<String>,
     /// Runners to run (default: all of kiln, device, io_uring, threads); the ratios
@@ -114,9 +116,13 @@ impl Args {
     }
 
     fn patterns(&self) -> impl Iterator<Item = Pattern> + '_ {
-        PATTERNS
-            .into_iter()
-            .filter(|p| self.pattern.is_empty() || self.pattern.iter().any(|n| n == p.name))
+        PATTERNS.into_iter().filter(|p| {
+            if self.pattern.is_empty() {
+                p.default
+            } else {
+                self.pattern.iter().any(|n| n == p.name)
+            }
+        })
     }
 }
 
@@ -140,7 +146,7 @@ fn check_free_space(args: &Args) -> anyhow::Result<()> {
     let runners = RUNNER_NAMES.iter().filter(|n| args.runs(n)).count() as u64;
     let per_line = args
         .patterns()
-        .filter(|p| p.write)
+        .filter(|p| p.write && !p.rewrite)
         .map(|p| requests(args, p) * p.block)
         .max()
         .map_or(0, |bytes| {
