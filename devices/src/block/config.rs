@@ -50,7 +50,8 @@ pub enum Aio {
     /// A pool of I/O threads doing blocking reads and writes.
     Threads,
     /// One io_uring per queue: every read and write of a raw image, and the reads of
-    /// a qcow2 image's own data clusters; the rest on the I/O threads.
+    /// a qcow2 image's own data clusters (with [`Cache::None`], the writes into them
+    /// too); the rest on the I/O threads.
     IoUring,
 }
 
