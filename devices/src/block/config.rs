@@ -91,6 +91,14 @@ impl Cache {
         ("unsafe", Cache::Unsafe),
     ];
 
+    /// Its name in `cache=` (QEMU's).
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map_or("writeback", |(name, _)| name)
+    }
+
     /// Whether a guest FLUSH syncs the image.
     pub fn flushes(self) -> bool {
         self != Cache::Unsafe
@@ -362,6 +370,7 @@ mod tests {
         for (name, want) in Cache::NAMES {
             let c: DiskConfig = format!("path=a,cache={name}").parse().unwrap();
             assert_eq!(c.cache, want);
+            assert_eq!(want.name(), name);
         }
         assert!(Cache::Directsync.direct() && Cache::Directsync.starts_writethrough());
         assert!(!Cache::Writethrough.direct() && Cache::Writethrough.starts_writethrough());

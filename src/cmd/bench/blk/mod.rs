@@ -94,12 +94,13 @@ pub struct Args {
     json: bool,
 }
 
+/// The modes every runner can take alike: kiln's engine never flushes, so the modes
+/// that differ in flushing (writethrough, unsafe) would compare different things.
 fn parse_cache(s: &str) -> Result<Cache, String> {
-    match s {
-        "writeback" => Ok(Cache::Writeback),
-        "none" => Ok(Cache::None),
-        other => Err(format!("`{other}`: expected writeback or none")),
-    }
+    [Cache::Writeback, Cache::None]
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| format!("`{s}`: expected writeback or none"))
 }
 
 /// Deepest queue without the device runner: kiln's engine starts a thread per unit.

@@ -192,8 +192,8 @@ pub fn print_header(device_thread: bool, cache: Cache, qemu_cache: Cache) {
     if (cache, qemu_cache) != (Cache::Writeback, Cache::Writeback) {
         println!(
             "host page cache: kiln cache={}, qemu-img -t {}",
-            cache_name(cache),
-            cache_name(qemu_cache)
+            cache.name(),
+            qemu_cache.name()
         );
     }
     if device_thread {
@@ -217,14 +217,6 @@ pub fn print_header(device_thread: bool, cache: Cache, qemu_cache: Cache) {
     );
 }
 
-/// The name of a mode the bench takes (`--cache`).
-fn cache_name(cache: Cache) -> &'static str {
-    match cache {
-        Cache::None => "none",
-        _ => "writeback",
-    }
-}
-
 /// The whole run: its settings and every line. Ratios are to the better QEMU run
 /// (null where no QEMU runner ran); runners not asked for are null.
 pub fn to_json(args: &Args, lines: &[LineResult]) -> Value {
@@ -232,8 +224,8 @@ pub fn to_json(args: &Args, lines: &[LineResult]) -> Value {
         "size": args.size,
         "repeat": args.repeat,
         "device-thread": args.device_thread,
-        "cache": cache_name(args.cache),
-        "qemu-cache": cache_name(args.qemu_cache()),
+        "cache": args.cache.name(),
+        "qemu-cache": args.qemu_cache().name(),
         "lines": lines.iter().map(LineResult::to_json).collect::<Vec<_>>(),
     })
 }

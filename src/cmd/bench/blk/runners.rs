@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use kiln_devices::block::config::Cache;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig};
 use kiln_devices::virtio::block::harness::{EventLoopHarness, Harness, Op, QueueDriver};
 use kiln_devices::virtio::block::Block;
@@ -151,11 +150,7 @@ impl Line {
             "-f",
             self.format.name(),
             "-t",
-            if self.qemu_cache == Cache::None {
-                "none"
-            } else {
-                "writeback"
-            },
+            self.qemu_cache.name(),
             "-i",
             aio,
         ])
