@@ -87,10 +87,10 @@ pub fn chain_info(path: &Path, format: Option<ImageFormat>) -> Result<Vec<ImageI
     }
 }
 
-/// The length of the file or block device at `path` (see [`super::raw::file_len`]).
+/// The length of the file or block device at `path` (see [`super::file_len`]).
 fn raw_len(path: &Path) -> Result<u64, DiskError> {
     let file = std::fs::File::open(path).map_err(DiskError::io(path))?;
-    super::raw::file_len(&file).map_err(DiskError::io(path))
+    super::file_len(&file).map_err(DiskError::io(path))
 }
 
 /// Inspect the image at `path` as `format` (detected when `None`): a qcow2 file read

@@ -92,7 +92,7 @@ impl Layer {
                 let disk = Box::new(Qcow2Disk::open_top_layer(path, access)?.0);
                 let header = disk.opened_header();
                 let file = File::open(path).map_err(DiskError::io(path))?;
-                let len = file.metadata().map_err(DiskError::io(path))?.len();
+                let len = super::file_len(&file).map_err(DiskError::io(path))?;
                 let zero_offsets = file
                     .try_clone()
                     .ok()
@@ -110,7 +110,7 @@ impl Layer {
                 let lock = ImageLock::acquire(path, access)?;
                 let file = File::open(path).map_err(DiskError::io(path))?;
                 // Past the file's end (inside its last sector) it reads zero.
-                let size = disk_size(super::raw::file_len(&file).map_err(DiskError::io(path))?);
+                let size = disk_size(super::file_len(&file).map_err(DiskError::io(path))?);
                 Layer::Raw {
                     file,
                     size,

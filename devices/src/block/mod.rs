@@ -27,7 +27,8 @@ pub mod rebase;
 pub mod resize;
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -170,6 +171,22 @@ pub trait DiskBackend: Send + Sync {
     /// the disk's own methods instead.
     fn io_align(&self) -> dio::IoAlign {
         dio::IoAlign::ANY
+    }
+}
+
+/// The length of `file`, a regular file or a block device (whose metadata says 0):
+/// how an image on an LVM volume, a loop or nbd device gets its size.
+pub fn file_len(file: &File) -> io::Result<u64> {
+    let meta = file.metadata()?;
+    if meta.file_type().is_block_device() {
+        // The position is put back: a caller may be reading on from it.
+        let mut file = file;
+        let at = file.stream_position()?;
+        let end = file.seek(SeekFrom::End(0))?;
+        file.seek(SeekFrom::Start(at))?;
+        Ok(end)
+    } else {
+        Ok(meta.len())
     }
 }
 

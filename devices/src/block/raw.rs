@@ -1,9 +1,8 @@
 //! Raw images: the disk is the file, byte for byte.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
 
@@ -12,7 +11,7 @@ use vm_memory::VolatileSlice;
 
 use super::dio::{open_direct, IoAlign};
 use super::lock::{Access, ImageLock};
-use super::{check_range, DiskBackend, DiskError, ImageFormat, SECTOR_SIZE};
+use super::{check_range, file_len, DiskBackend, DiskError, ImageFormat, SECTOR_SIZE};
 
 /// A raw image file.
 pub struct RawDisk {
@@ -32,19 +31,6 @@ pub struct RawDisk {
 /// read as zeroes (and a write there extends the file).
 pub fn disk_size(file_len: u64) -> u64 {
     file_len.next_multiple_of(SECTOR_SIZE)
-}
-
-/// The length of `file`, a regular file or a block device (whose metadata says 0):
-/// how a raw disk on an LVM volume, a loop or nbd device gets its size.
-pub fn file_len(file: &File) -> io::Result<u64> {
-    let meta = file.metadata()?;
-    if meta.file_type().is_block_device() {
-        // Transfers give their offsets, so moving the file position is harmless.
-        let mut file = file;
-        file.seek(SeekFrom::End(0))
-    } else {
-        Ok(meta.len())
-    }
 }
 
 /// Write zeroes over the first block of a new, empty raw file that is `size` bytes

@@ -27,8 +27,8 @@ use super::create::Preallocation;
 use super::lock::{Access, ImageLock};
 use super::qcow2::bitmaps::AUTOCLEAR_BITMAPS;
 use super::qcow2::{check_chain, read_header, Qcow2Disk};
-use super::raw::{allocate_first_block, disk_size, file_len};
-use super::{probe_format, DiskError, ImageFormat};
+use super::raw::{allocate_first_block, disk_size};
+use super::{file_len, probe_format, DiskError, ImageFormat};
 
 /// The size asked for: as given, or relative to the current one (`+SIZE`, `-SIZE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,8 +220,7 @@ fn visible_backing_end(chain: &[(PathBuf, ImageFormat)]) -> Result<u64, DiskErro
     match format {
         ImageFormat::Qcow2 => Ok(read_header(backing)?.0.size),
         ImageFormat::Raw => File::open(backing)
-            .and_then(|f| f.metadata())
-            .map(|m| m.len())
+            .and_then(|f| file_len(&f))
             .map_err(DiskError::io(backing)),
     }
 }

@@ -7,6 +7,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::block::dio::IoAlign;
+use crate::block::file_len;
 
 /// imago's L2 cache holds this many tables (fixed in imago 0.2).
 const IMAGO_L2_TABLES: usize = 128;
@@ -30,7 +31,7 @@ pub(super) struct DirectReads {
 
 impl DirectReads {
     pub(super) fn new(file: File, cluster_bits: u32, align: IoAlign) -> Self {
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let len = file_len(&file).unwrap_or(0);
         DirectReads {
             file,
             align,
@@ -59,7 +60,7 @@ impl DirectReads {
         if end <= self.known_len.load(Ordering::Relaxed) {
             return true;
         }
-        let Ok(now) = self.file.metadata().map(|m| m.len()) else {
+        let Ok(now) = file_len(&self.file) else {
             return false;
         };
         self.known_len.fetch_max(now, Ordering::Relaxed);

@@ -107,7 +107,7 @@ pub fn read_header(path: &Path) -> Result<(Qcow2Header, u64), DiskError> {
         source,
     };
     let file = StdFile::open(path).map_err(open_err)?;
-    let file_len = file.metadata().map_err(open_err)?.len();
+    let file_len = super::file_len(&file).map_err(open_err)?;
     // The header and its extensions live in the first cluster: its size is in the
     // header's first bytes, and only that much is read (one page for a 4 KiB cluster,
     // not the 2 MiB of the largest), so that opening an image reads no data.
@@ -132,7 +132,7 @@ pub fn read_header(path: &Path) -> Result<(Qcow2Header, u64), DiskError> {
 /// The header cluster of the image open as `file` (the whole file, if shorter): where
 /// the header, its extensions and the backing file name live.
 pub(super) fn read_header_cluster(file: &StdFile, h: &Qcow2Header) -> std::io::Result<Vec<u8>> {
-    let len = file.metadata()?.len();
+    let len = super::file_len(file)?;
     let mut first = vec![0u8; len.min(h.cluster_size()) as usize];
     file.read_exact_at(&mut first, 0)?;
     Ok(first)

@@ -34,7 +34,7 @@ impl ZeroClusterOffsets {
         if h.version < 3 || h.data_file.is_some() {
             return None;
         }
-        let len = file.metadata().ok()?.len();
+        let len = crate::block::file_len(&file).ok()?;
         let bytes = u64::from(h.l1_size).checked_mul(8)?;
         if h.l1_table_offset
             .checked_add(bytes)
