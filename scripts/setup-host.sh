@@ -17,6 +17,7 @@ packages=(
   qemu-system-x86       # TCG cross-checks and the start-time benchmark
   qemu-utils            # qemu-img / qemu-io checks of qcow2
   e2fsprogs             # filefrag: unwritten (fallocated) extents of preallocated images
+  mount                 # losetup: images on block devices (tests/block_device.rs)
   valgrind file         # scripts/build-release.sh: callgrind run-path profile, checks
 )
 
