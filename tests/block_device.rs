@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_devices::block::config::Cache;
+use kiln_devices::block::dio::AlignedBuf;
 use kiln_devices::block::{open_disk, DiskConfig, ImageFormat};
 use qcow2_support::*;
 
@@ -88,10 +89,9 @@ fn a_block_device_reads_whole_through_kiln_with_and_without_direct_io() {
     .unwrap();
     assert_eq!(disk.size(), SIZE as u64);
     // A page-aligned buffer, so that the read goes through O_DIRECT.
-    let mut storage = vec![0u8; SIZE + 4096];
-    let start = storage.as_ptr().align_offset(4096);
-    disk.read_at(&mut storage[start..start + SIZE], 0).unwrap();
-    assert!(storage[start..start + SIZE] == std::fs::read(&dev.backing).unwrap()[..]);
+    let mut buf = AlignedBuf::new(SIZE, 0);
+    disk.read_at(&mut buf, 0).unwrap();
+    assert!(buf[..] == std::fs::read(&dev.backing).unwrap()[..]);
 }
 
 #[test]

@@ -88,39 +88,6 @@ pub fn cached_pages(path: &std::path::Path, offset: u64, len: u64) -> usize {
     vec.iter().filter(|v| *v & 1 != 0).count()
 }
 
-/// A zeroed buffer of `len` bytes that starts on a 4 KiB boundary (what direct I/O
-/// needs of memory on any host), at `misalign` bytes past it if asked.
-pub struct AlignedBuf {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    pub fn new(len: usize, misalign: usize) -> Self {
-        let storage = vec![0u8; len + misalign + 4096];
-        let start = storage.as_ptr().align_offset(4096) + misalign;
-        AlignedBuf {
-            storage,
-            start,
-            len,
-        }
-    }
-}
-
-impl std::ops::Deref for AlignedBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
-    }
-}
-
-impl std::ops::DerefMut for AlignedBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + self.len]
-    }
-}
-
 /// Drop the file at `path` from the host page cache (written back first).
 pub fn evict(path: &std::path::Path) {
     use std::os::unix::io::AsRawFd;

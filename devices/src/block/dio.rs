@@ -99,6 +99,40 @@ pub fn open_direct(path: &Path, write: bool) -> Result<(File, IoAlign), DiskErro
     Ok((file, align))
 }
 
+/// A zeroed buffer of `len` bytes that starts on a 4 KiB boundary (what direct I/O
+/// needs of memory on any host), or `misalign` bytes past it (for tests of the
+/// unaligned path).
+pub struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize, misalign: usize) -> Self {
+        let storage = vec![0u8; len + misalign + 4096];
+        let start = storage.as_ptr().align_offset(4096) + misalign;
+        AlignedBuf {
+            storage,
+            start,
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::config::Cache;
+use super::dio::AlignedBuf;
 use super::lock::Access;
 use super::raw::RawDisk;
 use super::{open_disk, DiskBackend, DiskConfig, ImageFormat};
-use crate::test_support::{cached_pages, AlignedBuf};
+use crate::test_support::cached_pages;
 
 const MIB: u64 = 1 << 20;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use kiln_devices::block::dio::AlignedBuf;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig};
 use kiln_devices::virtio::block::harness::{EventLoopHarness, Harness, Op, QueueDriver};
 use kiln_devices::virtio::block::Block;
@@ -55,10 +56,8 @@ impl Line {
 
     fn backend_worker(&self, disk: &dyn DiskBackend, next: &AtomicU64) -> anyhow::Result<()> {
         // Page-aligned, as a guest's buffers are, so that O_DIRECT takes it.
-        let block = self.pattern.block as usize;
-        let mut storage = vec![0x5au8; block + 4096];
-        let start = storage.as_ptr().align_offset(4096);
-        let buf = &mut storage[start..start + block];
+        let mut buf = AlignedBuf::new(self.pattern.block as usize, 0);
+        buf.fill(0x5a);
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= self.count {
@@ -66,9 +65,9 @@ impl Line {
             }
             let off = self.offset(i);
             if self.pattern.write {
-                disk.write_at(buf, off)?;
+                disk.write_at(&buf, off)?;
             } else {
-                disk.read_at(buf, off)?;
+                disk.read_at(&mut buf, off)?;
             }
         }
     }
