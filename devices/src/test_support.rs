@@ -90,10 +90,6 @@ pub fn cached_pages(path: &std::path::Path, offset: u64, len: u64) -> usize {
 
 /// Drop the file at `path` from the host page cache (written back first).
 pub fn evict(path: &std::path::Path) {
-    use std::os::unix::io::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    f.sync_all().unwrap();
-    // SAFETY: posix_fadvise only takes integers; the fd stays open for the call.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise on {}", path.display());
+    crate::block::dio::drop_from_page_cache(path)
+        .unwrap_or_else(|e| panic!("cannot evict {}: {e}", path.display()));
 }

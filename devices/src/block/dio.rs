@@ -74,6 +74,19 @@ impl IoAlign {
     }
 }
 
+/// Write the file at `path` back and drop it from the host page cache, so that what
+/// reads it next starts cold.
+pub fn drop_from_page_cache(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    file.sync_all()?;
+    // SAFETY: posix_fadvise only takes integers; the fd stays open for the call.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    match rc {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
 /// `path` opened with O_DIRECT (`write`: read-write) and the alignment its transfers
 /// need, or an error that says the file system has no direct I/O and what to use.
 pub fn open_direct(path: &Path, write: bool) -> Result<(File, IoAlign), DiskError> {

@@ -1,10 +1,10 @@
 //! The image files a bench line runs on: fresh images for writes, a filled one for reads.
 
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use kiln_devices::block::create::{create_image, CreateOptions};
+use kiln_devices::block::dio::drop_from_page_cache;
 use kiln_devices::block::{open_disk, DiskConfig, ImageFormat};
 
 pub fn make_image(path: &Path, format: ImageFormat, size: u64) -> anyhow::Result<()> {
@@ -30,16 +30,5 @@ pub fn fill(path: &Path, size: u64) -> anyhow::Result<()> {
 
 /// Drop the file's pages from the host page cache (cold-cache reads).
 pub fn evict(path: &Path) -> anyhow::Result<()> {
-    let f = std::fs::File::open(path)?;
-    f.sync_all()?;
-    // SAFETY: posix_fadvise only takes integers; the fd stays open for the call.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc != 0 {
-        bail!(
-            "posix_fadvise on {}: {}",
-            path.display(),
-            std::io::Error::from_raw_os_error(rc)
-        );
-    }
-    Ok(())
+    drop_from_page_cache(path).with_context(|| format!("cannot evict {}", path.display()))
 }
