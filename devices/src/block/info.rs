@@ -87,16 +87,12 @@ pub fn chain_info(path: &Path, format: Option<ImageFormat>) -> Result<Vec<ImageI
     }
 }
 
-/// The length of the file or block device at `path` (see [`super::file_len`]).
-fn raw_len(path: &Path) -> Result<u64, DiskError> {
-    let file = std::fs::File::open(path).map_err(DiskError::io(path))?;
-    super::file_len(&file).map_err(DiskError::io(path))
-}
-
 /// Inspect the image at `path` as `format` (detected when `None`): a qcow2 file read
 /// as raw shows its own bytes, as with `qemu-img info -f raw`.
 pub fn image_info_as(path: &Path, format: Option<ImageFormat>) -> Result<ImageInfo, DiskError> {
-    let meta = std::fs::metadata(path).map_err(DiskError::io(path))?;
+    let file = std::fs::File::open(path).map_err(DiskError::io(path))?;
+    let meta = file.metadata().map_err(DiskError::io(path))?;
+    let file_len = super::file_len(&file).map_err(DiskError::io(path))?;
     let format = match format {
         Some(f) => f,
         None => probe_format(path)?,
@@ -107,7 +103,7 @@ pub fn image_info_as(path: &Path, format: Option<ImageFormat>) -> Result<ImageIn
         format_name: format.name(),
         // A raw image's disk (see `raw::disk_size`); a qcow2 image's size is read
         // from its header below.
-        virtual_size: super::raw::disk_size(raw_len(path)?),
+        virtual_size: super::raw::disk_size(file_len),
         actual_size: meta.blocks() * 512,
         cluster_size: None,
         backing_filename: None,
