@@ -21,10 +21,10 @@
 //! the image (its own) and the host offset, which it reads through io_uring. With
 //! `cache=none`, writes do the same ([`DiskBackend::write_extent`]) where imago itself
 //! would write in place: clusters allocated and owned by the image alone; the rest
-//! (allocation, COW) goes through imago. A data cluster keeps its host offset until a discard or
-//! write-zeroes frees it (writes never move an allocated cluster the image owns alone,
-//! and a shared one keeps its refcount when a write copies it), which is why
-//! [`DiskBackend::extents_move`] is true here. The lookup runs on the device's event
+//! (allocation, COW) goes through imago. A data cluster keeps its host offset until a
+//! discard or write-zeroes frees it (writes never move an allocated cluster the image
+//! owns alone, and a shared one keeps its refcount when a write copies it), which is
+//! why [`DiskBackend::extents_move`] is true here. The lookup runs on the device's event
 //! loop, so it must not wait: where imago has probably not loaded the L2 table (see
 //! `direct`), or a discard holds the lock, the transfer goes through imago on an I/O
 //! thread.

@@ -5,8 +5,9 @@
 //! that a discard or an unmapping write-zeroes could free and a later write reuse, on
 //! any queue of the disk. So while a ring transfer is in flight on some queue,
 //! unmapping requests on every queue wait; while an unmapping request is popped and
-//! unfinished on some queue, reads and writes on every queue go through the format. Each queue keeps its own requests'
-//! sequence numbers; the fence keeps the device-wide counts.
+//! unfinished on some queue, reads and writes on every queue go through the format.
+//! Each queue keeps its own requests' sequence numbers; the fence keeps the
+//! device-wide counts.
 //!
 //! All queues of a device run on one event-loop thread, so the counts need no
 //! ordering with other memory; atomics only make the fence `Sync`.
