@@ -31,10 +31,18 @@ for t in qcow2_metadata qcow2_open; do
   mkdir -p "corpus/$t"
   cp "$seeds"/*.qcow2 "corpus/$t/"
 done
+# Writes: 8 operations (kind, block u16, blocks - 1; see devices/src/fuzzing/qcow2_write.rs)
+# before each image: allocate, write in place, zero, discard, write in place again.
+mkdir -p corpus/qcow2_write
+ops='\x08\x00\x28\x00\x01\x04\x28\x00\x00\x04\x29\x00\x00\x00\xaf\x00\x03'
+ops+='\x04\xb0\x00\x02\x01\x02\x00\x00\x02\x01\x00\x00\x04\x01\x00\x00'
+for img in "$seeds"/*.qcow2; do
+  { printf "$ops"; cat "$img"; } > "corpus/qcow2_write/ops-$(basename "$img")"
+done
 mkdir -p corpus/blk_request corpus/net_chains
 
 cargo fuzz build -O
-for t in blk_request net_chains qcow2_metadata qcow2_open; do
+for t in blk_request net_chains qcow2_metadata qcow2_open qcow2_write; do
   echo "== $t: ${secs}s"
   cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=262144 2>&1 | tail -3
 done

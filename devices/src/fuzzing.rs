@@ -258,15 +258,21 @@ pub fn qcow2_open_and_read(data: &[u8]) {
     let _ = std::fs::remove_file(&f.0);
 }
 
+/// A fresh file for one input in /dev/shm (memory, so fast) or /tmp.
 fn tempfile_in_shm() -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
     let dir = if std::path::Path::new("/dev/shm").is_dir() {
         "/dev/shm"
     } else {
         "/tmp"
     };
-    let path = std::path::PathBuf::from(dir).join(format!(
+    tempfile_in(std::path::Path::new(dir))
+}
+
+/// A fresh, empty file in `dir`, named for this process and input.
+fn tempfile_in(dir: &std::path::Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = dir.join(format!(
         "kiln-fuzz-{}-{}.qcow2",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
@@ -280,8 +286,37 @@ fn tempfile_in_shm() -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
     Ok((path, f))
 }
 
+/// The first of /dev/shm (tmpfs takes O_DIRECT since Linux 6.6), the temporary
+/// directory and /var/tmp whose file system takes direct I/O, as cache=none needs.
+pub fn direct_io_dir() -> Option<std::path::PathBuf> {
+    let candidates = [
+        std::path::PathBuf::from("/dev/shm"),
+        std::env::temp_dir(),
+        std::path::PathBuf::from("/var/tmp"),
+    ];
+    candidates.into_iter().find(|dir| {
+        let Ok((path, _file)) = tempfile_in(dir) else {
+            return false;
+        };
+        let direct = crate::block::dio::open_direct(&path, true).is_ok();
+        let _ = std::fs::remove_file(&path);
+        direct
+    })
+}
+
+/// [`qcow2_write_in`] in [`direct_io_dir`], found once per process. Panics if no
+/// directory takes direct I/O: the target would test nothing.
+pub fn qcow2_write(data: &[u8]) {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(direct_io_dir).as_ref();
+    let dir = dir.expect("no directory here takes O_DIRECT (tried /dev/shm, $TMPDIR, /var/tmp)");
+    qcow2_write_in(dir, data);
+}
+
 mod net;
+mod qcow2_write;
 pub use net::net_chains;
+pub use qcow2_write::{qcow2_write_in, WriteOutcome};
 
 #[cfg(test)]
 mod tests;

@@ -191,3 +191,58 @@ fn qcow2_open_and_read_never_panics() {
         }
     }
 }
+
+/// A write input: `ops` (kind, block, blocks) before a qcow2 image.
+fn write_input(ops: &[(u8, u16, u8)], image: &[u8]) -> Vec<u8> {
+    let mut v = vec![ops.len() as u8];
+    for &(kind, block, blocks) in ops {
+        v.push(kind);
+        v.extend(block.to_le_bytes());
+        v.push(blocks.saturating_sub(1));
+    }
+    v.extend(image);
+    v
+}
+
+#[test]
+fn qcow2_writes_on_hostile_images_never_panic_and_read_back() {
+    let dir = direct_io_dir().expect("no directory here takes O_DIRECT");
+    let (write, zero, discard, flush, extent) = (0, 1, 2, 3, 4);
+    // Allocate, then write in place; in place where the seed wrote already; into
+    // zeroed and discarded blocks; past the seed's data clusters.
+    let ops = [
+        (write, 40, 2),
+        (extent, 40, 1),
+        (extent, 41, 1),
+        (extent, 1, 2),
+        (zero, 2, 1),
+        (extent, 2, 1),
+        (discard, 1, 1),
+        (extent, 1, 1),
+        (flush, 0, 1),
+        (extent, 175, 1),
+        (write, 175, 4),
+        (extent, 176, 3),
+        (extent, 178, 1),
+    ];
+    let mut rng = XorShift(0x5eed_0fc0_ffee);
+    let (mut opened, mut extent_writes) = (0, 0);
+    for image in qcow2_seeds() {
+        let seed = write_input(&ops, &image);
+        let span = 1 + ops.len() * 4 + 120;
+        let outcome = qcow2_write_in(&dir, &seed);
+        assert!(outcome.opened && outcome.extent_writes >= 4, "{outcome:?}");
+        for _ in 0..400 {
+            let whole = rng.next() % 2 == 0;
+            let input = mutate(&seed, &mut rng, if whole { seed.len() } else { span });
+            let outcome = qcow2_write_in(&dir, &input);
+            opened += usize::from(outcome.opened);
+            extent_writes += outcome.extent_writes;
+        }
+    }
+    // The mutations must reach the writes, not stop at the open.
+    assert!(
+        opened > 100 && extent_writes > 100,
+        "{opened} {extent_writes}"
+    );
+}
