@@ -31,7 +31,7 @@
 
 pub mod backing;
 pub mod bitmaps;
-mod direct;
+mod bypass;
 pub mod header;
 pub mod prealloc;
 pub mod refcheck;
@@ -60,7 +60,7 @@ use vm_memory::VolatileSlice;
 use super::dio::{open_direct, IoAlign};
 use super::lock::{Access, ImageLock};
 use super::{backing_format, backing_path, check_range, DiskBackend, DiskError, ImageFormat};
-use direct::DirectReads;
+use bypass::Bypass;
 use header::{incompat, Qcow2Header};
 
 /// What an image's own layer holds at some offset (see [`Qcow2Disk::layer_extent`]).
@@ -92,9 +92,10 @@ pub struct Qcow2Disk {
     /// The image's header as read when it was opened (its size may have changed since;
     /// see `size`).
     header: Qcow2Header,
-    /// The image file, read-only, for reads of its data clusters that bypass imago
-    /// (see [`DiskBackend::read_extent`]); `None` with an external data file.
-    direct: Option<DirectReads>,
+    /// The image file, for transfers of its data clusters that bypass imago (see
+    /// [`DiskBackend::read_extent`] and `write_extent`); `None` with an external data
+    /// file.
+    bypass: Option<Bypass>,
     /// The image's and its backing files' locks, held while the disk is open.
     _locks: Vec<ImageLock>,
 }
@@ -290,18 +291,18 @@ impl Qcow2Disk {
         }
         // Before imago opens it, so that a file system without direct I/O gets the
         // error that says so.
-        let direct_reads = if header.incompatible_features & incompat::DATA_FILE != 0 {
+        let bypass = if header.incompatible_features & incompat::DATA_FILE != 0 {
             None
         } else if direct {
             let (file, align) = open_direct(path, !read_only)?;
-            Some(DirectReads::new(file, header.cluster_bits, align))
+            Some(Bypass::new(file, header.cluster_bits, align))
         } else {
             let file = StdFile::options()
                 .read(true)
                 .write(!read_only)
                 .open(path)
                 .map_err(DiskError::io(path))?;
-            Some(DirectReads::new(file, header.cluster_bits, IoAlign::ANY))
+            Some(Bypass::new(file, header.cluster_bits, IoAlign::ANY))
         };
         let mut builder = Qcow2::<File>::builder_path(path)
             .write(!read_only)
@@ -319,7 +320,7 @@ impl Qcow2Disk {
             access: RwLock::new(access),
             read_only,
             has_backing: with_backing && chain.len() > 1,
-            direct: direct_reads,
+            bypass,
             direct_io: direct,
             header,
             _locks: locks,
@@ -336,10 +337,10 @@ impl Qcow2Disk {
         self.access.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// imago used the L2 tables of `[offset, offset + len)` (see `DirectReads`).
+    /// imago used the L2 tables of `[offset, offset + len)` (see `Bypass`).
     fn l2_used(&self, offset: u64, len: u64) {
-        if let Some(direct) = &self.direct {
-            direct.l2_used(offset, len);
+        if let Some(bypass) = &self.bypass {
+            bypass.l2_used(offset, len);
         }
     }
 
@@ -608,7 +609,7 @@ impl DiskBackend for Qcow2Disk {
     }
 
     fn has_read_extents(&self) -> bool {
-        self.direct.is_some()
+        self.bypass.is_some()
     }
 
     fn read_extent(&self, offset: u64, len: u64) -> Option<(RawFd, u64)> {
@@ -624,9 +625,7 @@ impl DiskBackend for Qcow2Disk {
     }
 
     fn io_align(&self) -> IoAlign {
-        self.direct
-            .as_ref()
-            .map_or(IoAlign::ANY, DirectReads::align)
+        self.bypass.as_ref().map_or(IoAlign::ANY, Bypass::align)
     }
 }
 
@@ -639,14 +638,14 @@ impl Qcow2Disk {
     /// the I/O threads), while buffered ones did better on the threads (167k/s at 10 us
     /// against 146k/s at 13 us).
     fn ring_extent(&self, offset: u64, len: u64, write: bool) -> Option<(RawFd, u64)> {
-        let direct = self.direct.as_ref()?;
+        let bypass = self.bypass.as_ref()?;
         if write && (self.read_only || !self.direct_io) {
             return None;
         }
         check_range(offset, len, self.size).ok()?;
         // An L2 table imago has not loaded would be read here, on the event loop: the
         // transfer goes through imago on an I/O thread instead, which loads it.
-        if !direct.l2_likely_cached(offset) {
+        if !bypass.l2_likely_cached(offset) {
             return None;
         }
         // A discard or unmapping write-zeroes holds (or waits for) the lock for as long
@@ -660,7 +659,7 @@ impl Qcow2Disk {
                 writable,
                 ..
             } if mapped >= len && (writable || !write) => {
-                direct.covers(host, len).then(|| (direct.fd(), host))
+                bypass.covers(host, len).then(|| (bypass.fd(), host))
             }
             // Zero, backing file, compressed, shared with a snapshot (for a write), or
             // split across host runs.

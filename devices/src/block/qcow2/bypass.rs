@@ -13,7 +13,7 @@ use crate::block::file_len;
 const IMAGO_L2_TABLES: usize = 128;
 
 /// The image file (writable where the image is), for transfers around imago.
-pub(super) struct DirectReads {
+pub(super) struct Bypass {
     file: File,
     /// What reads of `file` must meet (O_DIRECT's alignment with `cache=none`).
     align: IoAlign,
@@ -29,10 +29,10 @@ pub(super) struct DirectReads {
     warm_l2: [AtomicU64; IMAGO_L2_TABLES],
 }
 
-impl DirectReads {
+impl Bypass {
     pub(super) fn new(file: File, cluster_bits: u32, align: IoAlign) -> Self {
         let len = file_len(&file).unwrap_or(0);
-        DirectReads {
+        Bypass {
             file,
             align,
             known_len: AtomicU64::new(len),
@@ -96,7 +96,7 @@ mod tests {
     fn regions_are_remembered_until_another_takes_their_slot() {
         let file = tempfile::tempfile().unwrap();
         // 512-byte clusters: one L2 table maps 64 entries of 512 bytes, 32 KiB.
-        let d = DirectReads::new(file, 9, IoAlign::ANY);
+        let d = Bypass::new(file, 9, IoAlign::ANY);
         let region = 32 << 10;
         assert!(!d.l2_likely_cached(0));
         d.l2_used(region - 512, 1024); // the end of region 0 and the start of region 1
