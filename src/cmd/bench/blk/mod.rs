@@ -56,8 +56,9 @@ pub struct Args {
     /// runs past the image's end.
     #[arg(long, default_value_t = 65536)]
     count: u64,
-    /// Queue depths to run (the device runner supports up to 85).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 64])]
+    /// Queue depths to run, comma-separated or repeated (the device runner supports up
+    /// to 85).
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
     depth: Vec<u32>,
     /// Rounds per line: each runs every runner once, in rotating order. The best run
     /// of each runner is reported, and with two or more rounds the median and range
@@ -65,15 +66,15 @@ pub struct Args {
     /// and order-dependent).
     #[arg(long, default_value_t = 3)]
     repeat: u32,
-    /// Formats to run.
-    #[arg(long, value_delimiter = ',', default_values_t = vec!["qcow2".to_string(), "raw".to_string()])]
+    /// Formats to run, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', default_value = "qcow2,raw")]
     format: Vec<String>,
-    /// Patterns to run (default: 4k-rand-read, 4k-rand-write, 64k-seq-read and
+    /// Patterns to run, comma-separated or repeated (default: 4k-rand-read, 4k-rand-write, 64k-seq-read and
     /// 64k-seq-write; also 4k-rand-rewrite: random writes into the filled image, where
     /// every cluster is allocated already).
     #[arg(long, value_delimiter = ',')]
     pattern: Vec<String>,
-    /// Runners to run (default: all of kiln, device, io_uring, threads); the ratios
+    /// Runners to run, comma-separated or repeated (default: all of kiln, device, io_uring, threads); the ratios
     /// are to the better of the QEMU runners that ran.
     #[arg(long, value_delimiter = ',')]
     runner: Vec<String>,
@@ -262,4 +263,28 @@ fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: super::Args,
+    }
+
+    fn depths(argv: &[&str]) -> Vec<u32> {
+        Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+            .map(|c| c.args.depth)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn depths_default_to_1_and_64_and_take_lists_either_way() {
+        assert_eq!(depths(&[]), [1, 64]);
+        assert_eq!(depths(&["--depth", "1,8,64"]), [1, 8, 64]);
+        assert_eq!(depths(&["--depth", "4", "--depth", "16"]), [4, 16]);
+    }
 }
