@@ -50,6 +50,40 @@ fn raw_output_has_the_holes_qemu_img_leaves() {
     assert!(allocated(&dir.join("kiln-0.raw")) >= 5 << 20);
 }
 
+/// Above qemu-img's 2 MiB buffer, a run of zeroes becomes a hole only if it is at least
+/// the sparse size long, and then from and to multiples of it.
+#[test]
+fn sparse_sizes_above_a_copy_chunk_leave_only_runs_that_long() {
+    let dir = fresh_dir("convert-sparse", "large");
+    let input = dir.join("input.raw");
+    qemu_img(&["create", "-q", "-f", "raw", s(&input), "24M"]);
+    let writes = [
+        "write -P 1 0 64k",
+        "write -P 0 64k 9M",
+        "write -P 2 9280k 64k",
+        "write -P 0 9344k 3M",
+        "write -P 3 12416k 64k",
+    ];
+    qemu_io_as("raw", &input, &writes);
+    let kib = |k: u64| k << 10;
+    for (sparse, holes) in [
+        ("2M", vec![(kib(2048), kib(6144)), (kib(10240), kib(2048))]),
+        ("4M", vec![(kib(4096), kib(4096))]),
+        ("16M", vec![]),
+    ] {
+        let out = dir.join(format!("out-{sparse}.raw"));
+        let args = ["img", "convert", "-f", "raw", "-O", "raw", "-S", sparse];
+        kiln_ok(&[&args[..], &[s(&input), s(&out)]].concat());
+        qemu_img(&["compare", "-q", s(&input), s(&out)]);
+        // Every hole before the input's own (which starts after its last data).
+        let found: Vec<(u64, u64)> = holes_of(&out)
+            .into_iter()
+            .filter(|&(start, _)| start < kib(12480))
+            .collect();
+        assert_eq!(found, holes, "-S {sparse}");
+    }
+}
+
 #[test]
 fn qcow2_output_with_sparse_size_0_is_fully_allocated() {
     let dir = fresh_dir("convert-sparse", "qcow2");
@@ -83,7 +117,7 @@ fn sparse_sizes_kiln_cannot_honour_are_refused_by_name() {
             vec!["-S", "1000"],
             "-S 1000: the sparse size must be a multiple of 512",
         ),
-        (vec!["-S", "2M"], "up to 1048576"),
+        (vec!["-S", "32M"], "up to 16777216"),
         (
             vec!["-S", "0", "-B", "base.qcow2"],
             "cannot be combined with a backing file",

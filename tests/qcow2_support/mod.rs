@@ -80,6 +80,18 @@ pub fn map_without_offsets(image: &Path) -> Vec<serde_json::Value> {
     entries
 }
 
+/// The ranges (start, length) `qemu-img map` reports without data: a raw file's holes.
+pub fn holes_of(image: &Path) -> Vec<(u64, u64)> {
+    let map: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["map", "--output=json", s(image)])).unwrap();
+    map.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == false)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect()
+}
+
 /// kiln's image `ours` has unwritten extents where qemu-img's `theirs` has them (see
 /// [`has_unwritten_extents`]).
 pub fn assert_same_unwritten_extents(ours: &Path, theirs: &Path, case: &str) {

@@ -50,7 +50,8 @@ impl Copy<'_> {
     ) -> Result<(), ConvertError> {
         let size = self.stats.virtual_size;
         let cluster = self.stats.cluster_size;
-        let chunk = CHUNK.max(cluster);
+        // A chunk's zero runs are found whole (see `sparse_runs`).
+        let chunk = CHUNK.max(cluster).max(self.sparse.unwrap_or(0));
         let mut data = vec![0u8; chunk as usize];
         let mut under = vec![0u8; chunk as usize];
         let mut offset = 0u64;

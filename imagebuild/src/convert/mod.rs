@@ -94,8 +94,9 @@ pub struct ConvertOptions<'a> {
 
 /// qemu-img convert's default `-S`.
 pub const DEFAULT_SPARSE_SIZE: u64 = 4096;
-/// Largest `-S` kiln takes: one chunk of the copy loop.
-pub const MAX_SPARSE_SIZE: u64 = CHUNK;
+/// Largest `-S` kiln takes, as qemu-img. The copy loop reads chunks of at least the
+/// sparse size, so that a run of zeroes that long fits in one.
+pub const MAX_SPARSE_SIZE: u64 = 16 << 20;
 
 impl ConvertOptions<'_> {
     /// A plain conversion to `format`: 64 KiB clusters, version 3, no backing file.
