@@ -53,25 +53,39 @@ impl IoAlign {
                 &mut stx,
             )
         };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            // No statx at all (seccomp, very old kernels): assume the safe alignment.
-            return match e.raw_os_error() {
-                Some(libc::ENOSYS) => Ok(Some(Self::FALLBACK)),
-                _ => Err(e),
-            };
-        }
-        if stx.stx_mask & libc::STATX_DIOALIGN == 0 {
-            return Ok(Some(Self::FALLBACK));
-        }
-        if stx.stx_dio_mem_align == 0 || stx.stx_dio_offset_align == 0 {
-            return Ok(None);
-        }
-        Ok(Some(IoAlign {
-            mem: stx.stx_dio_mem_align.into(),
-            block: stx.stx_dio_offset_align.into(),
-        }))
+        let reported = if rc == 0 {
+            Ok(DioReport {
+                known: stx.stx_mask & libc::STATX_DIOALIGN != 0,
+                mem: stx.stx_dio_mem_align,
+                offset: stx.stx_dio_offset_align,
+            })
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        Self::from_report(reported)
     }
+
+    /// What statx's answer means: where the kernel cannot say (no statx, seccomp,
+    /// before Linux 6.1), the safe alignment; zeroes mean no direct I/O.
+    fn from_report(reported: io::Result<DioReport>) -> io::Result<Option<IoAlign>> {
+        match reported {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(Some(Self::FALLBACK)),
+            Err(e) => Err(e),
+            Ok(r) if !r.known => Ok(Some(Self::FALLBACK)),
+            Ok(r) if r.mem == 0 || r.offset == 0 => Ok(None),
+            Ok(r) => Ok(Some(IoAlign {
+                mem: r.mem.into(),
+                block: r.offset.into(),
+            })),
+        }
+    }
+}
+
+/// statx's direct I/O alignment fields, and whether it filled them (STATX_DIOALIGN).
+struct DioReport {
+    known: bool,
+    mem: u32,
+    offset: u32,
 }
 
 /// Write the file at `path` back and drop it from the host page cache, so that what
@@ -205,5 +219,28 @@ mod tests {
     fn a_missing_file_is_named() {
         let e = open_direct(Path::new("/nonexistent/kiln-dio"), false).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/kiln-dio"), "{e}");
+    }
+
+    #[test]
+    fn kernels_that_cannot_say_get_the_safe_alignment() {
+        let report = |known, mem, offset| Ok(DioReport { known, mem, offset });
+        let safe = Some(IoAlign::FALLBACK);
+        // No statx (seccomp, very old kernels), or one without STATX_DIOALIGN (< 6.1).
+        let enosys = IoAlign::from_report(Err(io::Error::from_raw_os_error(libc::ENOSYS)));
+        assert_eq!(enosys.unwrap(), safe);
+        assert_eq!(IoAlign::from_report(report(false, 0, 0)).unwrap(), safe);
+        // What the kernel says, when it says it.
+        let said = IoAlign::from_report(report(true, 512, 4096)).unwrap();
+        assert_eq!(
+            said,
+            Some(IoAlign {
+                mem: 512,
+                block: 4096
+            })
+        );
+        assert_eq!(IoAlign::from_report(report(true, 0, 0)).unwrap(), None);
+        // Other failures are errors, not a guess.
+        let denied = IoAlign::from_report(Err(io::Error::from_raw_os_error(libc::EACCES)));
+        assert_eq!(denied.unwrap_err().raw_os_error(), Some(libc::EACCES));
     }
 }
