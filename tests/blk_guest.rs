@@ -202,9 +202,11 @@ fn disks_console_and_rng_in_one_boot() {
         |key: &str| guest_value(&stdout, key).unwrap_or_else(|| panic!("no {key}= in {context}"));
     assert_eq!(get("VDA-SERIAL"), "kiln-vda-42");
     assert_eq!(get("VDA-SECTORS"), (64 * MIB / 512).to_string());
-    // Negotiated features, one character per bit: the driver took VIRTIO_RING_F_EVENT_IDX
-    // and VIRTIO_BLK_F_CONFIG_WCE, so it can switch the cache mode (cache_type)...
+    // Negotiated features, one character per bit: the driver took VIRTIO_RING_F_EVENT_IDX,
+    // VIRTIO_RING_F_INDIRECT_DESC (so the 64 KiB transfers below went through indirect
+    // tables) and VIRTIO_BLK_F_CONFIG_WCE, so it can switch the cache mode (cache_type)...
     assert_eq!(get("VDA-FEATURES").chars().nth(29), Some('1'), "{context}");
+    assert_eq!(get("VDA-FEATURES").chars().nth(28), Some('1'), "{context}");
     assert_eq!(get("VDA-FEATURES").chars().nth(11), Some('1'), "{context}");
     // ... which starts writeback, and reads back writethrough (from the device's
     // config space) once set; the block layer then sends no more flushes.
@@ -237,12 +239,13 @@ fn disks_console_and_rng_in_one_boot() {
     assert_eq!(get("VDC-CACHE"), "write through", "{context}");
     assert_eq!(get("VDC-ZERO-OVER-BASE"), "ok", "{context}");
     assert_eq!(get("VDC-ZERO"), "ok", "{context}");
-    // Console (device 3) and rng (4) took EVENT_IDX too; the 300 hvc0 writes and the
-    // 64 KiB from /dev/hwrng (at most 64 bytes a request) go round their rings, so
-    // avail_event and used_event must follow or the guest stalls.
+    // Console (device 3) and rng (4) took EVENT_IDX (and INDIRECT_DESC) too; the 300
+    // hvc0 writes and the 64 KiB from /dev/hwrng (at most 64 bytes a request) go round
+    // their rings, so avail_event and used_event must follow or the guest stalls.
     for device in ["0x0003", "0x0004"] {
         let features = get(&format!("VIRTIO-{device}-FEATURES"));
         assert_eq!(features.chars().nth(29), Some('1'), "{device}: {context}");
+        assert_eq!(features.chars().nth(28), Some('1'), "{device}: {context}");
     }
     // The console's size reached hvc0's tty: F_SIZE taken (bit 0), rows then columns.
     let console_features = get("VIRTIO-0x0003-FEATURES");

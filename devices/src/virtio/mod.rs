@@ -20,6 +20,7 @@ pub(crate) mod test_utils;
 
 use std::sync::Arc;
 
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -35,6 +36,14 @@ pub mod device_type {
 
 /// Feature bits common to all devices (virtio 1.2 section 6).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// VIRTIO_RING_F_INDIRECT_DESC, which every device offers, as QEMU's do: a driver may
+/// put a request's buffers in a table of its own, one ring slot per request. Devices
+/// read chains through virtio-queue's `DescriptorChain`, which follows a table where
+/// a descriptor refers to one and ends the chain on a malformed table (nested, not
+/// whole descriptors, outside guest memory, over 65535 entries). A device that needs
+/// fewer buffers per request bounds them itself (virtio-blk: SEG_MAX).
+pub const VIRTIO_RING_F_INDIRECT: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
 
 /// How a device signals the driver.
 pub trait VirtioInterrupt: Send + Sync {

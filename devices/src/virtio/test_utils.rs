@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
@@ -93,6 +95,16 @@ pub fn chain(first: u16, bufs: &[Buf]) -> Vec<RawDescriptor> {
             RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
         })
         .collect()
+}
+
+/// Write `bufs` as an indirect descriptor table at `at` (entries chained by NEXT) and
+/// return the one ring descriptor that refers to it.
+pub fn indirect_table(mem: &GuestMemory, at: u64, bufs: &[Buf]) -> RawDescriptor {
+    for (i, d) in chain(0, bufs).iter().enumerate() {
+        mem.write_obj(*d, GuestAddress(at + 16 * i as u64)).unwrap();
+    }
+    let len = 16 * bufs.len() as u32;
+    raw_desc(at, len, VRING_DESC_F_INDIRECT as u16, 0)
 }
 
 /// Raw descriptor with explicit flags and next (for hostile chains).

@@ -111,7 +111,8 @@ impl Block {
             | bit(VIRTIO_BLK_F_FLUSH)
             | bit(VIRTIO_BLK_F_SEG_MAX)
             | bit(VIRTIO_BLK_F_BLK_SIZE)
-            | bit(VIRTIO_RING_F_EVENT_IDX);
+            | bit(VIRTIO_RING_F_EVENT_IDX)
+            | super::VIRTIO_RING_F_INDIRECT;
         if disk.is_read_only() {
             features |= bit(VIRTIO_BLK_F_RO);
         } else {
@@ -465,6 +466,8 @@ mod event_idx_tests;
 mod event_loop_tests;
 #[cfg(test)]
 mod extent_tests;
+#[cfg(test)]
+mod indirect_tests;
 #[cfg(test)]
 mod mq_tests;
 #[cfg(test)]

@@ -83,7 +83,14 @@ pub enum RequestError {
     OutsideMemory { addr: u64, len: u32 },
     #[error("{kind:?} request has {len} bytes of payload in the wrong direction")]
     WrongDirection { kind: RequestType, len: u64 },
+    #[error("chain has {0} descriptors; the device takes {MAX_DESCRIPTORS} (SEG_MAX + 2)")]
+    TooManyDescriptors(usize),
 }
+
+/// Most descriptors a request may have: the header, SEG_MAX data buffers and the
+/// status. Without indirect descriptors the ring's size bounds a chain; an indirect
+/// table may hold 65535, more than the host's readv/writev take (UIO_MAXIOV, 1024).
+pub const MAX_DESCRIPTORS: usize = super::SEG_MAX as usize + 2;
 
 /// Result of parsing one chain whose status byte is usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +112,9 @@ pub fn parse<M: GuestMemory + GuestMemoryBackend>(
     let mut readable = Vec::new();
     let mut writable: Vec<Segment> = Vec::new();
     let mut misordered = false;
+    let mut count = 0;
     for d in descs {
+        count += 1;
         let seg = Segment {
             addr: d.addr(),
             len: d.len(),
@@ -132,7 +141,11 @@ pub fn parse<M: GuestMemory + GuestMemoryBackend>(
     }
     last.len -= 1;
 
-    let request = parse_request(mem, misordered, readable, writable);
+    let request = if count > MAX_DESCRIPTORS {
+        Err(RequestError::TooManyDescriptors(count))
+    } else {
+        parse_request(mem, misordered, readable, writable)
+    };
     Ok(Parsed { status, request })
 }
 

@@ -13,17 +13,17 @@ use crate::virtio::test_utils::*;
 use crate::GuestMemory;
 
 const DISK_SIZE: u64 = 1 << 20;
-const HDR: u64 = DATA;
-const BUF: u64 = DATA + 0x1000;
-const STATUS: u64 = DATA + 0x8000;
+pub(super) const HDR: u64 = DATA;
+pub(super) const BUF: u64 = DATA + 0x1000;
+pub(super) const STATUS: u64 = DATA + 0x8000;
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    disk: Arc<dyn DiskBackend>,
-    mem: GuestMemory,
+    pub(super) disk: Arc<dyn DiskBackend>,
+    pub(super) mem: GuestMemory,
 }
 
-fn fixture(readonly: bool) -> Fixture {
+pub(super) fn fixture(readonly: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.raw");
     let content: Vec<u8> = (0..DISK_SIZE).map(|i| (i % 251) as u8).collect();
@@ -40,7 +40,7 @@ fn fixture(readonly: bool) -> Fixture {
     }
 }
 
-fn header(mem: &GuestMemory, kind: u32, sector: u64) {
+pub(super) fn header(mem: &GuestMemory, kind: u32, sector: u64) {
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&kind.to_le_bytes());
     h[8..16].copy_from_slice(&sector.to_le_bytes());
@@ -52,7 +52,7 @@ fn status(mem: &GuestMemory) -> u8 {
 }
 
 /// Put `descs` on a fresh queue, run the device once; returns (used len, status byte, device).
-fn run(
+pub(super) fn run(
     f: &Fixture,
     serial: Option<&str>,
     descs: &[virtio_queue::desc::RawDescriptor],
@@ -97,14 +97,14 @@ pub(super) fn settle(dev: &mut Block) {
     }
 }
 
-fn disk_bytes(f: &Fixture, offset: u64, len: usize) -> Vec<u8> {
+pub(super) fn disk_bytes(f: &Fixture, offset: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0u8; len];
     f.disk.read_at(&mut b, offset).unwrap();
     b
 }
 
-const OK: u8 = VIRTIO_BLK_S_OK as u8;
-const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+pub(super) const OK: u8 = VIRTIO_BLK_S_OK as u8;
+pub(super) const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
 #[test]

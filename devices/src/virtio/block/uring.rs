@@ -197,8 +197,9 @@ impl UringEngine {
             return false;
         };
         let iovs = &r.iovs[r.first..];
-        // At most SEG_MAX segments (each split where memory regions split): far below
-        // UIO_MAXIOV, and below u32::MAX in any case.
+        // At most SEG_MAX segments (the parser fails longer chains, indirect tables
+        // included; each splits where memory regions split): far below UIO_MAXIOV, and
+        // below u32::MAX in any case.
         let count = u32::try_from(iovs.len()).unwrap_or(u32::MAX);
         let fd = types::Fd(r.fd);
         let sqe = if r.write {

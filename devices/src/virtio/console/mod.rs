@@ -37,7 +37,7 @@ pub const MAX_PENDING_INPUT: usize = 64 << 10;
 const CHUNK: usize = 4096;
 /// VIRTIO_RING_F_EVENT_IDX: see [`notify`].
 const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
-const FEATURES: u64 = super::VIRTIO_F_VERSION_1 | EVENT_IDX;
+const FEATURES: u64 = super::VIRTIO_F_VERSION_1 | EVENT_IDX | super::VIRTIO_RING_F_INDIRECT;
 
 /// Where guest input comes from: anything readable with a pollable file descriptor.
 pub trait ConsoleInput: Read + AsRawFd + Send {}

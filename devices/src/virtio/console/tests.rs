@@ -475,3 +475,28 @@ fn a_driver_without_f_size_gets_no_size_interrupts() {
     assert_eq!(c.size(), (100, 30));
     assert_eq!(irq.config.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[test]
+fn output_in_an_indirect_table_reaches_the_writer() {
+    let mem = test_mem();
+    let (rx, tx) = queues(&mem);
+    mem.write_slice(b"indi", GuestAddress(DATA)).unwrap();
+    mem.write_slice(b"rect\n", GuestAddress(DATA + 0x100))
+        .unwrap();
+    let table = indirect_table(
+        &mem,
+        DATA + 0x1000,
+        &[(DATA, 4, false), (DATA + 0x100, 5, false)],
+    );
+    tx.add_desc_chains(&[table], 0).unwrap();
+    let out = SharedOut::default();
+    let mut c = Console::new(Box::new(out.clone()), None).unwrap();
+    assert_ne!(
+        c.device_features() & crate::virtio::VIRTIO_RING_F_INDIRECT,
+        0
+    );
+    activate(&mut c, &mem, &[&rx, &tx]);
+    c.process_tx();
+    assert_eq!(out.0.lock().unwrap().as_slice(), b"indirect\n");
+    assert_eq!(used_idx(&tx), 1);
+}

@@ -16,7 +16,7 @@ use super::config::MacAddr;
 use crate::virtio::activation::Activation;
 use crate::virtio::{
     device_type, notify, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT,
 };
 use crate::GuestMemory;
 
@@ -76,7 +76,8 @@ impl Net {
             | (1 << VIRTIO_NET_F_MAC)
             | (1 << VIRTIO_NET_F_STATUS)
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
-            | (1 << VIRTIO_RING_F_EVENT_IDX);
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VIRTIO_RING_F_INDIRECT;
         if backend.has_vnet_hdr() {
             avail_features |= backend.offload_features();
         }

@@ -16,7 +16,7 @@ use crate::GuestMemory;
 pub const QUEUE_SIZE: u16 = 256;
 /// VIRTIO_RING_F_EVENT_IDX: see [`notify`].
 const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
-const FEATURES: u64 = super::VIRTIO_F_VERSION_1 | EVENT_IDX;
+const FEATURES: u64 = super::VIRTIO_F_VERSION_1 | EVENT_IDX | super::VIRTIO_RING_F_INDIRECT;
 /// Bytes served per request at most, so a huge buffer cannot stall the event loop.
 pub const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
 

@@ -131,3 +131,22 @@ fn without_event_idx_the_no_interrupt_flag_is_honoured() {
         "avail_event written without EVENT_IDX"
     );
 }
+
+#[test]
+fn fills_the_buffers_of_an_indirect_table() {
+    let mem = test_mem();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+    let bufs = [(DATA, 8, true), (DATA + 0x100, 24, true)];
+    vq.add_desc_chains(&[indirect_table(&mem, DATA + 0x1000, &bufs)], 0)
+        .unwrap();
+    let mut rng = Rng::with_source(Box::new(Counting(0))).unwrap();
+    assert_ne!(
+        rng.device_features() & crate::virtio::VIRTIO_RING_F_INDIRECT,
+        0
+    );
+    activate(&mut rng, &mem, &[&vq]);
+    rng.process_queue();
+    assert_eq!(used(&vq, 0), (0, 32));
+    assert_eq!(read(&mem, DATA, 8), (0..8).collect::<Vec<u8>>());
+    assert_eq!(read(&mem, DATA + 0x100, 24), (8..32).collect::<Vec<u8>>());
+}

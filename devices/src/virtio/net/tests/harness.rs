@@ -20,6 +20,7 @@ use crate::GuestMemory;
 
 pub const F_WRITE: u16 = 2; // VRING_DESC_F_WRITE
 pub const F_NEXT: u16 = 1; // VRING_DESC_F_NEXT
+pub const F_INDIRECT: u16 = 4; // VRING_DESC_F_INDIRECT
 pub const MAC: MacAddr = MacAddr([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
 pub const MEM_SIZE: usize = 16 << 20;
 
@@ -247,6 +248,22 @@ impl<'a> Setup<'a> {
         let mut v = vec![0; len];
         self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
         v
+    }
+
+    /// Write `descs` (address, length, flags; NEXT links added) as an indirect table
+    /// and return the one descriptor that refers to it.
+    pub fn indirect(&mut self, descs: &[(u64, u32, u16)]) -> RawDescriptor {
+        let table = self.buf(16 * descs.len() as u32);
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let last = i + 1 == descs.len();
+            let flags = if last { flags } else { flags | F_NEXT };
+            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, i as u16 + 1));
+            self.mem
+                .write_obj(d, GuestAddress(table + 16 * i as u64))
+                .unwrap();
+        }
+        let len = 16 * descs.len() as u32;
+        RawDescriptor::from(SplitDescriptor::new(table, len, F_INDIRECT, 0))
     }
 
     /// Add an rx chain of one writable buffer; returns (head, address).

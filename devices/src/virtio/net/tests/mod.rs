@@ -2,5 +2,6 @@
 
 mod events;
 mod harness;
+mod indirect;
 mod rx;
 mod tx;
