@@ -43,8 +43,8 @@ pub struct Args {
     /// Sparse size, as qemu-img's -S: raw output leaves runs of zeroes this long
     /// (aligned) as holes; qcow2 output never allocates clusters of zeroes. 0 writes
     /// every byte as data, for a fully allocated image. A multiple of 512 up to 16M.
-    /// Above 2M, qemu-img also leaves the first 2 MiB of a shorter zero run as a hole
-    /// (it reads 2 MiB at a time); kiln leaves only runs of the full size.
+    /// Above 2M, qemu-img (which reads 2 MiB at a time) may also leave 2 MiB pieces of
+    /// shorter zero runs as holes; kiln leaves only runs of the full size.
     #[arg(short = 'S', value_name = "SIZE", default_value = "4k", value_parser = parse_size)]
     sparse_size: u64,
     /// Convert an image others are writing (a running VM's disk), as it is now.

@@ -8,6 +8,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::request::MAX_DESCRIPTORS;
 use super::tests::*;
 use crate::virtio::test_utils::*;
+use crate::virtio::{VirtioDevice, VIRTIO_RING_F_INDIRECT};
 
 /// Where the indirect table goes, clear of the header, buffers and status.
 const TABLE: u64 = DATA + 0x1_0000;
@@ -18,9 +19,7 @@ const MANY: u64 = DATA + 0x2_0000;
 fn the_device_offers_indirect_descriptors() {
     let f = fixture(false);
     let dev = super::Block::new(f.disk.clone(), None).unwrap();
-    use crate::virtio::VirtioDevice;
-    let bit = 1 << virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-    assert_ne!(dev.device_features() & bit, 0);
+    assert_ne!(dev.device_features() & VIRTIO_RING_F_INDIRECT, 0);
 }
 
 #[test]

@@ -219,9 +219,10 @@ impl UringEngine {
             // buffers of the chain. Those lie inside guest memory (checked by the parser
             // and re-resolved by get_slices above), which stays mapped while `self.mem`
             // lives, and `Drop` keeps it alive until every CQE arrived. The fd is one the
-            // disk keeps open (`push`), and `self._disk` keeps the disk just as long. Only the kernel writes
-            // through these pointers; no Rust reference to guest memory exists, and the
-            // driver may not touch buffers of a request it has not got back.
+            // disk keeps open (`push`), and `self._disk` keeps the disk just as long.
+            // Only the kernel writes through these pointers; no Rust reference to guest
+            // memory exists, and the driver may not touch buffers of a request it has
+            // not got back.
             let pushed = unsafe { self.ring.submission().push(&sqe) }.is_ok();
             if pushed {
                 self.in_ring += 1;

@@ -69,13 +69,13 @@ pub struct Args {
     /// Formats to run, comma-separated or repeated.
     #[arg(long, value_delimiter = ',', default_value = "qcow2,raw")]
     format: Vec<String>,
-    /// Patterns to run, comma-separated or repeated (default: 4k-rand-read, 4k-rand-write, 64k-seq-read and
-    /// 64k-seq-write; also 4k-rand-rewrite: random writes into the filled image, where
-    /// every cluster is allocated already).
+    /// Patterns to run, comma-separated or repeated (default: 4k-rand-read,
+    /// 4k-rand-write, 64k-seq-read and 64k-seq-write; also 4k-rand-rewrite: random
+    /// writes into the filled image, where every cluster is allocated already).
     #[arg(long, value_delimiter = ',')]
     pattern: Vec<String>,
-    /// Runners to run, comma-separated or repeated (default: all of kiln, device, io_uring, threads); the ratios
-    /// are to the better of the QEMU runners that ran.
+    /// Runners to run, comma-separated or repeated (default: all of kiln, device,
+    /// io_uring, threads); the ratios are to the better of the QEMU runners that ran.
     #[arg(long, value_delimiter = ',')]
     runner: Vec<String>,
     /// Run the device on its own event-loop thread, driven from this one through
