@@ -339,8 +339,8 @@ echo KILN-NET-FWD-GOT=$(cat /tmp/fwd)"
         );
     }
     // Negotiated features, one character per bit: the driver took VIRTIO_RING_F_EVENT_IDX
-    // and VIRTIO_RING_F_INDIRECT_DESC (so its tx packets of more than one buffer, and the
-    // DHCP and ping traffic below, went through indirect tables).
+    // and VIRTIO_RING_F_INDIRECT_DESC (tables for tx packets of more than one buffer;
+    // small packets carry their header in the same buffer and need none).
     let features = guest_value(&out, "KILN-NET-FEATURES").unwrap_or_default();
     assert_eq!(features.chars().nth(29), Some('1'), "{context}");
     assert_eq!(features.chars().nth(28), Some('1'), "{context}");
