@@ -284,3 +284,43 @@ fn refcount_too_small_refused_for_writing() {
     let e = open_err(&img);
     assert!(e.contains("in use") && e.contains("refcount is 0"), "{e}");
 }
+
+#[test]
+fn copied_flag_on_a_shared_cluster_refused_for_writing() {
+    // After a snapshot the L2 table and the data cluster have refcount 2, and the
+    // entries pointing at them no COPIED flag. With the flags set again, imago would
+    // write both in place and change the snapshot too (it did, before the check).
+    let dir = tempfile::tempdir().unwrap();
+    let img = create(dir.path(), "s.qcow2", "cluster_size=65536", "1M");
+    qemu_io(&img, &["write -P 9 0 64k"]);
+    qemu_img(&["snapshot", "-c", "before", img.to_str().unwrap()]);
+    let mut b = std::fs::read(&img).unwrap();
+    let (l2, _, _) = metadata_offsets(&b);
+    let l1 = be64_at(&b, 40) as usize;
+    assert_eq!(b[l1] & 0x80 | b[l2] & 0x80, 0, "qemu-img cleared COPIED");
+    b[l1] |= 0x80;
+    b[l2] |= 0x80;
+    std::fs::write(&img, &b).unwrap();
+    assert_qemu_check_fails(&img);
+    let e = open_err(&img);
+    assert!(
+        e.contains("written in place") && e.contains("refcount is 2") && e.contains("check -r all"),
+        "{e}"
+    );
+    // Reading is safe; the repair clears the flag, and writing then works.
+    let disk = open(&img, Some(ImageFormat::Qcow2), true);
+    let mut buf = [0u8; 2];
+    disk.read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, [9, 9]);
+    drop(disk);
+    kiln_ok(&["img", "check", "-r", "all", img.to_str().unwrap()]);
+    let disk = open(&img, Some(ImageFormat::Qcow2), false);
+    disk.write_at(&[7; 512], 0).unwrap();
+    drop(disk);
+    assert_check_clean(&img);
+    // The write was copied: the snapshot still holds what it held.
+    let saved = dir.path().join("before.raw");
+    let (img, saved_path) = (img.to_str().unwrap(), saved.to_str().unwrap());
+    qemu_img(&["convert", "-l", "before", "-O", "raw", img, saved_path]);
+    assert_eq!(std::fs::read(&saved).unwrap()[..64 << 10], [9; 64 << 10]);
+}

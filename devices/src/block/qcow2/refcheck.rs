@@ -50,6 +50,16 @@ pub enum RefcountError {
         references: u64,
         refcount: u64,
     },
+    #[error(
+        "the {what} entry at offset {at} says its cluster is written in place (the COPIED \
+         flag) but the cluster's refcount is {refcount}; writing would change it for every \
+         image state that shares it"
+    )]
+    SharedWrittenInPlace {
+        what: &'static str,
+        at: u64,
+        refcount: u64,
+    },
 }
 
 /// Where to read metadata from: the image file, or a byte slice (tests, fuzzing).
@@ -447,8 +457,11 @@ pub fn count_data_references<S: MetadataSource + ?Sized>(
 }
 
 /// Check that no cluster has more references than its refcount (or its refcount
-/// width): the check before an image is opened for writing. Leaks are harmless there.
-/// Images too large to count are let through with a warning.
+/// width), and that no active entry marks a shared cluster COPIED (imago, like QEMU,
+/// writes COPIED clusters in place, which would change them under a snapshot): the
+/// check before an image is opened for writing. Leaks, and COPIED flags missing where
+/// they could be set (which only cost a copy), are harmless there. Images too large
+/// to count are let through with a warning.
 pub fn check_refcounts<S: MetadataSource + ?Sized>(
     src: &S,
     h: &Qcow2Header,
@@ -462,8 +475,19 @@ pub fn check_refcounts<S: MetadataSource + ?Sized>(
         other => other?,
     };
     let bits = scan.refcount_bits;
+    let shared_in_place = scan
+        .copied_flag_errors
+        .iter()
+        .find(|e| e.entry & COPIED != 0);
     match scan.corruptions.first() {
-        None => Ok(()),
+        None => match shared_in_place {
+            Some(e) => Err(RefcountError::SharedWrittenInPlace {
+                what: e.what,
+                at: e.at,
+                refcount: e.refcount,
+            }),
+            None => Ok(()),
+        },
         Some(m) if m.references > max_refcount(bits) => Err(RefcountError::Overflow {
             offset: m.offset,
             references: m.references,
