@@ -6,7 +6,6 @@
 mod qcow2_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kiln_devices::block::config::Cache;
 use kiln_devices::block::dio::AlignedBuf;
@@ -15,46 +14,30 @@ use qcow2_support::*;
 
 const SIZE: usize = 8 << 20;
 
-/// A loop device over a file, detached when dropped.
-struct LoopDevice {
-    device: PathBuf,
+/// A loop device over a new file of `SIZE` bytes of a pattern (`backing`).
+struct PatternDevice {
+    device: LoopDevice,
     backing: PathBuf,
 }
 
-impl LoopDevice {
-    /// A loop device over a new file `name` of `SIZE` bytes of a pattern.
+impl PatternDevice {
     fn new(name: &str) -> Self {
         let dir = fresh_dir("block-device", name);
         let backing = dir.join("backing.raw");
         let content: Vec<u8> = (0..SIZE).map(|i| (i / 512 % 251) as u8).collect();
         std::fs::write(&backing, content).unwrap();
-        let out = Command::new("losetup")
-            .args(["--find", "--show", s(&backing)])
-            .output()
-            .expect("losetup (util-linux) must be installed");
-        assert!(
-            out.status.success(),
-            "these tests need root and loop devices: losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let device = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        LoopDevice { device, backing }
+        let device = LoopDevice::over(&backing);
+        PatternDevice { device, backing }
     }
 
     fn path(&self) -> &Path {
-        &self.device
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+        self.device.path()
     }
 }
 
 #[test]
 fn a_block_device_has_its_size_in_info_and_map_as_qemu_img_says() {
-    let dev = LoopDevice::new("info");
+    let dev = PatternDevice::new("info");
     let json = |out: String| -> serde_json::Value { serde_json::from_str(&out).unwrap() };
     let kiln_info = json(kiln_ok(&["img", "info", "--output", "json", s(dev.path())]));
     let qemu_info = json(qemu_img(&["info", "--output=json", s(dev.path())]));
@@ -67,7 +50,7 @@ fn a_block_device_has_its_size_in_info_and_map_as_qemu_img_says() {
 
 #[test]
 fn a_block_device_reads_whole_through_kiln_with_and_without_direct_io() {
-    let dev = LoopDevice::new("read");
+    let dev = PatternDevice::new("read");
     let out = fresh_dir("block-device", "read-out").join("copy.qcow2");
     kiln_ok(&["img", "convert", "-O", "qcow2", s(dev.path()), s(&out)]);
     let cmp = qemu_img(&[
@@ -96,7 +79,7 @@ fn a_block_device_reads_whole_through_kiln_with_and_without_direct_io() {
 
 #[test]
 fn a_block_device_keeps_its_size_and_its_data_on_resize() {
-    let dev = LoopDevice::new("resize");
+    let dev = PatternDevice::new("resize");
     let before = std::fs::read(&dev.backing).unwrap();
     kiln_ok(&["img", "resize", "-f", "raw", s(dev.path()), "8M"]);
     for size in ["16M", "4M"] {
@@ -121,7 +104,7 @@ fn a_block_device_keeps_its_size_and_its_data_on_resize() {
 
 #[test]
 fn a_qcow2_image_on_a_block_device_opens_checks_maps_and_writes() {
-    let dev = LoopDevice::new("qcow2");
+    let dev = PatternDevice::new("qcow2");
     let d = s(dev.path());
     qemu_img(&["create", "-q", "-f", "qcow2", d, "4M"]);
     qemu_io(dev.path(), &["write -P 0x5a 64k 1M"]);

@@ -11,29 +11,6 @@ use std::process::Command;
 
 use qcow2_support::*;
 
-/// A loop device over `file`, detached when dropped.
-struct Loop(PathBuf);
-
-impl Loop {
-    fn over(file: &Path) -> Loop {
-        let out = Command::new("losetup")
-            .args(["-f", "--show", s(file)])
-            .output()
-            .expect("losetup (util-linux) is needed");
-        assert!(
-            out.status.success(),
-            "losetup -f --show failed (this test needs root and loop devices): {out:?}"
-        );
-        Loop(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
 fn is_block_device(p: &Path) -> bool {
     std::fs::metadata(p).unwrap().file_type().is_block_device()
 }
@@ -53,10 +30,10 @@ fn a_disk_is_written_in_place_and_its_old_contents_zeroed() {
     let input = image(&dir);
     let backing = dir.join("disk.img");
     std::fs::write(&backing, vec![0xeeu8; 8 << 20]).unwrap();
-    let disk = Loop::over(&backing);
-    let out = kiln(&["img", "convert", "-O", "raw", s(&input), s(&disk.0)]);
+    let disk = LoopDevice::over(&backing);
+    let out = kiln(&["img", "convert", "-O", "raw", s(&input), s(disk.path())]);
     assert!(out.status.success(), "{out:?}");
-    assert!(is_block_device(&disk.0), "the device node was replaced");
+    assert!(is_block_device(disk.path()), "the device node was replaced");
     drop(disk);
     let written = std::fs::read(&backing).unwrap();
     let expected = qemu_contents(&input, &dir);
@@ -76,7 +53,7 @@ fn what_cannot_go_onto_a_device_is_refused_before_writing() {
     let input = image(&dir);
     let backing = dir.join("small.img");
     std::fs::write(&backing, vec![0xeeu8; 4 << 20]).unwrap();
-    let disk = Loop::over(&backing);
+    let disk = LoopDevice::over(&backing);
     for (args, named) in [
         (
             &["-O", "raw"][..],
@@ -84,11 +61,11 @@ fn what_cannot_go_onto_a_device_is_refused_before_writing() {
         ),
         (&["-O", "qcow2"], "only raw images"),
     ] {
-        let out = kiln(&[&["img", "convert"], args, &[s(&input), s(&disk.0)]].concat());
+        let out = kiln(&[&["img", "convert"], args, &[s(&input), s(disk.path())]].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} accepted");
         assert!(stderr.contains(named), "{args:?}: {stderr}");
-        assert!(is_block_device(&disk.0));
+        assert!(is_block_device(disk.path()));
     }
     drop(disk);
     assert!(

@@ -7,6 +7,35 @@ use std::sync::Arc;
 
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, ImageFormat};
 
+/// A loop device over a file, detached when dropped. Needs root and loop devices;
+/// without them the test fails, naming what is missing.
+pub struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    pub fn over(file: &Path) -> LoopDevice {
+        let out = Command::new("losetup")
+            .args(["--find", "--show", s(file)])
+            .output()
+            .expect("losetup (util-linux) must be installed");
+        assert!(
+            out.status.success(),
+            "these tests need root and loop devices: losetup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopDevice(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
 /// Bytes the file system holds for `path` (its blocks, not its length).
 pub fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
