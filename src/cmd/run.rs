@@ -53,9 +53,9 @@ pub struct Args {
     /// (FILE may be a block device, an LVM volume say, as a raw disk of its size.
     /// aio, unless given: io_uring where the host allows it, for raw images and for a
     /// qcow2 image's own data clusters (reads; with cache=none, writes too); I/O
-    /// threads for the rest. cache=none
-    /// bypasses the host page cache (O_DIRECT) for the image and its backing files, as
-    /// QEMU's does; requests direct I/O cannot take use the page cache.
+    /// threads for the rest. cache=none bypasses the host page cache (O_DIRECT) for the
+    /// image and its backing files, as QEMU's does; requests direct I/O cannot take use
+    /// the page cache.
     /// cache=writethrough starts the guest's disk cache off (every write synced until
     /// the guest turns it on); directsync is none and writethrough. cache=unsafe
     /// answers guest flushes without syncing: faster builds, lost on a host crash. With

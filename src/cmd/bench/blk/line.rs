@@ -66,6 +66,13 @@ pub const PATTERNS: [Pattern; 5] = [
     },
 ];
 
+impl Pattern {
+    /// Whether each run writes into a fresh, empty image (so that it allocates).
+    pub fn fresh_image(&self) -> bool {
+        self.write && !self.rewrite
+    }
+}
+
 /// Blocks between consecutive random requests (prime, so the walk covers the image).
 pub const RANDOM_STRIDE: u64 = 7919;
 
@@ -124,7 +131,7 @@ pub struct Line {
 
 impl Line {
     fn measure(&self, dir: &Path, filled: &Path, runner: Runner) -> anyhow::Result<Run> {
-        let image = if self.pattern.write && !self.pattern.rewrite {
+        let image = if self.pattern.fresh_image() {
             // A new name each time: unlinking a big file can take seconds (ext4 with
             // online discard), so the files go only when the run is over.
             static FRESH: AtomicU64 = AtomicU64::new(0);

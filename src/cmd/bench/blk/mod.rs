@@ -18,11 +18,11 @@
 //! the image size (which visits every block once, scattered) for all runners. Reads
 //! start with the image evicted from the page cache (cold); writes go to a freshly
 //! created, empty image, so they include allocation (4k-rand-rewrite: into the filled
-//! image, allocated already). Each runner runs `--repeat` times
-//! per line, in rotating order, and its best run is reported; with two or more rounds,
-//! a row under the line gives the median and range of kiln's ratio round by round
-//! (each round's runs back to back, so they share the host's state: on a shared host
-//! that is steadier than the ratio of two best runs). Under each line, the CPU
+//! image, allocated already). Each runner runs `--repeat` times per line, in rotating
+//! order, and its best run is reported; with two or more rounds, a row under the line
+//! gives the median and range of kiln's ratio round by round (each round's runs back
+//! to back, so they share the host's state: on a shared host that is steadier than
+//! the ratio of two best runs). Under each line, the CPU
 //! time (user + system, all threads) each runner's best run spent per request: on a
 //! host with few cores that, not the disk, can be what limits depth-64 lines.
 
@@ -148,7 +148,7 @@ fn check_free_space(args: &Args) -> anyhow::Result<()> {
     let runners = RUNNER_NAMES.iter().filter(|n| args.runs(n)).count() as u64;
     let per_line = args
         .patterns()
-        .filter(|p| p.write && !p.rewrite)
+        .filter(Pattern::fresh_image)
         .map(|p| requests(args, p) * p.block)
         .max()
         .map_or(0, |bytes| {
