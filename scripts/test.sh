@@ -29,7 +29,8 @@ command -v cargo-fuzz >/dev/null || cargo install --locked -q cargo-fuzz
 fuzz/run.sh "${KILN_FUZZ_SECONDS:-30}"
 
 stamp "cargo test"
-cargo test --workspace --locked 2>&1
+# Every test binary runs even after one fails, so a CI log shows all failures at once.
+cargo test --workspace --locked --no-fail-fast 2>&1
 
 stamp "release build"
 release=$(scripts/build-release.sh)

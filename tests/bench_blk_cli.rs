@@ -197,53 +197,39 @@ fn each_line_removes_its_write_images_before_the_next() {
     let dir = tempfile::tempdir().unwrap();
     // Two write lines with every runner: by the second, the first's images are gone,
     // so the work directory never holds more than the filled image and one line's.
-    // Watched from a thread while the bench runs.
-    let path = dir.path().to_owned();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut most = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                for work in std::fs::read_dir(&path).into_iter().flatten().flatten() {
-                    let fresh = std::fs::read_dir(work.path())
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .filter(|e| e.file_name().to_string_lossy().starts_with("fresh"))
-                        .count();
-                    most = most.max(fresh);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            most
-        })
-    };
-    let out = bench(
-        dir.path(),
-        &[
-            "--count",
-            "64",
+    // Followed through kiln's debug log, which names each image as it is made and
+    // removed: watching the directory missed images that lived under a millisecond.
+    let out = kiln()
+        .env("RUST_LOG", "kiln::cmd::bench=debug")
+        .args(["bench", "blk", "--dir", dir.path().to_str().unwrap()])
+        .args(["--size", "64M", "--repeat", "1", "--count", "64"])
+        .args([
             "--depth",
             "1,2,4",
             "--format",
             "raw",
             "--pattern",
             "4k-rand-write",
-            "--runner",
-            "kiln,device",
-            "--json",
-        ],
-    );
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let most = watcher.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // One line: a round of 2 runners. Three lines kept to the end would be 6.
-    assert!((1..=2).contains(&most), "{most} fresh images at once");
+        ])
+        .args(["--runner", "kiln,device", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let (mut live, mut most, mut made) = (0, 0, 0);
+    for line in stderr.lines() {
+        if line.contains("made write image") {
+            (live, made) = (live + 1, made + 1);
+            most = std::cmp::max(most, live);
+        } else if line.contains("removed write image") {
+            live -= 1;
+        }
+    }
+    // Three lines of 2 runners each; one line's 2 at most at once, none left over.
+    assert_eq!(made, 6, "{stderr}");
+    assert_eq!(most, 2, "{stderr}");
+    assert_eq!(live, 0, "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 #[test]

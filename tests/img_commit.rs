@@ -9,6 +9,7 @@ mod qcow2_support;
 
 use qcow2_support::{
     fresh_dir, kiln, own_layer, qemu_create, qemu_img, qemu_io, qemu_overlay_with, run, s,
+    QemuHolding,
 };
 
 fn dir(name: &str) -> PathBuf {
@@ -121,11 +122,7 @@ fn refused_commits_change_nothing() {
     std::fs::remove_file(&gone_base).unwrap();
     let (busy_base, busy) = chain(&d, "busy", "", "qcow2");
     // qemu-io holds the base open for writing while kiln tries.
-    let mut holder = std::process::Command::new("qemu-io")
-        .args(["-c", "sleep 3000", s(&busy_base)])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let holder = QemuHolding::start(&busy_base);
     let busy_base_before = std::fs::read(&busy_base).unwrap();
     for (image, why) in [
         (&alone, "no backing file"),
@@ -140,8 +137,7 @@ fn refused_commits_change_nothing() {
         assert!(stderr.contains(why), "{image:?}: {stderr}");
         assert!(std::fs::read(image).unwrap() == before, "{image:?} changed");
     }
-    let _ = holder.kill();
-    let _ = holder.wait();
+    drop(holder);
     assert!(std::fs::read(&busy_base).unwrap() == busy_base_before);
 }
 

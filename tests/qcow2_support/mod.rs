@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, ImageFormat};
 
+mod holding;
+#[allow(unused_imports)] // each test binary uses a subset
+pub use holding::QemuHolding;
+
 /// A loop device over a file, detached when dropped. Needs root and loop devices;
 /// without them the test fails, naming what is missing.
 pub struct LoopDevice(PathBuf);

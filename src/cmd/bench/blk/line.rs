@@ -138,6 +138,7 @@ impl Line {
             let n = FRESH.fetch_add(1, Ordering::Relaxed);
             let fresh = dir.join(format!("fresh{n}.{}", self.format));
             make_image(&fresh, self.format, self.size)?;
+            log::debug!("made write image {}", fresh.display());
             fresh
         } else {
             evict(filled)?;
@@ -200,7 +201,10 @@ fn remove_fresh_images(dir: &Path) {
     };
     for e in entries.flatten() {
         if e.file_name().to_string_lossy().starts_with("fresh") {
-            let _ = std::fs::remove_file(e.path());
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => log::debug!("removed write image {}", e.path().display()),
+                Err(err) => log::warn!("removing {}: {err}", e.path().display()),
+            }
         }
     }
     if let Ok(d) = std::fs::File::open(dir) {
