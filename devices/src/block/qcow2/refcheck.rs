@@ -9,6 +9,7 @@
 //! images where a cluster has more references than its refcount — or
 //! more than the refcount width can count (refcount overflow).
 
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
 use super::bitmaps::{bitmaps_in_force, data_clusters, read_directory};
@@ -18,8 +19,13 @@ use super::snapshots::read_snapshots;
 /// Offset bits of L1/L2/reftable entries.
 pub(super) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_COMPRESSED: u64 = 1 << 62;
-/// Images with more clusters than this are not checked (the tables would need > 1 GiB).
-pub const MAX_CHECKED_CLUSTERS: u64 = 64 << 20;
+/// Clusters counted per pass of [`scan_refcounts`]. Each takes 12 bytes while it is
+/// counted (references and refcount), so a scan needs 48 MiB however large the image;
+/// a larger image takes more passes, each following the L1/L2 tables again.
+const WINDOW_CLUSTERS: u64 = 4 << 20;
+/// Images with more clusters than this do not have their refcounts rebuilt (the rebuild
+/// holds every cluster's references at once: 256 MiB).
+pub const MAX_REBUILT_CLUSTERS: u64 = 64 << 20;
 
 /// What the check found.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,7 +43,10 @@ pub enum RefcountError {
         references: u64,
         bits: u32,
     },
-    #[error("{clusters} clusters are more than kiln counts ({MAX_CHECKED_CLUSTERS})")]
+    #[error(
+        "{clusters} clusters are more than kiln rebuilds refcount structures for \
+         ({MAX_REBUILT_CLUSTERS})"
+    )]
     TooLarge { clusters: u64 },
     #[error("cannot repair: {0}")]
     CannotRepair(String),
@@ -90,6 +99,9 @@ struct Counter<'a, S: MetadataSource + ?Sized> {
     src: &'a S,
     h: &'a Qcow2Header,
     file_len: u64,
+    /// The clusters this pass counts; `references` and `refcounts` are indexed from
+    /// its start. References to clusters outside it are checked, not counted.
+    window: Range<u64>,
     references: Vec<u32>,
     /// The refcounts the image stores, read before the tables are followed.
     refcounts: Vec<u64>,
@@ -107,12 +119,13 @@ pub(super) fn max_refcount(bits: u32) -> u64 {
 }
 
 impl<'a, S: MetadataSource + ?Sized> Counter<'a, S> {
-    fn new(src: &'a S, h: &'a Qcow2Header, file_len: u64, clusters: u64) -> Self {
+    fn new(src: &'a S, h: &'a Qcow2Header, file_len: u64, window: Range<u64>) -> Self {
         Counter {
             src,
             h,
             file_len,
-            references: vec![0; clusters as usize],
+            references: vec![0; (window.end - window.start) as usize],
+            window,
             // Filled by `scan_refcounts` only; other counts compare nothing.
             refcounts: Vec::new(),
             copied_flag_errors: Vec::new(),
@@ -154,8 +167,10 @@ impl<'a, S: MetadataSource + ?Sized> Counter<'a, S> {
             return Err(self.past_end(what, offset, len));
         };
         let cb = self.h.cluster_bits;
-        for c in (offset >> cb)..=((end.max(offset + 1) - 1) >> cb) {
-            if let Some(r) = self.references.get_mut(c as usize) {
+        let first = (offset >> cb).max(self.window.start);
+        let last = ((end.max(offset + 1) - 1) >> cb).min(self.window.end.saturating_sub(1));
+        for c in first..=last {
+            if let Some(r) = self.references.get_mut((c - self.window.start) as usize) {
                 *r = r.saturating_add(1);
             }
         }
@@ -215,7 +230,11 @@ impl<'a, S: MetadataSource + ?Sized> Counter<'a, S> {
     /// cluster at `offset` is 1 (as `qemu-img check` does; snapshot tables carry no flags).
     fn check_copied(&mut self, what: &'static str, entry: u64, at: u64, offset: u64) {
         let cluster = offset / self.h.cluster_size();
-        let refcount = self.refcounts.get(cluster as usize).copied().unwrap_or(0);
+        if !self.window.contains(&cluster) {
+            return; // checked in the pass that counts it
+        }
+        let i = (cluster - self.window.start) as usize;
+        let refcount = self.refcounts.get(i).copied().unwrap_or(0);
         if (refcount == 1) != (entry & COPIED != 0) {
             self.copied_flag_errors.push(CopiedFlagError {
                 what,
@@ -359,27 +378,65 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
 /// Count every reference to every cluster of the image (header, refcount structures,
 /// active and snapshot L1/L2 tables, data clusters, persistent bitmaps) and compare
 /// with the refcounts, like `qemu-img check`. Metadata that points outside the file or
-/// is misaligned ends the scan with an error.
+/// is misaligned ends the scan with an error. Counts [`WINDOW_CLUSTERS`] at a time.
 pub fn scan_refcounts<S: MetadataSource + ?Sized>(
     src: &S,
     h: &Qcow2Header,
     file_len: u64,
 ) -> Result<RefcountScan, RefcountError> {
-    let cs = h.cluster_size();
-    let clusters = file_len.div_ceil(cs);
-    if clusters > MAX_CHECKED_CLUSTERS {
-        return Err(RefcountError::TooLarge { clusters });
+    scan_in_windows(src, h, file_len, WINDOW_CLUSTERS)
+}
+
+/// [`scan_refcounts`], counting `window` clusters per pass.
+pub(crate) fn scan_in_windows<S: MetadataSource + ?Sized>(
+    src: &S,
+    h: &Qcow2Header,
+    file_len: u64,
+    window: u64,
+) -> Result<RefcountScan, RefcountError> {
+    let clusters = file_len.div_ceil(h.cluster_size());
+    let mut scan = RefcountScan {
+        corruptions: Vec::new(),
+        leaks: Vec::new(),
+        allocated_clusters: 0,
+        image_end_offset: 0,
+        copied_flag_errors: Vec::new(),
+        refcount_bits: h.refcount_bits(),
+        uncovered: 0,
+    };
+    let mut start = 0u64;
+    loop {
+        let end = start.saturating_add(window.max(1)).min(clusters);
+        count_window(src, h, file_len, start..end, &mut scan)?;
+        if end == clusters {
+            break;
+        }
+        start = end;
     }
-    let mut c = Counter::new(src, h, file_len, clusters);
-    c.refcounts = vec![0; clusters as usize];
+    scan.copied_flag_errors.sort_by_key(|e| e.at);
+    Ok(scan)
+}
+
+/// One pass of [`scan_in_windows`]: count the references to the clusters of `window`
+/// and add what disagrees with their refcounts to `scan`.
+fn count_window<S: MetadataSource + ?Sized>(
+    src: &S,
+    h: &Qcow2Header,
+    file_len: u64,
+    window: Range<u64>,
+    scan: &mut RefcountScan,
+) -> Result<(), RefcountError> {
+    let cs = h.cluster_size();
+    let mut c = Counter::new(src, h, file_len, window.clone());
+    c.refcounts = vec![0; c.references.len()];
     c.reference("header", 0, cs)?;
 
-    // Refcount table and blocks; remember the refcounts and which blocks exist.
+    // Refcount table and blocks; remember the window's refcounts and which blocks exist.
     let rt_len = u64::from(h.refcount_table_clusters) * cs;
     c.reference("refcount table", h.refcount_table_offset, rt_len)?;
     let rt = c.read(h.refcount_table_offset, rt_len)?;
     let bits = h.refcount_bits();
-    let per_block = (cs * 8 / u64::from(bits)) as usize;
+    let per_block = cs * 8 / u64::from(bits);
     let mut blocks = vec![false; rt.len() / 8];
     for (i, raw) in rt.chunks_exact(8).enumerate() {
         let rb = u64::from_be_bytes(raw.try_into().expect("chunk of 8")) & OFFSET_MASK;
@@ -388,42 +445,42 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
         }
         blocks[i] = true;
         c.reference_cluster("refcount block", rb)?;
+        let covers = (i as u64).saturating_mul(per_block)..(i as u64 + 1).saturating_mul(per_block);
+        // The first pass reads every block, so that a bad one fails the scan whatever
+        // the window; later passes read only theirs.
+        if window.start > 0 && (covers.end <= window.start || covers.start >= window.end) {
+            continue;
+        }
         let block = c.read(rb, cs)?;
-        let first = i.saturating_mul(per_block);
-        for j in 0..per_block {
-            match c.refcounts.get_mut(first.saturating_add(j)) {
-                Some(r) => *r = refcount_entry(&block, j, bits),
-                None => break,
-            }
+        for cluster in covers.start.max(window.start)..covers.end.min(window.end) {
+            let entry = (cluster - covers.start) as usize;
+            c.refcounts[(cluster - window.start) as usize] = refcount_entry(&block, entry, bits);
         }
     }
 
-    let l1_entries = u64::from(h.l1_size);
-    let allocated_clusters = c.count_l1("L1 table", h.l1_table_offset, l1_entries, true)?;
+    scan.allocated_clusters =
+        c.count_l1("L1 table", h.l1_table_offset, u64::from(h.l1_size), true)?;
     c.count_snapshots()?;
     c.count_bitmaps()?;
+    scan.copied_flag_errors.append(&mut c.copied_flag_errors);
 
     let max = max_refcount(bits);
-    let mut scan = RefcountScan {
-        corruptions: Vec::new(),
-        leaks: Vec::new(),
-        allocated_clusters,
-        image_end_offset: 0,
-        copied_flag_errors: std::mem::take(&mut c.copied_flag_errors),
-        refcount_bits: bits,
-        uncovered: 0,
-    };
-    for (i, (&references, &refcount)) in c.references.iter().zip(&c.refcounts).enumerate() {
+    for (cluster, (&references, &refcount)) in window.zip(c.references.iter().zip(&c.refcounts)) {
         let references = u64::from(references);
         let m = Mismatch {
-            offset: i as u64 * cs,
+            offset: cluster * cs,
             refcount,
             references,
         };
         if references > 0 || refcount > 0 {
             scan.image_end_offset = m.offset + cs;
         }
-        if references > 0 && !blocks.get(i / per_block).copied().unwrap_or(false) {
+        if references > 0
+            && !blocks
+                .get((cluster / per_block) as usize)
+                .copied()
+                .unwrap_or(false)
+        {
             scan.uncovered += 1;
         }
         if references > max || references > refcount {
@@ -432,7 +489,7 @@ pub fn scan_refcounts<S: MetadataSource + ?Sized>(
             scan.leaks.push(m);
         }
     }
-    Ok(scan)
+    Ok(())
 }
 
 /// References to every cluster from the header, the active and snapshot L1/L2
@@ -445,10 +502,10 @@ pub fn count_data_references<S: MetadataSource + ?Sized>(
     file_len: u64,
 ) -> Result<Vec<u32>, RefcountError> {
     let clusters = file_len.div_ceil(h.cluster_size());
-    if clusters > MAX_CHECKED_CLUSTERS {
+    if clusters > MAX_REBUILT_CLUSTERS {
         return Err(RefcountError::TooLarge { clusters });
     }
-    let mut c = Counter::new(src, h, file_len, clusters);
+    let mut c = Counter::new(src, h, file_len, 0..clusters);
     c.reference("header", 0, h.cluster_size())?;
     c.count_l1("L1 table", h.l1_table_offset, u64::from(h.l1_size), false)?;
     c.count_snapshots()?;
@@ -460,20 +517,13 @@ pub fn count_data_references<S: MetadataSource + ?Sized>(
 /// width), and that no active entry marks a shared cluster COPIED (imago, like QEMU,
 /// writes COPIED clusters in place, which would change them under a snapshot): the
 /// check before an image is opened for writing. Leaks, and COPIED flags missing where
-/// they could be set (which only cost a copy), are harmless there. Images too large
-/// to count are let through with a warning.
+/// they could be set (which only cost a copy), are harmless there.
 pub fn check_refcounts<S: MetadataSource + ?Sized>(
     src: &S,
     h: &Qcow2Header,
     file_len: u64,
 ) -> Result<(), RefcountError> {
-    let scan = match scan_refcounts(src, h, file_len) {
-        Err(RefcountError::TooLarge { clusters }) => {
-            log::warn!("qcow2: {clusters} clusters, skipping the refcount check");
-            return Ok(());
-        }
-        other => other?,
-    };
+    let scan = scan_refcounts(src, h, file_len)?;
     let bits = scan.refcount_bits;
     let shared_in_place = scan
         .copied_flag_errors
@@ -500,3 +550,7 @@ pub fn check_refcounts<S: MetadataSource + ?Sized>(
         }),
     }
 }
+
+#[cfg(test)]
+#[path = "refcheck_tests.rs"]
+mod tests;
