@@ -117,7 +117,7 @@ impl ImageLock {
         // A lock can outlive its holder's close for a moment: a process forking at
         // that time holds the descriptor until its exec. Only a lock that stays is
         // someone else's use of the image.
-        let mut attempt = 1;
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
         loop {
             let mut busy = None;
             for &(byte, what) in &conflicts {
@@ -128,18 +128,19 @@ impl ImageLock {
             }
             match busy {
                 None => return Ok(ImageLock { _file: Some(file) }),
-                Some(what) if attempt >= LOCK_ATTEMPTS => return Err(in_use(path, what)),
-                Some(_) => {
-                    std::thread::sleep(LOCK_RETRY);
-                    attempt += 1;
+                Some(what) if std::time::Instant::now() >= deadline => {
+                    return Err(in_use(path, what))
                 }
+                Some(_) => std::thread::sleep(LOCK_RETRY),
             }
         }
     }
 }
 
-/// How often, and how far apart, a conflict is looked at before it counts.
-const LOCK_ATTEMPTS: u32 = 5;
+/// How long a conflict must last to count, and how often it is looked at meanwhile.
+/// Long enough for a forked child on a loaded host to reach its exec (which closes
+/// the descriptor), short enough that an image in use is reported at once to a person.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn in_use(path: &Path, what: &'static str) -> LockError {
