@@ -164,6 +164,7 @@ impl Line {
             cmd.arg("-w");
         }
         let cpu = cpu_secs(Whose::WaitedChildren);
+        let wall = Instant::now();
         let out = cmd
             .arg(image)
             .output()
@@ -173,21 +174,27 @@ impl Line {
         if !out.status.success() {
             bail!("qemu-img bench failed: {}", text.trim());
         }
-        // "Run completed in 1.234 seconds."
-        let secs = text
-            .split("Run completed in ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|s| s.parse::<f64>().ok())
-            .with_context(|| format!("unexpected qemu-img bench output: {}", text.trim()))?;
         Ok(Run {
             ops: self.count,
-            secs,
+            secs: qemu_seconds(&text, wall.elapsed())?,
             // Includes qemu-img's start-up and image open, a few milliseconds: under 0.3 us
             // per request at the default counts, but visible in tiny runs.
             cpu_secs: cpu_secs(Whose::WaitedChildren) - cpu,
         })
     }
+}
+
+/// The run time `qemu-img bench` prints ("Run completed in 1.234 seconds."). It
+/// prints milliseconds, so a tiny run can read "0.000": the child's whole life
+/// (`wall`, start-up included) is then the closest bound there is.
+fn qemu_seconds(text: &str, wall: Duration) -> anyhow::Result<f64> {
+    let secs = text
+        .split("Run completed in ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|s| s.parse::<f64>().ok())
+        .with_context(|| format!("unexpected qemu-img bench output: {}", text.trim()))?;
+    Ok(if secs > 0.0 { secs } else { wall.as_secs_f64() })
 }
 
 enum Whose {
@@ -210,4 +217,21 @@ fn cpu_secs(whose: Whose) -> f64 {
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_times_are_read_and_a_zero_reading_falls_back_to_the_wall_clock() {
+        let out = "Sending 64 requests, 4096 bytes each, 1 in parallel\n\
+                   Run completed in 1.234 seconds.\n";
+        let wall = Duration::from_millis(1500);
+        assert_eq!(qemu_seconds(out, wall).unwrap(), 1.234);
+        let tiny = out.replace("1.234", "0.000");
+        assert_eq!(qemu_seconds(&tiny, wall).unwrap(), 1.5);
+        let err = qemu_seconds("qemu-img: something else", wall).unwrap_err();
+        assert!(err.to_string().contains("unexpected qemu-img bench output"));
+    }
 }
