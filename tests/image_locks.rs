@@ -6,6 +6,7 @@ mod qcow2_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use qcow2_support::QemuHolding;
 
@@ -125,7 +126,16 @@ fn qemu_refuses_images_kiln_has_open_including_backing_files() {
     // A second kiln open of the overlay is refused too.
     assert!(open_disk(&config(&top, true)).is_err());
     drop(disk);
-    assert!(qemu_img(&["info", t]).status.success());
+    // A child another test thread forks in this moment holds the descriptor, and its
+    // lock, until its exec: give it that long.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !qemu_img(&["info", t]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "the overlay stayed locked after close"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

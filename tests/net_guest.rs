@@ -425,6 +425,13 @@ fn tap_guest_and_namespace_exchange_data() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // The guest's nc connects once: start it only when the server listens.
+    let mut server_stdout = BufReader::new(server.stdout.take().unwrap());
+    let mut server_log = String::new();
+    while !server_log.contains("KILN-NS-LISTENING") {
+        let got = server_stdout.read_line(&mut server_log).unwrap();
+        assert!(got > 0, "namespace server ended:\n{server_log}");
+    }
     let script = "ip link set eth0 up
 ip addr add 10.77.0.2/24 dev eth0
 echo KILN-NET-GOT=$(echo from-guest | nc 10.77.0.1 5555)";
@@ -444,8 +451,9 @@ echo KILN-NET-GOT=$(echo from-guest | nc 10.77.0.1 5555)";
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = server.kill();
-    let server = server.wait_with_output().unwrap();
-    let server_out = String::from_utf8_lossy(&server.stdout);
+    let _ = server.wait();
+    server_stdout.read_to_string(&mut server_log).unwrap();
+    let server_out = server_log;
     let context = format!("stdout:\n{out}\nstderr:\n{err}\nnamespace server:\n{server_out}");
     assert_eq!(
         guest_value(&out, "KILN-NET-GOT"),
@@ -462,13 +470,14 @@ echo KILN-NET-GOT=$(echo from-guest | nc 10.77.0.1 5555)";
 /// passt must not outlive kiln: not after `--timeout`, not after Ctrl-C (SIGINT stops
 /// the VM cleanly, exit 130, and dropping the device kills and reaps passt; were kiln
 /// killed outright, passt, started with `--fd`, would quit when its socket closed).
-/// Uses the tiny hanging guest, so it takes about a second.
+/// Uses the tiny hanging guest, so it takes about five seconds.
 #[test]
 fn passt_stops_when_kiln_times_out_or_is_interrupted() {
     let guest = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("net-guest-hang.elf");
     std::fs::write(&guest, kiln_vmm::guests::HANG).unwrap();
     let guest = guest.to_str().unwrap();
-    for (how, timeout) in [("timeout", "1s"), ("sigint", "60s")] {
+    // Long enough for the /proc scan below to find passt on a loaded host.
+    for (how, timeout) in [("timeout", "4s"), ("sigint", "60s")] {
         let args = ["run", "--kernel", guest, "--serial", "none"];
         let kiln = LiveKiln::spawn(&[], &[&args[..], &["--timeout", timeout]].concat());
         let passt = kiln.passt_children();

@@ -89,7 +89,7 @@ fn failures_and_hostile_chains_in_the_async_path() {
     let dir = tempfile::tempdir().unwrap();
     // Slow enough that the read cannot finish while process_queue runs, even on a
     // loaded 2-core machine (20 ms did, once in 30 runs of the suite with 16 threads).
-    let disk = Arc::new(FaultyDisk(slow_disk(&dir, 250)));
+    let disk = Arc::new(FaultyDisk(slow_disk(&dir, 1000)));
     let mem = test_mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
     let mut dev = Block::with_workers(disk, Some("ser"), 4).unwrap();
@@ -149,7 +149,9 @@ fn failures_and_hostile_chains_in_the_async_path() {
 #[test]
 fn reset_with_requests_in_flight_finishes_running_and_drops_queued_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = slow_disk(&dir, 50);
+    // Reads slow enough that the test thread, however late it is scheduled, resets
+    // while the first two run and six wait.
+    let disk = slow_disk(&dir, 400);
     let mem = test_mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
     let mut dev = Block::with_workers(disk.clone(), None, 2).unwrap();
@@ -183,6 +185,7 @@ fn reset_with_requests_in_flight_finishes_running_and_drops_queued_ones() {
     assert_eq!(used_idx(&vq), 0);
 
     // Re-activation works, and dropping the device mid-flight joins its workers.
+    disk.set_delay(20);
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
     activate_blk(&mut dev, &mem, &[&vq]);
     add_requests(&vq, &reqs);
@@ -255,7 +258,8 @@ fn a_lone_request_after_parallel_ones_does_not_hold_up_the_next() {
     // A driver keeping several requests in flight whose queue drained: its next request
     // arrives alone, and the others follow while it runs. Reads here wait until two
     // reached the disk (or the gate is opened); run inline, the lone one would hold the
-    // event loop until it timed out (5 s, IOERR), and the next could not be popped.
+    // event loop until it timed out (30 s, IOERR, so back by the time the notification
+    // was handled), and the next could not be popped.
     let dir = tempfile::tempdir().unwrap();
     let disk = GateDisk::new(slow_disk(&dir, 0), 2);
     let close_gate = || *disk.state.lock().unwrap() = (0, false);
@@ -269,12 +273,11 @@ fn a_lone_request_after_parallel_ones_does_not_hold_up_the_next() {
     close_gate();
     let (done, took) = lone_read(&mut h, 2);
     assert!(
-        done.is_empty() && took < Duration::from_secs(2),
+        done.is_empty(),
         "lone read held the event loop for {took:?}"
     );
     // The second read opens the gate: both may be back before the notification returns.
-    let (done, took) = lone_read(&mut h, 3);
-    assert!(took < Duration::from_secs(2));
+    let (done, _) = lone_read(&mut h, 3);
     wait_for(&mut h, 2 - done.len());
 
     // Those two were in flight together: the next PARALLEL_MEMORY lone reads go to the
@@ -283,10 +286,7 @@ fn a_lone_request_after_parallel_ones_does_not_hold_up_the_next() {
     for n in 0..u64::from(inflight::PARALLEL_MEMORY) {
         close_gate();
         let (done, took) = lone_read(&mut h, n);
-        assert!(
-            done.is_empty() && took < Duration::from_secs(2),
-            "lone read {n} ran inline"
-        );
+        assert!(done.is_empty(), "lone read {n} ran inline ({took:?})");
         disk.open();
         wait_for(&mut h, 1);
     }

@@ -1,5 +1,6 @@
 //! virtio-blk with a pool of I/O threads: parallelism, FLUSH ordering, hostile chains.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,8 @@ pub(super) const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 /// A raw disk whose reads and writes take a while and which logs what happens when.
 pub(super) struct SlowDisk {
     pub inner: Arc<dyn DiskBackend>,
-    pub delay: Duration,
+    /// How long each read, write and flush takes (see [`SlowDisk::set_delay`]).
+    delay_ms: AtomicU64,
     pub state: Mutex<Log>,
 }
 
@@ -33,9 +35,20 @@ pub(super) struct Log {
     pub in_flight: usize,
     pub max_in_flight: usize,
     pub events: Vec<String>,
+    /// An event a flush waits (up to 10 s) to see logged before it ends, so that a
+    /// test can tell "runs beside the flush" from "waits for it" on any machine.
+    pub flush_ends_after: Option<String>,
 }
 
 impl SlowDisk {
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms.load(Ordering::SeqCst))
+    }
+
     fn io<R>(&self, what: &str, offset: u64, f: impl FnOnce() -> R) -> R {
         {
             let mut s = self.state.lock().unwrap();
@@ -43,7 +56,7 @@ impl SlowDisk {
             s.max_in_flight = s.max_in_flight.max(s.in_flight);
             s.events.push(format!("start {what} {offset}"));
         }
-        std::thread::sleep(self.delay);
+        std::thread::sleep(self.delay());
         let r = f();
         let mut s = self.state.lock().unwrap();
         s.in_flight -= 1;
@@ -65,7 +78,17 @@ impl DiskBackend for SlowDisk {
     }
     fn flush(&self) -> Result<(), DiskError> {
         self.state.lock().unwrap().events.push("flush".into());
-        std::thread::sleep(self.delay);
+        std::thread::sleep(self.delay());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let s = self.state.lock().unwrap();
+            match &s.flush_ends_after {
+                Some(event) if !s.events.contains(event) => {}
+                _ => break,
+            }
+            drop(s);
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let r = self.inner.flush();
         self.state.lock().unwrap().events.push("flush done".into());
         r
@@ -79,7 +102,7 @@ pub(super) fn slow_disk(dir: &tempfile::TempDir, delay_ms: u64) -> Arc<SlowDisk>
     let inner = open_disk(&DiskConfig::new(path)).unwrap();
     Arc::new(SlowDisk {
         inner,
-        delay: Duration::from_millis(delay_ms),
+        delay_ms: AtomicU64::new(delay_ms),
         state: Mutex::default(),
     })
 }
@@ -190,6 +213,8 @@ fn zero_workers_run_inline_one_at_a_time() {
 fn flush_waits_for_earlier_writes_only() {
     let dir = tempfile::tempdir().unwrap();
     let disk = slow_disk(&dir, 30);
+    // A write that waited for the flush would start only after it: never, in 10 s.
+    disk.state.lock().unwrap().flush_ends_after = Some("start write 12288".into());
     let mem = test_mem();
     for i in 0..4u16 {
         mem.write_slice(&[0x10 + i as u8; 4096], GuestAddress(data_buf(i)))

@@ -300,7 +300,9 @@ mod tests {
     #[test]
     fn idle_threads_exit() {
         let mut pool = WorkerPool::with_idle_exit(4, "idletest", Duration::from_millis(50));
-        let barrier = Arc::new(Barrier::new(4));
+        // The tasks hold their threads at the barrier until the test has counted them
+        // (four tasks waiting together need four threads).
+        let barrier = Arc::new(Barrier::new(5));
         for _ in 0..4 {
             let b = barrier.clone();
             pool.submit(Box::new(move || {
@@ -308,6 +310,7 @@ mod tests {
             }));
         }
         wait_until("four threads", || pool.threads() == 4);
+        barrier.wait();
         wait_until("idle threads to exit", || pool.threads() == 0);
         wait_until("idle threads to be gone", || {
             threads_named("idletest-") == 0

@@ -237,14 +237,22 @@ fn fast_input_is_paced_to_the_guest_not_dropped() {
     em.add_subscriber(console.clone());
 
     // No receive buffers yet: the device buffers what it may, then stops reading.
-    let mut quiet = false;
-    for _ in 0..200 {
-        if em.run_with_timeout(20).unwrap() == 0 {
-            quiet = true;
-            break;
-        }
+    // (Run until the buffer is full, however late the writer thread starts.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while console.lock().unwrap().pending.len() < MAX_PENDING_INPUT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "input never filled the buffer"
+        );
+        em.run_with_timeout(20).unwrap();
     }
+    // Full, with the writer blocked: the loop must go quiet, and stay so, not wake
+    // for input it cannot take.
+    let quiet = (0..200).any(|_| em.run_with_timeout(20).unwrap() == 0);
     assert!(quiet, "the event loop kept waking for input it cannot take");
+    for _ in 0..3 {
+        assert_eq!(em.run_with_timeout(20).unwrap(), 0, "the loop woke again");
+    }
     assert_eq!(console.lock().unwrap().pending.len(), MAX_PENDING_INPUT);
 
     // Now the guest takes input in 4 KiB buffers, re-posting each one it consumed.
