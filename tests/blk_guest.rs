@@ -2,8 +2,9 @@
 //! kernel), checked afterwards from the host with QEMU's tools.
 //!
 //! Each boot costs 45-100 s on PVM hosts, so the checks are batched into two boots:
-//! - `disks_console_and_rng_in_one_boot`: three disks (a qcow2 from `kiln img create`,
-//!   a read-only raw disk, a qcow2 overlay on a qemu-img-made backing file), a
+//! - `disks_console_and_rng_in_one_boot`: four disks (a qcow2 from `kiln img create`,
+//!   a read-only raw disk, a qcow2 overlay on a qemu-img-made backing file, a raw
+//!   disk with 4 KiB logical blocks), a
 //!   virtio-console to a file with a set size (which hvc0's tty takes) and the default
 //!   virtio-rng, both round their rings with EVENT_IDX;
 //! - `ext4_qcow2_as_root_filesystem`: no initramfs, the root filesystem is an ext4
@@ -67,7 +68,8 @@ fn assert_qemu_img_check_clean(image: &Path) {
 /// Guest side of the three-disk boot. vda: qcow2, written; vdb: raw read-only
 /// pattern; vdc: qcow2 overlay whose backing file holds 0x3c in its first MiB, with
 /// detect-zeroes=unmap (zeroes written over base data and over nothing). vdb is
-/// cache=none (O_DIRECT), vdc cache=directsync (O_DIRECT, and its cache starts off).
+/// cache=none (O_DIRECT) with 4 KiB physical blocks (512e), vdc cache=directsync
+/// (O_DIRECT, and its cache starts off). vdd: raw, 4 KiB logical blocks (4Kn).
 /// No pipelines: on PVM hosts two processes started side by side sometimes
 /// misbehave (see the README); tools pass data through files instead.
 const DISKS_SCRIPT: &str = r#"
@@ -98,6 +100,11 @@ echo "VDC-MD5=$(md5sum /tmp/vdc)"
 dd if=/tmp/pat of=/dev/vdc bs=65536 seek=32 count=1 conv=fsync 2>/dev/null && echo VDC-WRITE=ok
 dd if=/tmp/zero of=/dev/vdc bs=65536 seek=8 count=8 conv=fsync 2>/dev/null && echo VDC-ZERO-OVER-BASE=ok
 dd if=/tmp/zero of=/dev/vdc bs=65536 seek=64 count=16 conv=fsync 2>/dev/null && echo VDC-ZERO=ok
+echo "VDB-BLOCKS=$(cat /sys/block/vdb/queue/logical_block_size) $(cat /sys/block/vdb/queue/physical_block_size)"
+q=/sys/block/vdd/queue
+echo "VDD-BLOCKS=$(cat $q/logical_block_size) $(cat $q/physical_block_size) $(cat $q/discard_granularity) $(cat /sys/block/vdd/size)"
+dd if=/tmp/pat of=/dev/vdd bs=4096 seek=1 count=1 oflag=direct 2>/dev/null && echo VDD-WRITE=ok
+dd if=/tmp/pat of=/dev/vdd bs=512 seek=24 count=1 conv=notrunc,fsync 2>/dev/null && echo VDD-SMALL=ok
 echo KILN-HVC-HELLO > /dev/hvc0
 exec 3> /dev/hvc0
 i=0
@@ -156,7 +163,14 @@ fn disks_console_and_rng_in_one_boot() {
     let console_log = dir.join("hvc0.log");
 
     let disk_vda = format!("path={},format=qcow2,serial=kiln-vda-42", vda.display());
-    let disk_vdb = format!("path={},format=raw,readonly=on,cache=none", vdb.display());
+    let disk_vdb = format!(
+        "path={},format=raw,readonly=on,cache=none,physical_block_size=4096",
+        vdb.display()
+    );
+    // vdd: 1 MiB of zeroes seen as a 4Kn disk.
+    let vdd = dir.join("vdd.raw");
+    std::fs::write(&vdd, vec![0u8; MIB]).unwrap();
+    let disk_vdd = format!("path={},logical_block_size=4096", vdd.display());
     let disk_vdc = format!(
         "path={},detect-zeroes=unmap,cache=directsync",
         vdc.display()
@@ -164,7 +178,7 @@ fn disks_console_and_rng_in_one_boot() {
     evict(&vdb);
     let console = format!("virtio,file={},size=123x45", console_log.display());
     let run = run_kiln(
-        "blk-guest three disks",
+        "blk-guest four disks",
         &[
             "run",
             "--net",
@@ -178,13 +192,15 @@ fn disks_console_and_rng_in_one_boot() {
             "--memory",
             "256M",
             "--timeout",
-            "400s",
+            "600s",
             "--disk",
             &disk_vda,
             "--disk",
             &disk_vdb,
             "--disk",
             &disk_vdc,
+            "--disk",
+            &disk_vdd,
             "--console",
             &console,
         ],
@@ -204,8 +220,10 @@ fn disks_console_and_rng_in_one_boot() {
     assert_eq!(get("VDA-SECTORS"), (64 * MIB / 512).to_string());
     // Negotiated features, one character per bit: the driver took VIRTIO_RING_F_EVENT_IDX,
     // VIRTIO_RING_F_INDIRECT_DESC (so the 64 KiB transfers below went through indirect
-    // tables) and VIRTIO_BLK_F_CONFIG_WCE, so it can switch the cache mode (cache_type)...
+    // tables), VIRTIO_BLK_F_TOPOLOGY (physical block size) and VIRTIO_BLK_F_CONFIG_WCE,
+    // so it can switch the cache mode (cache_type)...
     assert_eq!(get("VDA-FEATURES").chars().nth(29), Some('1'), "{context}");
+    assert_eq!(get("VDA-FEATURES").chars().nth(10), Some('1'), "{context}");
     assert_eq!(get("VDA-FEATURES").chars().nth(28), Some('1'), "{context}");
     assert_eq!(get("VDA-FEATURES").chars().nth(11), Some('1'), "{context}");
     // ... which starts writeback, and reads back writethrough (from the device's
@@ -229,6 +247,17 @@ fn disks_console_and_rng_in_one_boot() {
         "{context}"
     );
     assert_eq!(get("VDB-WRITE"), "refused", "{context}");
+    // Block sizes: vdb 512e; vdd 4Kn, its size still counted in 512-byte sectors. A
+    // 4 KiB direct write reaches vdd; a 512-byte write goes as its whole 4 KiB block
+    // (the device fails anything less, so the fsync would fail).
+    assert_eq!(get("VDB-BLOCKS"), "512 4096", "{context}");
+    assert_eq!(get("VDD-BLOCKS"), "4096 4096 4096 2048", "{context}");
+    assert_eq!(get("VDD-WRITE"), "ok", "{context}");
+    assert_eq!(get("VDD-SMALL"), "ok", "{context}");
+    let mut vdd_want = vec![0u8; MIB];
+    vdd_want[4096..8192].fill(0x5a);
+    vdd_want[12288..12800].fill(0x5a);
+    assert!(std::fs::read(&vdd).unwrap() == vdd_want, "{context}");
     // cache=none: the guest's reads of vdb went around the host page cache.
     assert_eq!(cached_pages(&vdb, 0, 4 * MIB as u64), 0);
     assert!(
@@ -415,7 +444,7 @@ fn ext4_qcow2_as_root_filesystem() {
             "--memory",
             "256M",
             "--timeout",
-            "400s",
+            "600s",
             "--disk",
             &disk,
         ],

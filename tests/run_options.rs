@@ -144,6 +144,32 @@ fn bad_disks_fail_before_the_vm_starts_naming_the_file() {
     let run = run_probe("disk-syntax", &["--disk", "path=x,format=vmdk"]);
     assert_eq!(run.code(), Some(2), "clap usage error");
     assert!(run.stderr().contains("vmdk"), "{}", run.stderr());
+    // A 4Kn disk whose size is not whole 4 KiB blocks; the same disk with 512-byte
+    // blocks runs.
+    let odd = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-options-odd.raw");
+    std::fs::write(&odd, vec![0u8; (1 << 20) + 512]).unwrap();
+    let spec = format!("path={},logical_block_size=4096", odd.display());
+    let run = run_probe("disk-partial-block", &["--disk", &spec]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let want = format!(
+        "--disk {}: the disk's 1049088 bytes are not whole 4096-byte logical blocks",
+        odd.display()
+    );
+    assert!(run.stderr().contains(&want), "{}", run.stderr());
+    let spec = format!("path={},physical_block_size=4096", odd.display());
+    let run = run_probe("disk-512e", &["--disk", &spec]);
+    assert_eq!(run.code(), Some(EXIT_BLOCK), "{}", run.stderr());
+    let run = run_probe(
+        "disk-block-syntax",
+        &["--disk", "path=x,logical_block_size=3000"],
+    );
+    assert_eq!(run.code(), Some(2), "clap usage error");
+    assert!(
+        run.stderr()
+            .contains("logical_block_size must be a power of two"),
+        "{}",
+        run.stderr()
+    );
 }
 
 /// This host (PVM) lacks pni, ssse3, sse4.1, sse4.2 and popcnt, which Nehalem has.

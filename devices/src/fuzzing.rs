@@ -10,6 +10,7 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::block::config::BlockSizes;
 use crate::block::qcow2::header::Qcow2Header;
 use crate::block::qcow2::refcheck::{
     check_refcounts, count_data_references, scan_in_windows, scan_refcounts,
@@ -150,6 +151,14 @@ pub fn blk_descriptor_chain(data: &[u8]) {
     let Ok(mut dev) = Block::with_workers(disk, Some("fuzz"), 0) else {
         return;
     };
+    // The last byte picks the block sizes (512 to 4096 logical), so that requests are
+    // also checked against blocks larger than a sector.
+    let sizes = data.last().copied().unwrap_or(0);
+    let logical = 512 << (sizes % 4);
+    dev.set_block_sizes(BlockSizes {
+        logical,
+        physical: logical << ((sizes >> 2) % 4),
+    });
     let Ok(evt) = vmm_sys_util::eventfd::EventFd::new(0) else {
         return;
     };

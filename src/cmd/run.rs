@@ -48,8 +48,8 @@ pub struct Args {
     /// A virtio-blk disk:
     /// path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID][,aio=threads|io_uring]
     /// [,cache=writeback|none|writethrough|directsync|unsafe][,num-queues=N]
-    /// [,discard=unmap|ignore]
-    /// [,detect-zeroes=off|on|unmap]
+    /// [,discard=unmap|ignore][,detect-zeroes=off|on|unmap]
+    /// [,logical_block_size=B][,physical_block_size=B]
     /// (FILE may be a block device, an LVM volume say, as a raw disk of its size.
     /// aio, unless given: io_uring where the host allows it, for raw images and for a
     /// qcow2 image's own data clusters (reads; with cache=none, writes too); I/O
@@ -64,7 +64,10 @@ pub struct Args {
     /// Linux uses up to one per vCPU. discard=ignore keeps the image's space allocated
     /// (discards succeed and do nothing). detect-zeroes stores guest writes of zeroes
     /// as write-zeroes; unmap frees their space, so zeroing free space in the guest
-    /// shrinks the image).
+    /// shrinks the image). logical_block_size (512 to 4096, a power of two) is the
+    /// smallest unit the guest addresses; physical_block_size (up to 2M, default the
+    /// logical size) the unit it should write whole. 4096 for both makes a 4Kn disk;
+    /// its size must then be whole 4 KiB blocks.
     /// Repeatable; the guest sees them as vda, vdb, ... in order.
     #[arg(long = "disk", value_name = "path=FILE,...", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,

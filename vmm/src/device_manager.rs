@@ -145,6 +145,16 @@ pub enum SpecError {
     },
     #[error("--disk {}: aio=io_uring: {why}", path.display())]
     Aio { path: PathBuf, why: String },
+    #[error(
+        "--disk {}: the disk's {size} bytes are not whole {logical}-byte logical blocks \
+         (resize the image to a multiple of {logical})",
+        path.display()
+    )]
+    PartialBlock {
+        path: PathBuf,
+        size: u64,
+        logical: u32,
+    },
     #[error("--net: {0}")]
     Net(String),
 }
@@ -186,6 +196,14 @@ impl VirtioDeviceConfig {
                         error,
                     })?;
                 let io_uring = io_uring_wanted(cfg, disk.as_ref())?;
+                let sizes = cfg.block_sizes;
+                if disk.size() % u64::from(sizes.logical) != 0 {
+                    return Err(SpecError::PartialBlock {
+                        path: cfg.path.clone(),
+                        size: disk.size(),
+                        logical: sizes.logical,
+                    });
+                }
                 let serial = cfg.serial.clone();
                 let cache = cfg.cache;
                 let (discard, detect_zeroes) = (cfg.discard, cfg.detect_zeroes);
@@ -199,6 +217,7 @@ impl VirtioDeviceConfig {
                     blk.set_discard(discard);
                     blk.set_detect_zeroes(detect_zeroes);
                     blk.set_num_queues(num_queues).map_err(|e| e.to_string())?;
+                    blk.set_block_sizes(sizes);
                     Ok(blk)
                 }))
             }

@@ -44,6 +44,59 @@ pub const MAX_QUEUES: u16 = 64;
 /// Longest serial virtio-blk can report (VIRTIO_BLK_ID_BYTES).
 pub const MAX_SERIAL_LEN: usize = 20;
 
+/// Largest logical block size: Linux takes none larger than its page (4 KiB on x86).
+pub const MAX_LOGICAL_BLOCK_SIZE: u32 = 4096;
+/// Largest physical block size (QEMU's limit).
+pub const MAX_PHYSICAL_BLOCK_SIZE: u32 = 2 << 20;
+
+/// The block sizes the guest sees (QEMU's `logical_block_size` and
+/// `physical_block_size`): the smallest unit it may address, and the unit it should
+/// write whole to avoid read-modify-write. Both 512 by default, as in QEMU; 4096 for
+/// both makes a 4Kn disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSizes {
+    pub logical: u32,
+    pub physical: u32,
+}
+
+impl Default for BlockSizes {
+    fn default() -> Self {
+        BlockSizes {
+            logical: 512,
+            physical: 512,
+        }
+    }
+}
+
+impl BlockSizes {
+    /// log2(physical / logical): virtio-blk's `physical_block_exp`.
+    pub fn physical_exponent(self) -> u8 {
+        (self.physical / self.logical).trailing_zeros() as u8
+    }
+}
+
+/// A block size option's value: a power of two from 512 to `max` bytes, written in
+/// bytes or with a `k` or `M` suffix (binary, as QEMU reads them).
+fn parse_block_size(key: &'static str, value: &str, max: u32) -> Result<u32, DiskConfigError> {
+    let (digits, unit) = if let Some(d) = value.strip_suffix(['k', 'K']) {
+        (d, 1 << 10)
+    } else if let Some(d) = value.strip_suffix(['m', 'M']) {
+        (d, 1 << 20)
+    } else {
+        (value, 1)
+    };
+    digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| n.is_power_of_two() && (512..=max).contains(n))
+        .ok_or_else(|| DiskConfigError::BlockSize {
+            key,
+            value: value.to_owned(),
+            max,
+        })
+}
+
 /// How virtio-blk reads and writes an image (QEMU's `aio=` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Aio {
@@ -143,8 +196,8 @@ pub enum DetectZeroes {
 
 /// One disk: `path=FILE[,format=qcow2|raw][,readonly=on][,serial=ID]
 /// [,aio=threads|io_uring][,cache=writeback|none|writethrough|directsync|unsafe]
-/// [,num-queues=N]
-/// [,discard=unmap|ignore][,detect-zeroes=off|on|unmap]`.
+/// [,num-queues=N][,discard=unmap|ignore][,detect-zeroes=off|on|unmap]
+/// [,logical_block_size=B][,physical_block_size=B]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
@@ -164,6 +217,7 @@ pub struct DiskConfig {
     pub force_share: bool,
     pub discard: Discard,
     pub detect_zeroes: DetectZeroes,
+    pub block_sizes: BlockSizes,
 }
 
 impl DiskConfig {
@@ -181,6 +235,7 @@ impl DiskConfig {
             force_share: false,
             discard: Discard::Unmap,
             detect_zeroes: DetectZeroes::Off,
+            block_sizes: BlockSizes::default(),
         }
     }
 
@@ -204,7 +259,7 @@ pub enum DiskConfigError {
     NotKeyValue(String),
     #[error(
         "unknown disk option key `{0}` (expected path, format, readonly, serial, aio, cache, \
-         num-queues, discard or detect-zeroes)"
+         num-queues, discard, detect-zeroes, logical_block_size or physical_block_size)"
     )]
     UnknownKey(String),
     #[error("disk option `{0}` given twice")]
@@ -229,6 +284,14 @@ pub enum DiskConfigError {
     DetectZeroes(String),
     #[error("detect-zeroes=unmap needs discard=unmap (it frees space as a discard does)")]
     UnmapWithoutDiscard,
+    #[error("{key} must be a power of two from 512 to {max} bytes, not `{value}`")]
+    BlockSize {
+        key: &'static str,
+        value: String,
+        max: u32,
+    },
+    #[error("physical_block_size {physical} is smaller than logical_block_size {logical}")]
+    PhysicalBelowLogical { logical: u32, physical: u32 },
 }
 
 impl FromStr for DiskConfig {
@@ -244,6 +307,8 @@ impl FromStr for DiskConfig {
         let mut num_queues = None;
         let mut discard = None;
         let mut detect_zeroes = None;
+        let mut logical = None;
+        let mut physical = None;
         for item in s.split(',') {
             let (key, value) = item
                 .split_once('=')
@@ -319,8 +384,27 @@ impl FromStr for DiskConfig {
                         .replace(v)
                         .map_or(Ok(()), |_| Err(duplicate()))?
                 }
+                "logical_block_size" => {
+                    let size =
+                        parse_block_size("logical_block_size", value, MAX_LOGICAL_BLOCK_SIZE)?;
+                    logical.replace(size).map_or(Ok(()), |_| Err(duplicate()))?
+                }
+                "physical_block_size" => {
+                    let size =
+                        parse_block_size("physical_block_size", value, MAX_PHYSICAL_BLOCK_SIZE)?;
+                    physical
+                        .replace(size)
+                        .map_or(Ok(()), |_| Err(duplicate()))?
+                }
                 other => return Err(DiskConfigError::UnknownKey(other.to_owned())),
             }
+        }
+        // An unset physical size follows the logical one (QEMU's stays 512 and then
+        // refuses a larger logical size).
+        let logical = logical.unwrap_or(512);
+        let physical = physical.unwrap_or(logical);
+        if physical < logical {
+            return Err(DiskConfigError::PhysicalBelowLogical { logical, physical });
         }
         Ok(DiskConfig {
             path: path.ok_or(DiskConfigError::MissingPath)?,
@@ -333,6 +417,7 @@ impl FromStr for DiskConfig {
             force_share: false,
             discard: discard.unwrap_or_default(),
             detect_zeroes: detect_zeroes.unwrap_or_default(),
+            block_sizes: BlockSizes { logical, physical },
         })
         .and_then(|c: DiskConfig| {
             if c.detect_zeroes == DetectZeroes::Unmap && c.discard == Discard::Ignore {
@@ -398,6 +483,57 @@ mod tests {
         assert_eq!(c.num_queues, 1);
         assert_eq!(c.discard, Discard::Unmap);
         assert_eq!(c.detect_zeroes, DetectZeroes::Off);
+    }
+
+    #[test]
+    fn block_sizes() {
+        let sizes = |s: &str| s.parse::<DiskConfig>().unwrap().block_sizes;
+        let bs = |logical, physical| BlockSizes { logical, physical };
+        assert_eq!(sizes("path=a"), bs(512, 512));
+        // Physical follows logical unless given.
+        assert_eq!(sizes("path=a,logical_block_size=4096"), bs(4096, 4096));
+        assert_eq!(sizes("path=a,physical_block_size=4k"), bs(512, 4096));
+        assert_eq!(
+            sizes("path=a,logical_block_size=1K,physical_block_size=2M"),
+            bs(1024, 2 << 20)
+        );
+        assert_eq!(bs(512, 4096).physical_exponent(), 3);
+        assert_eq!(bs(4096, 4096).physical_exponent(), 0);
+
+        use DiskConfigError::*;
+        let e = |s: &str| s.parse::<DiskConfig>().unwrap_err();
+        let logical = |v: &str| BlockSize {
+            key: "logical_block_size",
+            value: v.into(),
+            max: 4096,
+        };
+        for bad in ["1000", "256", "8192", "0", "", "4x", "k", "4294967296"] {
+            assert_eq!(e(&format!("path=a,logical_block_size={bad}")), logical(bad));
+        }
+        assert_eq!(
+            e("path=a,physical_block_size=4M"),
+            BlockSize {
+                key: "physical_block_size",
+                value: "4M".into(),
+                max: 2 << 20
+            }
+        );
+        assert_eq!(
+            e("path=a,logical_block_size=4096,physical_block_size=512"),
+            PhysicalBelowLogical {
+                logical: 4096,
+                physical: 512
+            }
+        );
+        assert_eq!(
+            e("path=a,logical_block_size=512,logical_block_size=512"),
+            Duplicate("logical_block_size".into())
+        );
+        let message = e("path=a,logical_block_size=8192").to_string();
+        assert_eq!(
+            message,
+            "logical_block_size must be a power of two from 512 to 4096 bytes, not `8192`"
+        );
     }
 
     #[test]

@@ -89,6 +89,7 @@ struct JobContext {
     serial: Arc<[u8]>,
     flushes: bool,
     discard: Discard,
+    block_size: u64,
     /// The driver's cache mode: true for writethrough (see `Block`).
     writethrough: Arc<AtomicBool>,
     mem: Arc<GuestMemory>,
@@ -108,6 +109,7 @@ impl JobContext {
             flushes: self.flushes,
             writethrough: self.writes_through(),
             discard: self.discard,
+            block_size: self.block_size,
         }
     }
 
@@ -256,6 +258,8 @@ pub struct ActiveConfig {
     pub flushes: bool,
     pub discard: Discard,
     pub detect_zeroes: DetectZeroes,
+    /// The logical block size in bytes (requests are whole, aligned blocks).
+    pub block_size: u64,
     /// The driver's cache mode, which it may change while the queue runs: true for
     /// writethrough, where every write is flushed before it completes.
     pub writethrough: Arc<AtomicBool>,
@@ -304,6 +308,7 @@ impl Active {
                 serial: cfg.serial,
                 flushes: cfg.flushes,
                 discard: cfg.discard,
+                block_size: cfg.block_size,
                 writethrough: cfg.writethrough,
                 mem: mem.clone(),
                 done,

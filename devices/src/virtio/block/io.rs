@@ -24,6 +24,9 @@ pub struct IoContext<'a> {
     pub writethrough: bool,
     /// With [`Discard::Ignore`], discards change nothing and write-zeroes never unmap.
     pub discard: Discard,
+    /// The logical block size in bytes (a multiple of 512): every transfer, discard and
+    /// write-zeroes must be whole blocks at a block boundary.
+    pub block_size: u64,
 }
 
 /// Outcome: the status byte and how many bytes the device wrote into the payload.
@@ -114,13 +117,19 @@ impl IoContext<'_> {
         (end_sector <= self.capacity).then(|| sector * SECTOR_SIZE)
     }
 
+    /// Whether `bytes` at `sector` are whole logical blocks at a block boundary.
+    fn whole_blocks(&self, sector: u64, bytes: u64) -> bool {
+        let block = self.block_size.max(SECTOR_SIZE);
+        bytes % block == 0 && sector % (block / SECTOR_SIZE) == 0
+    }
+
     /// Byte offset of an IN or OUT request's data on the disk, if the request is whole
-    /// sectors inside the disk (logged otherwise).
+    /// logical blocks inside the disk (logged otherwise).
     pub fn transfer_offset(&self, req: &Request) -> Option<u64> {
-        if req.data_len % SECTOR_SIZE != 0 {
+        if !self.whole_blocks(req.sector, req.data_len) {
             warn!(
-                "virtio-blk: {} byte transfer is not whole sectors",
-                req.data_len
+                "virtio-blk: {:?} of {} bytes at sector {} is not whole {}-byte blocks",
+                req.kind, req.data_len, req.sector, self.block_size
             );
             return None;
         }
@@ -231,6 +240,13 @@ impl IoContext<'_> {
             }
             let bytes = u64::from(s.num_sectors) * SECTOR_SIZE;
             if s.num_sectors > MAX_DISCARD_SECTORS {
+                return (IOERR, 0);
+            }
+            if !self.whole_blocks(s.sector, bytes) {
+                warn!(
+                    "virtio-blk: {:?} of {} sectors at sector {} is not whole {}-byte blocks",
+                    req.kind, s.num_sectors, s.sector, self.block_size
+                );
                 return (IOERR, 0);
             }
             let Some(offset) = self.byte_range(s.sector, bytes) else {

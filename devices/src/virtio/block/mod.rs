@@ -42,7 +42,7 @@ use self::fence::ExtentFence;
 use self::inflight::{Active, ActiveConfig};
 use super::activation::{Activation, DeviceEvent};
 use super::{device_type, ActivateContext, ActivateError, VirtioDevice};
-use crate::block::config::{Cache, DetectZeroes, Discard};
+use crate::block::config::{BlockSizes, Cache, DetectZeroes, Discard};
 use crate::block::{DiskBackend, SECTOR_SIZE};
 
 pub use crate::block::config::MAX_QUEUES;
@@ -78,6 +78,8 @@ pub struct Block {
     cache: Cache,
     discard: Discard,
     detect_zeroes: DetectZeroes,
+    /// The logical block size in bytes: requests must be whole, aligned blocks.
+    block_size: u32,
     features: u64,
     acked_features: u64,
     config: Vec<u8>,
@@ -111,6 +113,7 @@ impl Block {
             | bit(VIRTIO_BLK_F_FLUSH)
             | bit(VIRTIO_BLK_F_SEG_MAX)
             | bit(VIRTIO_BLK_F_BLK_SIZE)
+            | bit(VIRTIO_BLK_F_TOPOLOGY)
             | bit(VIRTIO_RING_F_EVENT_IDX)
             | super::VIRTIO_RING_F_INDIRECT;
         if disk.is_read_only() {
@@ -132,6 +135,7 @@ impl Block {
             cache: Cache::Writeback,
             discard: Discard::Unmap,
             detect_zeroes: DetectZeroes::Off,
+            block_size: BlockSizes::default().logical,
             features,
             acked_features: 0,
             config,
@@ -192,6 +196,15 @@ impl Block {
     /// the next activation.
     pub fn set_cache(&mut self, cache: Cache) {
         self.cache = cache;
+    }
+
+    /// The block sizes the driver is told (default 512 and 512; see [`BlockSizes`]).
+    /// Requests that are not whole logical blocks, aligned, then fail with IOERR, as in
+    /// QEMU. Takes effect at the next activation; the disk's size should be whole
+    /// logical blocks (the guest cannot reach a partial last one).
+    pub fn set_block_sizes(&mut self, sizes: BlockSizes) {
+        self.block_size = sizes.logical;
+        write_block_sizes(&mut self.config, sizes);
     }
 
     /// What guest discards do (default [`Discard::Unmap`]; see [`Discard`]). Takes
@@ -295,20 +308,30 @@ impl Block {
     }
 }
 
-/// struct virtio_blk_config, little-endian, up to write_zeroes_may_unmap.
+/// struct virtio_blk_config, little-endian, up to write_zeroes_may_unmap. The
+/// capacity stays in 512-byte sectors whatever the block size (virtio 1.2, 5.2.4).
 fn config_space(capacity: u64) -> Vec<u8> {
     let mut c = vec![0u8; 60];
     c[0..8].copy_from_slice(&capacity.to_le_bytes());
     c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-    c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+    write_block_sizes(&mut c, BlockSizes::default());
     c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
     c[40..44].copy_from_slice(&MAX_DISCARD_SEGMENTS.to_le_bytes());
-    c[44..48].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
     c[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
     c[52..56].copy_from_slice(&MAX_DISCARD_SEGMENTS.to_le_bytes());
     c[CONFIG_WRITEBACK] = 1;
     c[56] = 1; // write_zeroes_may_unmap
     c
+}
+
+/// The config fields that follow the block sizes: blk_size, the topology (the
+/// physical block exponent; alignment offset and I/O size hints stay 0, as QEMU's
+/// defaults) and discard_sector_alignment (in sectors: discards are whole blocks).
+fn write_block_sizes(config: &mut [u8], sizes: BlockSizes) {
+    config[20..24].copy_from_slice(&sizes.logical.to_le_bytes());
+    config[24] = sizes.physical_exponent();
+    let alignment = sizes.logical / SECTOR_SIZE as u32;
+    config[44..48].copy_from_slice(&alignment.to_le_bytes());
 }
 
 impl VirtioDevice for Block {
@@ -409,6 +432,7 @@ impl VirtioDevice for Block {
                 flushes: self.cache.flushes(),
                 discard: self.discard,
                 detect_zeroes: self.detect_zeroes,
+                block_size: u64::from(self.block_size),
                 writethrough: self.writethrough.clone(),
                 index: index as u16,
             })));
@@ -456,6 +480,8 @@ impl MutEventSubscriber for Block {
 mod async_fault_tests;
 #[cfg(test)]
 mod async_tests;
+#[cfg(test)]
+mod block_size_tests;
 #[cfg(test)]
 mod cache_mode_tests;
 #[cfg(test)]

@@ -196,6 +196,7 @@ fn ignored_discards_keep_write_zeroes_from_unmapping() {
             flushes: true,
             writethrough: false,
             discard,
+            block_size: 512,
         };
         assert_eq!(ctx.execute(&mem, &req).0, OK, "{discard:?}");
         let unmap = discard == Discard::Unmap;
