@@ -105,6 +105,13 @@ q=/sys/block/vdd/queue
 echo "VDD-BLOCKS=$(cat $q/logical_block_size) $(cat $q/physical_block_size) $(cat $q/discard_granularity) $(cat /sys/block/vdd/size)"
 dd if=/tmp/pat of=/dev/vdd bs=4096 seek=1 count=1 oflag=direct 2>/dev/null && echo VDD-WRITE=ok
 dd if=/tmp/pat of=/dev/vdd bs=512 seek=24 count=1 conv=notrunc,fsync 2>/dev/null && echo VDD-SMALL=ok
+for p in /sys/class/virtio-ports/vport*p1; do echo "CHANNEL=$(basename $p) $(cat $p/name)"; done
+port=/dev/$(basename /sys/class/virtio-ports/vport*p1)
+exec 5<> $port
+echo KILN-CHANNEL-HELLO >&5
+read -r line <&5
+exec 5>&-
+echo "CHANNEL-GOT=$line"
 echo KILN-HVC-HELLO > /dev/hvc0
 exec 3> /dev/hvc0
 i=0
@@ -177,6 +184,10 @@ fn disks_console_and_rng_in_one_boot() {
     );
     evict(&vdb);
     let console = format!("virtio,file={},size=123x45", console_log.display());
+    // A virtio-serial port: the guest says hello on it, the host answers.
+    let channel_socket = dir.join("channel.sock");
+    let channel = format!("name=org.kiln.test.0,socket={}", channel_socket.display());
+    let channel_host = std::thread::spawn(move || answer_on_channel(&channel_socket));
     let run = run_kiln(
         "blk-guest four disks",
         &[
@@ -203,10 +214,13 @@ fn disks_console_and_rng_in_one_boot() {
             &disk_vdd,
             "--console",
             &console,
+            "--channel",
+            &channel,
         ],
     );
     let stdout = run.stdout();
     let context = format!("stdout:\n{stdout}\nstderr:\n{}", run.stderr());
+    let heard = channel_host.join().unwrap();
     assert_eq!(run.code(), Some(0), "{context}");
     assert_eq!(
         guest_value(&stdout, "KILN-TEST-EXIT"),
@@ -367,6 +381,33 @@ fn disks_console_and_rng_in_one_boot() {
         .collect();
     assert_eq!(got, lines, "hvc0 log: {hvc:?}");
     assert!(!stdout.contains("KILN-HVC-HELLO"));
+    // The channel: named in sysfs, and data both ways.
+    assert!(get("CHANNEL").ends_with("p1 org.kiln.test.0"), "{context}");
+    assert_eq!(heard, "KILN-CHANNEL-HELLO\n", "{context}");
+    assert_eq!(get("CHANNEL-GOT"), "from-host", "{context}");
+}
+
+/// The host end of the test channel: connect to kiln's socket (as soon as kiln made
+/// it), wait for the guest's hello and answer it; returns what the guest sent.
+fn answer_on_channel(socket: &Path) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(stream) => break stream,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => return format!("cannot connect: {e}"),
+        }
+    };
+    let mut heard = String::new();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // EOF (kiln ended) before the hello leaves it out of `heard`.
+    if reader.read_line(&mut heard).unwrap_or(0) > 0 {
+        let _ = (&stream).write_all(b"from-host\n");
+    }
+    heard
 }
 
 /// PID 1 on the ext4 root: proves the root is the virtio disk, writes a file,

@@ -272,6 +272,54 @@ fn cpu_template_msr_modifiers_are_checked_against_the_host_and_applied() {
 }
 
 #[test]
+fn channels_make_one_virtio_serial_device_and_bad_ones_are_named() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-options-channels");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
+    let channel = |name: &str, path: &PathBuf| format!("name={name},socket={}", path.display());
+    // The only device: virtio-mmio window 0 is a console (DeviceID 3), and the socket
+    // files go with kiln.
+    let spec_a = channel("org.qemu.guest_agent.0", &a);
+    let spec_b = channel("org.kiln.b", &b);
+    let args = ["--no-rng", "--channel", &spec_a, "--channel", &spec_b];
+    let run = run_probe("channels", &args);
+    assert_eq!(run.code(), Some((3 << 1) | 1), "{}", run.stderr());
+    assert!(!a.exists() && !b.exists(), "socket files left behind");
+
+    let spec = channel("a/b", &a);
+    let run = run_probe("channel-bad-name", &["--channel", &spec]);
+    assert_eq!(run.code(), Some(2), "clap usage error: {}", run.stderr());
+    assert!(
+        run.stderr().contains("a channel name is 1-255 letters"),
+        "{}",
+        run.stderr()
+    );
+    let twice = channel("org.kiln.b", &a);
+    let run = run_probe(
+        "channel-twice",
+        &["--channel", &spec_b, "--channel", &twice],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains("--channel org.kiln.b: the name is given twice"),
+        "{}",
+        run.stderr()
+    );
+    // Not a socket: refused, the file untouched.
+    std::fs::write(&a, "keep").unwrap();
+    let run = run_probe("channel-not-socket", &["--channel", &spec_a]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let want = format!(
+        "--channel org.qemu.guest_agent.0: {}: exists and is not a socket",
+        a.display()
+    );
+    assert!(run.stderr().contains(&want), "{}", run.stderr());
+    assert_eq!(std::fs::read_to_string(&a).unwrap(), "keep");
+}
+
+#[test]
 fn console_server_socket_is_created_served_and_removed() {
     use std::io::Read;
     use std::os::unix::net::{UnixListener, UnixStream};

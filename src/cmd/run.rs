@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use kiln_devices::block::DiskConfig;
 use kiln_devices::virtio::net::NetConfig;
+use kiln_devices::virtio::serial::{valid_port_name, MAX_NAME_LEN};
 use kiln_vmm::cpu::{CpuConfig, CustomTemplate, GuestCpu, Topology};
-use kiln_vmm::device_manager::{ConsoleOutput, ConsoleSpec, VirtioDeviceConfig, VirtioSpec};
+use kiln_vmm::device_manager::{
+    ChannelSpec, ConsoleOutput, ConsoleSpec, VirtioDeviceConfig, VirtioSpec,
+};
 use kiln_vmm::{EntryChoice, OnReset, SerialOutput, VmConfig, VmExitStatus};
 
 use super::parse_size;
@@ -79,6 +82,12 @@ pub struct Args {
     /// current as it is resized.
     #[arg(long, value_parser = parse_console)]
     pub console: Option<ConsoleSpec>,
+    /// A named virtio-serial port: name=NAME,socket=PATH. kiln listens on PATH and
+    /// serves one client at a time; the guest sees /dev/virtio-ports/NAME (with udev),
+    /// and /sys/class/virtio-ports/*/name. For agents: name=org.qemu.guest_agent.0 for
+    /// qemu-guest-agent. Repeatable, up to 31; all go on one virtio-serial device.
+    #[arg(long = "channel", value_name = "name=NAME,socket=PATH", value_parser = parse_channel)]
+    pub channels: Vec<ChannelSpec>,
     /// A virtio-net card: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (passt),
     /// tap=NAME[,create=on] or none; each may end with ,mac=xx:xx:xx:xx:xx:xx.
     /// Repeatable, one card each (eth0, eth1, ...). Without --net: user.
@@ -154,6 +163,27 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
 fn parse_net(s: &str) -> Result<NetConfig, String> {
     s.parse()
         .map_err(|e: kiln_devices::virtio::net::NetConfigError| e.to_string())
+}
+
+fn parse_channel(s: &str) -> Result<ChannelSpec, String> {
+    let (mut name, mut socket) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("name", n)) if name.is_none() => name = Some(n),
+            Some(("socket", p)) if socket.is_none() && !p.is_empty() => socket = Some(p),
+            _ => return Err(format!("{s:?}: expected name=NAME,socket=PATH")),
+        }
+    }
+    match (name, socket) {
+        (Some(name), Some(socket)) if valid_port_name(name) => Ok(ChannelSpec {
+            name: name.to_owned(),
+            socket: socket.into(),
+        }),
+        (Some(name), Some(_)) => Err(format!(
+            "name={name:?}: a channel name is 1-{MAX_NAME_LEN} letters, digits, '.', '_' or '-'"
+        )),
+        _ => Err(format!("{s:?}: expected name=NAME,socket=PATH")),
+    }
 }
 
 fn parse_console(s: &str) -> Result<ConsoleSpec, String> {
@@ -235,7 +265,7 @@ fn parse_port(s: &str) -> Result<u16, String> {
 
 impl Args {
     /// The virtio devices, in attachment order: disks (vda, vdb, ...), console,
-    /// rng, NICs (eth0, ...).
+    /// rng, NICs (eth0, ...), the channels' virtio-serial device.
     fn virtio_specs(&self) -> Vec<VirtioSpec> {
         let mut specs: Vec<VirtioSpec> = self.disks.iter().cloned().map(VirtioSpec::Disk).collect();
         specs.extend(self.console.clone().map(VirtioSpec::Console));
@@ -254,6 +284,9 @@ impl Args {
                 .cloned()
                 .map(VirtioSpec::Net),
         );
+        if !self.channels.is_empty() {
+            specs.push(VirtioSpec::Channels(self.channels.clone()));
+        }
         specs
     }
 
@@ -352,6 +385,34 @@ mod tests {
         );
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("pty").is_err());
+    }
+
+    #[test]
+    fn channels() {
+        assert_eq!(
+            parse_channel("name=org.qemu.guest_agent.0,socket=/run/qga.sock"),
+            Ok(ChannelSpec {
+                name: "org.qemu.guest_agent.0".into(),
+                socket: "/run/qga.sock".into()
+            })
+        );
+        assert_eq!(
+            parse_channel("socket=s,name=a-b_c").map(|c| c.name),
+            Ok("a-b_c".into())
+        );
+        for bad in [
+            "name=a",
+            "socket=s",
+            "name=a,socket=",
+            "name=a,socket=s,socket=t",
+            "name=a,name=b,socket=s",
+            "name=a,socket=s,server=on",
+            "name=,socket=s",
+            "name=a b,socket=s",
+            "",
+        ] {
+            assert!(parse_channel(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ use kiln_devices::virtio::console::{
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
 use kiln_devices::virtio::rng::Rng;
+use kiln_devices::virtio::serial::{valid_port_name, SerialPorts, MAX_NAME_LEN, MAX_PORTS};
 use kiln_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
 
@@ -122,6 +123,14 @@ impl ConsoleSpec {
     }
 }
 
+/// A named virtio-serial port (`--channel name=NAME,socket=PATH`): kiln listens on
+/// PATH and serves one client at a time; the guest sees /dev/virtio-ports/NAME.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSpec {
+    pub name: String,
+    pub socket: PathBuf,
+}
+
 /// A virtio device as the user asked for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VirtioSpec {
@@ -130,6 +139,8 @@ pub enum VirtioSpec {
     /// A NIC; `NetConfig::None` (`--net none`) attaches nothing and is not a valid spec.
     Net(NetConfig),
     Rng,
+    /// One virtio-serial device carrying these ports.
+    Channels(Vec<ChannelSpec>),
 }
 
 /// Why a device's host side could not be opened. The inner error is part of the
@@ -157,6 +168,8 @@ pub enum SpecError {
     },
     #[error("--net: {0}")]
     Net(String),
+    #[error("--channel {name}: {why}")]
+    Channel { name: String, why: String },
 }
 
 /// Whether virtio-blk should try io_uring on `disk`. By default yes (it falls back to
@@ -226,6 +239,7 @@ impl VirtioDeviceConfig {
             VirtioSpec::Rng => Ok(Self::new("virtio-rng", || {
                 Rng::new().map_err(|e| e.to_string())
             })),
+            VirtioSpec::Channels(channels) => serial_ports(channels),
         }
     }
 }
@@ -243,6 +257,40 @@ fn net(cfg: &NetConfig) -> Result<VirtioDeviceConfig, SpecError> {
         Net::from_config(&cfg)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "no network card configured".to_string())
+    }))
+}
+
+/// The sockets of every channel, bound now so that a bad name or path fails before
+/// the guest starts (and removed when the configuration goes).
+fn serial_ports(channels: &[ChannelSpec]) -> Result<VirtioDeviceConfig, SpecError> {
+    let refuse = |c: &ChannelSpec, why: String| SpecError::Channel {
+        name: c.name.clone(),
+        why,
+    };
+    if channels.len() > MAX_PORTS {
+        let first = &channels[MAX_PORTS];
+        return Err(refuse(first, format!("more than {MAX_PORTS} channels")));
+    }
+    let mut sockets = Vec::with_capacity(channels.len());
+    for (i, c) in channels.iter().enumerate() {
+        if !valid_port_name(&c.name) {
+            let why = format!("a name is 1-{MAX_NAME_LEN} letters, digits, '.', '_' or '-'");
+            return Err(refuse(c, why));
+        }
+        if channels[..i].iter().any(|earlier| earlier.name == c.name) {
+            return Err(refuse(c, "the name is given twice".into()));
+        }
+        let socket = ListeningSocket::bind(&c.socket)
+            .map_err(|e| refuse(c, format!("{}: {e}", c.socket.display())))?;
+        sockets.push((c.name.clone(), socket));
+    }
+    Ok(VirtioDeviceConfig::new("virtio-serial", move || {
+        let ports = sockets
+            .iter()
+            .map(|(name, socket)| Ok((name.clone(), socket.listener()?)))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?;
+        SerialPorts::new(ports).map_err(|e| e.to_string())
     }))
 }
 

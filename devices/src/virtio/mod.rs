@@ -15,6 +15,7 @@ pub mod mmio;
 pub mod net;
 pub mod notify;
 pub mod rng;
+pub mod serial;
 #[cfg(test)]
 pub(crate) mod test_utils;
 

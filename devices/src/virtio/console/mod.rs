@@ -50,6 +50,23 @@ struct Active {
     interrupt: Arc<dyn VirtioInterrupt>,
 }
 
+impl Active {
+    /// The receive ([`RX`]) or transmit ([`TX`]) queue.
+    fn port(&mut self, index: usize) -> PortQueue<'_> {
+        PortQueue {
+            queue: if index == RX {
+                &mut self.rx
+            } else {
+                &mut self.tx
+            },
+            mem: &self.mem,
+            interrupt: self.interrupt.as_ref(),
+            index: index as u16,
+            device: "virtio-console",
+        }
+    }
+}
+
 /// A virtio console with a single port.
 pub struct Console {
     output: Box<dyn Write + Send>,
@@ -110,33 +127,9 @@ impl Console {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        let mut used = false;
-        let output = &mut self.output;
-        let mut failure = None;
-        notify::drain_with_kicks_suppressed(&mut a.tx, &a.mem, |tx| {
-            while let Some(chain) = tx.pop_descriptor_chain(&a.mem) {
-                let head = chain.head_index();
-                if failure.is_none() {
-                    failure = copy_out(&a.mem, chain, output.as_mut()).err();
-                }
-                if tx.add_used(&a.mem, head, 0).is_err() {
-                    return false;
-                }
-                used = true;
-            }
-            true
-        });
-        if used {
-            let device = "virtio-console";
-            notify::signal_used(&mut a.tx, &a.mem, a.interrupt.as_ref(), TX as u16, device);
-        }
-        match failure {
-            None => {
-                if let Err(e) = self.output.flush() {
-                    self.output_failed(e);
-                }
-            }
-            Some(e) => self.output_failed(e),
+        let sent = a.port(TX).send_output(Some(self.output.as_mut()));
+        if let Err(e) = sent.and_then(|()| self.output.flush()) {
+            self.output_failed(e);
         }
     }
 
@@ -145,18 +138,63 @@ impl Console {
         let Some(a) = self.active.as_mut() else {
             return;
         };
+        a.port(RX).take_input(&mut self.pending);
+    }
+}
+
+/// One queue of a console port (also the ports of virtio-serial) and what returning
+/// its buffers needs.
+pub(crate) struct PortQueue<'a> {
+    pub queue: &'a mut Queue,
+    pub mem: &'a GuestMemory,
+    pub interrupt: &'a dyn VirtioInterrupt,
+    /// The queue's index, for its interrupt.
+    pub index: u16,
+    /// For messages.
+    pub device: &'static str,
+}
+
+impl PortQueue<'_> {
+    /// Write what the guest sent on this transmit queue to `output` (dropped when
+    /// `None`); every buffer is returned, and the first output error is the result.
+    pub fn send_output(self, mut output: Option<&mut dyn Write>) -> std::io::Result<()> {
         let mut used = false;
-        let pending = &mut self.pending;
+        let mut failure = None;
+        let mem = self.mem;
+        notify::drain_with_kicks_suppressed(self.queue, mem, |q| {
+            while let Some(chain) = q.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                match output.as_mut() {
+                    Some(out) if failure.is_none() => failure = copy_out(mem, chain, *out).err(),
+                    _ => {}
+                }
+                if q.add_used(mem, head, 0).is_err() {
+                    return false;
+                }
+                used = true;
+            }
+            true
+        });
+        if used {
+            notify::signal_used(self.queue, mem, self.interrupt, self.index, self.device);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Move `pending` into this receive queue's buffers, as far as they go.
+    pub fn take_input(self, pending: &mut VecDeque<u8>) {
+        let mut used = false;
+        let mem = self.mem;
         // Wants more buffers while input waits; and with none pending, re-enabling
         // kicks still moves avail_event up to the buffers not yet taken.
-        notify::drain_with_kicks_suppressed(&mut a.rx, &a.mem, |rx| {
+        notify::drain_with_kicks_suppressed(self.queue, mem, |q| {
             while !pending.is_empty() {
-                let Some(chain) = rx.pop_descriptor_chain(&a.mem) else {
+                let Some(chain) = q.pop_descriptor_chain(mem) else {
                     break;
                 };
                 let head = chain.head_index();
-                let written = copy_in(&a.mem, chain, pending);
-                if rx.add_used(&a.mem, head, written).is_err() {
+                let written = copy_in(mem, chain, pending);
+                if q.add_used(mem, head, written).is_err() {
                     return false;
                 }
                 used = true;
@@ -164,15 +202,14 @@ impl Console {
             !pending.is_empty()
         });
         if used {
-            let device = "virtio-console";
-            notify::signal_used(&mut a.rx, &a.mem, a.interrupt.as_ref(), RX as u16, device);
+            notify::signal_used(self.queue, mem, self.interrupt, self.index, self.device);
         }
     }
 }
 
 /// Write the device-readable buffers of `chain` to `output`; an error writing the
 /// output ends the copy (unreadable guest buffers are skipped with a warning).
-fn copy_out(
+pub(crate) fn copy_out(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     output: &mut dyn Write,
@@ -201,7 +238,7 @@ fn copy_out(
 
 /// Move the front of `pending` into the device-writable buffers of `chain`; returns
 /// the bytes written.
-fn copy_in(
+pub(crate) fn copy_in(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     pending: &mut VecDeque<u8>,

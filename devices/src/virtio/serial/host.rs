@@ -1,0 +1,164 @@
+//! The ports' host side: each port's listening socket, and its client read at the
+//! guest's pace (as the console's, see `console/host.rs`).
+
+use std::io::{ErrorKind, Read};
+use std::os::unix::io::{AsRawFd, RawFd};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{info, warn};
+
+use super::{SerialPorts, MAX_PENDING_INPUT};
+use crate::virtio::activation::DeviceEvent;
+use crate::virtio::console::client_output;
+
+/// `Events::data` of port i's listening socket and of its client (queue events use
+/// their index, activation u32::MAX).
+const LISTENER_BASE: u32 = 0x1_0000;
+const CLIENT_BASE: u32 = 0x2_0000;
+const READ_CHUNK: usize = 4096;
+
+fn watch(ops: &mut EventOps, fd: RawFd, data: u32, what: &str) {
+    if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+        warn!("virtio-serial: cannot watch {what}: {e}");
+    }
+}
+
+impl SerialPorts {
+    /// Whether port `name` has a host client connected.
+    pub fn has_client(&self, name: &str) -> bool {
+        self.ports
+            .iter()
+            .any(|p| p.name == name && p.client.is_some())
+    }
+
+    /// Take the next client of the port at `index`; the port serves one at a time.
+    fn accept(&mut self, index: usize, ops: &mut EventOps) {
+        let port = &mut self.ports[index];
+        let stream = match port.listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) => {
+                warn!(
+                    "virtio-serial: port {}: cannot accept a client: {e}",
+                    port.name
+                );
+                return;
+            }
+        };
+        let output = match client_output(&stream) {
+            Ok(output) => output,
+            Err(e) => {
+                warn!(
+                    "virtio-serial: port {}: cannot set up a client: {e}",
+                    port.name
+                );
+                return;
+            }
+        };
+        let _ = ops.remove(Events::empty_raw(port.listener.as_raw_fd()));
+        info!("virtio-serial: port {}: client connected", port.name);
+        watch(
+            ops,
+            stream.as_raw_fd(),
+            CLIENT_BASE + index as u32,
+            "a client",
+        );
+        port.client = Some((stream, output));
+        port.input_paused = false;
+        self.announce_open(index);
+    }
+
+    fn read_client(&mut self, index: usize, ops: &mut EventOps) {
+        let port = &mut self.ports[index];
+        let Some((stream, _)) = port.client.as_mut() else {
+            return;
+        };
+        let room = MAX_PENDING_INPUT.saturating_sub(port.pending.len());
+        if room == 0 {
+            // Level-triggered: left in the loop, the readable fd would wake it forever.
+            let _ = ops.remove(Events::empty_raw(stream.as_raw_fd()));
+            port.input_paused = true;
+            return;
+        }
+        let mut buf = [0u8; READ_CHUNK];
+        match stream.read(&mut buf[..room.min(READ_CHUNK)]) {
+            Ok(0) => self.client_closed(index, ops),
+            Ok(n) => self.push_input(index, &buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                warn!("virtio-serial: port {}: client read failed: {e}", port.name);
+                self.client_closed(index, ops);
+            }
+        }
+    }
+
+    /// The client of the port at `index` hung up or failed: wait for the next one and
+    /// tell the driver the host side closed.
+    fn client_closed(&mut self, index: usize, ops: &mut EventOps) {
+        let port = &mut self.ports[index];
+        port.lost = false;
+        let Some((stream, _)) = port.client.take() else {
+            return;
+        };
+        let _ = ops.remove(Events::empty_raw(stream.as_raw_fd()));
+        info!("virtio-serial: port {}: client disconnected", port.name);
+        watch(
+            ops,
+            port.listener.as_raw_fd(),
+            LISTENER_BASE + index as u32,
+            "a port socket",
+        );
+        self.announce_open(index);
+    }
+
+    /// Watch a paused client again once the guest took some of its input.
+    fn resume_input(&mut self, index: usize, ops: &mut EventOps) {
+        let port = &mut self.ports[index];
+        let Some((stream, _)) = port.client.as_ref().filter(|_| port.input_paused) else {
+            return;
+        };
+        if port.pending.len() < MAX_PENDING_INPUT {
+            watch(
+                ops,
+                stream.as_raw_fd(),
+                CLIENT_BASE + index as u32,
+                "a client",
+            );
+            port.input_paused = false;
+        }
+    }
+}
+
+impl MutEventSubscriber for SerialPorts {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.activation.init(ops);
+        for (i, port) in self.ports.iter().enumerate() {
+            watch(
+                ops,
+                port.listener.as_raw_fd(),
+                LISTENER_BASE + i as u32,
+                "a port socket",
+            );
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let data = events.data();
+        let ports = self.ports.len() as u32;
+        if (LISTENER_BASE..LISTENER_BASE + ports).contains(&data) {
+            self.accept((data - LISTENER_BASE) as usize, ops);
+        } else if (CLIENT_BASE..CLIENT_BASE + ports).contains(&data) {
+            self.read_client((data - CLIENT_BASE) as usize, ops);
+        } else if let DeviceEvent::Queue(q) = self.activation.handle(&events, ops) {
+            self.process_queue(q);
+            if let Some((index, true)) = super::port_queue(q, self.ports.len()) {
+                self.resume_input(index, ops);
+            }
+        }
+        for index in 0..self.ports.len() {
+            if self.ports[index].lost {
+                self.client_closed(index, ops);
+            }
+        }
+    }
+}
