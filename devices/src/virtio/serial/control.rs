@@ -98,9 +98,12 @@ impl SerialPorts {
         notify::drain_with_kicks_suppressed(queue, &a.mem, |q| {
             while let Some(chain) = q.pop_descriptor_chain(&a.mem) {
                 let head = chain.head_index();
-                let mut msg = Vec::new();
-                let _ = copy_out(&a.mem, chain, &mut msg);
-                messages.push(msg);
+                // Only the header is read: a hostile chain may span guest memory.
+                let mut msg = [0u8; CONTROL_LEN];
+                let mut rest = &mut msg[..];
+                let _ = copy_out(&a.mem, chain, &mut rest);
+                let len = CONTROL_LEN - rest.len();
+                messages.push((msg, len));
                 if q.add_used(&a.mem, head, 0).is_err() {
                     return false;
                 }
@@ -117,8 +120,8 @@ impl SerialPorts {
                 "virtio-serial",
             );
         }
-        for msg in messages {
-            self.control_message(&msg);
+        for (msg, len) in messages {
+            self.control_message(&msg[..len]);
         }
     }
 

@@ -156,13 +156,25 @@ fn hostile_control_messages_are_ignored() {
     guest.send_control(1, 42, 1); // unknown event
     guest.send_control(0, DEVICE_READY, 0); // the driver failed
     guest.send_control(1, PORT_READY, 0);
-    // A message outside guest memory.
+    // A message outside guest memory, and one as long as guest memory (only its
+    // header is read).
     let d = guest.sent % 16;
     guest.rings[CONTROL_TX].post(d, &[(MEM_SIZE - 4, 8, false)]);
+    guest.sent += 1;
+    let d = guest.sent % 16;
+    let mut huge = 1u32.to_le_bytes().to_vec();
+    huge.extend_from_slice(&PORT_OPEN.to_le_bytes());
+    huge.extend_from_slice(&1u16.to_le_bytes());
+    mem.write_slice(&huge, GuestAddress(0)).unwrap();
+    guest.rings[CONTROL_TX].post(d, &[(0, MEM_SIZE as u32, false)]);
     guest.sent += 1;
     dev.process_control_tx();
     assert_eq!(guest.rings[CONTROL_TX].used_idx(), guest.sent);
     assert_eq!(guest.received(), []);
+    assert!(
+        dev.guest_has_open("org.kiln.a"),
+        "the long message's header"
+    );
     // The device still answers a well-formed message.
     guest.send_control(0, DEVICE_READY, 1);
     dev.process_control_tx();
