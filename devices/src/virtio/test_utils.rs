@@ -184,6 +184,11 @@ impl<'a> TestRing<'a> {
         self.write16(self.avail() + 2, self.next_avail);
     }
 
+    /// Overwrite the avail index (a hostile driver's, say).
+    pub fn set_avail_idx(&self, value: u16) {
+        self.write16(self.avail() + 2, value);
+    }
+
     /// The avail ring's flags (VRING_AVAIL_F_NO_INTERRUPT).
     pub fn set_avail_flags(&self, flags: u16) {
         self.write16(self.avail(), flags);
