@@ -339,8 +339,10 @@ pub fn qcow2_write(data: &[u8]) {
 
 mod net;
 mod qcow2_write;
+mod serial;
 pub use net::net_chains;
 pub use qcow2_write::{qcow2_write_in, WriteOutcome};
+pub use serial::serial_control;
 
 #[cfg(test)]
 mod tests;
