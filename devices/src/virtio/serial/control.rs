@@ -152,6 +152,7 @@ impl SerialPorts {
                         "virtio-serial: the guest {} port {id}",
                         if value == 1 { "opened" } else { "closed" }
                     );
+                    self.process_port_rx(index);
                 } else if value == 1 {
                     self.ports[index].ready = true;
                     let name = self.ports[index].name.clone().into_bytes();

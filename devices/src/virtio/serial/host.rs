@@ -74,7 +74,7 @@ impl SerialPorts {
             return;
         };
         let room = MAX_PENDING_INPUT.saturating_sub(port.pending.len());
-        if room == 0 {
+        if room == 0 || !port.guest_open {
             // Level-triggered: left in the loop, the readable fd would wake it forever.
             let _ = ops.remove(Events::empty_raw(stream.as_raw_fd()));
             port.input_paused = true;
@@ -111,13 +111,14 @@ impl SerialPorts {
         self.announce_open(index);
     }
 
-    /// Watch a paused client again once the guest took some of its input.
+    /// Watch a paused client again once the guest took some of its input and has the
+    /// port open.
     fn resume_input(&mut self, index: usize, ops: &mut EventOps) {
         let port = &mut self.ports[index];
         let Some((stream, _)) = port.client.as_ref().filter(|_| port.input_paused) else {
             return;
         };
-        if port.pending.len() < MAX_PENDING_INPUT {
+        if port.guest_open && port.pending.len() < MAX_PENDING_INPUT {
             watch(
                 ops,
                 stream.as_raw_fd(),
@@ -151,14 +152,13 @@ impl MutEventSubscriber for SerialPorts {
             self.read_client((data - CLIENT_BASE) as usize, ops);
         } else if let DeviceEvent::Queue(q) = self.activation.handle(&events, ops) {
             self.process_queue(q);
-            if let Some((index, true)) = super::port_queue(q, self.ports.len()) {
-                self.resume_input(index, ops);
-            }
         }
+        // A receive buffer or a guest's PORT_OPEN may let a paused client go on.
         for index in 0..self.ports.len() {
             if self.ports[index].lost {
                 self.client_closed(index, ops);
             }
+            self.resume_input(index, ops);
         }
     }
 }

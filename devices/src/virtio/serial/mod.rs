@@ -52,7 +52,9 @@ struct Port {
     client: Option<(UnixStream, Box<dyn Write + Send>)>,
     /// Bytes from the client waiting for the guest's receive buffers.
     pending: VecDeque<u8>,
-    /// The client is out of the event loop: `pending` is full.
+    /// The client is out of the event loop: `pending` is full, or no guest program has
+    /// the port open (Linux throws away what arrives for a closed port, so the client's
+    /// bytes wait in its socket, as QEMU leaves them).
     input_paused: bool,
     /// The driver said PORT_READY, so it takes PORT_NAME and PORT_OPEN.
     ready: bool,
@@ -177,14 +179,14 @@ impl SerialPorts {
         }
     }
 
-    /// Hand the bytes waiting for the port at `index` to the guest's receive buffers.
+    /// Hand the bytes waiting for the port at `index` to the guest's receive buffers,
+    /// while a guest program has it open.
     pub fn process_port_rx(&mut self, index: usize) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
         let port = &mut self.ports[index];
-        if port.ready {
-            // (The driver posts receive buffers for a port once it added it.)
+        if port.ready && port.guest_open {
             a.port(Self::rx_queue(index)).take_input(&mut port.pending);
         }
     }

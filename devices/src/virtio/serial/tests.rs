@@ -255,13 +255,19 @@ fn a_client_talks_to_the_guest_and_its_coming_and_going_is_announced() {
     client.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"to-host");
 
-    // Input waits for a receive buffer.
-    client.write_all(b"to-guest").unwrap();
-    run_until(&mut em, "the client's input", || {
-        dev.lock().unwrap().ports[0].pending.len() == 8
-    });
+    // Input waits, in the client's socket, until a guest program opens the port
+    // (Linux drops what arrives for a closed port)...
     guest.rings[rx].post(0, &[(PORT_BUFS + 0x100, 64, true)]);
     guest.kicks[rx].write(1).unwrap();
+    client.write_all(b"to-guest").unwrap();
+    run_until(&mut em, "the client's input to be held", || {
+        dev.lock().unwrap().ports[0].input_paused
+    });
+    em.run_with_timeout(50).unwrap();
+    assert_eq!(dev.lock().unwrap().ports[0].pending.len(), 0);
+    assert_eq!(guest.rings[rx].used_idx(), 0);
+    // ...and then reaches it.
+    guest.send_control(1, PORT_OPEN, 1);
     run_until(&mut em, "the guest's input", || {
         guest.rings[rx].used_idx() == 1
     });
@@ -270,6 +276,24 @@ fn a_client_talks_to_the_guest_and_its_coming_and_going_is_announced() {
     mem.read_slice(&mut got, GuestAddress(PORT_BUFS + 0x100))
         .unwrap();
     assert_eq!(&got, b"to-guest");
+    assert!(dev.lock().unwrap().guest_has_open("org.kiln.test.0"));
+
+    // Input that came while the port was open but the guest had no buffer waits
+    // through a close, and goes when a guest program opens the port again.
+    client.write_all(b"kept").unwrap();
+    run_until(&mut em, "the input to wait", || {
+        dev.lock().unwrap().ports[0].pending.len() == 4
+    });
+    guest.send_control(1, PORT_OPEN, 0);
+    guest.rings[rx].post(1, &[(PORT_BUFS + 0x200, 64, true)]);
+    guest.kicks[rx].write(1).unwrap();
+    em.run_with_timeout(50).unwrap();
+    assert_eq!(guest.rings[rx].used_idx(), 1, "delivered to a closed port");
+    guest.send_control(1, PORT_OPEN, 1);
+    run_until(&mut em, "the kept input", || {
+        guest.rings[rx].used_idx() == 2
+    });
+    assert_eq!(guest.rings[rx].used_entry(1), (1, 4));
 
     // The client goes: the port is closed on the host side; the next one opens it.
     drop(client);
