@@ -291,7 +291,8 @@ fn channels_make_one_virtio_serial_device_and_bad_ones_are_named() {
     let run = run_probe("channel-bad-name", &["--channel", &spec]);
     assert_eq!(run.code(), Some(2), "clap usage error: {}", run.stderr());
     assert!(
-        run.stderr().contains("a channel name is 1-255 letters"),
+        run.stderr()
+            .contains("port name \"a/b\" is not 1-255 letters"),
         "{}",
         run.stderr()
     );
@@ -303,7 +304,7 @@ fn channels_make_one_virtio_serial_device_and_bad_ones_are_named() {
     assert_eq!(run.code(), Some(1), "{}", run.stderr());
     assert!(
         run.stderr()
-            .contains("--channel org.kiln.b: the name is given twice"),
+            .contains("--channel: port name \"org.kiln.b\" is given twice"),
         "{}",
         run.stderr()
     );

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use kiln_devices::block::DiskConfig;
 use kiln_devices::virtio::net::NetConfig;
-use kiln_devices::virtio::serial::{valid_port_name, MAX_NAME_LEN};
+use kiln_devices::virtio::serial::check_port_names;
 use kiln_vmm::cpu::{CpuConfig, CustomTemplate, GuestCpu, Topology};
 use kiln_vmm::device_manager::{
     ChannelSpec, ConsoleOutput, ConsoleSpec, VirtioDeviceConfig, VirtioSpec,
@@ -174,16 +174,14 @@ fn parse_channel(s: &str) -> Result<ChannelSpec, String> {
             _ => return Err(format!("{s:?}: expected name=NAME,socket=PATH")),
         }
     }
-    match (name, socket) {
-        (Some(name), Some(socket)) if valid_port_name(name) => Ok(ChannelSpec {
-            name: name.to_owned(),
-            socket: socket.into(),
-        }),
-        (Some(name), Some(_)) => Err(format!(
-            "name={name:?}: a channel name is 1-{MAX_NAME_LEN} letters, digits, '.', '_' or '-'"
-        )),
-        _ => Err(format!("{s:?}: expected name=NAME,socket=PATH")),
-    }
+    let (Some(name), Some(socket)) = (name, socket) else {
+        return Err(format!("{s:?}: expected name=NAME,socket=PATH"));
+    };
+    check_port_names([name]).map_err(|e| e.to_string())?;
+    Ok(ChannelSpec {
+        name: name.to_owned(),
+        socket: socket.into(),
+    })
 }
 
 fn parse_console(s: &str) -> Result<ConsoleSpec, String> {

@@ -28,7 +28,7 @@ use kiln_devices::virtio::console::{
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
 use kiln_devices::virtio::rng::Rng;
-use kiln_devices::virtio::serial::{valid_port_name, SerialPorts, MAX_NAME_LEN, MAX_PORTS};
+use kiln_devices::virtio::serial::{check_port_names, PortsError, SerialPorts};
 use kiln_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
 
@@ -168,8 +168,14 @@ pub enum SpecError {
     },
     #[error("--net: {0}")]
     Net(String),
-    #[error("--channel {name}: {why}")]
-    Channel { name: String, why: String },
+    #[error("--channel: {0}")]
+    Channels(#[from] PortsError),
+    #[error("--channel {name}: {}: {error}", socket.display())]
+    ChannelSocket {
+        name: String,
+        socket: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Whether virtio-blk should try io_uring on `disk`. By default yes (it falls back to
@@ -263,25 +269,15 @@ fn net(cfg: &NetConfig) -> Result<VirtioDeviceConfig, SpecError> {
 /// The sockets of every channel, bound now so that a bad name or path fails before
 /// the guest starts (and removed when the configuration goes).
 fn serial_ports(channels: &[ChannelSpec]) -> Result<VirtioDeviceConfig, SpecError> {
-    let refuse = |c: &ChannelSpec, why: String| SpecError::Channel {
-        name: c.name.clone(),
-        why,
-    };
-    if channels.len() > MAX_PORTS {
-        let first = &channels[MAX_PORTS];
-        return Err(refuse(first, format!("more than {MAX_PORTS} channels")));
-    }
+    check_port_names(channels.iter().map(|c| c.name.as_str()))?;
     let mut sockets = Vec::with_capacity(channels.len());
-    for (i, c) in channels.iter().enumerate() {
-        if !valid_port_name(&c.name) {
-            let why = format!("a name is 1-{MAX_NAME_LEN} letters, digits, '.', '_' or '-'");
-            return Err(refuse(c, why));
-        }
-        if channels[..i].iter().any(|earlier| earlier.name == c.name) {
-            return Err(refuse(c, "the name is given twice".into()));
-        }
-        let socket = ListeningSocket::bind(&c.socket)
-            .map_err(|e| refuse(c, format!("{}: {e}", c.socket.display())))?;
+    for c in channels {
+        let socket =
+            ListeningSocket::bind(&c.socket).map_err(|error| SpecError::ChannelSocket {
+                name: c.name.clone(),
+                socket: c.socket.clone(),
+                error,
+            })?;
         sockets.push((c.name.clone(), socket));
     }
     Ok(VirtioDeviceConfig::new("virtio-serial", move || {

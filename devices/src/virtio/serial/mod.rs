@@ -94,37 +94,48 @@ pub struct SerialPorts {
     active: Option<Active>,
 }
 
-/// Whether `name` can be a port name: what /dev/virtio-ports links and agents expect.
-pub fn valid_port_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+/// Why a set of port names cannot make a device.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortsError {
+    #[error("{0} ports: a virtio-serial device takes 1 to {MAX_PORTS}")]
+    Count(usize),
+    #[error("port name {0:?} is not 1-{MAX_NAME_LEN} letters, digits, '.', '_' or '-'")]
+    Name(String),
+    #[error("port name {0:?} is given twice")]
+    Twice(String),
+}
+
+/// Check the names of one device's ports: 1 to [`MAX_PORTS`] of them, each unique and
+/// made of what /dev/virtio-ports links and agents expect.
+pub fn check_port_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), PortsError> {
+    let names: Vec<&str> = names.into_iter().collect();
+    if names.is_empty() || names.len() > MAX_PORTS {
+        return Err(PortsError::Count(names.len()));
+    }
+    for (i, name) in names.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            return Err(PortsError::Name(name.to_string()));
+        }
+        if names[..i].contains(name) {
+            return Err(PortsError::Twice(name.to_string()));
+        }
+    }
+    Ok(())
 }
 
 impl SerialPorts {
-    /// A device with one port per `(name, listener)`, ids 1, 2, ... in order. Fails on
-    /// no ports, more than [`MAX_PORTS`], a name [`valid_port_name`] refuses, or a
-    /// name given twice.
+    /// A device with one port per `(name, listener)`, ids 1, 2, ... in order; the
+    /// names must pass [`check_port_names`].
     pub fn new(ports: Vec<(String, UnixListener)>) -> std::io::Result<Self> {
-        let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
-        if ports.is_empty() || ports.len() > MAX_PORTS {
-            return Err(invalid(format!(
-                "{} ports: a virtio-serial device takes 1 to {MAX_PORTS}",
-                ports.len()
-            )));
-        }
+        check_port_names(ports.iter().map(|(name, _)| name.as_str()))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let mut out = Vec::with_capacity(ports.len());
         for (name, listener) in ports {
-            if !valid_port_name(&name) {
-                return Err(invalid(format!(
-                    "port name {name:?} is not 1-{MAX_NAME_LEN} letters, digits, '.', '_' or '-'"
-                )));
-            }
-            if out.iter().any(|p: &Port| p.name == name) {
-                return Err(invalid(format!("port name {name:?} given twice")));
-            }
             listener.set_nonblocking(true)?;
             out.push(Port {
                 name,
@@ -260,8 +271,10 @@ impl VirtioDevice for SerialPorts {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let want = self.queue_sizes.len();
         if self.acked_features & F_MULTIPORT == 0 {
-            // Without MULTIPORT only port 0 would exist, and it is not offered.
-            warn!("virtio-serial: the driver did not take MULTIPORT; no ports");
+            // Without MULTIPORT only port 0 would exist, and it is not served.
+            return Err(ActivateError::Backend(
+                "virtio-serial: the driver did not take MULTIPORT, which its ports need".into(),
+            ));
         }
         if ctx.queues.len() != want {
             return Err(ActivateError::QueueCount {

@@ -145,6 +145,27 @@ fn the_driver_learns_each_port_and_its_name() {
 }
 
 #[test]
+fn a_driver_without_multiport_is_refused() {
+    let mem = test_mem();
+    let (_dir, _paths, mut dev) = ports(&["org.kiln.a"]);
+    dev.ack_features(dev.device_features() & !F_MULTIPORT);
+    let rings: Vec<TestRing> = (0..2)
+        .map(|i| TestRing::new(&mem, 0x2000 * i, 16))
+        .collect();
+    let err = dev
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: rings.iter().map(TestRing::queue).collect(),
+            queue_events: (0..2)
+                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+                .collect(),
+            interrupt: Arc::new(CountingInterrupt::default()),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("MULTIPORT"), "{err}");
+}
+
+#[test]
 fn hostile_control_messages_are_ignored() {
     let mem = test_mem();
     let (_dir, _paths, mut dev) = ports(&["org.kiln.a"]);
@@ -186,7 +207,9 @@ fn ports_are_checked_when_made() {
     let dir = tempfile::tempdir().unwrap();
     let listener = |n: usize| UnixListener::bind(dir.path().join(format!("{n}.sock"))).unwrap();
     let err = |ports: Vec<(String, UnixListener)>| SerialPorts::new(ports).err().unwrap();
-    assert!(err(vec![]).to_string().contains("1 to 31"));
+    assert!(err(vec![])
+        .to_string()
+        .contains("0 ports: a virtio-serial device takes 1 to 31"));
     for bad in ["", "has space", "a/b", &"x".repeat(256)] {
         let e = err(vec![(bad.to_string(), listener(1000))]);
         assert!(e.to_string().contains("is not 1-255"), "{bad}: {e}");
@@ -196,11 +219,13 @@ fn ports_are_checked_when_made() {
         ("a".to_string(), listener(1)),
         ("a".to_string(), listener(2)),
     ];
-    assert!(err(twice).to_string().contains("given twice"));
+    assert!(err(twice).to_string().contains("\"a\" is given twice"));
     let many = (0..32)
         .map(|i| (format!("p{i}"), listener(100 + i)))
         .collect();
     assert!(err(many).to_string().contains("32 ports"));
+    let names = (0..31).map(|i| format!("org.kiln.{i}")).collect::<Vec<_>>();
+    assert_eq!(check_port_names(names.iter().map(String::as_str)), Ok(()));
 }
 
 /// Run `em` until `done`, for at most 10 s.
