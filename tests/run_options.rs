@@ -159,6 +159,11 @@ fn bad_disks_fail_before_the_vm_starts_naming_the_file() {
     let spec = format!("path={},physical_block_size=4096", odd.display());
     let run = run_probe("disk-512e", &["--disk", &spec]);
     assert_eq!(run.code(), Some(EXIT_BLOCK), "{}", run.stderr());
+    // With 512-byte blocks a partial last sector is left out, as before.
+    std::fs::write(&odd, vec![0u8; (1 << 20) + 100]).unwrap();
+    let spec = format!("path={},format=raw", odd.display());
+    let run = run_probe("disk-partial-sector", &["--disk", &spec]);
+    assert_eq!(run.code(), Some(EXIT_BLOCK), "{}", run.stderr());
     let run = run_probe(
         "disk-block-syntax",
         &["--disk", "path=x,logical_block_size=3000"],

@@ -151,8 +151,9 @@ fn boot_timer_reports_milliseconds_on_stderr() {
         .trim_end_matches(" ms")
         .parse()
         .unwrap();
-    assert!(ms < 60_000, "{line}"); // milliseconds, not some other unit
-                                    // Without --boot-timer the port is not there.
+    // Milliseconds, not some other unit.
+    assert!(ms < 60_000, "{line}");
+    // Without --boot-timer the port is not there.
     let out = run_guest("boot_timer.elf", &["--debug-exit", "0xf4"]);
     assert!(!stderr(&out).contains("boot-timer"));
 }

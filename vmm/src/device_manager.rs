@@ -216,7 +216,9 @@ impl VirtioDeviceConfig {
                     })?;
                 let io_uring = io_uring_wanted(cfg, disk.as_ref())?;
                 let sizes = cfg.block_sizes;
-                if disk.size() % u64::from(sizes.logical) != 0 {
+                // With 512-byte blocks a partial last sector is left out of the
+                // capacity, as QEMU does; larger blocks must be whole.
+                if sizes.logical > 512 && disk.size() % u64::from(sizes.logical) != 0 {
                     return Err(SpecError::PartialBlock {
                         path: cfg.path.clone(),
                         size: disk.size(),

@@ -69,9 +69,11 @@ impl Default for BlockSizes {
 }
 
 impl BlockSizes {
-    /// log2(physical / logical): virtio-blk's `physical_block_exp`.
+    /// log2(physical / logical): virtio-blk's `physical_block_exp` (0 for sizes the
+    /// option parser would refuse).
     pub fn physical_exponent(self) -> u8 {
-        (self.physical / self.logical).trailing_zeros() as u8
+        let ratio = self.physical.checked_div(self.logical).unwrap_or(1);
+        ratio.checked_ilog2().unwrap_or(0) as u8
     }
 }
 
@@ -499,6 +501,9 @@ mod tests {
         );
         assert_eq!(bs(512, 4096).physical_exponent(), 3);
         assert_eq!(bs(4096, 4096).physical_exponent(), 0);
+        // Sizes the parser refuses give 0, not a panic.
+        assert_eq!(bs(0, 512).physical_exponent(), 0);
+        assert_eq!(bs(4096, 512).physical_exponent(), 0);
 
         use DiskConfigError::*;
         let e = |s: &str| s.parse::<DiskConfig>().unwrap_err();

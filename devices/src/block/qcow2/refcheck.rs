@@ -20,8 +20,9 @@ use super::snapshots::read_snapshots;
 pub(super) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_COMPRESSED: u64 = 1 << 62;
 /// Clusters counted per pass of [`scan_refcounts`]. Each takes 12 bytes while it is
-/// counted (references and refcount), so a scan needs 48 MiB however large the image;
-/// a larger image takes more passes, each following the L1/L2 tables again.
+/// counted (references and refcount), so the counts need 48 MiB however large the
+/// image (besides the refcount table and one table at a time); a larger image takes
+/// more passes, each following the L1/L2 tables again.
 const WINDOW_CLUSTERS: u64 = 4 << 20;
 /// Images with more clusters than this do not have their refcounts rebuilt (the rebuild
 /// holds every cluster's references at once: 256 MiB).
@@ -404,6 +405,10 @@ pub(crate) fn scan_in_windows<S: MetadataSource + ?Sized>(
         refcount_bits: h.refcount_bits(),
         uncovered: 0,
     };
+    let passes = clusters.div_ceil(window.max(1));
+    if passes > 1 {
+        log::info!("qcow2: counting refcounts of {clusters} clusters in {passes} passes");
+    }
     let mut start = 0u64;
     loop {
         let end = start.saturating_add(window.max(1)).min(clusters);

@@ -96,9 +96,19 @@ fn requests_must_be_whole_aligned_logical_blocks() {
             let case = format!("{op:?} of {len} at {offset} (ring {ring})");
             assert_eq!(done[0].status, want, "{case}");
         }
-        // The refused write left the disk as it was; the whole-block one wrote.
-        let mut b = [0u8; 1];
+        // A whole-block write lands; the refused one left the disk as it was.
+        h.submit_write(12288, &[0x77; 4096]).unwrap().unwrap();
+        h.kick().unwrap();
+        assert_eq!(h.wait(Duration::from_secs(10)).unwrap()[0].status, OK);
+        let mut b = [0u8; 4096];
+        disk.read_at(&mut b, 12288).unwrap();
+        assert!(
+            b.iter().all(|&x| x == 0x77),
+            "ring {ring}: the whole-block write"
+        );
         disk.read_at(&mut b, 4096 + 1024).unwrap();
-        assert_eq!(b[0], ((4096 + 1024) / 512) as u8, "ring {ring}");
+        let sector = |i: usize| ((4096 + 1024 + i) / 512) as u8;
+        let untouched = b.iter().enumerate().all(|(i, &x)| x == sector(i));
+        assert!(untouched, "ring {ring}: the refused write landed");
     }
 }

@@ -513,7 +513,7 @@ impl Active {
             return Some(p);
         }
         let Some(offset) = self.ctx.io().transfer_offset(req) else {
-            // Beyond the disk or not whole sectors (logged): answered here, as the pool
+            // Beyond the disk or not whole blocks (logged): answered here, as the pool
             // would, without checking and logging it a second time there.
             let len = write_ioerr(&self.mem, p.parsed.status);
             self.finish(Completion {
