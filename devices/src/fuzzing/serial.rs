@@ -11,18 +11,19 @@ use crate::virtio::serial::SerialPorts;
 use crate::virtio::{ActivateContext, VirtioDevice};
 
 /// Two listening sockets, made once per process: every input's device serves them.
+/// Abstract names (Linux), so that no socket file is left behind.
 fn listeners() -> Option<&'static [UnixListener; 2]> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::SocketAddr;
     static LISTENERS: OnceLock<Option<[UnixListener; 2]>> = OnceLock::new();
     LISTENERS
         .get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("kiln-fuzz-serial-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).ok()?;
-            let bind = |name: &str| {
-                let path = dir.join(name);
-                let _ = std::fs::remove_file(&path);
-                UnixListener::bind(path).ok()
+            let bind = |port: &str| {
+                let name = format!("kiln-fuzz-serial-{}-{port}", std::process::id());
+                let addr = SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
+                UnixListener::bind_addr(&addr).ok()
             };
-            Some([bind("a.sock")?, bind("b.sock")?])
+            Some([bind("a")?, bind("b")?])
         })
         .as_ref()
 }
@@ -31,9 +32,8 @@ fn listeners() -> Option<&'static [UnixListener; 2]> {
 /// input is a queue as [`fuzzed_queue`] reads it. The other queues are not set up,
 /// so the device's answers wait (up to its cap) for receive buffers.
 pub fn serial_control(data: &[u8]) {
-    let Some([a, b]) = listeners() else {
-        return;
-    };
+    // Without sockets there is no device to fuzz: fail rather than test nothing.
+    let [a, b] = listeners().expect("cannot bind the fuzz target's UNIX sockets");
     let (Ok(a), Ok(b)) = (a.try_clone(), b.try_clone()) else {
         return;
     };
