@@ -313,6 +313,31 @@ fn channels_make_one_virtio_serial_device_and_bad_ones_are_named() {
         "{}",
         run.stderr()
     );
+    // One path for two listeners: refused, naming both, before anything is bound.
+    let console = format!("virtio,socket={},server=on", a.display());
+    let run = run_probe(
+        "channel-console-path",
+        &["--console", &console, "--channel", &spec_a],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let want = format!(
+        "--channel org.qemu.guest_agent.0: socket {} is also --console's",
+        a.display()
+    );
+    assert!(run.stderr().contains(&want), "{}", run.stderr());
+    let same = channel("org.kiln.c", &a);
+    let run = run_probe(
+        "channel-same-path",
+        &["--channel", &spec_a, "--channel", &same],
+    );
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains("is also --channel org.qemu.guest_agent.0's"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!a.exists(), "a socket was bound");
     // Not a socket: refused, the file untouched.
     std::fs::write(&a, "keep").unwrap();
     let run = run_probe("channel-not-socket", &["--channel", &spec_a]);

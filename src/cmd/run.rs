@@ -288,9 +288,31 @@ impl Args {
         specs
     }
 
+    /// Each socket kiln listens on is given once: a second listener on the same path
+    /// would be told "another process is listening" about kiln itself.
+    fn check_sockets_distinct(&self) -> anyhow::Result<()> {
+        let console = self.console.iter().filter_map(|c| match &c.output {
+            ConsoleOutput::SocketServer(path) => Some(("--console".to_string(), path)),
+            _ => None,
+        });
+        let channels = self
+            .channels
+            .iter()
+            .map(|c| (format!("--channel {}", c.name), &c.socket));
+        let mut seen: Vec<(String, &PathBuf)> = Vec::new();
+        for (owner, path) in console.chain(channels) {
+            if let Some((first, _)) = seen.iter().find(|(_, p)| *p == path) {
+                anyhow::bail!("{owner}: socket {} is also {first}'s", path.display());
+            }
+            seen.push((owner, path));
+        }
+        Ok(())
+    }
+
     /// Everything the VM needs, with host files (images, templates) opened and
     /// checked, so bad input fails here, before the VM is built.
     fn into_config(self) -> anyhow::Result<VmConfig> {
+        self.check_sockets_distinct()?;
         let template = match &self.cpu_template {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
