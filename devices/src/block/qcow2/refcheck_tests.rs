@@ -145,3 +145,17 @@ fn every_window_size_gives_the_single_pass_scan() {
         "{scans:?}"
     );
 }
+
+#[test]
+fn a_rebuild_of_more_clusters_than_it_holds_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = shared_image(dir.path());
+    let h = Qcow2Header::parse(&image).unwrap();
+    // A file of 64 Mi + 1 clusters of 512 bytes: refused before anything is read.
+    let len = (super::MAX_REBUILT_CLUSTERS + 1) * 512;
+    let err = super::count_data_references(&image[..], &h, len).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "67108865 clusters are more than kiln rebuilds refcount structures for (67108864)"
+    );
+}
