@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use tempfile::TempDir;
+
 fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
@@ -18,14 +20,9 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-cpu-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-/// A host table whose KVM supports every feature except SSE3 (like the PVM hosts).
-fn host_without_pni() -> PathBuf {
+/// A host table whose KVM supports every feature except SSE3 (like the PVM hosts),
+/// written into the test's own directory, which goes with the test.
+fn host_without_pni(dir: &TempDir) -> PathBuf {
     let mut entries = Vec::new();
     for (leaf, sub) in [
         (0, 0),
@@ -46,15 +43,8 @@ fn host_without_pni() -> PathBuf {
         let ecx: u32 = if leaf == 1 { !1 } else { u32::MAX };
         entries.push(serde_json::json!({"leaf": leaf, "subleaf": sub, "eax": eax, "ebx": u32::MAX, "ecx": ecx, "edx": u32::MAX}));
     }
-    // Tests run in parallel and share this file: write a private copy and rename it
-    // into place, so no kiln ever reads a half-written table.
-    let path = scratch("host-without-pni.json");
-    let tmp = scratch(&format!(
-        "host-without-pni.{:?}.tmp",
-        std::thread::current().id()
-    ));
-    std::fs::write(&tmp, serde_json::to_string(&entries).unwrap()).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    let path = dir.path().join("host-without-pni.json");
+    std::fs::write(&path, serde_json::to_string(&entries).unwrap()).unwrap();
     path
 }
 
@@ -92,7 +82,8 @@ fn list_names_every_model() {
 
 #[test]
 fn show_filters_with_qemu_wording() {
-    let host = host_without_pni();
+    let dir = TempDir::new().unwrap();
+    let host = host_without_pni(&dir);
     let o = kiln(&[
         "cpu",
         "show",
@@ -145,7 +136,8 @@ fn show_filters_with_qemu_wording() {
 
 #[test]
 fn enforce_refuses_and_lists_all() {
-    let host = host_without_pni();
+    let dir = TempDir::new().unwrap();
+    let host = host_without_pni(&dir);
     let o = kiln(&[
         "cpu",
         "show",
@@ -204,8 +196,9 @@ fn diff_lists_features_on_each_side() {
 
 #[test]
 fn template_file_is_applied() {
-    let host = host_without_pni();
-    let template = scratch("no-avx2.json");
+    let dir = TempDir::new().unwrap();
+    let host = host_without_pni(&dir);
+    let template = dir.path().join("no-avx2.json");
     let bitmap = format!("0b{}0{}", "x".repeat(26), "x".repeat(5)); // bit 5 = avx2
     std::fs::write(
         &template,

@@ -25,7 +25,8 @@ use kiln_vmm::cpu::{CpuidEntry, CpuidTable, FeatureTable, Reg};
 const QEMU: &str = "qemu-system-x86_64";
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-cpu-qemu-{}", std::process::id()));
+    // Cargo's scratch space: reused by the next run instead of left in /tmp.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cpu-qemu");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }

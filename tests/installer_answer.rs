@@ -77,7 +77,7 @@ fn kickstart_passes_ksvalidator() {
         &[],
         &out,
     );
-    run_ok(Command::new("ksvalidator").arg(&out));
+    run_ok(&mut ksvalidator(&out));
     for want in [
         "url --url=http://mirror.invalid/fedora/releases/40/Everything/x86_64/os",
         "rootpw --iscrypted $6$",
@@ -92,7 +92,7 @@ fn kickstart_passes_ksvalidator() {
     }
     let bad = dir.path().join("bad.ks");
     std::fs::write(&bad, format!("{text}\nnot-a-command --x\n")).unwrap();
-    run_fail(Command::new("ksvalidator").arg(&bad));
+    run_fail(&mut ksvalidator(&bad));
 }
 
 #[test]

@@ -38,7 +38,7 @@ fn fetch(cache: &Path, extra: &[&str]) -> std::process::Output {
 fn real_fetch() -> &'static Fetch {
     static F: OnceLock<Fetch> = OnceLock::new();
     F.get_or_init(|| {
-        let cache = tempdir().keep();
+        let cache = fresh_target_dir("installer-fetch-cache");
         let out = fetch(&cache, &[]);
         assert!(
             out.status.success(),
@@ -72,7 +72,7 @@ fn apt_files(version: &str) -> PathBuf {
     if installed.status.success() && String::from_utf8_lossy(&installed.stdout) == version {
         return debian_installer_dir();
     }
-    let dir = tempdir().keep();
+    let dir = fresh_target_dir(&format!("installer-fetch-{version}"));
     run_ok(
         Command::new("apt-get")
             .args(["download", &format!("{DI_PACKAGE}={version}")])

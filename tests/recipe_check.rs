@@ -115,7 +115,7 @@ fn recipe_kickstart_passes_ksvalidator() {
             .arg("--output")
             .arg(&out),
     );
-    run_ok(Command::new("ksvalidator").arg(&out));
+    run_ok(&mut ksvalidator(&out));
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(
         text.contains("user --name=builder --gecos=\"Image Builder\""),

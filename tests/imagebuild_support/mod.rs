@@ -67,8 +67,7 @@ pub fn debian_installer_dir() -> PathBuf {
         if installed.join("initrd.gz").is_file() && installed.join("linux").is_file() {
             return installed;
         }
-        let dir = std::env::temp_dir().join(format!("kiln-di-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_target_dir("debian-installer-package");
         run_ok(
             Command::new("apt-get")
                 .args(["download", DI_PACKAGE])
@@ -91,11 +90,35 @@ pub fn debian_installer_dir() -> PathBuf {
     .clone()
 }
 
+/// An empty directory under Cargo's scratch space for integration tests, for files
+/// that live as long as the test process (held by a `static`, whose destructor
+/// never runs): a temporary directory would be left behind by every run.
+pub fn fresh_target_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            panic!("cannot empty {}: {e}", dir.display())
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("kiln-test-")
         .tempdir()
         .unwrap()
+}
+
+/// `ksvalidator FILE`, with its temporary files kept beside FILE: pykickstart leaves
+/// a copy of every file it checks in its temporary directory.
+pub fn ksvalidator(file: &std::path::Path) -> Command {
+    let mut cmd = Command::new("ksvalidator");
+    cmd.arg(file)
+        .env("TMPDIR", file.parent().expect("a file in a directory"));
+    cmd
 }
 
 /// Makes sure `ksvalidator` (PyPI pykickstart) is there, installing it with pip if not.
