@@ -110,8 +110,12 @@ port=/dev/$(basename /sys/class/virtio-ports/vport*p1)
 exec 5<> $port
 echo KILN-CHANNEL-HELLO >&5
 read -r line <&5
-exec 5>&-
 echo "CHANNEL-GOT=$line"
+dd if=/tmp/vdb bs=4096 >&5 2>/dev/null
+dd if=/tmp/vdb bs=4096 >&5 2>/dev/null
+read -r line <&5
+exec 5>&-
+echo "CHANNEL-BULK=$line"
 echo KILN-HVC-HELLO > /dev/hvc0
 exec 3> /dev/hvc0
 i=0
@@ -220,7 +224,7 @@ fn disks_console_and_rng_in_one_boot() {
     );
     let stdout = run.stdout();
     let context = format!("stdout:\n{stdout}\nstderr:\n{}", run.stderr());
-    let heard = channel_host.join().unwrap();
+    let (heard, bulk) = channel_host.join().unwrap();
     assert_eq!(run.code(), Some(0), "{context}");
     assert_eq!(
         guest_value(&stdout, "KILN-TEST-EXIT"),
@@ -385,12 +389,22 @@ fn disks_console_and_rng_in_one_boot() {
     assert!(get("CHANNEL").ends_with("p1 org.kiln.test.0"), "{context}");
     assert_eq!(heard, "KILN-CHANNEL-HELLO\n", "{context}");
     assert_eq!(get("CHANNEL-GOT"), "from-host", "{context}");
+    // 2 MiB from the guest in 4 KiB writes to a host that starts reading late: more
+    // than the socket and the port's ring hold, so the guest's writer waited for it.
+    assert_eq!(get("CHANNEL-BULK"), "bulk-ok", "{context}");
+    assert_eq!(bulk.len(), 2 * MIB, "{context}");
+    assert!(
+        bulk[..MIB] == vdb_data[..MIB] && bulk[MIB..] == vdb_data[..MIB],
+        "the channel's bulk output is not /dev/vdb's first MiB twice"
+    );
 }
 
 /// The host end of the test channel: connect to kiln's socket (as soon as kiln made
-/// it), wait for the guest's hello and answer it; returns what the guest sent.
-fn answer_on_channel(socket: &Path) -> String {
-    use std::io::{BufRead, BufReader, Write};
+/// it), wait for the guest's hello and answer it; then, after a pause in which the
+/// guest's output fills the socket, read 2 MiB and acknowledge them. Returns the
+/// hello and the 2 MiB (or what came of them).
+fn answer_on_channel(socket: &Path) -> (String, Vec<u8>) {
+    use std::io::{BufRead, BufReader, Read, Write};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let stream = loop {
         match std::os::unix::net::UnixStream::connect(socket) {
@@ -398,16 +412,24 @@ fn answer_on_channel(socket: &Path) -> String {
             Err(_) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(50))
             }
-            Err(e) => return format!("cannot connect: {e}"),
+            Err(e) => return (format!("cannot connect: {e}"), Vec::new()),
         }
     };
     let mut heard = String::new();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     // EOF (kiln ended) before the hello leaves it out of `heard`.
-    if reader.read_line(&mut heard).unwrap_or(0) > 0 {
-        let _ = (&stream).write_all(b"from-host\n");
+    if reader.read_line(&mut heard).unwrap_or(0) == 0
+        || (&stream).write_all(b"from-host\n").is_err()
+    {
+        return (heard, Vec::new());
     }
-    heard
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut bulk = Vec::new();
+    let _ = reader.take(2 * MIB as u64).read_to_end(&mut bulk);
+    if bulk.len() == 2 * MIB {
+        let _ = (&stream).write_all(b"bulk-ok\n");
+    }
+    (heard, bulk)
 }
 
 /// PID 1 on the ext4 root: proves the root is the virtio disk, writes a file,

@@ -77,14 +77,16 @@ pub struct Args {
     /// A virtio-console (guest /dev/hvc0): virtio (to stdout), virtio,file=PATH or
     /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too);
     /// with ,server=on kiln listens there instead and serves one client at a time
-    /// (output is dropped while none is connected). ,size=COLSxROWS gives the guest a
-    /// terminal size; a console on a terminal's stdout gives that terminal's, kept
-    /// current as it is resized.
+    /// (output is dropped while none is connected). A socket client that reads slowly
+    /// makes the guest wait; one that takes nothing for 5 s is dropped.
+    /// ,size=COLSxROWS gives the guest a terminal size; a console on a terminal's
+    /// stdout gives that terminal's, kept current as it is resized.
     #[arg(long, value_parser = parse_console)]
     pub console: Option<ConsoleSpec>,
     /// A named virtio-serial port: name=NAME,socket=PATH. kiln listens on PATH and
     /// serves one client at a time; the guest sees /dev/virtio-ports/NAME (with udev),
-    /// and /sys/class/virtio-ports/*/name. For agents: name=org.qemu.guest_agent.0 for
+    /// and /sys/class/virtio-ports/*/name. A guest program writing to it waits for the
+    /// client to read, as long as it takes. For agents: name=org.qemu.guest_agent.0 for
     /// qemu-guest-agent. Repeatable, up to 31; all go on one virtio-serial device.
     #[arg(long = "channel", value_name = "name=NAME,socket=PATH", value_parser = parse_channel)]
     pub channels: Vec<ChannelSpec>,

@@ -22,9 +22,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kiln_devices::block::config::Aio;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError};
 use kiln_devices::virtio::block::{uring, Block};
-use kiln_devices::virtio::console::{
-    client_output, Console, ConsoleInput, ConsoleSize, SizeSource,
-};
+use kiln_devices::virtio::console::{Console, ConsoleSize, SizeSource};
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
 use kiln_devices::virtio::rng::Rng;
@@ -328,9 +326,7 @@ fn console(spec: &ConsoleSpec) -> Result<VirtioDeviceConfig, SpecError> {
         ConsoleOutput::Socket(path) => {
             let stream = UnixStream::connect(path).map_err(err(path))?;
             Ok(new(Box::new(move || {
-                let output = client_output(&stream)?;
-                let input: Box<dyn ConsoleInput> = Box::new(stream.try_clone()?);
-                Console::new(output, Some(input))
+                Console::connected(stream.try_clone()?)
             })))
         }
         ConsoleOutput::SocketServer(path) => {

@@ -228,3 +228,19 @@ impl<'a> TestRing<'a> {
         u16::from_le(self.mem.read_obj(GuestAddress(at)).unwrap())
     }
 }
+
+/// Run `em` until `done` holds, for at most 10 s (then panic naming `what`).
+pub fn run_until<S: event_manager::MutEventSubscriber>(
+    em: &mut event_manager::EventManager<S>,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        em.run_with_timeout(20).unwrap();
+    }
+}

@@ -1,25 +1,26 @@
 //! The console's host side: reading input at the guest's pace, serving clients of a
-//! listening socket, and giving up on an output that fails.
+//! listening socket, waiting for room in a client's socket, and giving up on an
+//! output that fails or stalls.
 
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Duration;
+use std::os::unix::net::UnixListener;
+use std::time::Instant;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{info, warn};
 
+use super::output::PortOutput;
 use super::{Console, CHUNK, MAX_PENDING_INPUT, RX, TX};
 use crate::virtio::activation::DeviceEvent;
 
-/// `Events::data` of the input fd and of the listening socket (queue events use their
-/// index, activation u32::MAX).
+/// `Events::data` of the input fd, the listening socket, the output socket (for
+/// room) and the stall timer (queue events use their index, activation u32::MAX,
+/// the size u32::MAX - 3).
 const INPUT_DATA: u32 = u32::MAX - 1;
 const LISTENER_DATA: u32 = u32::MAX - 2;
-
-/// How long a write to a console socket may block the event loop before the peer is
-/// taken for stuck and dropped: the event loop serves every device.
-pub const SOCKET_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const OUTPUT_DATA: u32 = u32::MAX - 4;
+const STALL_DATA: u32 = u32::MAX - 5;
 
 impl Console {
     /// A console that listens on `listener` and serves one client at a time: output
@@ -28,7 +29,7 @@ impl Console {
     /// is accepted.
     pub fn listening(listener: UnixListener) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
-        let mut console = Console::new(Box::new(std::io::sink()), None)?;
+        let mut console = Console::with_output(PortOutput::Discard, None)?;
         console.listener = Some(listener);
         Ok(console)
     }
@@ -38,8 +39,9 @@ impl Console {
         self.listener.is_some() && self.input.is_some()
     }
 
-    /// The output failed: say so once and drop the guest's output from now on (a
-    /// console must not stall the guest); a client of the listening socket is dropped.
+    /// The output failed or stalled: say so once; the writer drops the guest's output
+    /// from now on (a console must not stall the guest), and a client of the listening
+    /// socket is dropped at the end of the event.
     pub(super) fn output_failed(&mut self, e: std::io::Error) {
         if self.listener.is_some() {
             info!("virtio-console: client output failed ({e}); dropping the client");
@@ -47,7 +49,16 @@ impl Console {
         } else {
             warn!("virtio-console: output failed ({e}); the guest's further output is dropped");
         }
-        self.output = Box::new(std::io::sink());
+    }
+
+    /// The stall timer ticked: give up on a socket that took nothing for too long,
+    /// and return the chain it held to the guest.
+    fn check_stall(&mut self) {
+        self.stall.consume();
+        if let Some(e) = self.writer.give_up_if_stalled(Instant::now()) {
+            self.output_failed(e);
+            self.process_tx();
+        }
     }
 
     fn watch(ops: &mut EventOps, fd: RawFd, data: u32, what: &str) {
@@ -88,9 +99,13 @@ impl Console {
         self.input_paused = false;
         if let Some(listener) = &self.listener {
             info!("virtio-console: client disconnected");
-            self.output = Box::new(std::io::sink());
             self.client_lost = false;
             Self::watch(ops, listener.as_raw_fd(), LISTENER_DATA, "the socket");
+            if let Err(e) = self.writer.replace(PortOutput::Discard, ops) {
+                warn!("virtio-console: cannot drop the client's output: {e}");
+            }
+            // What the client did not take is dropped, and the guest's buffer returned.
+            self.process_tx();
         }
     }
 
@@ -107,18 +122,17 @@ impl Console {
                 return;
             }
         };
-        let output = match client_output(&stream) {
-            Ok(output) => output,
-            Err(e) => {
-                warn!("virtio-console: cannot set up a client: {e}");
-                return;
-            }
-        };
+        let output = stream
+            .try_clone()
+            .and_then(|out| self.writer.replace(PortOutput::Socket(out), ops));
+        if let Err(e) = output {
+            warn!("virtio-console: cannot set up a client: {e}");
+            return;
+        }
         // One client at a time: the next ones wait in the backlog.
         let _ = ops.remove(Events::empty_raw(listener.as_raw_fd()));
         info!("virtio-console: client connected");
         Self::watch(ops, stream.as_raw_fd(), INPUT_DATA, "the client");
-        self.output = output;
         self.input = Some(Box::new(stream));
     }
 
@@ -135,18 +149,11 @@ impl Console {
     }
 }
 
-/// The writing half of a console socket: blocking (the guest's output is not lost to a
-/// momentarily full socket), but never for longer than [`SOCKET_WRITE_TIMEOUT`].
-pub fn client_output(stream: &UnixStream) -> std::io::Result<Box<dyn Write + Send>> {
-    let output = stream.try_clone()?;
-    output.set_write_timeout(Some(SOCKET_WRITE_TIMEOUT))?;
-    Ok(Box::new(output))
-}
-
 impl MutEventSubscriber for Console {
     fn init(&mut self, ops: &mut EventOps) {
         self.activation.init(ops);
         self.watch_size(ops);
+        self.stall.watch(ops, STALL_DATA);
         if let Some(input) = &self.input {
             Self::watch(ops, input.as_raw_fd(), INPUT_DATA, "input");
         } else if let Some(listener) = &self.listener {
@@ -158,6 +165,8 @@ impl MutEventSubscriber for Console {
         match events.data() {
             INPUT_DATA => self.read_input(ops),
             LISTENER_DATA => self.accept(ops),
+            OUTPUT_DATA => self.process_tx(),
+            STALL_DATA => self.check_stall(),
             super::size::SIZE_DATA => self.refresh_size(),
             _ => match self.activation.handle(&events, ops) {
                 DeviceEvent::Queue(RX) => {
@@ -171,5 +180,7 @@ impl MutEventSubscriber for Console {
         if self.client_lost {
             self.input_closed(ops);
         }
+        self.writer.sync_watch(ops, OUTPUT_DATA);
+        self.stall.sync(self.writer.stall_check_period());
     }
 }

@@ -5,7 +5,9 @@
 //! an optional readable file descriptor for its input, so the VMM decides whether that
 //! is stdout, a file or a UNIX socket, and tests pass a `Vec` and a socket pair. Or it
 //! listens on a UNIX socket and serves one client at a time ([`Console::listening`]).
-//! The host side (input, clients, failed output) is in host.rs.
+//! The host side (input, clients, failed output) is in host.rs; a socket client is
+//! written without blocking the event loop, and the guest waits for a slow one
+//! (output.rs).
 //!
 //! Input is never dropped: the device buffers up to [`MAX_PENDING_INPUT`] bytes the
 //! guest has no receive buffers for, then stops reading its input until the guest
@@ -15,13 +17,13 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
 use log::warn;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::Bytes;
 
 use super::activation::Activation;
 use super::{device_type, notify, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
@@ -69,13 +71,15 @@ impl Active {
 
 /// A virtio console with a single port.
 pub struct Console {
-    output: Box<dyn Write + Send>,
+    writer: PortWriter,
+    /// Ticks while the output socket is full (see output.rs).
+    stall: StallTimer,
     input: Option<Box<dyn ConsoleInput>>,
     /// The input fd is out of the event loop: the pending buffer is full.
     input_paused: bool,
     /// Server mode: clients connect here, one at a time (see host.rs).
     listener: Option<UnixListener>,
-    /// The output failed: the client is dropped at the next event.
+    /// The client's output failed: it is dropped at the end of the event.
     client_lost: bool,
     pending: VecDeque<u8>,
     /// Columns and rows, with F_SIZE (see size.rs).
@@ -91,8 +95,23 @@ impl Console {
         output: Box<dyn Write + Send>,
         input: Option<Box<dyn ConsoleInput>>,
     ) -> std::io::Result<Self> {
+        Self::with_output(PortOutput::Blocking(output), input)
+    }
+
+    /// A console talking to a connected socket: the guest's output goes to it without
+    /// blocking the event loop (see output.rs), input comes from it.
+    pub fn connected(stream: UnixStream) -> std::io::Result<Self> {
+        let input = stream.try_clone()?;
+        Self::with_output(PortOutput::Socket(stream), Some(Box::new(input)))
+    }
+
+    fn with_output(
+        output: PortOutput,
+        input: Option<Box<dyn ConsoleInput>>,
+    ) -> std::io::Result<Self> {
         Ok(Console {
-            output,
+            writer: PortWriter::new(output)?,
+            stall: StallTimer::new()?,
             input,
             input_paused: false,
             listener: None,
@@ -120,17 +139,22 @@ impl Console {
         self.process_rx();
     }
 
-    /// Copy everything the guest sent to the output. The guest's buffers are returned
-    /// even if the output fails; from then on its output is dropped (see
-    /// [`Console::output_failed`]).
+    /// Copy what the guest sent to the output, as far as it takes it. The guest's
+    /// buffers are returned even if the output fails; from then on its output is
+    /// dropped (see [`Console::output_failed`]).
     pub fn process_tx(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        let sent = a.port(TX).send_output(Some(self.output.as_mut()));
-        if let Err(e) = sent.and_then(|()| self.output.flush()) {
+        if let Err(e) = a.port(TX).send_output(&mut self.writer) {
             self.output_failed(e);
         }
+    }
+
+    /// Give a client that takes none of the guest's output this long up (default
+    /// [`STALL_LIMIT`]: the guest's console driver spins while it waits).
+    pub fn set_stall_limit(&mut self, limit: std::time::Duration) {
+        self.writer.set_stall_limit(Some(limit));
     }
 
     /// Hand pending input to the guest's receive buffers.
@@ -155,30 +179,53 @@ pub(crate) struct PortQueue<'a> {
 }
 
 impl PortQueue<'_> {
-    /// Write what the guest sent on this transmit queue to `output` (dropped when
-    /// `None`); every buffer is returned, and the first output error is the result.
-    pub fn send_output(self, mut output: Option<&mut dyn Write>) -> std::io::Result<()> {
-        let mut used = false;
-        let mut failure = None;
+    /// Write what the guest sent on this transmit queue to `writer`, starting with the
+    /// chain it holds. Every chain written (or dropped) is returned to the guest; a
+    /// socket that cannot take more holds the rest of the ring back ([`Sent::Blocked`]).
+    /// The first output error is the result; from then on the writer drops the output.
+    pub fn send_output(self, writer: &mut PortWriter) -> std::io::Result<Sent> {
         let mem = self.mem;
+        let mut returned = false;
+        let mut failure = None;
+        let mut blocked = false;
+        if let Some(held) = writer.held.take() {
+            let head = held.head;
+            match writer.write_chain(mem, held) {
+                Ok(Written::Held) => return Ok(Sent::Blocked),
+                Ok(Written::Done) => {}
+                Err(e) => failure = Some(e),
+            }
+            returned = self.queue.add_used(mem, head, 0).is_ok();
+        }
         notify::drain_with_kicks_suppressed(self.queue, mem, |q| {
             while let Some(chain) = q.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
-                match output.as_mut() {
-                    Some(out) if failure.is_none() => failure = copy_out(mem, chain, *out).err(),
-                    _ => {}
+                match writer.write_chain(mem, PendingChain::new(chain)) {
+                    Ok(Written::Held) => {
+                        blocked = true;
+                        return false;
+                    }
+                    Ok(Written::Done) => {}
+                    Err(e) => failure = failure.take().or(Some(e)),
                 }
                 if q.add_used(mem, head, 0).is_err() {
                     return false;
                 }
-                used = true;
+                returned = true;
             }
             true
         });
-        if used {
+        if returned {
             notify::signal_used(self.queue, mem, self.interrupt, self.index, self.device);
         }
-        failure.map_or(Ok(()), Err)
+        if let Err(e) = writer.flush() {
+            failure = failure.take().or(Some(e));
+        }
+        match failure {
+            Some(e) => Err(e),
+            None if blocked => Ok(Sent::Blocked),
+            None => Ok(Sent::Drained),
+        }
     }
 
     /// Move `pending` into this receive queue's buffers, as far as they go.
@@ -214,26 +261,16 @@ pub(crate) fn copy_out(
     chain: DescriptorChain<&GuestMemory>,
     output: &mut dyn Write,
 ) -> std::io::Result<()> {
-    let mut buf = [0u8; CHUNK];
-    for d in chain.filter(|d| !d.is_write_only()) {
-        let mut done = 0u32;
-        while done < d.len() {
-            let n = (d.len() - done).min(CHUNK as u32);
-            let Some(addr) = d.addr().0.checked_add(u64::from(done)) else {
-                break;
-            };
-            if mem
-                .read_slice(&mut buf[..n as usize], GuestAddress(addr))
-                .is_err()
-            {
-                warn!("virtio-console: tx buffer {addr:#x}+{n} outside guest memory");
-                break;
-            }
-            output.write_all(&buf[..n as usize])?;
-            done += n;
-        }
-    }
-    Ok(())
+    PendingChain::new(chain).write_with(mem, |b| output.write_all(b).map(|()| b.len()))
+}
+
+/// What [`PortQueue::send_output`] left behind.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Every chain the guest made available went out (or was dropped) and is back.
+    Drained,
+    /// The socket is full: a chain waits for room, and the ring behind it.
+    Blocked,
 }
 
 /// Move the front of `pending` into the device-writable buffers of `chain`; returns
@@ -317,13 +354,18 @@ impl VirtioDevice for Console {
     fn reset(&mut self) -> bool {
         self.active = None;
         self.acked_features = 0;
+        self.writer.forget_held();
         true
     }
 }
 
 mod host;
+mod output;
 mod size;
-pub use host::{client_output, SOCKET_WRITE_TIMEOUT};
+pub(crate) use output::{PendingChain, Written};
+pub use output::{PortOutput, PortWriter, StallTimer, STALL_LIMIT};
 pub use size::{ConsoleSize, SizeSource, F_SIZE};
+#[cfg(test)]
+pub(crate) mod backpressure_tests;
 #[cfg(test)]
 mod tests;

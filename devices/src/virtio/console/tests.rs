@@ -137,7 +137,7 @@ fn event_loop_drives_input_and_queue_notifications() {
 
 /// Console queues on [`TestRing`]s (rx at 0, tx at 0x2000) with EVENT_IDX negotiated or
 /// not, and their notification EventFds.
-fn on_test_rings<'a>(
+pub(super) fn on_test_rings<'a>(
     console: &mut Console,
     mem: &'a GuestMemory,
     event_idx: bool,
@@ -280,21 +280,6 @@ fn fast_input_is_paced_to_the_guest_not_dropped() {
     assert_eq!(got.len(), TOTAL, "input lost or stalled");
     assert!(got == pattern, "input reordered or corrupted");
     writer.join().unwrap().unwrap();
-}
-
-/// Run the event loop until `done` holds (or panic naming `what`).
-fn run_until(
-    em: &mut EventManager<Arc<Mutex<Console>>>,
-    what: &str,
-    mut done: impl FnMut() -> bool,
-) {
-    for _ in 0..100 {
-        if done() {
-            return;
-        }
-        em.run_with_timeout(20).unwrap();
-    }
-    assert!(done(), "timed out waiting for {what}");
 }
 
 /// Read exactly `n` bytes from `client`, or fail after a second.

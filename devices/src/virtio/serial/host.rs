@@ -1,20 +1,25 @@
-//! The ports' host side: each port's listening socket, and its client read at the
-//! guest's pace (as the console's, see `console/host.rs`).
+//! The ports' host side: each port's listening socket, its client read at the
+//! guest's pace and written as it takes it (as the console's, see `console/host.rs`
+//! and `console/output.rs`).
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::time::Instant;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{info, warn};
 
 use super::{SerialPorts, MAX_PENDING_INPUT};
 use crate::virtio::activation::DeviceEvent;
-use crate::virtio::console::client_output;
+use crate::virtio::console::PortOutput;
 
-/// `Events::data` of port i's listening socket and of its client (queue events use
-/// their index, activation u32::MAX).
+/// `Events::data` of port i's listening socket, of its client, and of its client's
+/// output waiting for room; and of the stall timer (queue events use their index,
+/// activation u32::MAX).
 const LISTENER_BASE: u32 = 0x1_0000;
 const CLIENT_BASE: u32 = 0x2_0000;
+const OUTPUT_BASE: u32 = 0x3_0000;
+const STALL_DATA: u32 = 0x4_0000;
 const READ_CHUNK: usize = 4096;
 
 fn watch(ops: &mut EventOps, fd: RawFd, data: u32, what: &str) {
@@ -45,16 +50,16 @@ impl SerialPorts {
                 return;
             }
         };
-        let output = match client_output(&stream) {
-            Ok(output) => output,
-            Err(e) => {
-                warn!(
-                    "virtio-serial: port {}: cannot set up a client: {e}",
-                    port.name
-                );
-                return;
-            }
-        };
+        let output = stream
+            .try_clone()
+            .and_then(|out| port.writer.replace(PortOutput::Socket(out), ops));
+        if let Err(e) = output {
+            warn!(
+                "virtio-serial: port {}: cannot set up a client: {e}",
+                port.name
+            );
+            return;
+        }
         let _ = ops.remove(Events::empty_raw(port.listener.as_raw_fd()));
         info!("virtio-serial: port {}: client connected", port.name);
         watch(
@@ -63,14 +68,14 @@ impl SerialPorts {
             CLIENT_BASE + index as u32,
             "a client",
         );
-        port.client = Some((stream, output));
+        port.client = Some(stream);
         port.input_paused = false;
         self.announce_open(index);
     }
 
     fn read_client(&mut self, index: usize, ops: &mut EventOps) {
         let port = &mut self.ports[index];
-        let Some((stream, _)) = port.client.as_mut() else {
+        let Some(stream) = port.client.as_mut() else {
             return;
         };
         let room = MAX_PENDING_INPUT.saturating_sub(port.pending.len());
@@ -97,7 +102,7 @@ impl SerialPorts {
     fn client_closed(&mut self, index: usize, ops: &mut EventOps) {
         let port = &mut self.ports[index];
         port.lost = false;
-        let Some((stream, _)) = port.client.take() else {
+        let Some(stream) = port.client.take() else {
             return;
         };
         let _ = ops.remove(Events::empty_raw(stream.as_raw_fd()));
@@ -108,14 +113,38 @@ impl SerialPorts {
             LISTENER_BASE + index as u32,
             "a port socket",
         );
+        if let Err(e) = port.writer.replace(PortOutput::Discard, ops) {
+            warn!(
+                "virtio-serial: port {}: cannot drop the client's output: {e}",
+                port.name
+            );
+        }
+        // What the client did not take is dropped, and the guest's buffer returned.
+        self.process_port_tx(index);
         self.announce_open(index);
+    }
+
+    /// The stall timer ticked: a client that took nothing of the guest's output for
+    /// too long is dropped at the end of the event (which returns the held chain).
+    fn check_stalls(&mut self) {
+        self.stall.consume();
+        let now = Instant::now();
+        for port in &mut self.ports {
+            if let Some(e) = port.writer.give_up_if_stalled(now) {
+                warn!(
+                    "virtio-serial: port {}: client output failed ({e})",
+                    port.name
+                );
+                port.lost = true;
+            }
+        }
     }
 
     /// Watch a paused client again once the guest took some of its input and has the
     /// port open.
     fn resume_input(&mut self, index: usize, ops: &mut EventOps) {
         let port = &mut self.ports[index];
-        let Some((stream, _)) = port.client.as_ref().filter(|_| port.input_paused) else {
+        let Some(stream) = port.client.as_ref().filter(|_| port.input_paused) else {
             return;
         };
         if port.guest_open && port.pending.len() < MAX_PENDING_INPUT {
@@ -133,6 +162,7 @@ impl SerialPorts {
 impl MutEventSubscriber for SerialPorts {
     fn init(&mut self, ops: &mut EventOps) {
         self.activation.init(ops);
+        self.stall.watch(ops, STALL_DATA);
         for (i, port) in self.ports.iter().enumerate() {
             watch(
                 ops,
@@ -150,6 +180,10 @@ impl MutEventSubscriber for SerialPorts {
             self.accept((data - LISTENER_BASE) as usize, ops);
         } else if (CLIENT_BASE..CLIENT_BASE + ports).contains(&data) {
             self.read_client((data - CLIENT_BASE) as usize, ops);
+        } else if (OUTPUT_BASE..OUTPUT_BASE + ports).contains(&data) {
+            self.process_port_tx((data - OUTPUT_BASE) as usize);
+        } else if data == STALL_DATA {
+            self.check_stalls();
         } else if let DeviceEvent::Queue(q) = self.activation.handle(&events, ops) {
             self.process_queue(q);
         }
@@ -159,6 +193,15 @@ impl MutEventSubscriber for SerialPorts {
                 self.client_closed(index, ops);
             }
             self.resume_input(index, ops);
+            self.ports[index]
+                .writer
+                .sync_watch(ops, OUTPUT_BASE + index as u32);
         }
+        let period = self
+            .ports
+            .iter()
+            .filter_map(|p| p.writer.stall_check_period())
+            .min();
+        self.stall.sync(period);
     }
 }

@@ -14,16 +14,18 @@
 //! transmit), then port p's receive and transmit at 2p + 2 and 2p + 3.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::warn;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 
 use super::activation::Activation;
-use super::console::{PortQueue, MAX_PENDING_INPUT, QUEUE_SIZE};
+use super::console::{
+    PortOutput, PortQueue, PortWriter, StallTimer, MAX_PENDING_INPUT, QUEUE_SIZE,
+};
 use super::{device_type, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::GuestMemory;
 
@@ -48,8 +50,11 @@ const CONTROL_TX: usize = 3;
 struct Port {
     name: String,
     listener: UnixListener,
-    /// The connected client, written with a timeout (see `console::client_output`).
-    client: Option<(UnixStream, Box<dyn Write + Send>)>,
+    /// The connected client, read from here.
+    client: Option<UnixStream>,
+    /// The guest's output: to the client, without blocking (see console/output.rs),
+    /// or dropped while none is connected.
+    writer: PortWriter,
     /// Bytes from the client waiting for the guest's receive buffers.
     pending: VecDeque<u8>,
     /// The client is out of the event loop: `pending` is full, or no guest program has
@@ -89,6 +94,8 @@ pub struct SerialPorts {
     queue_sizes: Vec<u16>,
     /// Control messages for the driver, each with its payload (a port's name).
     control_out: VecDeque<Vec<u8>>,
+    /// Ticks while some client's socket is full (see console/output.rs).
+    stall: StallTimer,
     acked_features: u64,
     activation: Activation,
     active: Option<Active>,
@@ -137,10 +144,13 @@ impl SerialPorts {
         let mut out = Vec::with_capacity(ports.len());
         for (name, listener) in ports {
             listener.set_nonblocking(true)?;
+            let mut writer = PortWriter::new(PortOutput::Discard)?;
+            writer.set_stall_limit(None);
             out.push(Port {
                 name,
                 listener,
                 client: None,
+                writer,
                 pending: VecDeque::new(),
                 input_paused: false,
                 ready: false,
@@ -153,6 +163,7 @@ impl SerialPorts {
             ports: out,
             queue_sizes: vec![QUEUE_SIZE; queues],
             control_out: VecDeque::new(),
+            stall: StallTimer::new()?,
             acked_features: 0,
             activation: Activation::new()?,
             active: None,
@@ -170,18 +181,24 @@ impl SerialPorts {
         2 * index + 4
     }
 
-    /// Send what the guest wrote on the port at `index` to its client (dropped while
-    /// none is connected, as a closed pipe would).
+    /// Give a client that takes none of the guest's output this long up. By default
+    /// a port waits for its client as long as it takes, as QEMU's do: only the guest
+    /// program writing to the port waits meanwhile.
+    pub fn set_stall_limit(&mut self, limit: Option<Duration>) {
+        for port in &mut self.ports {
+            port.writer.set_stall_limit(limit);
+        }
+    }
+
+    /// Send what the guest wrote on the port at `index` to its client, as far as it
+    /// takes it (dropped while none is connected, as a closed pipe would).
     pub fn process_port_tx(&mut self, index: usize) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
         let port = &mut self.ports[index];
-        let output = port
-            .client
-            .as_mut()
-            .map(|(_, out)| out.as_mut() as &mut dyn Write);
-        if let Err(e) = a.port(Self::rx_queue(index) + 1).send_output(output) {
+        let tx = a.port(Self::rx_queue(index) + 1);
+        if let Err(e) = tx.send_output(&mut port.writer) {
             warn!(
                 "virtio-serial: port {}: client output failed ({e})",
                 port.name
@@ -303,6 +320,7 @@ impl VirtioDevice for SerialPorts {
         for port in &mut self.ports {
             port.ready = false;
             port.guest_open = false;
+            port.writer.forget_held();
         }
         true
     }

@@ -228,19 +228,6 @@ fn ports_are_checked_when_made() {
     assert_eq!(check_port_names(names.iter().map(String::as_str)), Ok(()));
 }
 
-/// Run `em` until `done`, for at most 10 s.
-fn run_until(
-    em: &mut EventManager<Arc<Mutex<SerialPorts>>>,
-    what: &str,
-    mut done: impl FnMut() -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        em.run_with_timeout(20).unwrap();
-    }
-}
-
 #[test]
 fn a_client_talks_to_the_guest_and_its_coming_and_going_is_announced() {
     let mem = test_mem();
@@ -331,4 +318,84 @@ fn a_client_talks_to_the_guest_and_its_coming_and_going_is_announced() {
         dev.lock().unwrap().has_client("org.kiln.test.0")
     });
     assert_eq!(guest.received(), [msg(1, PORT_OPEN, 1)]);
+}
+
+#[test]
+fn a_port_whose_client_reads_nothing_holds_back_only_its_own_output() {
+    use crate::virtio::console::backpressure_tests::{post_output, CHAINS};
+    let mem = test_mem();
+    let (_dir, paths, mut dev) = ports(&["org.kiln.slow", "org.kiln.fast"]);
+    let mut guest = Guest::attach(&mut dev, &mem);
+    guest.send_control(0, DEVICE_READY, 1);
+    guest.send_control(1, PORT_READY, 1);
+    guest.send_control(2, PORT_READY, 1);
+    dev.process_control_tx();
+    let dev = Arc::new(Mutex::new(dev));
+    let mut em = EventManager::<Arc<Mutex<SerialPorts>>>::new().unwrap();
+    em.add_subscriber(dev.clone());
+    let mut slow = UnixStream::connect(&paths[0]).unwrap();
+    let mut fast = UnixStream::connect(&paths[1]).unwrap();
+    run_until(&mut em, "the clients", || {
+        let d = dev.lock().unwrap();
+        d.has_client("org.kiln.slow") && d.has_client("org.kiln.fast")
+    });
+    let (slow_tx, fast_tx) = (SerialPorts::rx_queue(0) + 1, SerialPorts::rx_queue(1) + 1);
+
+    // 1 MiB for a client that is not reading: the socket fills and the port waits.
+    let out = DATA + 0x10_0000;
+    let pattern = post_output(&mem, &mut guest.rings[slow_tx], out);
+    guest.kicks[slow_tx].write(1).unwrap();
+    run_until(&mut em, "the slow socket to fill", || {
+        dev.lock().unwrap().ports[0].writer.is_blocked()
+    });
+    // The other port, and the event loop, go on.
+    mem.write_slice(b"fast", GuestAddress(PORT_BUFS)).unwrap();
+    guest.rings[fast_tx].post(0, &[(PORT_BUFS, 4, false)]);
+    guest.kicks[fast_tx].write(1).unwrap();
+    run_until(&mut em, "the other port", || {
+        guest.rings[fast_tx].used_idx() == 1
+    });
+    fast.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = [0u8; 4];
+    fast.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"fast");
+    assert!(guest.rings[slow_tx].used_idx() < CHAINS);
+    // A port waits for its client as long as it takes, unless told otherwise.
+    let in_an_hour = Instant::now() + Duration::from_secs(3600);
+    let mut d = dev.lock().unwrap();
+    assert!(d.ports[0].writer.give_up_if_stalled(in_an_hour).is_none());
+    drop(d);
+
+    // The slow client reads: all of it arrives, in order.
+    let want = pattern.len();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; want];
+        slow.read_exact(&mut got).map(|()| (slow, got))
+    });
+    run_until(&mut em, "the slow port's output", || {
+        guest.rings[slow_tx].used_idx() == CHAINS
+    });
+    let (slow, got) = reader.join().unwrap().unwrap();
+    assert!(got == pattern, "output lost, reordered or corrupted");
+
+    // Then it stops reading for good: with a stall limit set (by default a port
+    // waits), past it the client is dropped, the guest's buffers come back and the
+    // driver hears the port closed on the host.
+    dev.lock()
+        .unwrap()
+        .set_stall_limit(Some(Duration::from_millis(300)));
+    guest.received();
+    post_output(&mem, &mut guest.rings[slow_tx], out);
+    guest.kicks[slow_tx].write(1).unwrap();
+    run_until(&mut em, "the stuck client to go", || {
+        !dev.lock().unwrap().has_client("org.kiln.slow")
+    });
+    run_until(&mut em, "the buffers", || {
+        guest.rings[slow_tx].used_idx() == 2 * CHAINS
+    });
+    assert_eq!(guest.received(), [msg(1, PORT_OPEN, 0)]);
+    assert!(dev.lock().unwrap().has_client("org.kiln.fast"));
+    drop(slow);
 }
