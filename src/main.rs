@@ -10,6 +10,7 @@ use std::time::Instant;
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Subcommand};
 
 mod cmd;
+mod logging;
 
 /// One subcommand: its name, one-line help, how to build its arguments, and what
 /// runs it.
@@ -125,9 +126,7 @@ fn main() -> ExitCode {
         2 => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
-        .init();
+    logging::init(level);
 
     let Some((name, sub)) = matches.subcommand() else {
         // subcommand_required: clap has already printed the usage and exited.
