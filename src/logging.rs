@@ -1,8 +1,10 @@
 //! kiln's logger: env_logger's filter (`RUST_LOG`, `-v`) and format, with each place
-//! in the code that logs at info level or above limited to a burst of lines per
-//! window. A broken or hostile guest can make a device warn for every request it
+//! in the device models that logs at info level or above limited to a burst of lines
+//! per window. A broken or hostile guest can make a device warn for every request it
 //! sends, millions a second, which would bury everything else on stderr and fill CI
-//! logs. Debug and trace lines, asked for with `-vv`, are all kept.
+//! logs. The rest of kiln is not limited: a CPU model's list of features the host
+//! lacks is shown whole, however long. Debug and trace lines, asked for with `-vv`,
+//! are all kept.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,6 +15,17 @@ use log::{Level, Log, Metadata, Record};
 /// Lines one call site may log per window before the rest are counted, not shown.
 const BURST: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(10);
+/// Log targets (module paths) of the code that handles what guests send: kiln's
+/// device models and the rust-vmm crates under them.
+const GUEST_FACING: &[&str] = &["kiln_devices", "virtio_queue", "vm_superio", "vm_memory"];
+
+fn guest_facing(target: &str) -> bool {
+    GUEST_FACING.iter().any(|crate_name| {
+        target
+            .strip_prefix(crate_name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
 
 /// Install the logger at `level` unless `RUST_LOG` says otherwise.
 pub fn init(level: &str) {
@@ -95,7 +108,8 @@ impl<L: Log> RateLimited<L> {
             return;
         }
         let site = record.file_static().zip(record.line());
-        let Some(site) = site.filter(|_| record.level() <= Level::Info) else {
+        let limited = record.level() <= Level::Info && guest_facing(record.target());
+        let Some(site) = site.filter(|_| limited) else {
             self.inner.log(record);
             return;
         };
@@ -164,7 +178,14 @@ mod tests {
     }
 
     fn emit(logger: &RateLimited<Lines>, level: Level, line: u32, text: &str, at: Instant) {
-        emit_to(logger, "kiln", level, line, text, at);
+        emit_to(
+            logger,
+            "kiln_devices::virtio::block::io",
+            level,
+            line,
+            text,
+            at,
+        );
     }
 
     fn emit_to(
@@ -236,14 +257,28 @@ mod tests {
     }
 
     #[test]
-    fn debug_lines_and_lines_filtered_out_are_not_limited_or_counted() {
+    fn only_the_device_models_lines_above_debug_are_limited_and_filtered_ones_not_counted() {
         let logger = RateLimited::new(Lines::default(), 2, Duration::from_secs(10));
         let t0 = Instant::now();
         for _ in 0..5 {
             emit(&logger, Level::Debug, 1, "detail", t0);
             emit_to(&logger, "muted", Level::Warn, 2, "filtered", t0);
+            emit_to(
+                &logger,
+                "kiln_vmm::vcpu",
+                Level::Warn,
+                3,
+                "not a device",
+                t0,
+            );
+            emit_to(&logger, "kiln_devicesx", Level::Warn, 4, "nor this", t0);
         }
-        assert_eq!(lines(&logger), vec!["DEBUG detail".to_string(); 5]);
+        let want: Vec<String> = ["DEBUG detail", "WARN not a device", "WARN nor this"]
+            .repeat(5)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(lines(&logger), want);
         for _ in 0..2 {
             emit(&logger, Level::Error, 2, "shown", t0);
         }
