@@ -39,10 +39,10 @@ ops+='\x04\xb0\x00\x02\x01\x02\x00\x00\x02\x01\x00\x00\x04\x01\x00\x00'
 for img in "$seeds"/*.qcow2; do
   { printf "$ops"; cat "$img"; } > "corpus/qcow2_write/ops-$(basename "$img")"
 done
-mkdir -p corpus/blk_request corpus/net_chains corpus/serial_control
+mkdir -p corpus/blk_request corpus/net_chains corpus/serial_control corpus/console_tx
 
 cargo fuzz build -O
-for t in blk_request net_chains qcow2_metadata qcow2_open qcow2_write serial_control; do
+for t in blk_request net_chains qcow2_metadata qcow2_open qcow2_write serial_control console_tx; do
   echo "== $t: ${secs}s"
   cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=262144 2>&1 | tail -3
 done

@@ -337,9 +337,11 @@ pub fn qcow2_write(data: &[u8]) {
     qcow2_write_in(dir, data);
 }
 
+mod console;
 mod net;
 mod qcow2_write;
 mod serial;
+pub use console::console_tx;
 pub use net::net_chains;
 pub use qcow2_write::{qcow2_write_in, WriteOutcome};
 pub use serial::serial_control;

@@ -273,3 +273,43 @@ fn qcow2_writes_on_hostile_images_never_panic_and_read_back() {
         "{opened} {extent_writes}"
     );
 }
+
+/// A console input: the client's pace, then `descs` (built with [`desc`]).
+fn console_seed(pace: u8, descs: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = vec![pace, (descs.len() - 1) as u8];
+    for d in descs {
+        v.extend(d);
+    }
+    v
+}
+
+#[test]
+fn console_tx_never_panics_or_waits_on_a_drained_socket() {
+    // Eight chains of 12 KiB (far more than the shrunk socket holds), read slowly.
+    let big: Vec<Vec<u8>> = (0..8)
+        .map(|i| desc(0x1000 + 0x3000 * i, 0x3000, false, None))
+        .collect();
+    // Two-buffer chains, one buffer past guest memory (top bit of byte 15 keeps the
+    // address as given).
+    let mut outside = desc(u64::MAX - 0x10, 0x100, false, None);
+    outside[15] = 0x80;
+    let mixed = vec![
+        desc(0x1000, 0x3fff, false, Some(1)),
+        outside,
+        desc(0x8000, 0x2000, false, Some(3)),
+        desc(0x9000, 0x10, true, None),
+    ];
+    // A descriptor loop.
+    let looped = vec![
+        desc(0x1000, 0x100, false, Some(1)),
+        desc(0x2000, 0x100, false, Some(0)),
+    ];
+    let seeds = [
+        console_seed(1, &big),
+        console_seed(0, &big),
+        console_seed(255, &mixed),
+        console_seed(3, &looped),
+        vec![],
+    ];
+    run_short_inputs(console_tx, &seeds, 0xc0_750e, 160);
+}

@@ -151,6 +151,11 @@ impl Console {
         }
     }
 
+    /// Whether a chain of the guest's output waits for room in the socket.
+    pub fn output_waiting(&self) -> bool {
+        self.writer.is_blocked()
+    }
+
     /// Give a client that takes none of the guest's output this long up (default
     /// [`STALL_LIMIT`]: the guest's console driver spins while it waits).
     pub fn set_stall_limit(&mut self, limit: std::time::Duration) {
