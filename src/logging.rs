@@ -2,9 +2,10 @@
 //! in the device models that logs at info level or above limited to a burst of lines
 //! per window. A broken or hostile guest can make a device warn for every request it
 //! sends, millions a second, which would bury everything else on stderr and fill CI
-//! logs. The rest of kiln is not limited: a CPU model's list of features the host
-//! lacks is shown whole, however long. Debug and trace lines, asked for with `-vv`,
-//! are all kept.
+//! logs. The lines left out are counted; the count is reported before the call
+//! site's next line in a later window, and at exit. The rest of kiln is not limited:
+//! a CPU model's list of features the host lacks is shown whole, however long. Debug
+//! and trace lines, asked for with `-vv`, are all kept.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -45,6 +46,9 @@ struct SiteState {
     window_start: Instant,
     shown: u32,
     left_out: u64,
+    /// Of the lines left out, for reporting them at exit.
+    level: Level,
+    target: &'static str,
 }
 
 /// What to do with one record.
@@ -74,21 +78,20 @@ impl<L: Log> RateLimited<L> {
         }
     }
 
-    fn judge(&self, site: Site, now: Instant) -> Verdict {
+    fn judge(&self, site: Site, record: &Record, now: Instant) -> Verdict {
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-        let state = sites.entry(site).or_insert(SiteState {
+        let fresh = || SiteState {
             window_start: now,
             shown: 0,
             left_out: 0,
-        });
+            level: record.level(),
+            target: record.module_path_static().unwrap_or("kiln"),
+        };
+        let state = sites.entry(site).or_insert_with(fresh);
         let mut report_left_out = 0;
         if now.saturating_duration_since(state.window_start) >= self.window {
             report_left_out = state.left_out;
-            *state = SiteState {
-                window_start: now,
-                shown: 0,
-                left_out: 0,
-            };
+            *state = fresh();
         }
         let show = state.shown < self.burst;
         if show {
@@ -113,7 +116,7 @@ impl<L: Log> RateLimited<L> {
             self.inner.log(record);
             return;
         };
-        let verdict = self.judge(site, now);
+        let verdict = self.judge(site, record, now);
         let note = |text: std::fmt::Arguments| {
             self.inner.log(
                 &Record::builder()
@@ -153,7 +156,26 @@ impl<L: Log> Log for RateLimited<L> {
         self.log_at(record, Instant::now());
     }
 
+    /// Reports, per call site, the lines left out since its last report; `main` calls
+    /// it before kiln exits.
     fn flush(&self) {
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        for (&(file, line), state) in sites.iter_mut().filter(|(_, s)| s.left_out > 0) {
+            self.inner.log(
+                &Record::builder()
+                    .args(format_args!(
+                        "({} more lines from {file}:{line} were left out)",
+                        state.left_out
+                    ))
+                    .level(state.level)
+                    .target(state.target)
+                    .file_static(Some(file))
+                    .line(Some(line))
+                    .build(),
+            );
+            state.left_out = 0;
+        }
+        drop(sites);
         self.inner.flush();
     }
 }
@@ -239,6 +261,16 @@ mod tests {
             t0 + Duration::from_secs(9),
         );
         assert!(lines(&logger).is_empty());
+        // At exit, what was left out is reported, once.
+        logger.flush();
+        assert_eq!(
+            lines(&logger),
+            ["WARN (998 more lines from devices/src/virtio/block/io.rs:57 were left out)"]
+        );
+        logger.flush();
+        assert!(lines(&logger).is_empty());
+        let late = t0 + Duration::from_secs(9);
+        emit(&logger, Level::Warn, 57, "bad request later", late);
         // The next window says how many went, then shows a new burst.
         emit(
             &logger,
@@ -250,7 +282,7 @@ mod tests {
         assert_eq!(
             lines(&logger),
             [
-                "WARN (998 more lines like the next were left out)",
+                "WARN (1 more lines like the next were left out)",
                 "WARN bad request new",
             ]
         );

@@ -145,13 +145,16 @@ fn main() -> ExitCode {
         // other thread exists yet.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    match (subcmd.exec)(sub, start) {
+    let code = match (subcmd.exec)(sub, start) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kiln: error: {}", error_chain(&e));
             ExitCode::from(1)
         }
-    }
+    };
+    // Counts of log lines the rate limit left out (src/logging.rs).
+    log::logger().flush();
+    code
 }
 
 /// The error and its causes joined by ": ", as `{:#}` prints them, but without a
