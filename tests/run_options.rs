@@ -431,3 +431,35 @@ fn console_server_socket_is_created_served_and_removed() {
     assert!(run.stderr().contains("not a socket"), "{}", run.stderr());
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep");
 }
+
+#[test]
+fn console_socket_connects_to_a_listener_and_no_listener_is_an_error() {
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+    const EXIT_CONSOLE: i32 = (3 << 1) | 1;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-options-console-connect");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("listener.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let spec = format!("virtio,socket={}", sock.display());
+    let run = run_probe("console-connect", &["--no-rng", "--console", &spec]);
+    assert_eq!(run.code(), Some(EXIT_CONSOLE), "{}", run.stderr());
+    // kiln connected (the connection waits in the backlog), and closed it on exit.
+    listener.set_nonblocking(true).unwrap();
+    let (mut conn, _) = listener.accept().expect("kiln did not connect");
+    conn.set_nonblocking(false).unwrap();
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "the probe guest wrote nothing: {rest:?}");
+
+    // Nobody listening: refused before the VM starts, naming the path.
+    drop(listener);
+    let run = run_probe("console-connect-none", &["--no-rng", "--console", &spec]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert!(
+        run.stderr().contains(sock.to_str().unwrap()),
+        "{}",
+        run.stderr()
+    );
+}
