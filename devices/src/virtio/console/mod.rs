@@ -36,6 +36,7 @@ const TX: usize = 1;
 /// Input buffered while the driver has no receive buffers; beyond this the input is
 /// not read until the driver posts buffers.
 pub const MAX_PENDING_INPUT: usize = 64 << 10;
+/// Bytes copied between guest memory and the host at a time.
 const CHUNK: usize = 4096;
 /// VIRTIO_RING_F_EVENT_IDX: see [`notify`].
 const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
@@ -186,17 +187,17 @@ pub(crate) struct PortQueue<'a> {
 impl PortQueue<'_> {
     /// Write what the guest sent on this transmit queue to `writer`, starting with the
     /// chain it holds. Every chain written (or dropped) is returned to the guest; a
-    /// socket that cannot take more holds the rest of the ring back ([`Sent::Blocked`]).
-    /// The first output error is the result; from then on the writer drops the output.
-    pub fn send_output(self, writer: &mut PortWriter) -> std::io::Result<Sent> {
+    /// socket that cannot take more holds the rest of the ring back (the writer then
+    /// says [`PortWriter::is_blocked`]). The first output error is the result; from
+    /// then on the writer drops the output.
+    pub fn send_output(self, writer: &mut PortWriter) -> std::io::Result<()> {
         let mem = self.mem;
         let mut returned = false;
         let mut failure = None;
-        let mut blocked = false;
         if let Some(held) = writer.held.take() {
             let head = held.head;
             match writer.write_chain(mem, held) {
-                Ok(Written::Held) => return Ok(Sent::Blocked),
+                Ok(Written::Held) => return Ok(()),
                 Ok(Written::Done) => {}
                 Err(e) => failure = Some(e),
             }
@@ -206,10 +207,7 @@ impl PortQueue<'_> {
             while let Some(chain) = q.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 match writer.write_chain(mem, PendingChain::new(chain)) {
-                    Ok(Written::Held) => {
-                        blocked = true;
-                        return false;
-                    }
+                    Ok(Written::Held) => return false,
                     Ok(Written::Done) => {}
                     Err(e) => failure = failure.take().or(Some(e)),
                 }
@@ -226,11 +224,7 @@ impl PortQueue<'_> {
         if let Err(e) = writer.flush() {
             failure = failure.take().or(Some(e));
         }
-        match failure {
-            Some(e) => Err(e),
-            None if blocked => Ok(Sent::Blocked),
-            None => Ok(Sent::Drained),
-        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Move `pending` into this receive queue's buffers, as far as they go.
@@ -267,15 +261,6 @@ pub(crate) fn copy_out(
     output: &mut dyn Write,
 ) -> std::io::Result<()> {
     PendingChain::new(chain).write_with(mem, |b| output.write_all(b).map(|()| b.len()))
-}
-
-/// What [`PortQueue::send_output`] left behind.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Sent {
-    /// Every chain the guest made available went out (or was dropped) and is back.
-    Drained,
-    /// The socket is full: a chain waits for room, and the ring behind it.
-    Blocked,
 }
 
 /// Move the front of `pending` into the device-writable buffers of `chain`; returns

@@ -25,12 +25,12 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::CHUNK;
 use crate::GuestMemory;
 
 /// How long a console's socket client may take nothing while the guest waits on it
 /// before it is dropped.
 pub const STALL_LIMIT: Duration = Duration::from_secs(5);
-const CHUNK: usize = 4096;
 
 /// The output of a port.
 pub enum PortOutput {
@@ -240,14 +240,18 @@ impl PortWriter {
         if want == self.watched {
             return;
         }
-        if let Some(fd) = self.watched.take() {
-            let _ = ops.remove(Events::empty_raw(fd));
-        }
+        self.unwatch(ops);
         if let Some(fd) = want {
             match ops.add(Events::with_data_raw(fd, data, EventSet::OUT)) {
                 Ok(()) => self.watched = Some(fd),
                 Err(e) => warn!("virtio-console: cannot watch a client for room: {e}"),
             }
+        }
+    }
+
+    fn unwatch(&mut self, ops: &mut EventOps) {
+        if let Some(fd) = self.watched.take() {
+            let _ = ops.remove(Events::empty_raw(fd));
         }
     }
 
@@ -257,8 +261,7 @@ impl PortWriter {
         let mut next = PortWriter::new(output)?;
         next.held = self.held.take();
         next.stall_limit = self.stall_limit;
-        self.output = PortOutput::Discard;
-        self.sync_watch(ops, 0);
+        self.unwatch(ops);
         *self = next;
         Ok(())
     }
