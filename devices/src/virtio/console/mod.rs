@@ -185,12 +185,23 @@ pub(crate) struct PortQueue<'a> {
 }
 
 impl PortQueue<'_> {
+    /// Tell the driver this queue's used ring moved (as it asked, see [`notify`]).
+    pub fn signal_used(&mut self) {
+        notify::signal_used(
+            self.queue,
+            self.mem,
+            self.interrupt,
+            self.index,
+            self.device,
+        );
+    }
+
     /// Write what the guest sent on this transmit queue to `writer`, starting with the
     /// chain it holds. Every chain written (or dropped) is returned to the guest; a
     /// socket that cannot take more holds the rest of the ring back (the writer then
     /// says [`PortWriter::is_blocked`]). The first output error is the result; from
     /// then on the writer drops the output.
-    pub fn send_output(self, writer: &mut PortWriter) -> std::io::Result<()> {
+    pub fn send_output(mut self, writer: &mut PortWriter) -> std::io::Result<()> {
         let mem = self.mem;
         let mut returned = false;
         let mut failure = None;
@@ -219,7 +230,7 @@ impl PortQueue<'_> {
             true
         });
         if returned {
-            notify::signal_used(self.queue, mem, self.interrupt, self.index, self.device);
+            self.signal_used();
         }
         if let Err(e) = writer.flush() {
             failure = failure.take().or(Some(e));
@@ -228,7 +239,7 @@ impl PortQueue<'_> {
     }
 
     /// Move `pending` into this receive queue's buffers, as far as they go.
-    pub fn take_input(self, pending: &mut VecDeque<u8>) {
+    pub fn take_input(mut self, pending: &mut VecDeque<u8>) {
         let mut used = false;
         let mem = self.mem;
         // Wants more buffers while input waits; and with none pending, re-enabling
@@ -248,7 +259,7 @@ impl PortQueue<'_> {
             !pending.is_empty()
         });
         if used {
-            notify::signal_used(self.queue, mem, self.interrupt, self.index, self.device);
+            self.signal_used();
         }
     }
 }

@@ -56,20 +56,21 @@ impl SerialPorts {
         };
         let mut used = false;
         let pending = &mut self.control_out;
-        let queue = &mut a.queues[CONTROL_RX];
-        notify::drain_with_kicks_suppressed(queue, &a.mem, |q| {
+        let mut port = a.port(CONTROL_RX);
+        let mem = port.mem;
+        notify::drain_with_kicks_suppressed(port.queue, mem, |q| {
             while let Some(msg) = pending.front() {
-                let Some(chain) = q.pop_descriptor_chain(&a.mem) else {
+                let Some(chain) = q.pop_descriptor_chain(mem) else {
                     break;
                 };
                 let head = chain.head_index();
                 let mut bytes: VecDeque<u8> = msg.iter().copied().collect();
-                let written = copy_in(&a.mem, chain, &mut bytes);
+                let written = copy_in(mem, chain, &mut bytes);
                 if !bytes.is_empty() {
                     warn!("virtio-serial: a control buffer too small for its message");
                 }
                 pending.pop_front();
-                if q.add_used(&a.mem, head, written).is_err() {
+                if q.add_used(mem, head, written).is_err() {
                     return false;
                 }
                 used = true;
@@ -77,13 +78,7 @@ impl SerialPorts {
             !pending.is_empty()
         });
         if used {
-            notify::signal_used(
-                queue,
-                &a.mem,
-                a.interrupt.as_ref(),
-                CONTROL_RX as u16,
-                "virtio-serial",
-            );
+            port.signal_used();
         }
     }
 
@@ -94,17 +89,18 @@ impl SerialPorts {
         };
         let mut messages = Vec::new();
         let mut used = false;
-        let queue = &mut a.queues[CONTROL_TX];
-        notify::drain_with_kicks_suppressed(queue, &a.mem, |q| {
-            while let Some(chain) = q.pop_descriptor_chain(&a.mem) {
+        let mut port = a.port(CONTROL_TX);
+        let mem = port.mem;
+        notify::drain_with_kicks_suppressed(port.queue, mem, |q| {
+            while let Some(chain) = q.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 // Only the header is read: a hostile chain may span guest memory.
                 let mut msg = [0u8; CONTROL_LEN];
                 let mut rest = &mut msg[..];
-                let _ = copy_out(&a.mem, chain, &mut rest);
+                let _ = copy_out(mem, chain, &mut rest);
                 let len = CONTROL_LEN - rest.len();
                 messages.push((msg, len));
-                if q.add_used(&a.mem, head, 0).is_err() {
+                if q.add_used(mem, head, 0).is_err() {
                     return false;
                 }
                 used = true;
@@ -112,13 +108,7 @@ impl SerialPorts {
             true
         });
         if used {
-            notify::signal_used(
-                queue,
-                &a.mem,
-                a.interrupt.as_ref(),
-                CONTROL_TX as u16,
-                "virtio-serial",
-            );
+            port.signal_used();
         }
         for (msg, len) in messages {
             self.control_message(&msg[..len]);
