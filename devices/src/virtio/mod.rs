@@ -22,7 +22,7 @@ pub(crate) mod test_utils;
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemory;
@@ -73,6 +73,40 @@ pub struct ActivateContext {
     pub interrupt: Arc<dyn VirtioInterrupt>,
 }
 
+impl ActivateContext {
+    /// The queues, if the driver set up the `want` the device has, each told whether
+    /// VIRTIO_RING_F_EVENT_IDX was negotiated (virtio 1.2 §2.7.10: with it, used_event
+    /// decides interrupts and avail_event kicks).
+    pub fn take_queues(
+        &mut self,
+        want: usize,
+        event_idx: bool,
+    ) -> Result<Vec<Queue>, ActivateError> {
+        let got = self.queues.len();
+        if got != want {
+            return Err(ActivateError::QueueCount { got, want });
+        }
+        let mut queues = std::mem::take(&mut self.queues);
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
+        Ok(queues)
+    }
+
+    /// [`ActivateContext::take_queues`] for a device with `N` queues.
+    pub fn take_queue_array<const N: usize>(
+        &mut self,
+        event_idx: bool,
+    ) -> Result<[Queue; N], ActivateError> {
+        self.take_queues(N, event_idx)?
+            .try_into()
+            .map_err(|q: Vec<Queue>| ActivateError::QueueCount {
+                got: q.len(),
+                want: N,
+            })
+    }
+}
+
 /// A virtio device model, independent of its transport.
 pub trait VirtioDevice: Send {
     /// Device ID (see [`device_type`]).
@@ -91,4 +125,52 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stop processing and forget the queues. Returns false if the device cannot reset.
     fn reset(&mut self) -> bool;
+}
+
+#[cfg(test)]
+mod activate_tests {
+    use super::*;
+    use crate::virtio::console::Console;
+    use crate::virtio::rng::Rng;
+    use crate::virtio::test_utils::{test_mem, CountingInterrupt};
+
+    fn context(queues: usize) -> ActivateContext {
+        ActivateContext {
+            mem: test_mem(),
+            queues: (0..queues).map(|_| Queue::new(16).unwrap()).collect(),
+            queue_events: (0..queues).map(|_| EventFd::new(0).unwrap()).collect(),
+            interrupt: Arc::new(CountingInterrupt::default()),
+        }
+    }
+
+    #[test]
+    fn queues_are_taken_only_in_the_number_the_device_has() {
+        let [a, b] = context(2).take_queue_array(true).unwrap();
+        assert!(a.event_idx_enabled() && b.event_idx_enabled());
+        let queues = context(3).take_queues(3, false).unwrap();
+        assert!(queues.iter().all(|q| !q.event_idx_enabled()));
+        for got in [2, 4] {
+            let err = context(got).take_queues(3, false).unwrap_err();
+            let want = format!("driver configured {got} queues, device needs 3");
+            assert_eq!(err.to_string(), want);
+        }
+        let err = context(3).take_queue_array::<2>(true).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "driver configured 3 queues, device needs 2"
+        );
+        // Devices refuse a driver that set up another number of queues.
+        let mut console = Console::new(Box::new(std::io::sink()), None).unwrap();
+        let err = console.activate(context(1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "driver configured 1 queues, device needs 2"
+        );
+        let mut rng = Rng::new().unwrap();
+        let err = rng.activate(context(2)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "driver configured 2 queues, device needs 1"
+        );
+    }
 }

@@ -331,16 +331,8 @@ impl VirtioDevice for Console {
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let got = ctx.queues.len();
-        let mut queues = ctx.queues.into_iter();
-        let (Some(mut rx), Some(mut tx), None) = (queues.next(), queues.next(), queues.next())
-        else {
-            return Err(ActivateError::QueueCount { got, want: 2 });
-        };
-        let event_idx = self.acked_features & EVENT_IDX != 0;
-        rx.set_event_idx(event_idx);
-        tx.set_event_idx(event_idx);
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
+        let [rx, tx] = ctx.take_queue_array(self.acked_features & EVENT_IDX != 0)?;
         self.active = Some(Active {
             mem: ctx.mem,
             rx,

@@ -212,32 +212,21 @@ impl VirtioDevice for Net {
         );
     }
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
+        // (See rx.rs for where rx places avail_event.)
+        let [rx, tx] = ctx.take_queue_array(self.has(VIRTIO_RING_F_EVENT_IDX))?;
         let ActivateContext {
             mem,
-            queues,
             queue_events,
             interrupt,
+            ..
         } = ctx;
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 2,
-            });
-        }
-        if let Some(i) = queues.iter().position(|q| !q.is_valid(&mem)) {
+        if let Some(i) = [&rx, &tx].iter().position(|q| !q.is_valid(&mem)) {
             return Err(ActivateError::InvalidQueue(i));
         }
         self.backend
             .set_offloads(self.acked_features)
             .map_err(|e| ActivateError::Backend(format!("cannot set offloads: {e}")))?;
-        let mut queues = queues.into_iter();
-        let (mut rx, mut tx) = (queues.next().unwrap(), queues.next().unwrap());
-        // virtio 1.2 §2.7.10: used_event decides interrupts, avail_event kicks (see rx.rs
-        // for where rx places avail_event).
-        let event_idx = self.has(VIRTIO_RING_F_EVENT_IDX);
-        rx.set_event_idx(event_idx);
-        tx.set_event_idx(event_idx);
         log::info!(
             "virtio-net {}: activated, driver features {:#x}",
             self.mac,

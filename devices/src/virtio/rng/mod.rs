@@ -156,16 +156,8 @@ impl VirtioDevice for Rng {
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let mut queues = ctx.queues;
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 1,
-            });
-        }
-        let mut queue = queues.remove(0);
-        queue.set_event_idx(self.acked_features & EVENT_IDX != 0);
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
+        let [queue] = ctx.take_queue_array(self.acked_features & EVENT_IDX != 0)?;
         self.active = Some(Active {
             mem: ctx.mem,
             queue,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use log::warn;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 
 use super::activation::Activation;
 use super::console::{
@@ -285,7 +285,7 @@ impl VirtioDevice for SerialPorts {
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
         let want = self.queue_sizes.len();
         if self.acked_features & F_MULTIPORT == 0 {
             // Without MULTIPORT only port 0 would exist, and it is not served.
@@ -293,17 +293,7 @@ impl VirtioDevice for SerialPorts {
                 "virtio-serial: the driver did not take MULTIPORT, which its ports need".into(),
             ));
         }
-        if ctx.queues.len() != want {
-            return Err(ActivateError::QueueCount {
-                got: ctx.queues.len(),
-                want,
-            });
-        }
-        let event_idx = self.acked_features & EVENT_IDX != 0;
-        let mut queues = ctx.queues;
-        for q in &mut queues {
-            q.set_event_idx(event_idx);
-        }
+        let queues = ctx.take_queues(want, self.acked_features & EVENT_IDX != 0)?;
         self.active = Some(Active {
             mem: ctx.mem,
             queues,
