@@ -429,11 +429,14 @@ mod tests {
             "name=a,socket=s,socket=t",
             "name=a,name=b,socket=s",
             "name=a,socket=s,server=on",
-            "name=,socket=s",
-            "name=a b,socket=s",
             "",
         ] {
-            assert!(parse_channel(bad).is_err(), "{bad}");
+            let want = format!("{bad:?}: expected name=NAME,socket=PATH");
+            assert_eq!(parse_channel(bad), Err(want));
+        }
+        for (bad, name) in [("name=,socket=s", ""), ("name=a b,socket=s", "a b")] {
+            let want = format!("port name {name:?} is not 1-255 letters, digits, '.', '_' or '-'");
+            assert_eq!(parse_channel(bad), Err(want), "{bad}");
         }
     }
 
