@@ -13,7 +13,6 @@
 //! dropping the device stops passt.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -314,13 +313,12 @@ fn console(spec: &ConsoleSpec) -> Result<VirtioDeviceConfig, SpecError> {
     };
     match &spec.output {
         ConsoleOutput::Stdout => Ok(new(Box::new(|| {
-            Console::new(Box::new(std::io::stdout()), None)
+            Console::relayed(Box::new(std::io::stdout()))
         }))),
         ConsoleOutput::File(path) => {
             let file = File::create(path).map_err(err(path))?;
             Ok(new(Box::new(move || {
-                let out: Box<dyn Write + Send> = Box::new(file.try_clone()?);
-                Console::new(out, None)
+                Console::relayed(Box::new(file.try_clone()?))
             })))
         }
         ConsoleOutput::Socket(path) => {

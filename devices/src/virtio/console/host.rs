@@ -10,7 +10,7 @@ use std::time::Instant;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{info, warn};
 
-use super::output::PortOutput;
+use super::output::{PortOutput, Stalled};
 use super::{Console, CHUNK, MAX_PENDING_INPUT, RX, TX};
 use crate::virtio::activation::DeviceEvent;
 
@@ -55,10 +55,15 @@ impl Console {
     /// and return the chain it held to the guest.
     fn check_stall(&mut self) {
         self.stall.consume();
-        if let Some(e) = self.writer.give_up_if_stalled(Instant::now()) {
-            self.output_failed(e);
-            self.process_tx();
+        match self.writer.give_up_if_stalled(Instant::now()) {
+            None => return,
+            Some(Stalled::GaveUp(e)) => self.output_failed(e),
+            Some(Stalled::Skipping(limit)) => warn!(
+                "virtio-console: the output took nothing for {limit:?}; dropping the \
+                 guest's output until it takes data again"
+            ),
         }
+        self.process_tx();
     }
 
     fn watch(ops: &mut EventOps, fd: RawFd, data: u32, what: &str) {

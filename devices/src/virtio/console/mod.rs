@@ -99,6 +99,13 @@ impl Console {
         Self::with_output(PortOutput::Blocking(output), input)
     }
 
+    /// A console writing `output` (stdout, a file) from a thread of its own, so that an
+    /// output that stops taking data holds up neither the event loop nor, past the
+    /// stall limit, the guest (see relay.rs).
+    pub fn relayed(output: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        Self::with_output(PortOutput::Relayed(Relay::start(output)?), None)
+    }
+
     /// A console talking to a connected socket: the guest's output goes to it without
     /// blocking the event loop (see output.rs), input comes from it.
     pub fn connected(stream: UnixStream) -> std::io::Result<Self> {
@@ -354,11 +361,15 @@ impl VirtioDevice for Console {
 
 mod host;
 mod output;
+mod relay;
 mod size;
 pub(crate) use output::{PendingChain, Written};
-pub use output::{PortOutput, PortWriter, StallTimer, STALL_LIMIT};
+pub use output::{PortOutput, PortWriter, StallTimer, Stalled, STALL_LIMIT};
+pub use relay::{Relay, DRAIN_LIMIT};
 pub use size::{ConsoleSize, SizeSource, F_SIZE};
 #[cfg(test)]
 pub(crate) mod backpressure_tests;
+#[cfg(test)]
+mod relay_tests;
 #[cfg(test)]
 mod tests;

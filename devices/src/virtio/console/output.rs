@@ -11,7 +11,10 @@
 //! it stopped. A port may have a stall limit ([`STALL_LIMIT`] for the console,
 //! whose guest driver spins until its buffer comes back): a client that takes
 //! nothing for that long is given up ([`StallTimer`]), so one that stops reading
-//! cannot hold the guest's console for ever.
+//! cannot hold the guest's console for ever. stdout and files go through a relay
+//! thread (relay.rs) and are written like a socket; one that stalls past the limit is
+//! not given up but skipped: the guest's output is dropped (and counted) until it
+//! takes data again.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Write};
@@ -20,11 +23,12 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
-use log::warn;
+use log::{info, warn};
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::relay::Relay;
 use super::CHUNK;
 use crate::GuestMemory;
 
@@ -40,6 +44,30 @@ pub enum PortOutput {
     Blocking(Box<dyn Write + Send>),
     /// A socket client, written without blocking.
     Socket(UnixStream),
+    /// A blocking output written by a relay thread, through a socket written without
+    /// blocking.
+    Relayed(Relay),
+}
+
+impl PortOutput {
+    /// The socket written without blocking, if the output has one.
+    fn stream(&self) -> Option<&UnixStream> {
+        match self {
+            PortOutput::Socket(stream) => Some(stream),
+            PortOutput::Relayed(relay) => Some(relay.stream()),
+            PortOutput::Discard | PortOutput::Blocking(_) => None,
+        }
+    }
+}
+
+/// What [`PortWriter::give_up_if_stalled`] did with an output that took nothing for
+/// its stall limit.
+pub enum Stalled {
+    /// A socket client is given up: the guest's further output is dropped.
+    GaveUp(std::io::Error),
+    /// A relayed output is skipped: the guest's output is dropped until it takes data
+    /// again.
+    Skipping(Duration),
 }
 
 /// A transmit chain's device-readable buffers not yet written, from the first byte
@@ -58,6 +86,11 @@ impl PendingChain {
                 .map(|d| (d.addr(), d.len()))
                 .collect(),
         }
+    }
+
+    /// Bytes still to go.
+    fn remaining(&self) -> u64 {
+        self.segments.iter().map(|&(_, len)| u64::from(len)).sum()
     }
 
     /// Hand the rest of the chain to `write`, which says how many bytes of each piece
@@ -118,11 +151,14 @@ pub struct PortWriter {
     /// The socket's fd is in the event loop for EPOLLOUT.
     watched: Option<RawFd>,
     stall_limit: Option<Duration>,
+    /// A relayed output is being skipped (see [`Stalled::Skipping`]): the bytes dropped
+    /// so far.
+    skipped: Option<u64>,
 }
 
 impl PortWriter {
     pub fn new(output: PortOutput) -> std::io::Result<Self> {
-        if let PortOutput::Socket(stream) = &output {
+        if let Some(stream) = output.stream() {
             stream.set_nonblocking(true)?;
         }
         Ok(PortWriter {
@@ -133,6 +169,7 @@ impl PortWriter {
             unread_at_last_tick: None,
             watched: None,
             stall_limit: Some(STALL_LIMIT),
+            skipped: None,
         })
     }
 
@@ -155,27 +192,41 @@ impl PortWriter {
         mem: &GuestMemory,
         mut chain: PendingChain,
     ) -> std::io::Result<Written> {
-        let result = match &mut self.output {
-            _ if self.failed => Ok(()),
-            PortOutput::Discard => Ok(()),
-            // A blocking output that says it would block (a terminal someone made
-            // non-blocking) has no readiness to wait for: that is a failure.
-            PortOutput::Blocking(out) => chain.write_with(mem, |b| match out.write_all(b) {
-                Ok(()) => Ok(b.len()),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => Err(std::io::Error::other(e)),
-                Err(e) => Err(e),
-            }),
-            PortOutput::Socket(stream) => {
-                let (since, unread) = (&mut self.stalled_since, &mut self.unread_at_last_tick);
-                chain.write_with(mem, |b| {
-                    let took = stream.write(b)?;
-                    (*since, *unread) = (None, None);
-                    Ok(took)
-                })
+        let result = if self.failed {
+            Ok(())
+        } else if let Some(stream) = self.output.stream() {
+            let (since, unread) = (&mut self.stalled_since, &mut self.unread_at_last_tick);
+            let skipped = &mut self.skipped;
+            chain.write_with(mem, |b| {
+                let took = (&*stream).write(b)?;
+                (*since, *unread) = (None, None);
+                if let Some(bytes) = skipped.take() {
+                    info!(
+                        "virtio-console: the output takes data again; \
+                         {bytes} bytes of the guest's output were dropped"
+                    );
+                }
+                Ok(took)
+            })
+        } else {
+            match &mut self.output {
+                // A blocking output that says it would block (a terminal someone made
+                // non-blocking) has no readiness to wait for: that is a failure.
+                PortOutput::Blocking(out) => chain.write_with(mem, |b| match out.write_all(b) {
+                    Ok(()) => Ok(b.len()),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => Err(std::io::Error::other(e)),
+                    Err(e) => Err(e),
+                }),
+                _ => Ok(()),
             }
         };
         match result {
             Ok(()) => Ok(Written::Done),
+            Err(e) if e.kind() == ErrorKind::WouldBlock && self.skipped.is_some() => {
+                let bytes = self.skipped.get_or_insert(0);
+                *bytes = bytes.saturating_add(chain.remaining());
+                Ok(Written::Done)
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 self.stalled_since.get_or_insert_with(Instant::now);
                 self.held = Some(chain);
@@ -198,6 +249,11 @@ impl PortWriter {
         }
     }
 
+    /// Whether a relayed output is being skipped (see [`Stalled::Skipping`]).
+    pub fn skipping(&self) -> bool {
+        self.skipped.is_some()
+    }
+
     /// Whether a chain waits for room in the socket.
     pub fn is_blocked(&self) -> bool {
         self.held.is_some() && !self.failed
@@ -207,11 +263,11 @@ impl PortWriter {
     /// (the caller drops the client and returns the held chain). Called on every tick
     /// of the stall timer: a reader that took some of what the socket holds since the
     /// last tick is making progress.
-    pub fn give_up_if_stalled(&mut self, now: Instant) -> Option<std::io::Error> {
+    pub fn give_up_if_stalled(&mut self, now: Instant) -> Option<Stalled> {
         if !self.is_blocked() {
             return None;
         }
-        if let PortOutput::Socket(stream) = &self.output {
+        if let Some(stream) = self.output.stream() {
             let unread = unread_bytes(stream);
             if unread.is_some() && unread < self.unread_at_last_tick {
                 self.stalled_since = Some(now);
@@ -222,21 +278,26 @@ impl PortWriter {
         if now.saturating_duration_since(since) < limit {
             return None;
         }
+        if matches!(self.output, PortOutput::Relayed(_)) {
+            self.skipped = Some(0);
+            return Some(Stalled::Skipping(limit));
+        }
         self.failed = true;
-        Some(std::io::Error::new(
+        Some(Stalled::GaveUp(std::io::Error::new(
             ErrorKind::TimedOut,
             format!("took nothing for {limit:?}"),
-        ))
+        )))
     }
 
     /// Put the socket in the event loop for EPOLLOUT (as `data`) while a chain waits
     /// for room, and take it out otherwise: level-triggered, a writable socket left in
     /// would wake the loop for ever.
     pub fn sync_watch(&mut self, ops: &mut EventOps, data: u32) {
-        let want = match &self.output {
-            PortOutput::Socket(stream) if self.is_blocked() => Some(stream.as_raw_fd()),
-            _ => None,
-        };
+        let want = self
+            .output
+            .stream()
+            .filter(|_| self.is_blocked())
+            .map(AsRawFd::as_raw_fd);
         if want == self.watched {
             return;
         }
@@ -270,6 +331,7 @@ impl PortWriter {
     pub fn forget_held(&mut self) {
         self.held = None;
         (self.stalled_since, self.unread_at_last_tick) = (None, None);
+        self.skipped = None;
     }
 }
 

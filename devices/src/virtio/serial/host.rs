@@ -11,7 +11,7 @@ use log::{info, warn};
 
 use super::{SerialPorts, MAX_PENDING_INPUT};
 use crate::virtio::activation::DeviceEvent;
-use crate::virtio::console::PortOutput;
+use crate::virtio::console::{PortOutput, Stalled};
 
 /// `Events::data` of port i's listening socket, of its client, and of its client's
 /// output waiting for room; and of the stall timer (queue events use their index,
@@ -130,12 +130,16 @@ impl SerialPorts {
         self.stall.consume();
         let now = Instant::now();
         for port in &mut self.ports {
-            if let Some(e) = port.writer.give_up_if_stalled(now) {
-                warn!(
-                    "virtio-serial: port {}: client output failed ({e})",
-                    port.name
-                );
-                port.lost = true;
+            match port.writer.give_up_if_stalled(now) {
+                Some(Stalled::GaveUp(e)) => {
+                    warn!(
+                        "virtio-serial: port {}: client output failed ({e})",
+                        port.name
+                    );
+                    port.lost = true;
+                }
+                // Channel ports write to sockets, never through a relay.
+                Some(Stalled::Skipping(_)) | None => {}
             }
         }
     }
