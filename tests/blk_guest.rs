@@ -128,7 +128,9 @@ exec 4<&-
 echo "HVC-SIZE=$HVC_SIZE"
 for d in /sys/bus/virtio/devices/*; do echo "VIRTIO-$(cat $d/device)-FEATURES=$(cat $d/features)"; done
 echo "RNG=$(cat /sys/class/misc/hw_random/rng_current)"
+RNG_T0=$(cut -d' ' -f1 /proc/uptime)
 dd if=/dev/hwrng of=/tmp/rng bs=4096 count=16 iflag=fullblock 2>/dev/null
+echo "RNG-SECONDS=$RNG_T0 $(cut -d' ' -f1 /proc/uptime)"
 echo "RNG-BYTES=$(wc -c < /tmp/rng)"
 "#;
 
@@ -220,6 +222,8 @@ fn disks_console_and_rng_in_one_boot() {
             &console,
             "--channel",
             &channel,
+            "--rng",
+            "max-bytes=8K,period=1s",
         ],
     );
     let stdout = run.stdout();
@@ -287,8 +291,9 @@ fn disks_console_and_rng_in_one_boot() {
     assert_eq!(get("VDC-ZERO-OVER-BASE"), "ok", "{context}");
     assert_eq!(get("VDC-ZERO"), "ok", "{context}");
     // Console (device 3) and rng (4) took EVENT_IDX (and INDIRECT_DESC) too; the 300
-    // hvc0 writes and the 64 KiB from /dev/hwrng (at most 64 bytes a request) go round
-    // their rings, so avail_event and used_event must follow or the guest stalls.
+    // hvc0 writes and the 64 KiB from /dev/hwrng (at most 64 bytes a request, capped at
+    // 8 KiB a second) go round their rings, so avail_event and used_event must follow
+    // or the guest stalls.
     for device in ["0x0003", "0x0004"] {
         let features = get(&format!("VIRTIO-{device}-FEATURES"));
         assert_eq!(features.chars().nth(29), Some('1'), "{device}: {context}");
@@ -300,6 +305,19 @@ fn disks_console_and_rng_in_one_boot() {
     assert_eq!(get("HVC-SIZE"), "45 123", "{context}");
     assert_eq!(get("RNG"), "virtio_rng.0", "{context}");
     assert_eq!(get("RNG-BYTES"), "65536", "{context}");
+    let rng_seconds: Vec<f64> = get("RNG-SECONDS")
+        .split(' ')
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let rng_took = rng_seconds[1] - rng_seconds[0];
+    eprintln!("64 KiB from /dev/hwrng took {rng_took:.2} s");
+    // --rng max-bytes=8K,period=1s: 64 KiB needs eight budgets, so at least seven
+    // period boundaries, the first of which may come at once (uncapped, the read took
+    // 3.2 s here on a busy host).
+    assert!(
+        rng_took >= 6.0,
+        "the rng cap did not hold: 64 KiB in {rng_took:.2} s"
+    );
 
     // The host reads back what the guest wrote, through QEMU's qcow2 code.
     let qemu_io = tool(

@@ -46,6 +46,27 @@ fn virtio_rng_is_present_by_default_and_no_rng_drops_it() {
     assert_eq!(run.code(), Some(EXIT_RNG), "{}", run.stderr());
     let run = run_probe("no-rng", &["--no-rng"]);
     assert_eq!(run.code(), Some(EXIT_EMPTY), "{}", run.stderr());
+    // A capped rng is still the first device.
+    let run = run_probe("rng-capped", &["--rng", "max-bytes=1K,period=500ms"]);
+    assert_eq!(run.code(), Some(EXIT_RNG), "{}", run.stderr());
+}
+
+#[test]
+fn a_bad_rng_cap_is_refused_by_name_before_the_vm_starts() {
+    let run = run_probe("rng-bad", &["--rng", "max-bytes=1,period=1000"]);
+    assert_eq!(run.code(), Some(2), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("--rng") && run.stderr().contains("period=1000 needs a unit"),
+        "{}",
+        run.stderr()
+    );
+    let run = run_probe("rng-and-no-rng", &["--no-rng", "--rng", "max-bytes=1"]);
+    assert_eq!(run.code(), Some(2), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("cannot be used with"),
+        "{}",
+        run.stderr()
+    );
 }
 
 #[test]

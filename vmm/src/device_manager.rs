@@ -24,7 +24,7 @@ use kiln_devices::virtio::block::{uring, Block};
 use kiln_devices::virtio::console::{Console, ConsoleSize, SizeSource};
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
-use kiln_devices::virtio::rng::Rng;
+use kiln_devices::virtio::rng::{RateLimit, Rng};
 use kiln_devices::virtio::serial::{check_port_names, PortsError, SerialPorts};
 use kiln_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -135,7 +135,8 @@ pub enum VirtioSpec {
     Console(ConsoleSpec),
     /// A NIC; `NetConfig::None` (`--net none`) attaches nothing and is not a valid spec.
     Net(NetConfig),
-    Rng,
+    /// virtio-rng, with an optional cap (`--rng max-bytes=N,period=T`).
+    Rng(Option<RateLimit>),
     /// One virtio-serial device carrying these ports.
     Channels(Vec<ChannelSpec>),
 }
@@ -241,9 +242,16 @@ impl VirtioDeviceConfig {
             }
             VirtioSpec::Console(out) => console(out),
             VirtioSpec::Net(cfg) => net(cfg),
-            VirtioSpec::Rng => Ok(Self::new("virtio-rng", || {
-                Rng::new().map_err(|e| e.to_string())
-            })),
+            VirtioSpec::Rng(limit) => {
+                let limit = *limit;
+                Ok(Self::new("virtio-rng", move || {
+                    let mut rng = Rng::new().map_err(|e| e.to_string())?;
+                    if let Some(limit) = limit {
+                        rng.set_rate_limit(limit).map_err(|e| e.to_string())?;
+                    }
+                    Ok(rng)
+                }))
+            }
             VirtioSpec::Channels(channels) => serial_ports(channels),
         }
     }
@@ -553,7 +561,7 @@ mod tests {
                 && msg.contains("this qcow2 image has none"),
             "{msg}"
         );
-        let rng = VirtioDeviceConfig::from_spec(&VirtioSpec::Rng).unwrap();
+        let rng = VirtioDeviceConfig::from_spec(&VirtioSpec::Rng(None)).unwrap();
         assert_eq!(rng.build().unwrap().device.lock().unwrap().device_type(), 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -18,6 +18,7 @@ pub mod rng;
 pub mod serial;
 #[cfg(test)]
 pub(crate) mod test_utils;
+pub(crate) mod timer;
 
 use std::sync::Arc;
 

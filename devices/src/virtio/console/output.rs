@@ -30,6 +30,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::relay::Relay;
 use super::CHUNK;
+use crate::virtio::timer::nonblocking_timer;
 use crate::GuestMemory;
 
 /// How long a console's socket client may take nothing while the guest waits on it
@@ -355,19 +356,10 @@ pub struct StallTimer {
 
 impl StallTimer {
     pub fn new() -> std::io::Result<Self> {
-        let timer = TimerFd::new()?;
-        // SAFETY: F_GETFL/F_SETFL on a descriptor this struct owns change only its
-        // flags; the results are checked.
-        let nonblocking = unsafe {
-            let flags = libc::fcntl(timer.as_raw_fd(), libc::F_GETFL);
-            flags >= 0
-                && libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-        };
-        // Non-blocking: a tick already in the epoll batch may find the timer disarmed.
-        if !nonblocking {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(StallTimer { timer, armed: None })
+        Ok(StallTimer {
+            timer: nonblocking_timer()?,
+            armed: None,
+        })
     }
 
     pub fn watch(&self, ops: &mut EventOps, data: u32) {

@@ -1,13 +1,16 @@
-//! virtio-rng / entropy device (virtio 1.2 §5.4), fed from the host's getrandom(2).
+//! virtio-rng / entropy device (virtio 1.2 §5.4), fed from the host's getrandom(2),
+//! optionally capped per period (see limit.rs).
 
 use std::sync::Arc;
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 
+use self::limit::Budget;
+pub use self::limit::RateLimit;
 use super::activation::{Activation, DeviceEvent};
 use super::{device_type, notify, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::GuestMemory;
@@ -19,6 +22,9 @@ const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 const FEATURES: u64 = super::VIRTIO_F_VERSION_1 | EVENT_IDX | super::VIRTIO_RING_F_INDIRECT;
 /// Bytes served per request at most, so a huge buffer cannot stall the event loop.
 pub const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
+/// `Events::data` of the rate limit's timer (queue events use their index, activation
+/// u32::MAX).
+const PERIOD_DATA: u32 = u32::MAX - 1;
 
 /// Source of random bytes (getrandom in production; tests can count calls).
 pub trait EntropySource: Send {
@@ -57,6 +63,8 @@ struct Active {
 /// A virtio-rng device.
 pub struct Rng {
     source: Box<dyn EntropySource>,
+    /// With a rate limit: what is left of this period's.
+    budget: Option<Budget>,
     acked_features: u64,
     activation: Activation,
     active: Option<Active>,
@@ -71,13 +79,22 @@ impl Rng {
     pub fn with_source(source: Box<dyn EntropySource>) -> std::io::Result<Self> {
         Ok(Rng {
             source,
+            budget: None,
             acked_features: 0,
             activation: Activation::new()?,
             active: None,
         })
     }
 
-    /// Fill every available buffer with random bytes.
+    /// Serve at most `limit.max_bytes` per `limit.period` (set before the device is
+    /// added to the event loop).
+    pub fn set_rate_limit(&mut self, limit: RateLimit) -> std::io::Result<()> {
+        self.budget = Some(Budget::new(limit)?);
+        Ok(())
+    }
+
+    /// Fill every available buffer with random bytes, as far as the rate limit lets;
+    /// the rest wait on the ring for the next period.
     pub fn process_queue(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
@@ -85,10 +102,24 @@ impl Rng {
         let mut used = false;
         let mut buf = vec![0u8; 4096];
         let source = &mut self.source;
+        let budget = &mut self.budget;
         notify::drain_with_kicks_suppressed(&mut a.queue, &a.mem, |queue| {
             while let Some(chain) = queue.pop_descriptor_chain(&a.mem) {
+                let cap = match budget.as_mut() {
+                    Some(b) => usize::try_from(b.available()).unwrap_or(usize::MAX),
+                    None => MAX_BYTES_PER_REQUEST,
+                };
+                if cap == 0 {
+                    // Back on the ring; the period's timer brings us back to it.
+                    queue.go_to_previous_position();
+                    return false;
+                }
                 let head = chain.head_index();
-                let written = fill_chain(source.as_mut(), &a.mem, chain, &mut buf);
+                let cap = cap.min(MAX_BYTES_PER_REQUEST);
+                let written = fill_chain(source.as_mut(), &a.mem, chain, &mut buf, cap);
+                if let Some(b) = budget.as_mut() {
+                    b.spend(written as u64);
+                }
                 if queue.add_used(&a.mem, head, written as u32).is_err() {
                     return false;
                 }
@@ -102,17 +133,18 @@ impl Rng {
     }
 }
 
-/// Fill the device-writable buffers of `chain` (up to [`MAX_BYTES_PER_REQUEST`]);
-/// returns the bytes written.
+/// Fill the device-writable buffers of `chain` (up to `cap` bytes); returns the bytes
+/// written.
 fn fill_chain(
     source: &mut dyn EntropySource,
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     buf: &mut Vec<u8>,
+    cap: usize,
 ) -> usize {
     let mut written = 0usize;
     for d in chain.filter(|d| d.is_write_only()) {
-        let n = (d.len() as usize).min(MAX_BYTES_PER_REQUEST - written);
+        let n = (d.len() as usize).min(cap - written);
         if n == 0 {
             break;
         }
@@ -177,14 +209,29 @@ impl VirtioDevice for Rng {
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
         self.activation.init(ops);
+        if let Some(b) = &self.budget {
+            let timer = Events::with_data_raw(b.timer_fd(), PERIOD_DATA, EventSet::IN);
+            if let Err(e) = ops.add(timer) {
+                log::warn!("virtio-rng: cannot watch the rate-limit timer: {e}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if let DeviceEvent::Queue(0) = self.activation.handle(&events, ops) {
+        if events.data() == PERIOD_DATA {
+            if let Some(b) = self.budget.as_mut() {
+                b.period_over();
+            }
+            self.process_queue();
+        } else if let DeviceEvent::Queue(0) = self.activation.handle(&events, ops) {
             self.process_queue();
         }
     }
 }
 
+mod limit;
+
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use super::*;
 use crate::virtio::test_utils::*;
 
 /// Deterministic source: byte i of the stream is i (mod 256).
-struct Counting(u8);
+pub(super) struct Counting(pub(super) u8);
 
 impl EntropySource for Counting {
     fn fill(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
@@ -18,7 +18,7 @@ impl EntropySource for Counting {
     }
 }
 
-fn read(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
+pub(super) fn read(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
     v

@@ -8,14 +8,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use kiln_devices::block::DiskConfig;
 use kiln_devices::virtio::net::NetConfig;
-use kiln_devices::virtio::serial::check_port_names;
+use kiln_devices::virtio::rng::RateLimit;
 use kiln_vmm::cpu::{CpuConfig, CustomTemplate, GuestCpu, Topology};
 use kiln_vmm::device_manager::{
     ChannelSpec, ConsoleOutput, ConsoleSpec, VirtioDeviceConfig, VirtioSpec,
 };
 use kiln_vmm::{EntryChoice, OnReset, SerialOutput, VmConfig, VmExitStatus};
 
+use self::values::*;
 use super::parse_size;
+
+mod values;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -77,8 +80,10 @@ pub struct Args {
     /// A virtio-console (guest /dev/hvc0): virtio (to stdout), virtio,file=PATH or
     /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too);
     /// with ,server=on kiln listens there instead and serves one client at a time
-    /// (output is dropped while none is connected). A socket client that reads slowly
-    /// makes the guest wait; one that takes nothing for 5 s is dropped.
+    /// (output is dropped while none is connected). An output that reads slowly makes
+    /// the guest wait, never the other devices; a socket client that takes nothing for
+    /// 5 s is dropped, and stdout or a file that takes nothing for 5 s is skipped until
+    /// it takes data again.
     /// ,size=COLSxROWS gives the guest a terminal size; a console on a terminal's
     /// stdout gives that terminal's, kept current as it is resized.
     #[arg(long, value_parser = parse_console)]
@@ -98,6 +103,16 @@ pub struct Args {
     /// Leave out the virtio-rng device (present by default, fed from getrandom).
     #[arg(long)]
     pub no_rng: bool,
+    /// Cap the entropy the guest may take from virtio-rng: max-bytes=N[,period=T]
+    /// (period 1s unless given; a unit is required, as in 500ms), like QEMU's
+    /// virtio-rng max-bytes and period. Requests past the cap wait for the next period.
+    #[arg(
+        long,
+        value_name = "max-bytes=N[,period=T]",
+        value_parser = parse_rng,
+        conflicts_with = "no_rng"
+    )]
+    pub rng: Option<RateLimit>,
     /// Serial console: stdio, file=PATH or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialOutput,
@@ -131,138 +146,6 @@ pub enum OnResetArg {
     Reboot,
 }
 
-fn parse_serial(s: &str) -> Result<SerialOutput, String> {
-    match s {
-        "stdio" => Ok(SerialOutput::Stdio),
-        "none" => Ok(SerialOutput::None),
-        _ => match s.strip_prefix("file=") {
-            Some(path) if !path.is_empty() => Ok(SerialOutput::File(PathBuf::from(path))),
-            _ => Err(format!("{s:?}: expected stdio, file=PATH or none")),
-        },
-    }
-}
-
-fn parse_cpus(s: &str) -> Result<Topology, String> {
-    let topology: Topology = s
-        .parse()
-        .map_err(|e: kiln_vmm::cpu::CpuError| e.to_string())?;
-    if topology.cpus > 254 {
-        return Err(format!("--cpus {s}: at most 254 vCPUs"));
-    }
-    Ok(topology)
-}
-
-fn parse_cpu(s: &str) -> Result<CpuConfig, String> {
-    s.parse()
-        .map_err(|e: kiln_vmm::cpu::CpuError| e.to_string())
-}
-
-fn parse_disk(s: &str) -> Result<DiskConfig, String> {
-    s.parse()
-        .map_err(|e: kiln_devices::block::config::DiskConfigError| e.to_string())
-}
-
-fn parse_net(s: &str) -> Result<NetConfig, String> {
-    s.parse()
-        .map_err(|e: kiln_devices::virtio::net::NetConfigError| e.to_string())
-}
-
-fn parse_channel(s: &str) -> Result<ChannelSpec, String> {
-    let (mut name, mut socket) = (None, None);
-    for part in s.split(',') {
-        match part.split_once('=') {
-            Some(("name", n)) if name.is_none() => name = Some(n),
-            Some(("socket", p)) if socket.is_none() && !p.is_empty() => socket = Some(p),
-            _ => return Err(format!("{s:?}: expected name=NAME,socket=PATH")),
-        }
-    }
-    let (Some(name), Some(socket)) = (name, socket) else {
-        return Err(format!("{s:?}: expected name=NAME,socket=PATH"));
-    };
-    check_port_names([name]).map_err(|e| e.to_string())?;
-    Ok(ChannelSpec {
-        name: name.to_owned(),
-        socket: socket.into(),
-    })
-}
-
-fn parse_console(s: &str) -> Result<ConsoleSpec, String> {
-    let bad = || {
-        format!(
-            "{s:?}: expected virtio, virtio,file=PATH or virtio,socket=PATH[,server=on|off], \
-             each optionally with ,size=COLSxROWS"
-        )
-    };
-    let mut parts = s.split(',');
-    if parts.next() != Some("virtio") {
-        return Err(bad());
-    }
-    let (mut file, mut socket, mut server, mut size) = (None, None, None, None);
-    for part in parts {
-        match part.split_once('=') {
-            Some(("file", p)) if !p.is_empty() && file.is_none() => file = Some(p),
-            Some(("socket", p)) if !p.is_empty() && socket.is_none() => socket = Some(p),
-            Some(("server", "on")) if server.is_none() => server = Some(true),
-            Some(("server", "off")) if server.is_none() => server = Some(false),
-            Some(("size", v)) if size.is_none() => size = Some(parse_console_size(v)?),
-            _ => return Err(bad()),
-        }
-    }
-    let output = match (file, socket, server) {
-        (None, None, None) => ConsoleOutput::Stdout,
-        (Some(p), None, None) => ConsoleOutput::File(p.into()),
-        (None, Some(p), Some(true)) => ConsoleOutput::SocketServer(p.into()),
-        (None, Some(p), None | Some(false)) => ConsoleOutput::Socket(p.into()),
-        (_, _, Some(_)) if socket.is_none() => {
-            return Err(format!("{s:?}: server= needs socket=PATH"))
-        }
-        _ => return Err(bad()),
-    };
-    Ok(ConsoleSpec { output, size })
-}
-
-/// `COLSxROWS`, each 1 to 65535.
-fn parse_console_size(v: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("size={v}: expected COLSxROWS, each 1 to 65535 (as 80x24)");
-    let (cols, rows) = v.split_once('x').ok_or_else(bad)?;
-    let cols: u16 = cols.parse().map_err(|_| bad())?;
-    let rows: u16 = rows.parse().map_err(|_| bad())?;
-    if cols == 0 || rows == 0 {
-        return Err(bad());
-    }
-    Ok((cols, rows))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let value: f64 = s[..split]
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration"))?;
-    let seconds = match &s[split..] {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
-}
-
-fn parse_port(s: &str) -> Result<u16, String> {
-    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u16::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    parsed.map_err(|_| format!("{s:?} is not an I/O port (0..=0xffff)"))
-}
-
 impl Args {
     /// The virtio devices, in attachment order: disks (vda, vdb, ...), console,
     /// rng, NICs (eth0, ...), the channels' virtio-serial device.
@@ -270,7 +153,7 @@ impl Args {
         let mut specs: Vec<VirtioSpec> = self.disks.iter().cloned().map(VirtioSpec::Disk).collect();
         specs.extend(self.console.clone().map(VirtioSpec::Console));
         if !self.no_rng {
-            specs.push(VirtioSpec::Rng);
+            specs.push(VirtioSpec::Rng(self.rng));
         }
         let default_net = [NetConfig::default()];
         let nets = if self.nets.is_empty() {
@@ -392,108 +275,6 @@ pub fn run_config(config: VmConfig, start: Instant) -> anyhow::Result<ExitCode> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn sizes_durations_ports_serial() {
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("soon").is_err());
-        assert_eq!(parse_port("0xf4"), Ok(0xf4));
-        assert_eq!(parse_port("244"), Ok(244));
-        assert!(parse_port("0x10000").is_err());
-        assert_eq!(
-            parse_serial("file=/tmp/x"),
-            Ok(SerialOutput::File("/tmp/x".into()))
-        );
-        assert!(parse_serial("file=").is_err());
-        assert!(parse_serial("pty").is_err());
-    }
-
-    #[test]
-    fn channels() {
-        assert_eq!(
-            parse_channel("name=org.qemu.guest_agent.0,socket=/run/qga.sock"),
-            Ok(ChannelSpec {
-                name: "org.qemu.guest_agent.0".into(),
-                socket: "/run/qga.sock".into()
-            })
-        );
-        assert_eq!(
-            parse_channel("socket=s,name=a-b_c").map(|c| c.name),
-            Ok("a-b_c".into())
-        );
-        for bad in [
-            "name=a",
-            "socket=s",
-            "name=a,socket=",
-            "name=a,socket=s,socket=t",
-            "name=a,name=b,socket=s",
-            "name=a,socket=s,server=on",
-            "",
-        ] {
-            let want = format!("{bad:?}: expected name=NAME,socket=PATH");
-            assert_eq!(parse_channel(bad), Err(want));
-        }
-        for (bad, name) in [("name=,socket=s", ""), ("name=a b,socket=s", "a b")] {
-            let want = format!("port name {name:?} is not 1-255 letters, digits, '.', '_' or '-'");
-            assert_eq!(parse_channel(bad), Err(want), "{bad}");
-        }
-    }
-
-    #[test]
-    fn console_cpus_and_cpu_options() {
-        let out = |s: &str| parse_console(s).map(|c| c.output);
-        assert_eq!(out("virtio"), Ok(ConsoleOutput::Stdout));
-        assert_eq!(
-            out("virtio,file=/tmp/c"),
-            Ok(ConsoleOutput::File("/tmp/c".into()))
-        );
-        assert_eq!(
-            out("virtio,socket=/tmp/s"),
-            Ok(ConsoleOutput::Socket("/tmp/s".into()))
-        );
-        assert_eq!(
-            out("virtio,socket=/tmp/s,server=on"),
-            Ok(ConsoleOutput::SocketServer("/tmp/s".into()))
-        );
-        assert_eq!(
-            out("virtio,socket=/tmp/s,server=off"),
-            Ok(ConsoleOutput::Socket("/tmp/s".into()))
-        );
-        assert_eq!(parse_console("virtio").unwrap().size, None);
-        let sized = parse_console("virtio,size=132x43,file=/tmp/c").unwrap();
-        assert_eq!(
-            (sized.output, sized.size),
-            (ConsoleOutput::File("/tmp/c".into()), Some((132, 43)))
-        );
-        for bad in [
-            "size=0x24",
-            "size=80",
-            "size=80x70000",
-            "size=80x24,size=80x24",
-            "size=ax b",
-        ] {
-            let err = parse_console(&format!("virtio,{bad}")).unwrap_err();
-            assert!(err.contains("COLSxROWS"), "{bad}: {err}");
-        }
-        let err = parse_console("virtio,server=on").unwrap_err();
-        assert!(err.contains("needs socket="), "{err}");
-        assert!(parse_console("virtio,socket=/tmp/s,server=yes").is_err());
-        assert!(parse_console("virtio,file=/a,socket=/b").is_err());
-        assert!(parse_console("virtio,socket=/a,socket=/b").is_err());
-        assert!(parse_console("virtio,file=").is_err());
-        assert!(parse_console("serial").is_err());
-        assert!(parse_console("virtio,pipe=x").is_err());
-        let topo = parse_cpus("4,sockets=1,cores=2,threads=2").unwrap();
-        assert_eq!((topo.cpus, topo.cores, topo.threads), (4, 2, 2));
-        assert_eq!(parse_cpus("2").unwrap().sockets, 2);
-        assert!(parse_cpus("255").is_err());
-        assert!(parse_cpus("4,cores=3").is_err());
-        assert!(parse_cpu("Nehalem,-sse4.2,check=enforce").is_ok());
-        assert!(parse_cpu("Nehalem,+nosuchfeature").is_err());
-        assert!(parse_disk("path=/x,format=vmdk").is_err());
-    }
-
     fn specs_for(extra: &[&str]) -> Vec<VirtioSpec> {
         use clap::Parser;
         #[derive(clap::Parser)]
@@ -508,7 +289,7 @@ mod tests {
     #[test]
     fn net_defaults_to_user_repeats_and_none_drops_it() {
         let user = VirtioSpec::Net(NetConfig::default());
-        assert_eq!(specs_for(&[]), vec![VirtioSpec::Rng, user.clone()]);
+        assert_eq!(specs_for(&[]), vec![VirtioSpec::Rng(None), user.clone()]);
         assert_eq!(specs_for(&["--net", "none", "--no-rng"]), vec![]);
         let specs = specs_for(&["--net", "user,hostfwd=tcp:2222-:22", "--net", "tap=t0"]);
         assert_eq!(specs.len(), 3, "{specs:?}");
