@@ -25,9 +25,9 @@ export KILN_TEST_KERNEL_DIR KILN_TEST_INITRAMFS
 # Bounded fuzzing of virtio-blk requests, virtio-net chains, virtio-serial control messages,
 # virtio-console output to a slow socket, and qcow2 metadata (fuzz/README.md).
 # cargo-fuzz comes from crates.io; it runs on the stable toolchain through RUSTC_BOOTSTRAP.
-stamp "fuzz (${KILN_FUZZ_SECONDS:-30} s per target)"
+stamp "fuzz (${KILN_FUZZ_SECONDS:-60} s per target)"
 command -v cargo-fuzz >/dev/null || cargo install --locked -q cargo-fuzz
-fuzz/run.sh "${KILN_FUZZ_SECONDS:-30}"
+fuzz/run.sh "${KILN_FUZZ_SECONDS:-60}"
 
 stamp "cargo test"
 # Every test binary runs even after one fails, so a CI log shows all failures at once.

@@ -1,5 +1,6 @@
-//! `kiln run` with the serial console on a terminal: raw mode, the Ctrl-A escape
-//! commands, and the terminal restored afterwards. The terminal is a pty.
+//! `kiln run` with the serial console, or the virtio console, on a terminal: raw mode,
+//! the Ctrl-A escape commands, and the terminal restored afterwards. The terminal is a
+//! pty.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -40,20 +41,34 @@ fn termios(fd: &OwnedFd) -> libc::termios {
 
 #[test]
 fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
-    let guest = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-tty-hang.elf");
+    quit_from_the_terminal(
+        "serial",
+        &["--serial", "stdio"],
+        "serial console on this terminal",
+    );
+}
+
+#[test]
+fn the_virtio_console_takes_the_terminal_when_the_serial_console_does_not() {
+    quit_from_the_terminal(
+        "virtio",
+        &["--serial", "none", "--console", "virtio"],
+        "virtio console (hvc0) on this terminal",
+    );
+}
+
+/// Run a guest that idles with `args` and stdin on a pty: `banner` names the console
+/// that took the terminal; Ctrl-A h helps, Ctrl-A x quits with 130, and the terminal
+/// is as before.
+fn quit_from_the_terminal(label: &str, args: &[&str], banner: &str) {
+    let guest = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("console-tty-hang-{label}.elf"));
     std::fs::write(&guest, kiln_vmm::guests::HANG).unwrap();
     let (mut master, slave) = openpty();
     let before = termios(&slave);
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "run",
-            "--serial",
-            "stdio",
-            "--net",
-            "none",
-            "--timeout",
-            "30s",
-        ])
+        .args(["run", "--net", "none", "--timeout", "30s"])
+        .args(args)
         .arg("--kernel")
         .arg(&guest)
         .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -65,6 +80,7 @@ fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
     let mut hint = String::new();
     stderr.read_line(&mut hint).unwrap();
     assert!(hint.contains("Ctrl-A x quits"), "{hint:?}");
+    assert!(hint.contains(banner), "{hint:?}");
     // Raw mode is on while the VM runs: no echo, no line editing.
     let during = termios(&slave);
     assert_eq!(during.c_lflag & (libc::ICANON | libc::ECHO), 0);

@@ -21,7 +21,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kiln_devices::block::config::Aio;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError};
 use kiln_devices::virtio::block::{uring, Block};
-use kiln_devices::virtio::console::{Console, ConsoleSize, SizeSource};
+use kiln_devices::virtio::console::{Console, ConsoleInput, ConsoleSize, SizeSource};
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
 use kiln_devices::virtio::rng::{RateLimit, Rng};
@@ -32,6 +32,8 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use crate::acpi::VirtioMmioAcpi;
 use crate::bus::Bus;
 use crate::console_socket::ListeningSocket;
+use crate::console_stdin::EscapedInput;
+use crate::control::VmControl;
 use crate::layout::{IOAPIC_LAST_PIN, VIRTIO_IRQ_START, VIRTIO_MMIO_END, VIRTIO_MMIO_START};
 use crate::memory::GuestMemory;
 use crate::terminal_size::following_terminal;
@@ -45,7 +47,9 @@ pub struct VirtioHandles {
     pub subscriber: Subscriber,
 }
 
-type Factory = dyn Fn() -> Result<VirtioHandles, String> + Send + Sync;
+/// Builds a device; the console on stdout is given the VM's control when the terminal
+/// on stdin is its input (see [`VirtioDeviceConfig::takes_terminal`]).
+type Factory = dyn Fn(Option<&Arc<VmControl>>) -> Result<VirtioHandles, String> + Send + Sync;
 
 /// A virtio device to attach. Holds a factory, so a guest reboot gets a fresh
 /// device.
@@ -54,6 +58,7 @@ pub struct VirtioDeviceConfig {
     /// For messages, e.g. "virtio-blk disk.qcow2".
     pub name: String,
     factory: Arc<Factory>,
+    takes_terminal: bool,
 }
 
 impl std::fmt::Debug for VirtioDeviceConfig {
@@ -71,8 +76,21 @@ impl VirtioDeviceConfig {
         T: VirtioDevice + MutEventSubscriber + Send + 'static,
         F: Fn() -> Result<T, String> + Send + Sync + 'static,
     {
-        let factory = move || {
-            let dev = Arc::new(Mutex::new(make()?));
+        let mut config = Self::taking_terminal(name, move |_| make());
+        config.takes_terminal = false;
+        config
+    }
+
+    /// Like [`VirtioDeviceConfig::new`], for a device that takes the terminal on stdin
+    /// as input when it is offered (`make` then gets the VM's control, for the
+    /// escape commands).
+    fn taking_terminal<T, F>(name: impl Into<String>, make: F) -> Self
+    where
+        T: VirtioDevice + MutEventSubscriber + Send + 'static,
+        F: Fn(Option<&Arc<VmControl>>) -> Result<T, String> + Send + Sync + 'static,
+    {
+        let factory = move |terminal: Option<&Arc<VmControl>>| {
+            let dev = Arc::new(Mutex::new(make(terminal)?));
             Ok(VirtioHandles {
                 device: dev.clone(),
                 subscriber: dev,
@@ -81,18 +99,33 @@ impl VirtioDeviceConfig {
         Self {
             name: name.into(),
             factory: Arc::new(factory),
+            takes_terminal: true,
         }
     }
 
     pub fn build(&self) -> Result<VirtioHandles, String> {
-        (self.factory)()
+        (self.factory)(None)
+    }
+
+    /// Build the device with the terminal on stdin as its input, if it takes it.
+    pub(crate) fn build_on_terminal(
+        &self,
+        control: &Arc<VmControl>,
+    ) -> Result<VirtioHandles, String> {
+        (self.factory)(self.takes_terminal.then_some(control))
+    }
+
+    /// Whether the device can take the terminal on stdin as input: a console on stdout.
+    pub fn takes_terminal(&self) -> bool {
+        self.takes_terminal
     }
 }
 
 /// Where the virtio-console port's output goes (guest `/dev/hvc0`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConsoleOutput {
-    /// kiln's stdout; no input (stdin belongs to the serial port).
+    /// kiln's stdout; input from the terminal on stdin when the serial console is not
+    /// on it.
     Stdout,
     /// This file, created or truncated; no input.
     File(PathBuf),
@@ -320,13 +353,19 @@ fn console(spec: &ConsoleSpec) -> Result<VirtioDeviceConfig, SpecError> {
         VirtioDeviceConfig::new("virtio-console", move || sized(make()))
     };
     match &spec.output {
-        ConsoleOutput::Stdout => Ok(new(Box::new(|| {
-            Console::relayed(Box::new(std::io::stdout()))
-        }))),
+        ConsoleOutput::Stdout => Ok(VirtioDeviceConfig::taking_terminal(
+            "virtio-console",
+            move |terminal| {
+                let input = terminal.map(|control| -> Box<dyn ConsoleInput> {
+                    Box::new(EscapedInput::new(std::io::stdin(), control.clone()))
+                });
+                sized(Console::relayed(Box::new(std::io::stdout()), input))
+            },
+        )),
         ConsoleOutput::File(path) => {
             let file = File::create(path).map_err(err(path))?;
             Ok(new(Box::new(move || {
-                Console::relayed(Box::new(file.try_clone()?))
+                Console::relayed(Box::new(file.try_clone()?), None)
             })))
         }
         ConsoleOutput::Socket(path) => {
@@ -404,7 +443,9 @@ impl VirtioMmioAllocator {
     }
 }
 
-/// Attach one device: transport on the MMIO bus, ioeventfds, irqfd, subscriber.
+/// Attach one device: transport on the MMIO bus, ioeventfds, irqfd, subscriber. With
+/// `terminal`, a device that takes the terminal on stdin (see
+/// [`VirtioDeviceConfig::takes_terminal`]) gets it as input.
 pub fn attach(
     config: &VirtioDeviceConfig,
     alloc: &mut VirtioMmioAllocator,
@@ -412,11 +453,14 @@ pub fn attach(
     mem: &GuestMemory,
     mmio_bus: &mut Bus,
     events: &mut EventManager<Subscriber>,
+    terminal: Option<&Arc<VmControl>>,
 ) -> Result<VirtioMmioAcpi, DeviceManagerError> {
     let name = &config.name;
-    let handles = config
-        .build()
-        .map_err(|e| DeviceManagerError::Build(name.clone(), e))?;
+    let handles = match terminal {
+        Some(control) => config.build_on_terminal(control),
+        None => config.build(),
+    }
+    .map_err(|e| DeviceManagerError::Build(name.clone(), e))?;
     let transport = MmioTransport::new(mem.clone(), handles.device)
         .map_err(|e| DeviceManagerError::Transport(name.clone(), e))?;
     let slot = alloc

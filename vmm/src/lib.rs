@@ -12,6 +12,7 @@ pub mod bus;
 pub mod config;
 mod console_escape;
 pub mod console_socket;
+mod console_stdin;
 pub mod control;
 pub mod cpu;
 pub mod device_manager;

@@ -82,15 +82,25 @@ pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, Vm
     } else {
         Vec::new()
     };
-    let stdin_tty = config.serial == SerialOutput::Stdio;
-    let _raw = if stdin_tty {
-        RawTerminal::enable()
+    // The terminal on stdin is the serial console's input when the serial console is
+    // on stdout, else the virtio console's when that is on stdout.
+    let terminal_user = if config.serial == SerialOutput::Stdio {
+        Some(TerminalUser::Serial)
+    } else if config.virtio_devices.iter().any(|d| d.takes_terminal()) {
+        Some(TerminalUser::VirtioConsole)
     } else {
         None
     };
-    let input = _raw.is_some();
-    if input {
-        eprint!("kiln: serial console on this terminal; Ctrl-A x quits, Ctrl-A h for help\r\n");
+    let _raw = terminal_user.and_then(|_| RawTerminal::enable());
+    let terminal_user = terminal_user.filter(|_| _raw.is_some());
+    match terminal_user {
+        Some(TerminalUser::Serial) => {
+            eprint!("kiln: serial console on this terminal; Ctrl-A x quits, Ctrl-A h for help\r\n")
+        }
+        Some(TerminalUser::VirtioConsole) => eprint!(
+            "kiln: virtio console (hvc0) on this terminal; Ctrl-A x quits, Ctrl-A h for help\r\n"
+        ),
+        None => {}
     }
     loop {
         let outcome = boot_once(
@@ -100,7 +110,7 @@ pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, Vm
             &output,
             &profile_params,
             pvm,
-            input,
+            terminal_user,
         )?;
         match outcome {
             VmExitStatus::Reset(source) if config.on_reset == OnReset::Reboot => {
@@ -109,6 +119,13 @@ pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, Vm
             other => return Ok(other),
         }
     }
+}
+
+/// Which device reads the terminal on stdin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TerminalUser {
+    Serial,
+    VirtioConsole,
 }
 
 pub(crate) fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmmError {
@@ -141,7 +158,7 @@ fn boot_once(
     output: &SerialWriter,
     profile_params: &[String],
     pvm: bool,
-    stdin_input: bool,
+    terminal_user: Option<TerminalUser>,
 ) -> Result<VmExitStatus, VmmError> {
     let phase = |what: &str| {
         log::debug!(
@@ -200,14 +217,23 @@ fn boot_once(
         &vm,
         &control,
         output,
-        stdin_input,
+        terminal_user == Some(TerminalUser::Serial),
         &mut io_bus,
         &mut events,
     )?;
 
     let mut alloc = VirtioMmioAllocator::default();
     for dev in &config.virtio_devices {
-        device_manager::attach(dev, &mut alloc, &vm, &mem, &mut mmio_bus, &mut events)?;
+        let terminal = (terminal_user == Some(TerminalUser::VirtioConsole)).then_some(&control);
+        device_manager::attach(
+            dev,
+            &mut alloc,
+            &vm,
+            &mem,
+            &mut mmio_bus,
+            &mut events,
+            terminal,
+        )?;
     }
 
     let acpi = build_tables(&AcpiConfig {

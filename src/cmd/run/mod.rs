@@ -77,7 +77,8 @@ pub struct Args {
     /// Repeatable; the guest sees them as vda, vdb, ... in order.
     #[arg(long = "disk", value_name = "path=FILE,...", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
-    /// A virtio-console (guest /dev/hvc0): virtio (to stdout), virtio,file=PATH or
+    /// A virtio-console (guest /dev/hvc0): virtio (to stdout; with --serial other than
+    /// stdio, input from the terminal, Ctrl-A x quits), virtio,file=PATH or
     /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too);
     /// with ,server=on kiln listens there instead and serves one client at a time
     /// (output is dropped while none is connected). An output that reads slowly makes

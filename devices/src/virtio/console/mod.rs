@@ -101,9 +101,12 @@ impl Console {
 
     /// A console writing `output` (stdout, a file) from a thread of its own, so that an
     /// output that stops taking data holds up neither the event loop nor, past the
-    /// stall limit, the guest (see relay.rs).
-    pub fn relayed(output: Box<dyn Write + Send>) -> std::io::Result<Self> {
-        Self::with_output(PortOutput::Relayed(Relay::start(output)?), None)
+    /// stall limit, the guest (see relay.rs); input, if any, from `input`.
+    pub fn relayed(
+        output: Box<dyn Write + Send>,
+        input: Option<Box<dyn ConsoleInput>>,
+    ) -> std::io::Result<Self> {
+        Self::with_output(PortOutput::Relayed(Relay::start(output)?), input)
     }
 
     /// A console talking to a connected socket: the guest's output goes to it without

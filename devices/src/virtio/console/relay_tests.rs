@@ -18,7 +18,7 @@ use crate::virtio::test_utils::*;
 /// A console writing to a pipe that nobody reads yet, as stdout piped to a pager.
 fn on_a_pipe() -> (Console, PipeReader) {
     let (reader, writer) = std::io::pipe().unwrap();
-    (Console::relayed(Box::new(writer)).unwrap(), reader)
+    (Console::relayed(Box::new(writer), None).unwrap(), reader)
 }
 
 /// Read `reader` in a thread, once told to or after `patience` (so that an event loop
@@ -178,7 +178,7 @@ impl Write for SlowSink {
 fn dropping_the_console_writes_out_what_the_relay_holds() {
     let mem = test_mem();
     let written = Arc::new(Mutex::new(Vec::new()));
-    let mut console = Console::relayed(Box::new(SlowSink(written.clone()))).unwrap();
+    let mut console = Console::relayed(Box::new(SlowSink(written.clone())), None).unwrap();
     let (_rx, mut tx, _irq, kicks) = on_test_rings(&mut console, &mem, true);
     let (console, mut em) = event_loop(console);
     let pattern = post_output(&mem, &mut tx, OUT);
@@ -208,7 +208,7 @@ fn an_output_that_fails_drops_the_guests_output_without_holding_it() {
         }
     }
     let mem = test_mem();
-    let mut console = Console::relayed(Box::new(Broken)).unwrap();
+    let mut console = Console::relayed(Box::new(Broken), None).unwrap();
     console.set_stall_limit(Duration::from_secs(3600));
     let (_rx, mut tx, _irq, kicks) = on_test_rings(&mut console, &mem, true);
     let (console, mut em) = event_loop(console);
