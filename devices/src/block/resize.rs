@@ -10,8 +10,11 @@
 //! - qcow2 images with internal snapshots or persistent bitmaps are refused: both
 //!   record the old size, and kiln does not update them.
 //! - Growth can be preallocated as `kiln img create` preallocates (imago does it):
-//!   metadata (qcow2 only), falloc or full. imago does not preallocate images with a
-//!   backing file, which QEMU does; kiln refuses that by name.
+//!   metadata (qcow2 only), falloc or full. imago preallocates only images without a
+//!   backing file, so an overlay grows in two steps: through its chain up to the end
+//!   of its last cluster (zeroing the part the backing file could show), then, opened
+//!   as its own layer only, preallocated over the whole clusters beyond, which the
+//!   backing file plays no part in.
 //!
 //! The new size must be a multiple of 512 bytes, as for `kiln img create`.
 
@@ -20,6 +23,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use imago::file::File as ImagoFile;
+use imago::format::PreallocateMode;
 use imago::raw::Raw;
 use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
 
@@ -122,16 +126,21 @@ pub fn resize_image(
             let new_size = checked_new_size(path, h.size, size, allow_shrink)?;
             check_preallocation(path, h.size, new_size, preallocation)?;
             let chain = check_chain(path, false)?;
-            if preallocation != Preallocation::Off && chain.len() > 1 {
-                return Err(invalid(format!(
-                    "preallocation={} of an image with a backing file (kiln's qcow2 \
-                     library cannot; `qemu-img resize` can)",
-                    preallocation.name()
-                )));
-            }
             let partial_cluster_end = h.size.next_multiple_of(h.cluster_size());
-            let zero_until = visible_backing_end(&chain)?.max(partial_cluster_end);
-            disk.resize(new_size, zero_until, preallocation.imago_mode())?;
+            if preallocation != Preallocation::Off && chain.len() > 1 && new_size > h.size {
+                let whole_clusters_from = partial_cluster_end.min(new_size);
+                disk.resize(
+                    whole_clusters_from,
+                    whole_clusters_from,
+                    PreallocateMode::None,
+                )?;
+                drop(disk); // its lock, before the layer is opened again
+                let (mut layer, _) = Qcow2Disk::open_top_layer(path, Access::ReadWrite)?;
+                layer.resize(new_size, 0, preallocation.imago_mode())?;
+            } else {
+                let zero_until = visible_backing_end(&chain)?.max(partial_cluster_end);
+                disk.resize(new_size, zero_until, preallocation.imago_mode())?;
+            }
             (h.size, new_size)
         }
     };
