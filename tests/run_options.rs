@@ -313,6 +313,29 @@ fn channels_make_one_virtio_serial_device_and_bad_ones_are_named() {
     assert_eq!(run.code(), Some((3 << 1) | 1), "{}", run.stderr());
     assert!(!a.exists() && !b.exists(), "socket files left behind");
 
+    // server=off: kiln connects to a listener (two ports may share it), and a path
+    // nobody listens on is refused, naming the port and the path.
+    let agent = dir.join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+    let connect = |name: &str| format!("name={name},socket={},server=off", agent.display());
+    let (c1, c2) = (connect("org.kiln.c1"), connect("org.kiln.c2"));
+    let run = run_probe(
+        "channel-connect",
+        &["--no-rng", "--channel", &c1, "--channel", &c2],
+    );
+    assert_eq!(run.code(), Some((3 << 1) | 1), "{}", run.stderr());
+    listener.set_nonblocking(true).unwrap();
+    for port in [&c1, &c2] {
+        assert!(listener.accept().is_ok(), "kiln did not connect for {port}");
+    }
+    assert!(agent.exists(), "kiln removed a socket it does not own");
+    drop(listener);
+    std::fs::remove_file(&agent).unwrap();
+    let run = run_probe("channel-connect-none", &["--channel", &c1]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let want = format!("--channel org.kiln.c1: {}", agent.display());
+    assert!(run.stderr().contains(&want), "{}", run.stderr());
+
     let spec = channel("a/b", &a);
     let run = run_probe("channel-bad-name", &["--channel", &spec]);
     assert_eq!(run.code(), Some(2), "clap usage error: {}", run.stderr());

@@ -25,7 +25,7 @@ use kiln_devices::virtio::console::{Console, ConsoleInput, ConsoleSize, SizeSour
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
 use kiln_devices::virtio::rng::{RateLimit, Rng};
-use kiln_devices::virtio::serial::{check_port_names, PortsError, SerialPorts};
+use kiln_devices::virtio::serial::{check_port_names, PortSocket, PortsError, SerialPorts};
 use kiln_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
 
@@ -153,12 +153,14 @@ impl ConsoleSpec {
     }
 }
 
-/// A named virtio-serial port (`--channel name=NAME,socket=PATH`): kiln listens on
-/// PATH and serves one client at a time; the guest sees /dev/virtio-ports/NAME.
+/// A named virtio-serial port (`--channel name=NAME,socket=PATH[,server=off]`): kiln
+/// listens on PATH and serves one client at a time, or with `server: false` connects
+/// to a listener there; the guest sees /dev/virtio-ports/NAME.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelSpec {
     pub name: String,
     pub socket: PathBuf,
+    pub server: bool,
 }
 
 /// A virtio device as the user asked for it.
@@ -306,24 +308,40 @@ fn net(cfg: &NetConfig) -> Result<VirtioDeviceConfig, SpecError> {
     }))
 }
 
-/// The sockets of every channel, bound now so that a bad name or path fails before
-/// the guest starts (and removed when the configuration goes).
+/// A channel's host socket, set up before the guest starts.
+enum ChannelSocket {
+    Listening(ListeningSocket),
+    Connected(UnixStream),
+}
+
+/// The sockets of every channel, bound (or connected) now so that a bad name or path
+/// fails before the guest starts (and removed when the configuration goes).
 fn serial_ports(channels: &[ChannelSpec]) -> Result<VirtioDeviceConfig, SpecError> {
     check_port_names(channels.iter().map(|c| c.name.as_str()))?;
     let mut sockets = Vec::with_capacity(channels.len());
     for c in channels {
-        let socket =
-            ListeningSocket::bind(&c.socket).map_err(|error| SpecError::ChannelSocket {
-                name: c.name.clone(),
-                socket: c.socket.clone(),
-                error,
-            })?;
+        let socket = if c.server {
+            ListeningSocket::bind(&c.socket).map(ChannelSocket::Listening)
+        } else {
+            UnixStream::connect(&c.socket).map(ChannelSocket::Connected)
+        }
+        .map_err(|error| SpecError::ChannelSocket {
+            name: c.name.clone(),
+            socket: c.socket.clone(),
+            error,
+        })?;
         sockets.push((c.name.clone(), socket));
     }
     Ok(VirtioDeviceConfig::new("virtio-serial", move || {
         let ports = sockets
             .iter()
-            .map(|(name, socket)| Ok((name.clone(), socket.listener()?)))
+            .map(|(name, socket)| {
+                let socket = match socket {
+                    ChannelSocket::Listening(l) => PortSocket::Listening(l.listener()?),
+                    ChannelSocket::Connected(s) => PortSocket::Connected(s.try_clone()?),
+                };
+                Ok((name.clone(), socket))
+            })
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| e.to_string())?;
         SerialPorts::new(ports).map_err(|e| e.to_string())

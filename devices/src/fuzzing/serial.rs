@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use virtio_queue::{Queue, QueueT};
 
 use super::{fuzz_memory, fuzzed_queue, NoInterrupt};
-use crate::virtio::serial::SerialPorts;
+use crate::virtio::serial::{PortSocket, SerialPorts};
 use crate::virtio::{ActivateContext, VirtioDevice};
 
 /// Two listening sockets, made once per process: every input's device serves them.
@@ -38,8 +38,11 @@ pub fn serial_control(data: &[u8]) {
         return;
     };
     let ports = vec![
-        ("org.kiln.a".to_string(), a),
-        ("org.qemu.guest_agent.0".to_string(), b),
+        ("org.kiln.a".to_string(), PortSocket::Listening(a)),
+        (
+            "org.qemu.guest_agent.0".to_string(),
+            PortSocket::Listening(b),
+        ),
     ];
     let Ok(mut dev) = SerialPorts::new(ports) else {
         return;

@@ -90,11 +90,17 @@ pub struct Args {
     #[arg(long, value_parser = parse_console)]
     pub console: Option<ConsoleSpec>,
     /// A named virtio-serial port: name=NAME,socket=PATH. kiln listens on PATH and
-    /// serves one client at a time; the guest sees /dev/virtio-ports/NAME (with udev),
-    /// and /sys/class/virtio-ports/*/name. A guest program writing to it waits for the
-    /// client to read, as long as it takes. For agents: name=org.qemu.guest_agent.0 for
-    /// qemu-guest-agent. Repeatable, up to 31; all go on one virtio-serial device.
-    #[arg(long = "channel", value_name = "name=NAME,socket=PATH", value_parser = parse_channel)]
+    /// serves one client at a time; with ,server=off it connects to a listener there
+    /// instead, and the port stays closed once that hangs up. The guest sees
+    /// /dev/virtio-ports/NAME (with udev), and /sys/class/virtio-ports/*/name. A guest
+    /// program writing to it waits for the client to read, as long as it takes. For
+    /// agents: name=org.qemu.guest_agent.0 for qemu-guest-agent. Repeatable, up to 31;
+    /// all go on one virtio-serial device.
+    #[arg(
+        long = "channel",
+        value_name = "name=NAME,socket=PATH[,server=off]",
+        value_parser = parse_channel
+    )]
     pub channels: Vec<ChannelSpec>,
     /// A virtio-net card: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (passt),
     /// tap=NAME[,create=on] or none; each may end with ,mac=xx:xx:xx:xx:xx:xx.
@@ -181,9 +187,11 @@ impl Args {
             ConsoleOutput::SocketServer(path) => Some(("--console".to_string(), path)),
             _ => None,
         });
+        // Channels that connect (server=off) are clients: several may share a path.
         let channels = self
             .channels
             .iter()
+            .filter(|c| c.server)
             .map(|c| (format!("--channel {}", c.name), &c.socket));
         let mut seen: Vec<(String, &PathBuf)> = Vec::new();
         for (owner, path) in console.chain(channels) {

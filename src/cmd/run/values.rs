@@ -51,21 +51,25 @@ pub(super) fn parse_net(s: &str) -> Result<NetConfig, String> {
 }
 
 pub(super) fn parse_channel(s: &str) -> Result<ChannelSpec, String> {
-    let (mut name, mut socket) = (None, None);
+    let bad = || format!("{s:?}: expected name=NAME,socket=PATH[,server=on|off]");
+    let (mut name, mut socket, mut server) = (None, None, None);
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("name", n)) if name.is_none() => name = Some(n),
             Some(("socket", p)) if socket.is_none() && !p.is_empty() => socket = Some(p),
-            _ => return Err(format!("{s:?}: expected name=NAME,socket=PATH")),
+            Some(("server", "on")) if server.is_none() => server = Some(true),
+            Some(("server", "off")) if server.is_none() => server = Some(false),
+            _ => return Err(bad()),
         }
     }
     let (Some(name), Some(socket)) = (name, socket) else {
-        return Err(format!("{s:?}: expected name=NAME,socket=PATH"));
+        return Err(bad());
     };
     check_port_names([name]).map_err(|e| e.to_string())?;
     Ok(ChannelSpec {
         name: name.to_owned(),
         socket: socket.into(),
+        server: server.unwrap_or(true),
     })
 }
 
@@ -206,9 +210,13 @@ mod tests {
             parse_channel("name=org.qemu.guest_agent.0,socket=/run/qga.sock"),
             Ok(ChannelSpec {
                 name: "org.qemu.guest_agent.0".into(),
-                socket: "/run/qga.sock".into()
+                socket: "/run/qga.sock".into(),
+                server: true,
             })
         );
+        let connect = parse_channel("name=a,socket=/run/a.sock,server=off").unwrap();
+        assert!(!connect.server);
+        assert!(parse_channel("server=on,name=a,socket=s").unwrap().server);
         assert_eq!(
             parse_channel("socket=s,name=a-b_c").map(|c| c.name),
             Ok("a-b_c".into())
@@ -219,10 +227,11 @@ mod tests {
             "name=a,socket=",
             "name=a,socket=s,socket=t",
             "name=a,name=b,socket=s",
-            "name=a,socket=s,server=on",
+            "name=a,socket=s,server=yes",
+            "name=a,socket=s,server=on,server=off",
             "",
         ] {
-            let want = format!("{bad:?}: expected name=NAME,socket=PATH");
+            let want = format!("{bad:?}: expected name=NAME,socket=PATH[,server=on|off]");
             assert_eq!(parse_channel(bad), Err(want));
         }
         for (bad, name) in [("name=,socket=s", ""), ("name=a b,socket=s", "a b")] {

@@ -1,4 +1,4 @@
-//! The ports' host side: each port's listening socket, its client read at the
+//! The ports' host side: each port's listening (or connected) socket, its client read at the
 //! guest's pace and written as it takes it (as the console's, see `console/host.rs`
 //! and `console/output.rs`).
 
@@ -39,7 +39,10 @@ impl SerialPorts {
     /// Take the next client of the port at `index`; the port serves one at a time.
     fn accept(&mut self, index: usize, ops: &mut EventOps) {
         let port = &mut self.ports[index];
-        let stream = match port.listener.accept() {
+        let Some(listener) = &port.listener else {
+            return;
+        };
+        let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
             Err(e) => {
@@ -60,7 +63,7 @@ impl SerialPorts {
             );
             return;
         }
-        let _ = ops.remove(Events::empty_raw(port.listener.as_raw_fd()));
+        let _ = ops.remove(Events::empty_raw(listener.as_raw_fd()));
         info!("virtio-serial: port {}: client connected", port.name);
         watch(
             ops,
@@ -97,8 +100,8 @@ impl SerialPorts {
         }
     }
 
-    /// The client of the port at `index` hung up or failed: wait for the next one and
-    /// tell the driver the host side closed.
+    /// The client of the port at `index` hung up or failed: tell the driver the host
+    /// side closed, and wait for the next client (a connected port has none).
     fn client_closed(&mut self, index: usize, ops: &mut EventOps) {
         let port = &mut self.ports[index];
         port.lost = false;
@@ -107,12 +110,14 @@ impl SerialPorts {
         };
         let _ = ops.remove(Events::empty_raw(stream.as_raw_fd()));
         info!("virtio-serial: port {}: client disconnected", port.name);
-        watch(
-            ops,
-            port.listener.as_raw_fd(),
-            LISTENER_BASE + index as u32,
-            "a port socket",
-        );
+        if let Some(listener) = &port.listener {
+            watch(
+                ops,
+                listener.as_raw_fd(),
+                LISTENER_BASE + index as u32,
+                "a port socket",
+            );
+        }
         if let Err(e) = port.writer.replace(PortOutput::Discard, ops) {
             warn!(
                 "virtio-serial: port {}: cannot drop the client's output: {e}",
@@ -168,12 +173,22 @@ impl MutEventSubscriber for SerialPorts {
         self.activation.init(ops);
         self.stall.watch(ops, STALL_DATA);
         for (i, port) in self.ports.iter().enumerate() {
-            watch(
-                ops,
-                port.listener.as_raw_fd(),
-                LISTENER_BASE + i as u32,
-                "a port socket",
-            );
+            if let Some(listener) = &port.listener {
+                watch(
+                    ops,
+                    listener.as_raw_fd(),
+                    LISTENER_BASE + i as u32,
+                    "a port socket",
+                );
+            }
+            if let Some(client) = &port.client {
+                watch(
+                    ops,
+                    client.as_raw_fd(),
+                    CLIENT_BASE + i as u32,
+                    "a port socket",
+                );
+            }
         }
     }
 

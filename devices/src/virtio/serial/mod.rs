@@ -46,10 +46,20 @@ pub const MAX_NAME_LEN: usize = 255;
 const CONTROL_RX: usize = 2;
 const CONTROL_TX: usize = 3;
 
+/// The host end of a named port.
+pub enum PortSocket {
+    /// Listen here and serve one client at a time.
+    Listening(UnixListener),
+    /// Talk to this connected socket (kiln connected to a listener); once it hangs up
+    /// the port stays closed, as QEMU's client sockets without `reconnect`.
+    Connected(UnixStream),
+}
+
 /// One named port: its host socket and what the driver has said about it.
 struct Port {
     name: String,
-    listener: UnixListener,
+    /// `None` for a port that connected instead of listening.
+    listener: Option<UnixListener>,
     /// The connected client, read from here.
     client: Option<UnixStream>,
     /// The guest's output: to the client, without blocking (see console/output.rs),
@@ -136,20 +146,30 @@ pub fn check_port_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<
 }
 
 impl SerialPorts {
-    /// A device with one port per `(name, listener)`, ids 1, 2, ... in order; the
+    /// A device with one port per `(name, socket)`, ids 1, 2, ... in order; the
     /// names must pass [`check_port_names`].
-    pub fn new(ports: Vec<(String, UnixListener)>) -> std::io::Result<Self> {
+    pub fn new(ports: Vec<(String, PortSocket)>) -> std::io::Result<Self> {
         check_port_names(ports.iter().map(|(name, _)| name.as_str()))
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let mut out = Vec::with_capacity(ports.len());
-        for (name, listener) in ports {
-            listener.set_nonblocking(true)?;
-            let mut writer = PortWriter::new(PortOutput::Discard)?;
+        for (name, socket) in ports {
+            let (listener, client, output) = match socket {
+                PortSocket::Listening(listener) => {
+                    listener.set_nonblocking(true)?;
+                    (Some(listener), None, PortOutput::Discard)
+                }
+                PortSocket::Connected(stream) => {
+                    stream.set_nonblocking(true)?;
+                    let output = PortOutput::Socket(stream.try_clone()?);
+                    (None, Some(stream), output)
+                }
+            };
+            let mut writer = PortWriter::new(output)?;
             writer.set_stall_limit(None);
             out.push(Port {
                 name,
                 listener,
-                client: None,
+                client,
                 writer,
                 pending: VecDeque::new(),
                 input_paused: false,

@@ -32,7 +32,8 @@ fn ports(names: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>, SerialPorts) {
     let mut ports = Vec::new();
     for name in names {
         let path = dir.path().join(format!("{name}.sock"));
-        ports.push((name.to_string(), UnixListener::bind(&path).unwrap()));
+        let listener = UnixListener::bind(&path).unwrap();
+        ports.push((name.to_string(), PortSocket::Listening(listener)));
         paths.push(path);
     }
     (dir, paths, SerialPorts::new(ports).unwrap())
@@ -205,8 +206,10 @@ fn hostile_control_messages_are_ignored() {
 #[test]
 fn ports_are_checked_when_made() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = |n: usize| UnixListener::bind(dir.path().join(format!("{n}.sock"))).unwrap();
-    let err = |ports: Vec<(String, UnixListener)>| SerialPorts::new(ports).err().unwrap();
+    let listener = |n: usize| {
+        PortSocket::Listening(UnixListener::bind(dir.path().join(format!("{n}.sock"))).unwrap())
+    };
+    let err = |ports: Vec<(String, PortSocket)>| SerialPorts::new(ports).err().unwrap();
     assert!(err(vec![])
         .to_string()
         .contains("0 ports: a virtio-serial device takes 1 to 31"));
@@ -318,6 +321,71 @@ fn a_client_talks_to_the_guest_and_its_coming_and_going_is_announced() {
         dev.lock().unwrap().has_client("org.kiln.test.0")
     });
     assert_eq!(guest.received(), [msg(1, PORT_OPEN, 1)]);
+}
+
+#[test]
+fn a_connected_port_talks_to_its_listener_and_stays_closed_once_it_hangs_up() {
+    let mem = test_mem();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = UnixListener::bind(dir.path().join("agent.sock")).unwrap();
+    let stream = UnixStream::connect(dir.path().join("agent.sock")).unwrap();
+    let (mut peer, _) = listener.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = PortSocket::Connected(stream);
+    let mut dev = SerialPorts::new(vec![("org.kiln.c".into(), port)]).unwrap();
+    assert!(dev.has_client("org.kiln.c"));
+    let mut guest = Guest::attach(&mut dev, &mem);
+    guest.send_control(0, DEVICE_READY, 1);
+    guest.send_control(1, PORT_READY, 1);
+    dev.process_control_tx();
+    let got = guest.received();
+    assert_eq!(got.len(), 3, "DEVICE_ADD, PORT_NAME and PORT_OPEN: {got:?}");
+    assert_eq!(
+        got[2],
+        msg(1, PORT_OPEN, 1),
+        "the host side is open from the start"
+    );
+    let dev = Arc::new(Mutex::new(dev));
+    let mut em = EventManager::<Arc<Mutex<SerialPorts>>>::new().unwrap();
+    em.add_subscriber(dev.clone());
+    let (rx, tx) = (SerialPorts::rx_queue(0), SerialPorts::rx_queue(0) + 1);
+
+    mem.write_slice(b"to-host", GuestAddress(PORT_BUFS))
+        .unwrap();
+    guest.rings[tx].post(0, &[(PORT_BUFS, 7, false)]);
+    guest.kicks[tx].write(1).unwrap();
+    run_until(&mut em, "the guest's output", || {
+        guest.rings[tx].used_idx() == 1
+    });
+    let mut out = [0u8; 7];
+    peer.read_exact(&mut out).unwrap();
+    assert_eq!(&out, b"to-host");
+
+    guest.send_control(1, PORT_OPEN, 1);
+    guest.rings[rx].post(0, &[(PORT_BUFS + 0x100, 64, true)]);
+    guest.kicks[rx].write(1).unwrap();
+    peer.write_all(b"to-guest").unwrap();
+    run_until(&mut em, "the peer's input", || {
+        guest.rings[rx].used_idx() == 1
+    });
+    assert_eq!(guest.rings[rx].used_entry(0), (0, 8));
+
+    // The peer goes: the port closes on the host side for good, and what the guest
+    // writes then is dropped, not held.
+    drop(peer);
+    run_until(&mut em, "the hang-up", || {
+        !dev.lock().unwrap().has_client("org.kiln.c")
+    });
+    assert_eq!(guest.received(), [msg(1, PORT_OPEN, 0)]);
+    guest.rings[tx].post(1, &[(PORT_BUFS, 7, false)]);
+    guest.kicks[tx].write(1).unwrap();
+    run_until(&mut em, "the dropped output", || {
+        guest.rings[tx].used_idx() == 2
+    });
+    let _late = UnixStream::connect(dir.path().join("agent.sock")).unwrap();
+    em.run_with_timeout(100).unwrap();
+    assert!(!dev.lock().unwrap().has_client("org.kiln.c"));
+    assert_eq!(guest.received(), [], "reopened");
 }
 
 #[test]
