@@ -212,7 +212,7 @@ impl MutEventSubscriber for Rng {
         if let Some(b) = &self.budget {
             let timer = Events::with_data_raw(b.timer_fd(), PERIOD_DATA, EventSet::IN);
             if let Err(e) = ops.add(timer) {
-                log::warn!("virtio-rng: cannot watch the rate-limit timer: {e}");
+                warn!("virtio-rng: cannot watch the rate-limit timer: {e}");
             }
         }
     }
