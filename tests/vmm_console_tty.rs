@@ -2,9 +2,14 @@
 //! the Ctrl-A escape commands, and the terminal restored afterwards. The terminal is a
 //! pty.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+mod common;
 
 /// A pty pair: (master, slave).
 fn openpty() -> (std::fs::File, OwnedFd) {
@@ -100,4 +105,96 @@ fn quit_from_the_terminal(label: &str, args: &[&str], banner: &str) {
     assert_eq!(after.c_lflag, before.c_lflag, "terminal left in raw mode");
     assert_eq!(after.c_iflag, before.c_iflag);
     assert_eq!(after.c_oflag, before.c_oflag);
+}
+
+/// A Linux guest whose console is hvc0 reads a line typed on the terminal: the
+/// terminal's keys reach the guest's tty through the virtio console, and its answer
+/// comes back on the terminal. One boot of the test kernel.
+#[test]
+fn a_linux_guest_reads_the_terminal_through_hvc0() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-tty-hvc0");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = "echo READY-FOR-INPUT\nread line\necho \"GOT=[$line]\"";
+    let initrd = common::initramfs_with_test(&dir, script);
+    let kernel = common::kernel_dir().join("vmlinux");
+    let (mut master, slave) = openpty();
+    let child = common::kiln()
+        .args([
+            "run",
+            "--memory",
+            "256M",
+            "--serial",
+            "none",
+            "--console",
+            "virtio",
+        ])
+        .args([
+            "--net",
+            "none",
+            "--append",
+            "console=hvc0",
+            "--timeout",
+            "300s",
+        ])
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A failed test must not leave the VM running until its timeout.
+    let mut child = KillOnDrop(child);
+    // The pty's output, read on a thread (a read blocks until the guest writes).
+    let (chunks, screen) = channel();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || chunks.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !seen.contains(what) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match screen.recv_timeout(left) {
+                Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => panic!("no {what:?} on the terminal; it shows:\n{seen}"),
+            }
+        }
+    };
+    wait_for("READY-FOR-INPUT");
+    master.write_all(b"hello kiln\r").unwrap();
+    wait_for("GOT=[hello kiln]");
+    wait_for("KILN-TEST-EXIT=0");
+    let status = child.0.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("virtio console (hvc0) on this terminal"),
+        "{stderr}"
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
