@@ -2,6 +2,8 @@
 //! in raw mode Ctrl-C goes to the guest, so the user needs another way out.
 //! Ctrl-A x quits, Ctrl-A h prints the help, Ctrl-A Ctrl-A sends one Ctrl-A.
 
+use crate::control::{Outcome, VmControl};
+
 /// Ctrl-A.
 pub const ESCAPE: u8 = 0x01;
 
@@ -46,6 +48,16 @@ impl EscapeFilter {
             }
         }
         action
+    }
+
+    /// [`EscapeFilter::feed`], carrying out the command met: Quit ends the VM (kiln
+    /// exits with 130), Help prints the help on stderr.
+    pub fn feed_and_act(&mut self, input: &[u8], to_guest: &mut Vec<u8>, control: &VmControl) {
+        match self.feed(input, to_guest) {
+            Some(EscapeAction::Quit) => control.finish(Outcome::ConsoleQuit),
+            Some(EscapeAction::Help) => eprint!("{HELP}"),
+            None => {}
+        }
     }
 }
 

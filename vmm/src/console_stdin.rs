@@ -6,8 +6,8 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use crate::console_escape::{EscapeAction, EscapeFilter, HELP};
-use crate::control::{Outcome, VmControl};
+use crate::console_escape::EscapeFilter;
+use crate::control::VmControl;
 
 /// Reads `inner` (stdin) and yields what is meant for the guest.
 pub struct EscapedInput<R> {
@@ -40,11 +40,8 @@ impl<R: Read> Read for EscapedInput<R> {
             if n == 0 {
                 return Ok(0);
             }
-            match self.escape.feed(&raw[..n], &mut self.carry) {
-                Some(EscapeAction::Quit) => self.control.finish(Outcome::ConsoleQuit),
-                Some(EscapeAction::Help) => eprint!("{HELP}"),
-                None => {}
-            }
+            self.escape
+                .feed_and_act(&raw[..n], &mut self.carry, &self.control);
             if self.carry.is_empty() {
                 return Err(ErrorKind::WouldBlock.into());
             }
@@ -68,6 +65,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::control::Outcome;
 
     fn input() -> (
         EscapedInput<std::io::PipeReader>,

@@ -12,8 +12,8 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::console_escape::{EscapeAction, EscapeFilter, HELP};
-use crate::control::{Outcome, VmControl};
+use crate::console_escape::EscapeFilter;
+use crate::control::VmControl;
 
 /// Raises the serial IRQ by writing the irqfd KVM listens on.
 pub struct IrqTrigger(pub EventFd);
@@ -86,11 +86,8 @@ impl MutEventSubscriber for StdinInput {
             }
             Ok(n) => {
                 let mut to_guest = Vec::with_capacity(n + 1);
-                match self.escape.feed(&buf[..n], &mut to_guest) {
-                    Some(EscapeAction::Quit) => self.control.finish(Outcome::ConsoleQuit),
-                    Some(EscapeAction::Help) => eprint!("{HELP}"),
-                    None => {}
-                }
+                self.escape
+                    .feed_and_act(&buf[..n], &mut to_guest, &self.control);
                 if let Err(e) = serial.0.enqueue_raw_bytes(&to_guest) {
                     log::warn!("serial: input dropped: {e}");
                 }
