@@ -76,15 +76,21 @@ impl VirtioDeviceConfig {
         T: VirtioDevice + MutEventSubscriber + Send + 'static,
         F: Fn() -> Result<T, String> + Send + Sync + 'static,
     {
-        let mut config = Self::taking_terminal(name, move |_| make());
-        config.takes_terminal = false;
-        config
+        Self::with_factory(name, false, move |_| make())
     }
 
     /// Like [`VirtioDeviceConfig::new`], for a device that takes the terminal on stdin
     /// as input when it is offered (`make` then gets the VM's control, for the
     /// escape commands).
     fn taking_terminal<T, F>(name: impl Into<String>, make: F) -> Self
+    where
+        T: VirtioDevice + MutEventSubscriber + Send + 'static,
+        F: Fn(Option<&Arc<VmControl>>) -> Result<T, String> + Send + Sync + 'static,
+    {
+        Self::with_factory(name, true, make)
+    }
+
+    fn with_factory<T, F>(name: impl Into<String>, takes_terminal: bool, make: F) -> Self
     where
         T: VirtioDevice + MutEventSubscriber + Send + 'static,
         F: Fn(Option<&Arc<VmControl>>) -> Result<T, String> + Send + Sync + 'static,
@@ -99,20 +105,21 @@ impl VirtioDeviceConfig {
         Self {
             name: name.into(),
             factory: Arc::new(factory),
-            takes_terminal: true,
+            takes_terminal,
         }
     }
 
     pub fn build(&self) -> Result<VirtioHandles, String> {
-        (self.factory)(None)
+        self.build_with(None)
     }
 
-    /// Build the device with the terminal on stdin as its input, if it takes it.
-    pub(crate) fn build_on_terminal(
+    /// Build the device; with `terminal`, a device that takes the terminal on stdin
+    /// gets it as input.
+    pub(crate) fn build_with(
         &self,
-        control: &Arc<VmControl>,
+        terminal: Option<&Arc<VmControl>>,
     ) -> Result<VirtioHandles, String> {
-        (self.factory)(self.takes_terminal.then_some(control))
+        (self.factory)(terminal.filter(|_| self.takes_terminal))
     }
 
     /// Whether the device can take the terminal on stdin as input: a console on stdout.
@@ -474,11 +481,9 @@ pub fn attach(
     terminal: Option<&Arc<VmControl>>,
 ) -> Result<VirtioMmioAcpi, DeviceManagerError> {
     let name = &config.name;
-    let handles = match terminal {
-        Some(control) => config.build_on_terminal(control),
-        None => config.build(),
-    }
-    .map_err(|e| DeviceManagerError::Build(name.clone(), e))?;
+    let handles = config
+        .build_with(terminal)
+        .map_err(|e| DeviceManagerError::Build(name.clone(), e))?;
     let transport = MmioTransport::new(mem.clone(), handles.device)
         .map_err(|e| DeviceManagerError::Transport(name.clone(), e))?;
     let slot = alloc

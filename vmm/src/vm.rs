@@ -91,8 +91,9 @@ pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, Vm
     } else {
         None
     };
-    let _raw = terminal_user.and_then(|_| RawTerminal::enable());
-    let terminal_user = terminal_user.filter(|_| _raw.is_some());
+    // Restores the terminal when dropped, at the end of this function.
+    let raw_terminal = terminal_user.and_then(|_| RawTerminal::enable());
+    let terminal_user = terminal_user.filter(|_| raw_terminal.is_some());
     match terminal_user {
         Some(TerminalUser::Serial) => {
             eprint!("kiln: serial console on this terminal; Ctrl-A x quits, Ctrl-A h for help\r\n")
