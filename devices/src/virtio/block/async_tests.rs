@@ -145,7 +145,9 @@ fn requests_of_several_notifications_are_in_flight_together() {
             "process_queue waited for the disk"
         );
     }
-    assert_eq!(dev.in_flight(), 12);
+    // All twelve were popped. The last read to arrive opens the gate, so some may
+    // already be finished and published by the time the third process_queue returns.
+    assert_eq!(dev.in_flight() + usize::from(used_idx(&vq)), 12);
     settle(&mut dev);
     assert_eq!(used_idx(&vq), 12);
     for i in 0..12 {
