@@ -14,6 +14,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use common::{digest_hex, guest_value, initramfs_with_test, kernel_dir, kiln, run_kiln};
 use kiln_devices::test_support::{cached_pages, evict};
@@ -116,6 +118,8 @@ dd if=/tmp/vdb bs=4096 >&5 2>/dev/null
 read -r line <&5
 exec 5>&-
 echo "CHANNEL-BULK=$line"
+again='exec 6<> /dev/$(basename /sys/class/virtio-ports/vport*p2); echo KILN-AGAIN-HELLO >&6; read -r l <&6; echo $l'
+echo "AGAIN-GOT=$(timeout 120 sh -c "$again")"
 echo KILN-HVC-HELLO > /dev/hvc0
 exec 3> /dev/hvc0
 i=0
@@ -194,6 +198,19 @@ fn disks_console_and_rng_in_one_boot() {
     let channel_socket = dir.join("channel.sock");
     let channel = format!("name=org.kiln.test.0,socket={}", channel_socket.display());
     let channel_host = std::thread::spawn(move || answer_on_channel(&channel_socket));
+    // A port that connects to the host, which hangs up at once: kiln connects again
+    // (reconnect-ms), and the guest talks over the second connection.
+    let again_socket = dir.join("again.sock");
+    let again_listener = std::os::unix::net::UnixListener::bind(&again_socket).unwrap();
+    let again = format!(
+        "name=org.kiln.test.1,socket={},server=off,reconnect-ms=100",
+        again_socket.display()
+    );
+    let kiln_done = Arc::new(AtomicBool::new(false));
+    let again_host = {
+        let kiln_done = kiln_done.clone();
+        std::thread::spawn(move || hang_up_then_answer(&again_listener, &kiln_done))
+    };
     let run = run_kiln(
         "blk-guest four disks",
         &[
@@ -222,6 +239,8 @@ fn disks_console_and_rng_in_one_boot() {
             &console,
             "--channel",
             &channel,
+            "--channel",
+            &again,
             "--rng",
             "max-bytes=8K,period=1s",
         ],
@@ -229,6 +248,8 @@ fn disks_console_and_rng_in_one_boot() {
     let stdout = run.stdout();
     let context = format!("stdout:\n{stdout}\nstderr:\n{}", run.stderr());
     let (heard, bulk) = channel_host.join().unwrap();
+    kiln_done.store(true, Ordering::SeqCst);
+    let (connections, heard_again) = again_host.join().unwrap();
     assert_eq!(run.code(), Some(0), "{context}");
     assert_eq!(
         guest_value(&stdout, "KILN-TEST-EXIT"),
@@ -415,6 +436,43 @@ fn disks_console_and_rng_in_one_boot() {
         bulk[..MIB] == vdb_data[..MIB] && bulk[MIB..] == vdb_data[..MIB],
         "the channel's bulk output is not /dev/vdb's first MiB twice"
     );
+    assert_eq!(get("AGAIN-GOT"), "again-ok", "{context}");
+    assert_eq!(
+        (connections, heard_again.as_str()),
+        (2, "KILN-AGAIN-HELLO\n"),
+        "{context}"
+    );
+}
+
+/// The host end of the reconnecting port: drop kiln's first connection at once, then
+/// answer the guest's hello on the next. Gives up once kiln ended without one more.
+/// Returns the connections kiln made and what the guest said.
+fn hang_up_then_answer(
+    listener: &std::os::unix::net::UnixListener,
+    kiln_done: &AtomicBool,
+) -> (usize, String) {
+    use std::io::{BufRead, BufReader, Write};
+    listener.set_nonblocking(true).unwrap();
+    let mut connections = 0;
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(_) if kiln_done.load(Ordering::SeqCst) => return (connections, String::new()),
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+        };
+        connections += 1;
+        if connections == 1 {
+            continue; // dropped: kiln sees the hang-up
+        }
+        stream.set_nonblocking(false).unwrap();
+        let mut heard = String::new();
+        let _ = BufReader::new(&stream).read_line(&mut heard);
+        let _ = (&stream).write_all(b"again-ok\n");
+        return (connections, heard);
+    }
 }
 
 /// The host end of the test channel: connect to kiln's socket (as soon as kiln made

@@ -335,6 +335,23 @@ fn channels_make_one_virtio_serial_device_and_bad_ones_are_named() {
     assert_eq!(run.code(), Some(1), "{}", run.stderr());
     let want = format!("--channel org.kiln.c1: {}", agent.display());
     assert!(run.stderr().contains(&want), "{}", run.stderr());
+    // With reconnect-ms the listener may come later: the VM starts without it. A path
+    // too long for any socket is still refused.
+    let later = format!("{c1},reconnect-ms=100");
+    let run = run_probe("channel-reconnect-none", &["--no-rng", "--channel", &later]);
+    assert_eq!(run.code(), Some((3 << 1) | 1), "{}", run.stderr());
+    let long = dir.join("x".repeat(120));
+    let spec = format!(
+        "name=org.kiln.l,socket={},server=off,reconnect-ms=100",
+        long.display()
+    );
+    let run = run_probe("channel-reconnect-long", &["--channel", &spec]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("--channel org.kiln.l: "),
+        "{}",
+        run.stderr()
+    );
 
     let spec = channel("a/b", &a);
     let run = run_probe("channel-bad-name", &["--channel", &spec]);
@@ -506,4 +523,8 @@ fn console_socket_connects_to_a_listener_and_no_listener_is_an_error() {
         "{}",
         run.stderr()
     );
+    // Unless it reconnects: then the listener may come later.
+    let later = format!("{spec},reconnect-ms=100");
+    let run = run_probe("console-reconnect-none", &["--no-rng", "--console", &later]);
+    assert_eq!(run.code(), Some(EXIT_CONSOLE), "{}", run.stderr());
 }

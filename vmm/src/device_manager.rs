@@ -13,15 +13,19 @@
 //! dropping the device stops passt.
 
 use std::fs::File;
+use std::io::ErrorKind;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kiln_devices::block::config::Aio;
 use kiln_devices::block::{open_disk, DiskBackend, DiskConfig, DiskError};
 use kiln_devices::virtio::block::{uring, Block};
-use kiln_devices::virtio::console::{Console, ConsoleInput, ConsoleSize, SizeSource};
+use kiln_devices::virtio::console::{
+    connect_nonblocking, Console, ConsoleInput, ConsoleSize, SizeSource,
+};
 use kiln_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, NOTIFY_REG_OFFSET};
 use kiln_devices::virtio::net::{Net, NetConfig};
 use kiln_devices::virtio::rng::{RateLimit, Rng};
@@ -141,6 +145,10 @@ pub enum ConsoleOutput {
     /// Listen on this UNIX socket (`server=on`) and serve one client at a time;
     /// output is dropped while no client is connected.
     SocketServer(PathBuf),
+    /// Connect to a listening UNIX socket, and again `every` after it hangs up or a
+    /// try fails (`reconnect-ms`); it need not listen yet when the VM starts. Output
+    /// is dropped while not connected.
+    SocketReconnect { path: PathBuf, every: Duration },
 }
 
 /// The virtio-console as the user asked for it.
@@ -168,6 +176,10 @@ pub struct ChannelSpec {
     pub name: String,
     pub socket: PathBuf,
     pub server: bool,
+    /// With `server: false`: connect again this long after the listener hangs up or a
+    /// try fails, and start without one (QEMU's `reconnect-ms`). Without it, the
+    /// listener must be there at start and the port stays closed once it hangs up.
+    pub reconnect: Option<Duration>,
 }
 
 /// A virtio device as the user asked for it.
@@ -319,6 +331,47 @@ fn net(cfg: &NetConfig) -> Result<VirtioDeviceConfig, SpecError> {
 enum ChannelSocket {
     Listening(ListeningSocket),
     Connected(UnixStream),
+    Reconnecting {
+        path: PathBuf,
+        every: Duration,
+        first: Option<UnixStream>,
+    },
+}
+
+/// A channel's socket, bound or connected now so that a bad path fails before the
+/// guest starts. A reconnecting one may start without a listener (as QEMU's do) but
+/// not with a path no socket can have.
+fn channel_socket(c: &ChannelSpec) -> std::io::Result<ChannelSocket> {
+    match (c.server, c.reconnect) {
+        (true, _) => ListeningSocket::bind(&c.socket).map(ChannelSocket::Listening),
+        (false, None) => UnixStream::connect(&c.socket).map(ChannelSocket::Connected),
+        (false, Some(every)) => Ok(ChannelSocket::Reconnecting {
+            path: c.socket.clone(),
+            every,
+            first: first_connection(&c.socket, &format!("--channel {}", c.name), every)?,
+        }),
+    }
+}
+
+/// The first connection of a socket that reconnects: `None` when nothing listens there
+/// yet (the device keeps trying), an error when no socket can be there (a path too
+/// long for one).
+fn first_connection(
+    path: &Path,
+    owner: &str,
+    every: Duration,
+) -> std::io::Result<Option<UnixStream>> {
+    match connect_nonblocking(path) {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) if e.kind() == ErrorKind::InvalidInput => Err(e),
+        Err(e) => {
+            log::info!(
+                "{owner}: {}: {e}; connecting every {every:?}",
+                path.display()
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// The sockets of every channel, bound (or connected) now so that a bad name or path
@@ -327,12 +380,7 @@ fn serial_ports(channels: &[ChannelSpec]) -> Result<VirtioDeviceConfig, SpecErro
     check_port_names(channels.iter().map(|c| c.name.as_str()))?;
     let mut sockets = Vec::with_capacity(channels.len());
     for c in channels {
-        let socket = if c.server {
-            ListeningSocket::bind(&c.socket).map(ChannelSocket::Listening)
-        } else {
-            UnixStream::connect(&c.socket).map(ChannelSocket::Connected)
-        }
-        .map_err(|error| SpecError::ChannelSocket {
+        let socket = channel_socket(c).map_err(|error| SpecError::ChannelSocket {
             name: c.name.clone(),
             socket: c.socket.clone(),
             error,
@@ -346,6 +394,13 @@ fn serial_ports(channels: &[ChannelSpec]) -> Result<VirtioDeviceConfig, SpecErro
                 let socket = match socket {
                     ChannelSocket::Listening(l) => PortSocket::Listening(l.listener()?),
                     ChannelSocket::Connected(s) => PortSocket::Connected(s.try_clone()?),
+                    ChannelSocket::Reconnecting { path, every, first } => {
+                        PortSocket::Reconnecting {
+                            path: path.clone(),
+                            every: *every,
+                            first: first.as_ref().map(UnixStream::try_clone).transpose()?,
+                        }
+                    }
                 };
                 Ok((name.clone(), socket))
             })
@@ -397,6 +452,14 @@ fn console(spec: &ConsoleSpec) -> Result<VirtioDeviceConfig, SpecError> {
             let stream = UnixStream::connect(path).map_err(err(path))?;
             Ok(new(Box::new(move || {
                 Console::connected(stream.try_clone()?)
+            })))
+        }
+        ConsoleOutput::SocketReconnect { path, every } => {
+            let first = first_connection(path, "--console", *every).map_err(err(path))?;
+            let (path, every) = (path.clone(), *every);
+            Ok(new(Box::new(move || {
+                let first = first.as_ref().map(UnixStream::try_clone).transpose()?;
+                Console::reconnecting(path.clone(), every, first)
             })))
         }
         ConsoleOutput::SocketServer(path) => {
@@ -548,6 +611,28 @@ mod tests {
         )))
         .unwrap_err();
         assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+        // Reconnecting: nobody need listen yet, but the path must be one a socket can
+        // have.
+        let every = Duration::from_millis(100);
+        let later = |path: PathBuf| {
+            VirtioDeviceConfig::from_spec(&VirtioSpec::Console(ConsoleSpec::new(
+                ConsoleOutput::SocketReconnect { path, every },
+            )))
+        };
+        let console = later(missing.clone()).unwrap();
+        assert_eq!(
+            console
+                .build()
+                .unwrap()
+                .device
+                .lock()
+                .unwrap()
+                .device_type(),
+            3
+        );
+        let long = dir.join("x".repeat(120));
+        let err = later(long.clone()).unwrap_err();
+        assert!(err.to_string().contains(long.to_str().unwrap()), "{err}");
 
         let disk = DiskConfig::new(dir.join("absent.qcow2"));
         let err = VirtioDeviceConfig::from_spec(&VirtioSpec::Disk(disk)).unwrap_err();

@@ -79,8 +79,10 @@ pub struct Args {
     pub disks: Vec<DiskConfig>,
     /// A virtio-console (guest /dev/hvc0): virtio (to stdout; with --serial other than
     /// stdio, input from the terminal, Ctrl-A x quits), virtio,file=PATH or
-    /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too);
-    /// with ,server=on kiln listens there instead and serves one client at a time
+    /// virtio,socket=PATH (connects to a listening UNIX socket, input from it too;
+    /// with ,reconnect-ms=MS it may start without the listener and connects again
+    /// every MS milliseconds while it is gone, as QEMU's reconnect-ms); with
+    /// ,server=on kiln listens there instead and serves one client at a time
     /// (output is dropped while none is connected). An output that reads slowly makes
     /// the guest wait, never the other devices; a socket client that takes nothing for
     /// 5 s is dropped, and stdout or a file that takes nothing for 5 s is skipped until
@@ -91,14 +93,16 @@ pub struct Args {
     pub console: Option<ConsoleSpec>,
     /// A named virtio-serial port: name=NAME,socket=PATH. kiln listens on PATH and
     /// serves one client at a time; with ,server=off it connects to a listener there
-    /// instead, and the port stays closed once that hangs up. The guest sees
+    /// instead, and the port stays closed once that hangs up, unless ,reconnect-ms=MS
+    /// is given: then kiln starts without the listener if need be, and connects again
+    /// every MS milliseconds while it is gone (as QEMU's reconnect-ms). The guest sees
     /// /dev/virtio-ports/NAME (with udev), and /sys/class/virtio-ports/*/name. A guest
     /// program writing to it waits for the client to read, as long as it takes. For
     /// agents: name=org.qemu.guest_agent.0 for qemu-guest-agent. Repeatable, up to 31;
     /// all go on one virtio-serial device.
     #[arg(
         long = "channel",
-        value_name = "name=NAME,socket=PATH[,server=off]",
+        value_name = "name=NAME,socket=PATH[,server=off[,reconnect-ms=MS]]",
         value_parser = parse_channel
     )]
     pub channels: Vec<ChannelSpec>,

@@ -51,14 +51,17 @@ pub(super) fn parse_net(s: &str) -> Result<NetConfig, String> {
 }
 
 pub(super) fn parse_channel(s: &str) -> Result<ChannelSpec, String> {
-    let bad = || format!("{s:?}: expected name=NAME,socket=PATH[,server=on|off]");
-    let (mut name, mut socket, mut server) = (None, None, None);
+    let bad = || format!("{s:?}: expected name=NAME,socket=PATH[,server=on|off][,reconnect-ms=MS]");
+    let (mut name, mut socket, mut server, mut reconnect) = (None, None, None, None);
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("name", n)) if name.is_none() => name = Some(n),
             Some(("socket", p)) if socket.is_none() && !p.is_empty() => socket = Some(p),
             Some(("server", "on")) if server.is_none() => server = Some(true),
             Some(("server", "off")) if server.is_none() => server = Some(false),
+            Some(("reconnect-ms", ms)) if reconnect.is_none() => {
+                reconnect = Some(parse_reconnect_ms(s, ms)?)
+            }
             _ => return Err(bad()),
         }
     }
@@ -66,17 +69,33 @@ pub(super) fn parse_channel(s: &str) -> Result<ChannelSpec, String> {
         return Err(bad());
     };
     check_port_names([name]).map_err(|e| e.to_string())?;
+    let server = server.unwrap_or(true);
+    if server && reconnect.is_some() {
+        return Err(format!(
+            "{s:?}: reconnect-ms is for a channel that connects (server=off)"
+        ));
+    }
     Ok(ChannelSpec {
         name: name.to_owned(),
         socket: socket.into(),
-        server: server.unwrap_or(true),
+        server,
+        reconnect: reconnect.flatten(),
     })
+}
+
+/// `reconnect-ms=MS` of option `s`: `None` for 0, QEMU's "never" (its default).
+fn parse_reconnect_ms(s: &str, ms: &str) -> Result<Option<Duration>, String> {
+    let ms: u64 = ms
+        .parse()
+        .map_err(|_| format!("{s:?}: reconnect-ms={ms:?} is not a whole number of milliseconds"))?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
 pub(super) fn parse_console(s: &str) -> Result<ConsoleSpec, String> {
     let bad = || {
         format!(
-            "{s:?}: expected virtio, virtio,file=PATH or virtio,socket=PATH[,server=on|off], \
+            "{s:?}: expected virtio, virtio,file=PATH or \
+             virtio,socket=PATH[,server=on|off][,reconnect-ms=MS], \
              each optionally with ,size=COLSxROWS"
         )
     };
@@ -85,8 +104,12 @@ pub(super) fn parse_console(s: &str) -> Result<ConsoleSpec, String> {
         return Err(bad());
     }
     let (mut file, mut socket, mut server, mut size) = (None, None, None, None);
+    let mut reconnect = None;
     for part in parts {
         match part.split_once('=') {
+            Some(("reconnect-ms", ms)) if reconnect.is_none() => {
+                reconnect = Some(parse_reconnect_ms(s, ms)?)
+            }
             Some(("file", p)) if !p.is_empty() && file.is_none() => file = Some(p),
             Some(("socket", p)) if !p.is_empty() && socket.is_none() => socket = Some(p),
             Some(("server", "on")) if server.is_none() => server = Some(true),
@@ -99,12 +122,28 @@ pub(super) fn parse_console(s: &str) -> Result<ConsoleSpec, String> {
         (None, None, None) => ConsoleOutput::Stdout,
         (Some(p), None, None) => ConsoleOutput::File(p.into()),
         (None, Some(p), Some(true)) => ConsoleOutput::SocketServer(p.into()),
-        (None, Some(p), None | Some(false)) => ConsoleOutput::Socket(p.into()),
+        (None, Some(p), None | Some(false)) => match reconnect.flatten() {
+            Some(every) => ConsoleOutput::SocketReconnect {
+                path: p.into(),
+                every,
+            },
+            None => ConsoleOutput::Socket(p.into()),
+        },
         (_, _, Some(_)) if socket.is_none() => {
             return Err(format!("{s:?}: server= needs socket=PATH"))
         }
         _ => return Err(bad()),
     };
+    if reconnect.is_some()
+        && !matches!(
+            output,
+            ConsoleOutput::Socket(_) | ConsoleOutput::SocketReconnect { .. }
+        )
+    {
+        return Err(format!(
+            "{s:?}: reconnect-ms is for a console that connects (socket=PATH, server=off)"
+        ));
+    }
     Ok(ConsoleSpec { output, size })
 }
 
@@ -212,10 +251,36 @@ mod tests {
                 name: "org.qemu.guest_agent.0".into(),
                 socket: "/run/qga.sock".into(),
                 server: true,
+                reconnect: None,
             })
         );
         let connect = parse_channel("name=a,socket=/run/a.sock,server=off").unwrap();
-        assert!(!connect.server);
+        assert_eq!((connect.server, connect.reconnect), (false, None));
+        let again = parse_channel("name=a,socket=s,server=off,reconnect-ms=250").unwrap();
+        assert_eq!(again.reconnect, Some(Duration::from_millis(250)));
+        let never = parse_channel("name=a,socket=s,reconnect-ms=0,server=off").unwrap();
+        assert_eq!(never.reconnect, None, "0 is QEMU's never");
+        for (bad, why) in [
+            (
+                "name=a,socket=s,reconnect-ms=5",
+                "is for a channel that connects",
+            ),
+            (
+                "name=a,socket=s,server=on,reconnect-ms=5",
+                "is for a channel that connects",
+            ),
+            (
+                "name=a,socket=s,server=off,reconnect-ms=1s",
+                "\"1s\" is not a whole number",
+            ),
+            (
+                "name=a,socket=s,server=off,reconnect-ms=-1",
+                "\"-1\" is not a whole number",
+            ),
+        ] {
+            let err = parse_channel(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
         assert!(parse_channel("server=on,name=a,socket=s").unwrap().server);
         assert_eq!(
             parse_channel("socket=s,name=a-b_c").map(|c| c.name),
@@ -231,7 +296,9 @@ mod tests {
             "name=a,socket=s,server=on,server=off",
             "",
         ] {
-            let want = format!("{bad:?}: expected name=NAME,socket=PATH[,server=on|off]");
+            let want = format!(
+                "{bad:?}: expected name=NAME,socket=PATH[,server=on|off][,reconnect-ms=MS]"
+            );
             assert_eq!(parse_channel(bad), Err(want));
         }
         for (bad, name) in [("name=,socket=s", ""), ("name=a b,socket=s", "a b")] {
@@ -260,6 +327,30 @@ mod tests {
             out("virtio,socket=/tmp/s,server=off"),
             Ok(ConsoleOutput::Socket("/tmp/s".into()))
         );
+        assert_eq!(
+            out("virtio,socket=/tmp/s,reconnect-ms=500"),
+            Ok(ConsoleOutput::SocketReconnect {
+                path: "/tmp/s".into(),
+                every: Duration::from_millis(500)
+            })
+        );
+        assert_eq!(
+            out("virtio,reconnect-ms=0,socket=/tmp/s,server=off"),
+            Ok(ConsoleOutput::Socket("/tmp/s".into()))
+        );
+        for bad in [
+            "virtio,socket=/tmp/s,server=on,reconnect-ms=5",
+            "virtio,file=/tmp/c,reconnect-ms=5",
+            "virtio,reconnect-ms=5",
+        ] {
+            let err = parse_console(bad).unwrap_err();
+            assert!(
+                err.contains("reconnect-ms is for a console that connects"),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse_console("virtio,socket=/tmp/s,reconnect-ms=x").unwrap_err();
+        assert!(err.contains("\"x\" is not a whole number"), "{err}");
         assert_eq!(parse_console("virtio").unwrap().size, None);
         let sized = parse_console("virtio,size=132x43,file=/tmp/c").unwrap();
         assert_eq!(

@@ -1,10 +1,10 @@
 //! The console's host side: reading input at the guest's pace, serving clients of a
-//! listening socket, waiting for room in a client's socket, and giving up on an
-//! output that fails or stalls.
+//! listening socket, connecting to a listener again (reconnect.rs), waiting for room
+//! in a client's socket, and giving up on an output that fails or stalls.
 
 use std::io::ErrorKind;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Instant;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -15,12 +15,13 @@ use super::{Console, CHUNK, MAX_PENDING_INPUT, RX, TX};
 use crate::virtio::activation::DeviceEvent;
 
 /// `Events::data` of the input fd, the listening socket, the output socket (for
-/// room) and the stall timer (queue events use their index, activation u32::MAX,
-/// the size u32::MAX - 3).
+/// room), the stall timer and the reconnect timer (queue events use their index,
+/// activation u32::MAX, the size u32::MAX - 3).
 const INPUT_DATA: u32 = u32::MAX - 1;
 const LISTENER_DATA: u32 = u32::MAX - 2;
 const OUTPUT_DATA: u32 = u32::MAX - 4;
 const STALL_DATA: u32 = u32::MAX - 5;
+const RECONNECT_DATA: u32 = u32::MAX - 6;
 
 impl Console {
     /// A console that listens on `listener` and serves one client at a time: output
@@ -34,16 +35,23 @@ impl Console {
         Ok(console)
     }
 
-    /// Whether a client of the listening socket is connected.
+    /// Whether a client of the listening socket, or a listener the console connects
+    /// to again, is connected.
     pub fn has_client(&self) -> bool {
-        self.listener.is_some() && self.input.is_some()
+        self.serves_clients() && self.input.is_some()
+    }
+
+    /// Whether the console outlives its peer: it listens for the next client, or
+    /// connects to the next listener.
+    fn serves_clients(&self) -> bool {
+        self.listener.is_some() || self.reconnect.is_some()
     }
 
     /// The output failed or stalled: say so once; the writer drops the guest's output
     /// from now on (a console must not stall the guest), and a client of the listening
     /// socket is dropped at the end of the event.
     pub(super) fn output_failed(&mut self, e: std::io::Error) {
-        if self.listener.is_some() {
+        if self.serves_clients() {
             info!("virtio-console: client output failed ({e}); dropping the client");
             self.client_lost = true;
         } else {
@@ -96,22 +104,32 @@ impl Console {
     }
 
     /// EOF or a broken input: stop watching it (epoll would report it forever); a
-    /// listening console waits for the next client.
+    /// listening console waits for the next client, a reconnecting one tries again.
     fn input_closed(&mut self, ops: &mut EventOps) {
         if let Some(input) = self.input.take() {
             let _ = ops.remove(Events::empty_raw(input.as_raw_fd()));
         }
         self.input_paused = false;
-        if let Some(listener) = &self.listener {
-            info!("virtio-console: client disconnected");
-            self.client_lost = false;
-            Self::watch(ops, listener.as_raw_fd(), LISTENER_DATA, "the socket");
-            if let Err(e) = self.writer.replace(PortOutput::Discard, ops) {
-                warn!("virtio-console: cannot drop the client's output: {e}");
-            }
-            // What the client did not take is dropped, and the guest's buffer returned.
-            self.process_tx();
+        if !self.serves_clients() {
+            return;
         }
+        info!("virtio-console: client disconnected");
+        self.client_lost = false;
+        if let Some(listener) = &self.listener {
+            Self::watch(ops, listener.as_raw_fd(), LISTENER_DATA, "the socket");
+        }
+        if let Some(reconnect) = self.reconnect.as_mut() {
+            info!(
+                "virtio-console: connecting to {} again",
+                reconnect.path().display()
+            );
+            reconnect.schedule();
+        }
+        if let Err(e) = self.writer.replace(PortOutput::Discard, ops) {
+            warn!("virtio-console: cannot drop the client's output: {e}");
+        }
+        // What the client did not take is dropped, and the guest's buffer returned.
+        self.process_tx();
     }
 
     /// Take the next client of the listening socket.
@@ -127,18 +145,42 @@ impl Console {
                 return;
             }
         };
+        // One client at a time: the next ones wait in the backlog.
+        let listener_fd = listener.as_raw_fd();
+        if self.attach(stream, ops) {
+            let _ = ops.remove(Events::empty_raw(listener_fd));
+        }
+    }
+
+    /// The reconnect timer fired: connect to the listener again.
+    fn reconnect(&mut self, ops: &mut EventOps) {
+        let Some(reconnect) = self.reconnect.as_mut() else {
+            return;
+        };
+        // Armed only while there is no connection.
+        if let Some(stream) = reconnect.try_now() {
+            if !self.attach(stream, ops) {
+                if let Some(reconnect) = self.reconnect.as_mut() {
+                    reconnect.schedule();
+                }
+            }
+        }
+    }
+
+    /// Make `stream` the client: output to it, input from it. False (with a warning)
+    /// if it cannot be set up.
+    fn attach(&mut self, stream: UnixStream, ops: &mut EventOps) -> bool {
         let output = stream
             .try_clone()
             .and_then(|out| self.writer.replace(PortOutput::Socket(out), ops));
         if let Err(e) = output {
             warn!("virtio-console: cannot set up a client: {e}");
-            return;
+            return false;
         }
-        // One client at a time: the next ones wait in the backlog.
-        let _ = ops.remove(Events::empty_raw(listener.as_raw_fd()));
         info!("virtio-console: client connected");
         Self::watch(ops, stream.as_raw_fd(), INPUT_DATA, "the client");
         self.input = Some(Box::new(stream));
+        true
     }
 
     /// Watch the input again once the guest took some of what was pending.
@@ -159,6 +201,14 @@ impl MutEventSubscriber for Console {
         self.activation.init(ops);
         self.watch_size(ops);
         self.stall.watch(ops, STALL_DATA);
+        if let Some(reconnect) = &self.reconnect {
+            Self::watch(
+                ops,
+                reconnect.as_raw_fd(),
+                RECONNECT_DATA,
+                "the reconnect timer",
+            );
+        }
         if let Some(input) = &self.input {
             Self::watch(ops, input.as_raw_fd(), INPUT_DATA, "input");
         } else if let Some(listener) = &self.listener {
@@ -172,6 +222,7 @@ impl MutEventSubscriber for Console {
             LISTENER_DATA => self.accept(ops),
             OUTPUT_DATA => self.process_tx(),
             STALL_DATA => self.check_stall(),
+            RECONNECT_DATA => self.reconnect(ops),
             super::size::SIZE_DATA => self.refresh_size(),
             _ => match self.activation.handle(&events, ops) {
                 DeviceEvent::Queue(RX) => {

@@ -4,7 +4,8 @@
 //! Like vm-superio's serial, the device only knows a `Write` for the guest's output and
 //! an optional readable file descriptor for its input, so the VMM decides whether that
 //! is stdout, a file or a UNIX socket, and tests pass a `Vec` and a socket pair. Or it
-//! listens on a UNIX socket and serves one client at a time ([`Console::listening`]).
+//! listens on a UNIX socket and serves one client at a time ([`Console::listening`]),
+//! or connects to one again whenever it comes back ([`Console::reconnecting`]).
 //! The host side (input, clients, failed output) is in host.rs; a socket client is
 //! written without blocking the event loop, and the guest waits for a slow one
 //! (output.rs).
@@ -18,7 +19,9 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::warn;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -80,6 +83,8 @@ pub struct Console {
     input_paused: bool,
     /// Server mode: clients connect here, one at a time (see host.rs).
     listener: Option<UnixListener>,
+    /// Client mode with `reconnect-ms`: where to connect again after a hang-up.
+    reconnect: Option<Reconnect>,
     /// The client's output failed: it is dropped at the end of the event.
     client_lost: bool,
     pending: VecDeque<u8>,
@@ -116,6 +121,26 @@ impl Console {
         Self::with_output(PortOutput::Socket(stream), Some(Box::new(input)))
     }
 
+    /// A console that connects to the listener at `path`, starting with `first` if
+    /// kiln could connect already, and connects again `every` after it hangs up or a
+    /// try fails (QEMU's `reconnect-ms`). Output is dropped while none is connected.
+    pub fn reconnecting(
+        path: PathBuf,
+        every: Duration,
+        first: Option<UnixStream>,
+    ) -> std::io::Result<Self> {
+        let mut reconnect = Reconnect::new(path, every)?;
+        let mut console = match first {
+            Some(stream) => Self::connected(stream)?,
+            None => {
+                reconnect.schedule();
+                Self::with_output(PortOutput::Discard, None)?
+            }
+        };
+        console.reconnect = Some(reconnect);
+        Ok(console)
+    }
+
     fn with_output(
         output: PortOutput,
         input: Option<Box<dyn ConsoleInput>>,
@@ -126,6 +151,7 @@ impl Console {
             input,
             input_paused: false,
             listener: None,
+            reconnect: None,
             client_lost: false,
             pending: VecDeque::new(),
             size: (0, 0),
@@ -364,14 +390,18 @@ impl VirtioDevice for Console {
 
 mod host;
 mod output;
+mod reconnect;
 mod relay;
 mod size;
 pub(crate) use output::{PendingChain, Written};
 pub use output::{PortOutput, PortWriter, StallTimer, Stalled, STALL_LIMIT};
+pub use reconnect::{connect_nonblocking, Reconnect};
 pub use relay::{Relay, DRAIN_LIMIT};
 pub use size::{ConsoleSize, SizeSource, F_SIZE};
 #[cfg(test)]
 pub(crate) mod backpressure_tests;
+#[cfg(test)]
+mod reconnect_tests;
 #[cfg(test)]
 mod relay_tests;
 #[cfg(test)]

@@ -282,8 +282,38 @@ fn fast_input_is_paced_to_the_guest_not_dropped() {
     writer.join().unwrap().unwrap();
 }
 
+/// The guest writing to the console one buffer at a time.
+pub(super) struct GuestWriter<'a> {
+    mem: &'a GuestMemory,
+    kick: &'a EventFd,
+    /// Buffers written so far.
+    desc: u16,
+}
+
+impl<'a> GuestWriter<'a> {
+    pub fn new(mem: &'a GuestMemory, kick: &'a EventFd) -> Self {
+        GuestWriter { mem, kick, desc: 0 }
+    }
+
+    /// Post `text` on `tx`, kick, and run `em` until the device returned the buffer.
+    pub fn write<S: event_manager::MutEventSubscriber>(
+        &mut self,
+        text: &[u8],
+        tx: &mut TestRing,
+        em: &mut EventManager<S>,
+    ) {
+        let at = DATA + 0x1000 * u64::from(self.desc);
+        self.mem.write_slice(text, GuestAddress(at)).unwrap();
+        tx.post(self.desc % 16, &[(at, text.len() as u32, false)]);
+        self.desc += 1;
+        self.kick.write(1).unwrap();
+        let want = self.desc;
+        run_until(em, "the output", || tx.used_idx() == want);
+    }
+}
+
 /// Read exactly `n` bytes from `client`, or fail after a second.
-fn read_client(client: &mut UnixStream, n: usize) -> Vec<u8> {
+pub(super) fn read_client(client: &mut UnixStream, n: usize) -> Vec<u8> {
     client
         .set_read_timeout(Some(std::time::Duration::from_secs(1)))
         .unwrap();
@@ -302,22 +332,13 @@ fn a_listening_console_serves_one_client_at_a_time() {
     let console = Arc::new(Mutex::new(console));
     let mut em = EventManager::<Arc<Mutex<Console>>>::new().unwrap();
     em.add_subscriber(console.clone());
-    let mut desc = 0u16;
-    let mut output = |text: &[u8], tx: &mut TestRing, em: &mut EventManager<_>| {
-        let at = DATA + 0x1000 * u64::from(desc);
-        mem.write_slice(text, GuestAddress(at)).unwrap();
-        tx.post(desc % 16, &[(at, text.len() as u32, false)]);
-        desc += 1;
-        kicks[TX].write(1).unwrap();
-        let want = desc;
-        run_until(em, "the output", || tx.used_idx() == want);
-    };
+    let mut writer = GuestWriter::new(&mem, &kicks[TX]);
 
     // Nobody connected: the output is dropped, the guest's buffer returned.
-    output(b"nobody-hears-this", &mut tx, &mut em);
+    writer.write(b"nobody-hears-this", &mut tx, &mut em);
     let mut a = UnixStream::connect(&path).unwrap();
     run_until(&mut em, "client a", || console.lock().unwrap().has_client());
-    output(b"to-a", &mut tx, &mut em);
+    writer.write(b"to-a", &mut tx, &mut em);
     assert_eq!(read_client(&mut a, 4), b"to-a");
     a.write_all(b"from-a").unwrap();
     rx.post(0, &[(DATA + 0x20000, 64, true)]);
@@ -327,7 +348,7 @@ fn a_listening_console_serves_one_client_at_a_time() {
 
     // A second client waits in the backlog while the first is served.
     let mut b = UnixStream::connect(&path).unwrap();
-    output(b"a-again", &mut tx, &mut em);
+    writer.write(b"a-again", &mut tx, &mut em);
     assert_eq!(read_client(&mut a, 7), b"a-again");
     b.set_nonblocking(true).unwrap();
     let mut byte = [0u8; 1];
@@ -341,15 +362,15 @@ fn a_listening_console_serves_one_client_at_a_time() {
     drop(a);
     em.run_with_timeout(20).unwrap(); // a's EOF
     run_until(&mut em, "client b", || console.lock().unwrap().has_client());
-    output(b"to-b", &mut tx, &mut em);
+    writer.write(b"to-b", &mut tx, &mut em);
     assert_eq!(read_client(&mut b, 4), b"to-b");
 
     // b stops reading: its output fails (EPIPE), and the next client is served.
     b.shutdown(std::net::Shutdown::Read).unwrap();
     let mut c = UnixStream::connect(&path).unwrap();
-    output(b"b-is-gone", &mut tx, &mut em);
+    writer.write(b"b-is-gone", &mut tx, &mut em);
     run_until(&mut em, "client c", || console.lock().unwrap().has_client());
-    output(b"to-c", &mut tx, &mut em);
+    writer.write(b"to-c", &mut tx, &mut em);
     assert_eq!(read_client(&mut c, 4), b"to-c");
 }
 

@@ -1,9 +1,10 @@
-//! The ports' host side: each port's listening (or connected) socket, its client read at the
-//! guest's pace and written as it takes it (as the console's, see `console/host.rs`
-//! and `console/output.rs`).
+//! The ports' host side: each port's listening (or connecting) socket, its client read
+//! at the guest's pace and written as it takes it (as the console's, see
+//! `console/host.rs` and `console/output.rs`), and connecting again (`reconnect.rs`).
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -13,13 +14,14 @@ use super::{SerialPorts, MAX_PENDING_INPUT};
 use crate::virtio::activation::DeviceEvent;
 use crate::virtio::console::{PortOutput, Stalled};
 
-/// `Events::data` of port i's listening socket, of its client, and of its client's
-/// output waiting for room; and of the stall timer (queue events use their index,
-/// activation u32::MAX).
+/// `Events::data` of port i's listening socket, of its client, of its client's output
+/// waiting for room, and of its reconnect timer; and of the stall timer (queue events
+/// use their index, activation u32::MAX).
 const LISTENER_BASE: u32 = 0x1_0000;
 const CLIENT_BASE: u32 = 0x2_0000;
 const OUTPUT_BASE: u32 = 0x3_0000;
 const STALL_DATA: u32 = 0x4_0000;
+const RECONNECT_BASE: u32 = 0x5_0000;
 const READ_CHUNK: usize = 4096;
 
 fn watch(ops: &mut EventOps, fd: RawFd, data: u32, what: &str) {
@@ -53,17 +55,43 @@ impl SerialPorts {
                 return;
             }
         };
-        let output = stream
-            .try_clone()
-            .and_then(|out| port.writer.replace(PortOutput::Socket(out), ops));
+        let listener_fd = listener.as_raw_fd();
+        if self.attach(index, stream, ops) {
+            let _ = ops.remove(Events::empty_raw(listener_fd));
+        }
+    }
+
+    /// The reconnect timer of the port at `index` fired: connect to its listener again.
+    fn reconnect(&mut self, index: usize, ops: &mut EventOps) {
+        let port = &mut self.ports[index];
+        let Some(reconnect) = port.reconnect.as_mut() else {
+            return;
+        };
+        // Armed only while there is no connection.
+        if let Some(stream) = reconnect.try_now() {
+            if !self.attach(index, stream, ops) {
+                if let Some(reconnect) = self.ports[index].reconnect.as_mut() {
+                    reconnect.schedule();
+                }
+            }
+        }
+    }
+
+    /// Make `stream` the client of the port at `index` and tell the driver the host
+    /// side opened; false (with a warning) if it cannot be set up.
+    fn attach(&mut self, index: usize, stream: UnixStream, ops: &mut EventOps) -> bool {
+        let port = &mut self.ports[index];
+        let output = stream.set_nonblocking(true).and_then(|()| {
+            let out = stream.try_clone()?;
+            port.writer.replace(PortOutput::Socket(out), ops)
+        });
         if let Err(e) = output {
             warn!(
                 "virtio-serial: port {}: cannot set up a client: {e}",
                 port.name
             );
-            return;
+            return false;
         }
-        let _ = ops.remove(Events::empty_raw(listener.as_raw_fd()));
         info!("virtio-serial: port {}: client connected", port.name);
         watch(
             ops,
@@ -74,6 +102,7 @@ impl SerialPorts {
         port.client = Some(stream);
         port.input_paused = false;
         self.announce_open(index);
+        true
     }
 
     fn read_client(&mut self, index: usize, ops: &mut EventOps) {
@@ -117,6 +146,14 @@ impl SerialPorts {
                 LISTENER_BASE + index as u32,
                 "a port socket",
             );
+        }
+        if let Some(reconnect) = port.reconnect.as_mut() {
+            info!(
+                "virtio-serial: port {}: connecting to {} again",
+                port.name,
+                reconnect.path().display()
+            );
+            reconnect.schedule();
         }
         if let Err(e) = port.writer.replace(PortOutput::Discard, ops) {
             warn!(
@@ -189,6 +226,14 @@ impl MutEventSubscriber for SerialPorts {
                     "a port socket",
                 );
             }
+            if let Some(reconnect) = &port.reconnect {
+                watch(
+                    ops,
+                    reconnect.as_raw_fd(),
+                    RECONNECT_BASE + i as u32,
+                    "a reconnect timer",
+                );
+            }
         }
     }
 
@@ -201,6 +246,8 @@ impl MutEventSubscriber for SerialPorts {
             self.read_client((data - CLIENT_BASE) as usize, ops);
         } else if (OUTPUT_BASE..OUTPUT_BASE + ports).contains(&data) {
             self.process_port_tx((data - OUTPUT_BASE) as usize);
+        } else if (RECONNECT_BASE..RECONNECT_BASE + ports).contains(&data) {
+            self.reconnect((data - RECONNECT_BASE) as usize, ops);
         } else if data == STALL_DATA {
             self.check_stalls();
         } else if let DeviceEvent::Queue(q) = self.activation.handle(&events, ops) {

@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use virtio_queue::Queue;
 
 use super::activation::Activation;
 use super::console::{
-    PortOutput, PortQueue, PortWriter, StallTimer, MAX_PENDING_INPUT, QUEUE_SIZE,
+    PortOutput, PortQueue, PortWriter, Reconnect, StallTimer, MAX_PENDING_INPUT, QUEUE_SIZE,
 };
 use super::{device_type, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::GuestMemory;
@@ -51,8 +52,15 @@ pub enum PortSocket {
     /// Listen here and serve one client at a time.
     Listening(UnixListener),
     /// Talk to this connected socket (kiln connected to a listener); once it hangs up
-    /// the port stays closed, as QEMU's client sockets without `reconnect`.
+    /// the port stays closed, as QEMU's client sockets without `reconnect-ms`.
     Connected(UnixStream),
+    /// Talk to `first` (if kiln could connect already), and connect to the listener at
+    /// `path` again `every` after it hangs up or a try fails (QEMU's `reconnect-ms`).
+    Reconnecting {
+        path: PathBuf,
+        every: Duration,
+        first: Option<UnixStream>,
+    },
 }
 
 /// One named port: its host socket and what the driver has said about it.
@@ -60,6 +68,8 @@ struct Port {
     name: String,
     /// `None` for a port that connected instead of listening.
     listener: Option<UnixListener>,
+    /// Where a port that connects connects again after a hang-up, if it does.
+    reconnect: Option<Reconnect>,
     /// The connected client, read from here.
     client: Option<UnixStream>,
     /// The guest's output: to the client, without blocking (see console/output.rs),
@@ -153,22 +163,33 @@ impl SerialPorts {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let mut out = Vec::with_capacity(ports.len());
         for (name, socket) in ports {
-            let (listener, client, output) = match socket {
+            let (listener, client, reconnect) = match socket {
                 PortSocket::Listening(listener) => {
                     listener.set_nonblocking(true)?;
-                    (Some(listener), None, PortOutput::Discard)
+                    (Some(listener), None, None)
                 }
-                PortSocket::Connected(stream) => {
+                PortSocket::Connected(stream) => (None, Some(stream), None),
+                PortSocket::Reconnecting { path, every, first } => {
+                    let mut reconnect = Reconnect::new(path, every)?;
+                    if first.is_none() {
+                        reconnect.schedule();
+                    }
+                    (None, first, Some(reconnect))
+                }
+            };
+            let output = match &client {
+                Some(stream) => {
                     stream.set_nonblocking(true)?;
-                    let output = PortOutput::Socket(stream.try_clone()?);
-                    (None, Some(stream), output)
+                    PortOutput::Socket(stream.try_clone()?)
                 }
+                None => PortOutput::Discard,
             };
             let mut writer = PortWriter::new(output)?;
             writer.set_stall_limit(None);
             out.push(Port {
                 name,
                 listener,
+                reconnect,
                 client,
                 writer,
                 pending: VecDeque::new(),
@@ -343,5 +364,7 @@ fn port_queue(q: usize, ports: usize) -> Option<(usize, bool)> {
     (index < ports).then_some((index, q % 2 == 0))
 }
 
+#[cfg(test)]
+mod reconnect_tests;
 #[cfg(test)]
 mod tests;

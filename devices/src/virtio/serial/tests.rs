@@ -13,14 +13,14 @@ use super::*;
 use crate::virtio::test_utils::*;
 
 /// Control receive buffers (64 bytes each, by descriptor) and driver messages.
-const CONTROL_BUFS: u64 = DATA;
-const DRIVER_MSGS: u64 = DATA + 0x1_0000;
-const PORT_BUFS: u64 = DATA + 0x2_0000;
+pub(super) const CONTROL_BUFS: u64 = DATA;
+pub(super) const DRIVER_MSGS: u64 = DATA + 0x1_0000;
+pub(super) const PORT_BUFS: u64 = DATA + 0x2_0000;
 
-struct Guest<'a> {
+pub(super) struct Guest<'a> {
     mem: &'a GuestMemory,
-    rings: Vec<TestRing<'a>>,
-    kicks: Vec<EventFd>,
+    pub rings: Vec<TestRing<'a>>,
+    pub kicks: Vec<EventFd>,
     /// Control messages read so far, and descriptors used on the control tx ring.
     control_seen: u16,
     sent: u16,
@@ -41,7 +41,7 @@ fn ports(names: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>, SerialPorts) {
 
 impl<'a> Guest<'a> {
     /// Activate `dev` with every feature and 16 control receive buffers posted.
-    fn attach(dev: &mut SerialPorts, mem: &'a GuestMemory) -> Self {
+    pub fn attach(dev: &mut SerialPorts, mem: &'a GuestMemory) -> Self {
         dev.ack_features(dev.device_features());
         let n = dev.queue_max_sizes().len();
         let rings: Vec<TestRing> = (0..n)
@@ -81,7 +81,7 @@ impl<'a> Guest<'a> {
         self.kicks[CONTROL_TX].write(1).unwrap();
     }
 
-    fn send_control(&mut self, id: u32, event: u16, value: u16) {
+    pub fn send_control(&mut self, id: u32, event: u16, value: u16) {
         let mut msg = id.to_le_bytes().to_vec();
         msg.extend_from_slice(&event.to_le_bytes());
         msg.extend_from_slice(&value.to_le_bytes());
@@ -90,7 +90,7 @@ impl<'a> Guest<'a> {
 
     /// The control messages the device wrote since the last call: (id, event, value,
     /// payload).
-    fn received(&mut self) -> Vec<(u32, u16, u16, Vec<u8>)> {
+    pub fn received(&mut self) -> Vec<(u32, u16, u16, Vec<u8>)> {
         let mut out = Vec::new();
         while self.control_seen != self.rings[CONTROL_RX].used_idx() {
             let (head, len) = self.rings[CONTROL_RX].used_entry(self.control_seen);
@@ -110,7 +110,7 @@ impl<'a> Guest<'a> {
     }
 }
 
-fn msg(id: u32, event: u16, value: u16) -> (u32, u16, u16, Vec<u8>) {
+pub(super) fn msg(id: u32, event: u16, value: u16) -> (u32, u16, u16, Vec<u8>) {
     (id, event, value, Vec::new())
 }
 
