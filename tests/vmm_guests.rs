@@ -139,6 +139,63 @@ fn serial_output_goes_where_asked() {
 }
 
 #[test]
+fn a_serial_stdout_nobody_reads_holds_the_guest_for_five_seconds_only() {
+    use std::io::Read;
+    use std::process::Stdio;
+    // 256 KiB to a pipe nobody reads yet (a paused pager): written directly, the
+    // guest's vCPU would wait in write(2) for as long as nobody reads.
+    let path = guest("serial_flood.elf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["run", "--kernel", path.to_str().unwrap()])
+        .args([
+            "--serial",
+            "stdio",
+            "--debug-exit",
+            "0xf4",
+            "--timeout",
+            "60s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kiln");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(45) {
+            child.kill().unwrap();
+            panic!("kiln waited for its stdout to be read");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(67), "{err}");
+    assert!(
+        err.contains("serial: the output took nothing for 5s; dropping the guest's output"),
+        "{err}"
+    );
+    // What the pipe held before the stall is intact: the guest's first lines.
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let line = b"kiln serial flood 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI\n";
+    assert!(out.len() >= 32 << 10, "only {} bytes came out", out.len());
+    assert!(out.len() < 256 << 10, "nothing was dropped");
+    assert!(
+        out.chunks(64).all(|c| line.starts_with(c)),
+        "output mangled"
+    );
+}
+
+#[test]
 fn boot_timer_reports_milliseconds_on_stderr() {
     let out = run_guest("boot_timer.elf", &["--debug-exit", "0xf4", "--boot-timer"]);
     assert_eq!(out.status.code(), Some(67));

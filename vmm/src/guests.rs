@@ -16,6 +16,11 @@ pub const TRIPLE_FAULT: &[u8] =
 pub const SERIAL_HELLO: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/guests/serial_hello.elf"));
 
+/// Writes 4096 lines of 64 bytes (256 KiB) to COM1, then 0x21 to the debug-exit port
+/// 0xf4: more than a stalled output and kiln's relay hold.
+pub const SERIAL_FLOOD: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/guests/serial_flood.elf"));
+
 /// ACPI S5 through the FADT sleep control register: power-off.
 pub const ACPI_POWEROFF: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/guests/acpi_poweroff.elf"));
@@ -41,6 +46,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("hang.elf", HANG),
     ("triple_fault.elf", TRIPLE_FAULT),
     ("serial_hello.elf", SERIAL_HELLO),
+    ("serial_flood.elf", SERIAL_FLOOD),
     ("acpi_poweroff.elf", ACPI_POWEROFF),
     ("i8042_reset.elf", I8042_RESET),
     ("boot_timer.elf", BOOT_TIMER),

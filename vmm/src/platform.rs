@@ -2,10 +2,12 @@
 //! debug exit) wired to a VM, and the serial output and VM-end watcher.
 
 use std::fs::File;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kiln_devices::legacy::{AcpiPm, BootTimer, DebugExit, I8042};
+use kiln_devices::virtio::console::{Relay, RelayWriter, STALL_LIMIT};
 use kvm_ioctls::VmFd;
 use vm_superio::Serial;
 use vmm_sys_util::epoll::EventSet;
@@ -20,36 +22,65 @@ use crate::serial::{IrqTrigger, SerialDevice, SerialOut, StdinInput};
 use crate::vm::kvm_err;
 use crate::VmmError;
 
-/// Where serial output goes; opened once so a reboot keeps appending.
+/// Where serial output goes; opened once, so a reboot keeps appending. Stdout and
+/// files are written by a relay thread shared by every boot (see [`RelayWriter`]): an
+/// output that stops taking data holds a vCPU for the stall limit at most, not for as
+/// long as it waits. Dropped at the end of the run, it writes out what the relay holds.
 pub(crate) enum SerialWriter {
-    Stdout,
-    File(File),
+    Relayed(Arc<Mutex<Option<RelayWriter>>>),
     Sink,
 }
 
 impl SerialWriter {
     pub(crate) fn open(serial: &SerialOutput) -> Result<Self, VmmError> {
-        Ok(match serial {
-            SerialOutput::Stdio => SerialWriter::Stdout,
-            SerialOutput::None => SerialWriter::Sink,
-            SerialOutput::File(path) => SerialWriter::File(File::create(path).map_err(|e| {
+        let output: Box<dyn Write + Send> = match serial {
+            SerialOutput::Stdio => Box::new(std::io::stdout()),
+            SerialOutput::None => return Ok(SerialWriter::Sink),
+            SerialOutput::File(path) => Box::new(File::create(path).map_err(|e| {
                 VmmError::Device(format!(
                     "cannot create serial output file {}: {e}",
                     path.display()
                 ))
             })?),
-        })
+        };
+        let relayed = Relay::start(output, "serial")
+            .and_then(|relay| RelayWriter::new(relay, STALL_LIMIT, "serial"))
+            .map_err(|e| VmmError::Device(format!("cannot start the serial output: {e}")))?;
+        Ok(SerialWriter::Relayed(Arc::new(Mutex::new(Some(relayed)))))
     }
 
-    fn writer(&self) -> Result<SerialOut, VmmError> {
-        Ok(match self {
-            SerialWriter::Stdout => Box::new(std::io::stdout()),
+    fn writer(&self) -> SerialOut {
+        match self {
             SerialWriter::Sink => Box::new(std::io::sink()),
-            SerialWriter::File(f) => Box::new(
-                f.try_clone()
-                    .map_err(|e| VmmError::Device(format!("serial output file: {e}")))?,
-            ),
-        })
+            SerialWriter::Relayed(shared) => Box::new(SharedSerialOut(shared.clone())),
+        }
+    }
+}
+
+impl Drop for SerialWriter {
+    fn drop(&mut self) {
+        if let SerialWriter::Relayed(shared) = self {
+            // Taken, not left to the last handle: a vCPU thread that outlives the run
+            // must not keep the rest of the output from being written out now.
+            let relay = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(relay);
+        }
+    }
+}
+
+/// One boot's handle on the shared serial relay; writes after the run ended vanish.
+struct SharedSerialOut(Arc<Mutex<Option<RelayWriter>>>);
+
+impl Write for SharedSerialOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some(out) => out.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(()) // the relay thread flushes after each piece
     }
 }
 
@@ -82,7 +113,7 @@ pub(crate) fn add_port_devices(
         .map_err(kvm_err("register serial irqfd"))?;
     let serial = Arc::new(Mutex::new(SerialDevice(Serial::new(
         IrqTrigger(serial_irq),
-        output.writer()?,
+        output.writer(),
     ))));
     io_bus.insert(u64::from(COM1_PORT), 8, serial.clone())?;
     if stdin_input {

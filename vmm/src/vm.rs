@@ -103,7 +103,7 @@ pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, Vm
         ),
         None => {}
     }
-    loop {
+    let result = loop {
         let outcome = boot_once(
             config,
             process_start,
@@ -112,14 +112,18 @@ pub fn run(config: &VmConfig, process_start: Instant) -> Result<VmExitStatus, Vm
             &profile_params,
             pvm,
             terminal_user,
-        )?;
+        );
         match outcome {
-            VmExitStatus::Reset(source) if config.on_reset == OnReset::Reboot => {
+            Ok(VmExitStatus::Reset(source)) if config.on_reset == OnReset::Reboot => {
                 eprintln!("kiln: guest reset ({source}); rebooting");
             }
-            other => return Ok(other),
+            other => break other,
         }
-    }
+    };
+    // The serial output's last lines reach the terminal before its mode is restored.
+    drop(output);
+    drop(raw_terminal);
+    result
 }
 
 /// Which device reads the terminal on stdin.

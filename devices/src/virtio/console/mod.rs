@@ -111,7 +111,10 @@ impl Console {
         output: Box<dyn Write + Send>,
         input: Option<Box<dyn ConsoleInput>>,
     ) -> std::io::Result<Self> {
-        Self::with_output(PortOutput::Relayed(Relay::start(output)?), input)
+        Self::with_output(
+            PortOutput::Relayed(Relay::start(output, "virtio-console")?),
+            input,
+        )
     }
 
     /// A console talking to a connected socket: the guest's output goes to it without
@@ -392,11 +395,13 @@ mod host;
 mod output;
 mod reconnect;
 mod relay;
+mod relay_writer;
 mod size;
 pub(crate) use output::{PendingChain, Written};
 pub use output::{PortOutput, PortWriter, StallTimer, Stalled, STALL_LIMIT};
 pub use reconnect::{connect_nonblocking, Reconnect};
 pub use relay::{Relay, DRAIN_LIMIT};
+pub use relay_writer::RelayWriter;
 pub use size::{ConsoleSize, SizeSource, F_SIZE};
 #[cfg(test)]
 pub(crate) mod backpressure_tests;
@@ -404,5 +409,7 @@ pub(crate) mod backpressure_tests;
 mod reconnect_tests;
 #[cfg(test)]
 mod relay_tests;
+#[cfg(test)]
+mod relay_writer_tests;
 #[cfg(test)]
 mod tests;

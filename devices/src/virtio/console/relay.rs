@@ -29,24 +29,28 @@ pub struct Relay {
     stream: UnixStream,
     thread: Option<JoinHandle<()>>,
     finished: Receiver<()>,
+    /// The device, for messages.
+    what: &'static str,
 }
 
 impl Relay {
     /// Start a thread that writes what arrives on [`Relay::stream`] to `output`,
-    /// flushing after each piece (a prompt without a newline shows at once).
-    pub fn start(output: Box<dyn Write + Send>) -> std::io::Result<Self> {
+    /// flushing after each piece (a prompt without a newline shows at once). `what`
+    /// names the device in messages.
+    pub fn start(output: Box<dyn Write + Send>, what: &'static str) -> std::io::Result<Self> {
         let (stream, theirs) = UnixStream::pair()?;
         let (done, finished) = channel();
         let thread = std::thread::Builder::new()
-            .name("kiln-console-out".into())
+            .name(format!("kiln-{what}-out"))
             .spawn(move || {
-                copy_out(theirs, output);
+                copy_out(theirs, output, what);
                 let _ = done.send(());
             })?;
         Ok(Relay {
             stream,
             thread: Some(thread),
             finished,
+            what,
         })
     }
 
@@ -56,7 +60,7 @@ impl Relay {
     }
 }
 
-fn copy_out(mut from: UnixStream, mut to: Box<dyn Write + Send>) {
+fn copy_out(mut from: UnixStream, mut to: Box<dyn Write + Send>, what: &str) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut failed = false;
     loop {
@@ -65,7 +69,7 @@ fn copy_out(mut from: UnixStream, mut to: Box<dyn Write + Send>) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
-                warn!("virtio-console: cannot read the guest's output to relay it: {e}");
+                warn!("{what}: cannot read the guest's output to relay it: {e}");
                 break;
             }
         };
@@ -76,7 +80,7 @@ fn copy_out(mut from: UnixStream, mut to: Box<dyn Write + Send>) {
             // Keep reading, so the guest is not held, and drop what comes. (Closing
             // our end instead would make the port's writes raise SIGPIPE, which kills
             // the subcommands that leave it at its default.)
-            warn!("virtio-console: cannot write the guest's output ({e}); dropping the rest");
+            warn!("{what}: cannot write the guest's output ({e}); dropping the rest");
             failed = true;
         }
     }
@@ -91,14 +95,15 @@ impl Drop for Relay {
         match self.finished.recv_timeout(DRAIN_LIMIT) {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 if thread.join().is_err() {
-                    warn!("virtio-console: the output thread panicked");
+                    warn!("{}: the output thread panicked", self.what);
                 }
             }
             // The output takes nothing: leave the thread; the process is ending or
             // the device going, and the output gets what it takes.
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => warn!(
-                "virtio-console: the output took nothing for {DRAIN_LIMIT:?}; \
-                 the rest of the guest's console output is lost"
+                "{}: the output took nothing for {DRAIN_LIMIT:?}; \
+                 the rest of the guest's console output is lost",
+                self.what
             ),
         }
     }
