@@ -6,6 +6,8 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use kiln_devices::virtio::console::ConsoleInput;
+
 use crate::console_escape::EscapeFilter;
 use crate::control::VmControl;
 
@@ -50,6 +52,12 @@ impl<R: Read> Read for EscapedInput<R> {
         buf[..n].copy_from_slice(&self.carry[..n]);
         self.carry.drain(..n);
         Ok(n)
+    }
+}
+
+impl<R: Read + AsRawFd + Send> ConsoleInput for EscapedInput<R> {
+    fn holds_input(&self) -> bool {
+        !self.carry.is_empty()
     }
 }
 
@@ -108,6 +116,9 @@ mod tests {
         // "q" is no command: Ctrl-A and q both go on, one byte at a time here.
         keys.write_all(b"q").unwrap();
         assert_eq!(read_some(&mut input, 1).unwrap(), b"\x01");
+        // Held, not in the pipe: the console must read again without waiting for it.
+        assert!(input.holds_input());
         assert_eq!(read_some(&mut input, 1).unwrap(), b"q");
+        assert!(!input.holds_input());
     }
 }

@@ -81,24 +81,35 @@ impl Console {
     }
 
     fn read_input(&mut self, ops: &mut EventOps) {
-        let Some(input) = self.input.as_mut() else {
-            return;
-        };
-        let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
-        if room == 0 {
-            // Level-triggered: left in the loop, the readable fd would wake it forever.
-            let _ = ops.remove(Events::empty_raw(input.as_raw_fd()));
-            self.input_paused = true;
-            return;
-        }
-        let mut buf = [0u8; CHUNK];
-        match input.read(&mut buf[..room.min(CHUNK)]) {
-            Ok(0) => self.input_closed(ops),
-            Ok(n) => self.push_input(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                warn!("virtio-console: input read failed: {e}");
-                self.input_closed(ops);
+        loop {
+            let Some(input) = self.input.as_mut() else {
+                return;
+            };
+            let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
+            if room == 0 {
+                // Level-triggered: left in the loop, the readable fd would wake it forever.
+                let _ = ops.remove(Events::empty_raw(input.as_raw_fd()));
+                self.input_paused = true;
+                return;
+            }
+            let mut buf = [0u8; CHUNK];
+            match input.read(&mut buf[..room.min(CHUNK)]) {
+                Ok(0) => return self.input_closed(ops),
+                Ok(n) => self.push_input(&buf[..n]),
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
+                    return
+                }
+                Err(e) => {
+                    warn!("virtio-console: input read failed: {e}");
+                    return self.input_closed(ops);
+                }
+            }
+            // One read per readiness, unless the input holds bytes the fd will not
+            // announce (a blocking stdin must not be read once too often).
+            if !self.input.as_ref().is_some_and(|i| i.holds_input()) {
+                return;
             }
         }
     }
@@ -193,6 +204,9 @@ impl Console {
         }
         Self::watch(ops, input.as_raw_fd(), INPUT_DATA, "input");
         self.input_paused = false;
+        if input.holds_input() {
+            self.read_input(ops);
+        }
     }
 }
 

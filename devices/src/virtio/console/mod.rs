@@ -45,9 +45,18 @@ const CHUNK: usize = 4096;
 const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 const FEATURES: u64 = super::VIRTIO_F_VERSION_1 | EVENT_IDX | super::VIRTIO_RING_F_INDIRECT;
 
-/// Where guest input comes from: anything readable with a pollable file descriptor.
-pub trait ConsoleInput: Read + AsRawFd + Send {}
-impl<T: Read + AsRawFd + Send> ConsoleInput for T {}
+/// Where guest input comes from: something readable with a pollable file descriptor.
+pub trait ConsoleInput: Read + AsRawFd + Send {
+    /// Whether bytes already taken from the descriptor wait for the next read (an
+    /// input that filters what it reads may give back more than it read, and keep
+    /// what did not fit). The console then reads again at once: the descriptor will
+    /// not become readable for them.
+    fn holds_input(&self) -> bool {
+        false
+    }
+}
+
+impl ConsoleInput for UnixStream {}
 
 struct Active {
     mem: GuestMemory,
