@@ -124,7 +124,10 @@ pub struct Args {
         conflicts_with = "no_rng"
     )]
     pub rng: Option<RateLimit>,
-    /// Serial console: stdio, file=PATH or none.
+    /// Serial console (COM1, the guest's ttyS0): stdio, file=PATH or none. On stdio with
+    /// a terminal on stdin it takes the keyboard (Ctrl-A x quits, Ctrl-A h helps). An
+    /// output that takes nothing for 5 s (a paused pager) is skipped, its bytes dropped
+    /// and counted, until it takes data again: it holds the guest 5 s at most.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialOutput,
     /// Stop the guest after this long (e.g. 30s, 500ms, 2m) and exit with 124.
