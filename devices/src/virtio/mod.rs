@@ -14,6 +14,7 @@ pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod notify;
+pub(crate) mod poll;
 pub mod rng;
 pub mod serial;
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use super::Relay;
+use crate::virtio::poll::wait_for;
 
 /// Writes to a relay, never waiting longer than the stall limit in all.
 pub struct RelayWriter {
@@ -50,14 +51,8 @@ impl RelayWriter {
         let Some(left) = self.limit.checked_sub(since.elapsed()) else {
             return false;
         };
-        let mut pfd = libc::pollfd {
-            fd: self.relay.stream().as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-        // SAFETY: poll reads and writes the one pollfd we own, for the count given.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
+        // An error here shows again in the next write, which reports it.
+        let _ = wait_for(self.relay.stream().as_raw_fd(), libc::POLLOUT, left);
         true
     }
 }

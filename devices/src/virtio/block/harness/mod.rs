@@ -248,22 +248,5 @@ impl QueueDriver for Harness {
 
 /// Wait up to `timeout` for `event` to become readable; false on timeout.
 pub fn wait_readable(event: &EventFd, timeout: Duration) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: event.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // Rounded up: a timeout below a millisecond must still sleep, not spin.
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    loop {
-        // SAFETY: `pfd` is one valid pollfd that outlives the call.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc >= 0 {
-            return Ok(rc > 0);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    crate::virtio::poll::wait_for(event.as_raw_fd(), libc::POLLIN, timeout)
 }
