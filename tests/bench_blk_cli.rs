@@ -42,6 +42,7 @@ fn json_report_has_every_line_and_only_the_runners_asked_for() {
     assert!(out.status.success(), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
     assert_eq!(report["size"], 64 << 20);
+    assert_eq!(report["warm"], false);
     let lines = report["lines"].as_array().unwrap();
     let mut seen: Vec<String> = lines
         .iter()
@@ -233,7 +234,7 @@ fn each_line_removes_its_write_images_before_the_next() {
 }
 
 #[test]
-fn device_thread_runs_every_line_through_the_event_loop() {
+fn device_thread_and_warm_run_every_line_through_the_event_loop() {
     let dir = tempfile::tempdir().unwrap();
     let out = bench(
         dir.path(),
@@ -249,6 +250,7 @@ fn device_thread_runs_every_line_through_the_event_loop() {
             "--runner",
             "device",
             "--device-thread",
+            "--warm",
             "--json",
         ],
     );
@@ -256,6 +258,7 @@ fn device_thread_runs_every_line_through_the_event_loop() {
     assert!(out.status.success(), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["device-thread"], true);
+    assert_eq!(report["warm"], true);
     let lines = report["lines"].as_array().unwrap();
     assert_eq!(lines.len(), 8);
     for l in lines {

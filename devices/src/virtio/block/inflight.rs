@@ -47,9 +47,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::fence::ExtentFence;
 use super::io::IoContext;
+use super::read_helpers::{ReadHelpers, HELPER_READ_MAX, READ_HELPERS};
 use super::request::{self, Parsed, Request, RequestType};
 use super::uring::UringEngine;
-use super::workers::WorkerPool;
+use super::workers::{Task, WorkerPool};
 use super::zeroes;
 use crate::block::config::{DetectZeroes, Discard};
 use crate::block::{DiskBackend, SECTOR_SIZE};
@@ -174,6 +175,11 @@ fn is_unmap(kind: RequestType) -> bool {
     )
 }
 
+/// A read the read helpers may take.
+fn is_small_read(p: &Pending) -> bool {
+    matches!(&p.parsed.request, Ok(r) if r.kind == RequestType::In && r.data_len <= HELPER_READ_MAX)
+}
+
 fn is_unmap_request(p: &Pending) -> bool {
     matches!(&p.parsed.request, Ok(r) if is_unmap(r.kind))
 }
@@ -192,11 +198,16 @@ struct Pending {
 
 /// Hand one request to a worker, which runs it and reports its completion.
 fn run_on_pool(pool: &mut WorkerPool, ctx: &Arc<JobContext>, p: Pending) {
+    pool.submit(task(ctx, p));
+}
+
+/// The task that runs `p` on an I/O thread and reports its completion.
+fn task(ctx: &Arc<JobContext>, p: Pending) -> Task {
     let ctx = ctx.clone();
-    pool.submit(Box::new(move || {
+    Box::new(move || {
         let c = ctx.run(p.seq, p.head, p.parsed);
         ctx.report(c);
-    }));
+    })
 }
 
 /// The queue of an activated device and everything in flight on it.
@@ -204,6 +215,9 @@ pub struct Active {
     /// First field, so dropped first: on reset or drop the tasks not started are
     /// discarded and the running ones joined before anything else goes.
     pool: WorkerPool,
+    /// Second, for the same reason: the threads that share deep batches of reads
+    /// with the ring.
+    helpers: ReadHelpers,
     mem: Arc<GuestMemory>,
     queue: Queue,
     interrupt: Arc<dyn VirtioInterrupt>,
@@ -296,7 +310,13 @@ impl Active {
         } else {
             None
         };
+        let helpers = if ring.is_some() {
+            ReadHelpers::new(cfg.workers.min(READ_HELPERS))
+        } else {
+            ReadHelpers::new(0)
+        };
         Active {
+            helpers,
             ring,
             extents_move: cfg.disk.extents_move(),
             ring_transfers: BTreeSet::new(),
@@ -339,7 +359,12 @@ impl Active {
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.threads()
+        self.pool.threads() + self.helpers.threads()
+    }
+
+    /// Reads ever handed to the read helpers.
+    pub fn reads_shared(&self) -> u64 {
+        self.helpers.shared_total()
     }
 
     pub fn uses_io_uring(&self) -> bool {
@@ -477,6 +502,10 @@ impl Active {
                 }
             }
         }
+        if let Some(ring) = self.ring.as_mut() {
+            let reads = self.batch.iter().filter(|p| is_small_read(p)).count();
+            self.helpers.plan(ring.unfinished(), reads);
+        }
         let mut batch = std::mem::take(&mut self.batch);
         for p in batch.drain(..) {
             if self.extents_move && is_unmap_request(&p) && self.fence.transfers_in_flight() {
@@ -534,6 +563,10 @@ impl Active {
         let (Some((fd, at)), Some(ring)) = (target, self.ring.as_mut()) else {
             return Some(p);
         };
+        if req.kind == RequestType::In && self.helpers.takes(req.data_len, ring.unfinished()) {
+            self.helpers.submit(p.seq, task(&self.ctx, p));
+            return None;
+        }
         let id = (p.seq, p.head, p.parsed.status);
         if !ring.push(id, req.kind, &req.data, (fd, at), disk.io_align()) {
             return Some(p);
@@ -597,6 +630,7 @@ impl Active {
         self.ctx.signalled.swap(false, Ordering::AcqRel);
         // finish() may start flushes; an inline pool reports them into this same loop.
         while let Ok(c) = self.completions.try_recv() {
+            self.helpers.finished(c.seq);
             self.finish(c);
         }
         let mut done = Vec::new();

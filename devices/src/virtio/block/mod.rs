@@ -11,7 +11,8 @@
 //! requests are in flight. A FLUSH waits for the writes before it (see [`inflight`]).
 //! On raw images, reads and writes go through an io_uring instead of the pool when the
 //! host allows one, and so do the reads of a qcow2 image's own data clusters (see
-//! [`uring`] and `DiskBackend::read_extent`).
+//! [`uring`] and `DiskBackend::read_extent`); a few [`read_helpers`] threads take a
+//! share of deep batches of reads off the ring.
 //! With VIRTIO_RING_F_EVENT_IDX negotiated, the driver's used_event decides when to
 //! interrupt and the device's avail_event when to kick (virtio-queue keeps both).
 //! With VIRTIO_BLK_F_MQ each request queue the driver sets up has its own pipeline
@@ -23,6 +24,7 @@ pub mod fence;
 pub mod harness;
 pub mod inflight;
 pub mod io;
+pub mod read_helpers;
 pub mod request;
 pub mod uring;
 pub mod workers;
@@ -254,6 +256,12 @@ impl Block {
     /// I/O threads currently running (0 before activation and after reset).
     pub fn io_threads(&self) -> usize {
         self.actives().map(Active::threads).sum()
+    }
+
+    /// Reads ever handed to the read helpers (see [`read_helpers`]) by the queues
+    /// active now.
+    pub fn reads_shared(&self) -> u64 {
+        self.actives().map(Active::reads_shared).sum()
     }
 
     /// Requests taken from the ring and not yet returned to the driver.
@@ -498,6 +506,8 @@ mod indirect_tests;
 mod mq_tests;
 #[cfg(test)]
 mod parallel_tests;
+#[cfg(test)]
+mod read_helpers_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -131,6 +131,12 @@ impl UringEngine {
         self.in_ring
     }
 
+    /// Requests in the ring whose completion has not arrived yet (a read the page
+    /// cache answers completes during its submission, so it never counts here).
+    pub fn unfinished(&mut self) -> usize {
+        self.in_ring.saturating_sub(self.ring.completion().len())
+    }
+
     /// Queue an IN or OUT of `segs` (checked inside guest memory by the parser, and
     /// inside the disk by the caller) at byte `offset` of `fd`, a file the disk keeps
     /// open, whose transfers must meet `align`. Returns false, queueing nothing, if the

@@ -23,8 +23,14 @@ pub fn fill(path: &Path, size: u64) -> anyhow::Result<()> {
     drop(disk);
     // Read the file once: under a VM the first read after writing is slow at the host
     // level, and it must not be charged to whichever runner happens to go first.
+    read_through(path)
+}
+
+/// Read the whole file, which leaves it in the host page cache (warm-cache reads).
+pub fn read_through(path: &Path) -> anyhow::Result<()> {
     let mut f = std::fs::File::open(path)?;
-    std::io::copy(&mut f, &mut std::io::sink())?;
+    std::io::copy(&mut f, &mut std::io::sink())
+        .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kiln_devices::block::config::Cache;
 use kiln_devices::block::ImageFormat;
 
-use super::image::{evict, make_image};
+use super::image::{evict, make_image, read_through};
 
 #[derive(Clone, Copy)]
 pub struct Pattern {
@@ -123,6 +123,8 @@ pub struct Line {
     pub format: ImageFormat,
     /// The device runner puts the device on its own event-loop thread.
     pub device_thread: bool,
+    /// Reads start with the image in the host page cache, not evicted from it.
+    pub warm: bool,
     /// kiln's runners' host page cache mode (`Cache::None`: O_DIRECT).
     pub cache: Cache,
     /// QEMU's runners' (`-t none` or `-t writeback`).
@@ -141,13 +143,23 @@ impl Line {
             log::debug!("made write image {}", fresh.display());
             fresh
         } else {
-            evict(filled)?;
+            self.start_cache(filled)?;
             filled.to_owned()
         };
         match runner {
             Runner::Backend => self.run_backend(&image),
             Runner::Device => self.run_device(&image),
             Runner::Qemu(aio) => self.run_qemu(&image, aio),
+        }
+    }
+
+    /// Put the filled image in the state a read run starts from: evicted from the host
+    /// page cache, or (`warm`) read through once.
+    fn start_cache(&self, filled: &Path) -> anyhow::Result<()> {
+        if self.warm {
+            read_through(filled)
+        } else {
+            evict(filled)
         }
     }
 
@@ -212,5 +224,42 @@ fn remove_fresh_images(dir: &Path) {
         if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
             log::debug!("syncfs: {}", std::io::Error::last_os_error());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_devices::test_support::cached_pages;
+
+    #[test]
+    fn read_runs_start_cold_or_warm_as_asked() {
+        const LEN: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("filled.raw");
+        std::fs::write(&path, vec![7u8; LEN as usize]).unwrap();
+        let mut line = Line {
+            pattern: PATTERNS[0],
+            depth: 1,
+            count: 1,
+            size: LEN,
+            format: ImageFormat::Raw,
+            device_thread: false,
+            warm: false,
+            cache: Cache::Writeback,
+            qemu_cache: Cache::Writeback,
+        };
+        line.start_cache(&path).unwrap();
+        assert_eq!(cached_pages(&path, 0, LEN), 0, "cold start");
+        line.warm = true;
+        line.start_cache(&path).unwrap();
+        assert_eq!(
+            cached_pages(&path, 0, LEN),
+            (LEN / 4096) as usize,
+            "warm start"
+        );
+        line.warm = false;
+        line.start_cache(&path).unwrap();
+        assert_eq!(cached_pages(&path, 0, LEN), 0, "cold again");
     }
 }

@@ -16,7 +16,8 @@
 //!
 //! `qemu-img bench` has no random mode, so "random" is a stride of 7919 blocks modulo
 //! the image size (which visits every block once, scattered) for all runners. Reads
-//! start with the image evicted from the page cache (cold); writes go to a freshly
+//! start with the image evicted from the page cache (cold; `--warm`: read through
+//! once, so every read hits the cache); writes go to a freshly
 //! created, empty image, so they include allocation (4k-rand-rewrite: into the filled
 //! image, allocated already). Each runner runs `--repeat` times per line, in rotating
 //! order, and its best run is reported; with two or more rounds, a row under the line
@@ -83,6 +84,10 @@ pub struct Args {
     /// does not have); by default one thread plays driver and event loop.
     #[arg(long)]
     device_thread: bool,
+    /// Start read lines with the image in the host page cache (read through once)
+    /// instead of evicted from it: what a guest rereading its working set sees.
+    #[arg(long)]
+    warm: bool,
     /// Host page cache for every runner: writeback, or none (O_DIRECT: kiln's
     /// cache=none, qemu-img's -t none).
     #[arg(long, default_value = "writeback", value_parser = parse_cache)]
@@ -227,7 +232,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let mut results = Vec::new();
     if !args.json {
-        report::print_header(args.device_thread, args.cache, args.qemu_cache());
+        report::print_header(args, args.qemu_cache());
     }
     for fmt in &args.format {
         let format: ImageFormat = fmt.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -243,6 +248,7 @@ fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
                     size: args.size,
                     format,
                     device_thread: args.device_thread,
+                    warm: args.warm,
                     cache: args.cache,
                     qemu_cache: args.qemu_cache(),
                 };

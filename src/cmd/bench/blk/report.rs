@@ -188,15 +188,18 @@ impl LineResult {
     }
 }
 
-pub fn print_header(device_thread: bool, cache: Cache, qemu_cache: Cache) {
-    if (cache, qemu_cache) != (Cache::Writeback, Cache::Writeback) {
+pub fn print_header(args: &Args, qemu_cache: Cache) {
+    if (args.cache, qemu_cache) != (Cache::Writeback, Cache::Writeback) {
         println!(
             "host page cache: kiln cache={}, qemu-img -t {}",
-            cache.name(),
+            args.cache.name(),
             qemu_cache.name()
         );
     }
-    if device_thread {
+    if args.warm {
+        println!("reads: the image is in the host page cache when each run starts (--warm)");
+    }
+    if args.device_thread {
         println!("device: on its own event-loop thread, driven from another (--device-thread)");
     }
     println!(
@@ -224,6 +227,7 @@ pub fn to_json(args: &Args, lines: &[LineResult]) -> Value {
         "size": args.size,
         "repeat": args.repeat,
         "device-thread": args.device_thread,
+        "warm": args.warm,
         "cache": args.cache.name(),
         "qemu-cache": args.qemu_cache().name(),
         "lines": lines.iter().map(LineResult::to_json).collect::<Vec<_>>(),
@@ -254,6 +258,7 @@ mod tests {
             size: 1 << 30,
             format: ImageFormat::Raw,
             device_thread: false,
+            warm: false,
             cache: Cache::Writeback,
             qemu_cache: Cache::Writeback,
         };
