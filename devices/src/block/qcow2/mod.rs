@@ -63,7 +63,7 @@ use super::{backing_format, backing_path, check_range, DiskBackend, DiskError, I
 use bypass::Bypass;
 use header::{incompat, Qcow2Header};
 
-/// What an image's own layer holds at some offset (see [`Qcow2Disk::layer_extent`]).
+/// What an image's own layer holds at some offset (see `Qcow2Disk::layer_extent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerExtent {
     /// Nothing: the backing file shows through (or zero, without one).

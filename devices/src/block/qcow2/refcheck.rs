@@ -379,7 +379,7 @@ impl<S: MetadataSource + ?Sized> Counter<'_, S> {
 /// Count every reference to every cluster of the image (header, refcount structures,
 /// active and snapshot L1/L2 tables, data clusters, persistent bitmaps) and compare
 /// with the refcounts, like `qemu-img check`. Metadata that points outside the file or
-/// is misaligned ends the scan with an error. Counts [`WINDOW_CLUSTERS`] at a time.
+/// is misaligned ends the scan with an error. Counts `WINDOW_CLUSTERS` at a time.
 pub fn scan_refcounts<S: MetadataSource + ?Sized>(
     src: &S,
     h: &Qcow2Header,

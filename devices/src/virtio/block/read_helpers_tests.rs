@@ -11,7 +11,9 @@ use super::harness::{Harness, Op, QueueDriver};
 use super::read_helpers::{READ_HELPERS, RING_READS_ALONE};
 use super::uring_tests::{raw_image, ProbeDisk};
 use super::*;
+use crate::block::delegate::delegate_disk;
 use crate::block::raw::RawDisk;
+use crate::block::{DiskError, ImageFormat};
 
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const DEPTH: usize = 64;
@@ -133,4 +135,78 @@ fn reads_the_page_cache_answers_are_never_shared() {
     }
     // Each read finished during its own submission, so the ring never held 16.
     assert_eq!(h.device().reads_shared(), 0);
+}
+
+/// A raw disk whose ring reads never finish (a pipe) and whose other reads, the
+/// helpers', take `READ_DELAY` each.
+struct SlowHelperReads {
+    raw: RawDisk,
+    pipe: File,
+}
+
+const READ_DELAY: Duration = Duration::from_millis(100);
+
+impl DiskBackend for SlowHelperReads {
+    delegate_disk!(raw: size, read_at, write_at, write_vectored, flush, discard, write_zeroes);
+    fn read_vectored(
+        &self,
+        bufs: &[vm_memory::VolatileSlice<'_>],
+        offset: u64,
+    ) -> Result<(), DiskError> {
+        std::thread::sleep(READ_DELAY);
+        self.raw.read_vectored(bufs, offset)
+    }
+    fn format(&self) -> ImageFormat {
+        ImageFormat::Raw
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn passthrough_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        Some(std::os::unix::io::AsRawFd::as_raw_fd(&self.pipe))
+    }
+}
+
+#[test]
+fn reset_waits_for_the_helpers_and_drops_their_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rx, _tx) = empty_pipe();
+    let disk = std::sync::Arc::new(SlowHelperReads {
+        raw: RawDisk::open(&raw_image(&dir), false).unwrap(),
+        pipe: rx,
+    });
+    let mut h = Harness::new(Block::new(disk, None).unwrap(), DEPTH, 4096).unwrap();
+    for slot in 0..DEPTH {
+        h.write_slot(slot, &[0xee; 4096]).unwrap();
+    }
+    read_batch(&mut h, DEPTH, 4096);
+    assert_eq!(h.device().reads_shared(), 2 * READ_HELPERS as u64);
+    assert!(h.device().reset());
+    let snapshot: Vec<Vec<u8>> = (0..DEPTH)
+        .map(|slot| {
+            let mut got = vec![0u8; 4096];
+            h.read_slot(slot, &mut got).unwrap();
+            got
+        })
+        .collect();
+    // The running reads finished before the reset returned; the queued ones never
+    // run, and nothing reaches guest memory afterwards.
+    let untouched = snapshot
+        .iter()
+        .filter(|b| b.iter().all(|x| *x == 0xee))
+        .count();
+    assert!(
+        untouched >= DEPTH - READ_HELPERS,
+        "{untouched} buffers untouched"
+    );
+    std::thread::sleep(3 * READ_DELAY);
+    for (slot, before) in snapshot.iter().enumerate() {
+        let mut now = vec![0u8; 4096];
+        h.read_slot(slot, &mut now).unwrap();
+        assert!(&now == before, "slot {slot} written after the reset");
+    }
+    assert!(
+        h.reap().unwrap().is_empty(),
+        "requests returned after reset"
+    );
 }

@@ -190,7 +190,7 @@ impl Console {
 
     /// Copy what the guest sent to the output, as far as it takes it. The guest's
     /// buffers are returned even if the output fails; from then on its output is
-    /// dropped (see [`Console::output_failed`]).
+    /// dropped (see `Console::output_failed`).
     pub fn process_tx(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
