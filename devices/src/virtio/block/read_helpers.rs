@@ -11,9 +11,8 @@
 //!
 //! How the share is chosen (cold 4 KiB random reads, `kiln bench blk`, medians of 7-9
 //! rounds against qemu-img on a 2-core host):
-//! - The ring takes a batch's first [`RING_READS_ALONE`] reads: shallow queues, and
-//!   reads the page cache answers at once (the ring holds those only briefly), never
-//!   leave it.
+//! - The ring keeps a batch's reads until it holds [`RING_READS_ALONE`] unfinished
+//!   requests, so shallow queues never share.
 //! - The helpers then hold at most two reads per thread, so a helper that finishes a
 //!   read usually finds the next one queued instead of sleeping until the event loop
 //!   wakes it. With one read per thread the wake-ups cost more than the second core
@@ -21,15 +20,16 @@
 //!   split left the helpers exactly one read each.
 //! - So a batch shares only when it would fill both the ring's share and the helpers'
 //!   backlog; the rest of it goes to the ring.
-//!
 //! - Reads above [`HELPER_READ_MAX`] stay on the ring, and so does every read the
-//!   page cache answers: the ring counts only reads still unfinished, and a cached
+//!   page cache answers: the ring counts only requests still unfinished, and a cached
 //!   read finishes during its submission (warm 4 KiB random reads at depth 64, 1.4-1.6
 //!   against qemu-img, would otherwise drop to 0.99).
 //!
-//! With 12 helpers the device measured medians of 1.01-1.06 at depth 64 against
-//! 0.97-0.99 without, 1.02-1.03 at depth 48 (0.99-1.00 without) and 0.97-0.99 at 40
-//! (0.98 without). Queues of fewer than 40 requests never share.
+//! With 12 helpers the device measured medians of 1.00-1.06 at depth 64 against
+//! 0.96-0.99 without, 1.02-1.03 at depth 48 (0.99-1.00 without) and 0.97-0.99 at 40
+//! (0.98 without). Queues of fewer than 40 requests never share. With the device on
+//! its own thread and the driver on another (`--device-thread`, as in a VM), the
+//! helpers changed nothing measurable.
 
 use std::collections::BTreeSet;
 
