@@ -137,7 +137,7 @@ pub(super) struct PipeExtentDisk {
 }
 
 /// A new pipe: (read end, write end).
-fn pipe() -> (File, File) {
+pub(super) fn pipe() -> (File, File) {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two-element array.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);

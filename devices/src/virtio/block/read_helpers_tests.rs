@@ -4,9 +4,9 @@
 //! as long as a test needs; the helpers read the raw file itself.
 
 use std::fs::File;
-use std::os::unix::io::FromRawFd;
 use std::time::Duration;
 
+use super::extent_tests::pipe;
 use super::harness::{Harness, Op, QueueDriver};
 use super::read_helpers::{READ_HELPERS, RING_READS_ALONE};
 use super::uring_tests::{raw_image, ProbeDisk};
@@ -18,18 +18,9 @@ use crate::block::{DiskError, ImageFormat};
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const DEPTH: usize = 64;
 
-/// A pipe's read end: reads of it wait until the test drops the write end.
-fn empty_pipe() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both fds are new and owned by nobody else.
-    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
-}
-
 /// A device whose ring reads never finish, with `depth` slots of `slot_bytes`.
 fn stalled_ring(dir: &tempfile::TempDir, slot_bytes: usize) -> (Harness, File) {
-    let (rx, tx) = empty_pipe();
+    let (rx, tx) = pipe();
     let disk = ProbeDisk::new(&raw_image(dir), rx);
     let h = Harness::new(Block::new(disk, None).unwrap(), DEPTH, slot_bytes).unwrap();
     (h, tx)
@@ -170,7 +161,7 @@ impl DiskBackend for SlowHelperReads {
 #[test]
 fn reset_waits_for_the_helpers_and_drops_their_backlog() {
     let dir = tempfile::tempdir().unwrap();
-    let (rx, _tx) = empty_pipe();
+    let (rx, _tx) = pipe();
     let disk = std::sync::Arc::new(SlowHelperReads {
         raw: RawDisk::open(&raw_image(&dir), false).unwrap(),
         pipe: rx,

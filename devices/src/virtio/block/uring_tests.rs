@@ -317,14 +317,7 @@ fn reset_and_drop_with_ring_requests_in_flight() {
     let path = raw_image(&dir);
     for reset in [true, false] {
         // The ring reads a pipe that has no data yet: the reads stay in flight.
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the two-element array.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both fds are new and owned by nobody else.
-        let (rx, tx) = unsafe {
-            use std::os::unix::io::FromRawFd;
-            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
-        };
+        let (rx, tx) = super::extent_tests::pipe();
         let mut h = ring_harness(ProbeDisk::new(&path, rx), 8, 4096);
         for i in 0..8u64 {
             h.submit(Op::Read, i * 4096, 4096).unwrap().unwrap();

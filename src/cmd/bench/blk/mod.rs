@@ -232,7 +232,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 fn run_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let mut results = Vec::new();
     if !args.json {
-        report::print_header(args, args.qemu_cache());
+        report::print_header(args);
     }
     for fmt in &args.format {
         let format: ImageFormat = fmt.parse().map_err(|e| anyhow::anyhow!("{e}"))?;

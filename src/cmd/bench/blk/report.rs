@@ -188,7 +188,8 @@ impl LineResult {
     }
 }
 
-pub fn print_header(args: &Args, qemu_cache: Cache) {
+pub fn print_header(args: &Args) {
+    let qemu_cache = args.qemu_cache();
     if (args.cache, qemu_cache) != (Cache::Writeback, Cache::Writeback) {
         println!(
             "host page cache: kiln cache={}, qemu-img -t {}",
